@@ -1,0 +1,224 @@
+"""The wire protocol: decoding and validating client frames, error codes, close codes, encoding.
+
+docs/protocol.md is the public description of everything here; change both in the same commit.
+Nothing in this module touches the database or the socket, so it can be fuzzed on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+PROTOCOL_VERSION = 1
+
+# Close codes (4000-4999 are the application's own range in RFC 6455).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_SERVER_ERROR = 1011
+CLOSE_CREDENTIALS_REVOKED = 4401
+CLOSE_HEARTBEAT_TIMEOUT = 4408  # no frame from the client for 2 heartbeats + 5 s
+
+# Error codes sent in {"type": "error", "code": ...} frames; the connection stays open.
+BAD_JSON = "bad_json"
+BAD_FRAME = "bad_frame"
+BINARY_NOT_SUPPORTED = "binary_not_supported"
+FRAME_TOO_LARGE = "frame_too_large"
+UNKNOWN_TYPE = "unknown_type"
+MISSING_FIELD = "missing_field"
+BAD_FIELD = "bad_field"
+TEXT_EMPTY = "text_empty"
+TEXT_TOO_LONG = "text_too_long"
+ROOM_NOT_FOUND = "room_not_found"
+NOT_JOINED = "not_joined"
+COMMIT_FAILED = "commit_failed"
+INTERNAL_ERROR = "internal_error"
+
+MAX_REF_CHARS = 64
+MAX_CLIENT_ID_CHARS = 64
+MAX_SLUG_CHARS = 50
+MAX_EPOCH_CHARS = 64
+MAX_SEQ = 2**53  # stays exact in JavaScript numbers
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; becomes one `error` frame, and the socket stays open."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None,
+                 room: str | None = None, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.room = room
+        self.retry_after_ms = retry_after_ms
+
+    def to_frame(self, ref: str | None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
+        for key in ("field", "room", "retry_after_ms"):
+            value = getattr(self, key)
+            if value is not None:
+                frame[key] = value
+        if ref is not None:
+            frame["ref"] = ref
+        return frame
+
+
+def encode(frame: dict[str, Any]) -> str:
+    """Serialise one frame to the text sent on the wire."""
+    return orjson.dumps(frame).decode()
+
+
+# --- Commands -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    after_seq: int | None
+    epoch: str | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    room: str
+    text: str
+    client_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    room: str
+    before: int | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+Command = Join | Leave | Send | History | Typing | Ping
+
+
+def decode_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+    """Turn one received WebSocket frame into a JSON object, or raise ProtocolError."""
+    if text_data is None:
+        raise ProtocolError(BINARY_NOT_SUPPORTED, "binary frames are not supported; send JSON text")
+    limit = settings.PARLEY_MAX_FRAME_BYTES
+    # len(str) <= len(utf-8 bytes) <= 4 * len(str): only encode when the cheap bound is unsure.
+    if len(text_data) > limit or (4 * len(text_data) > limit and len(text_data.encode()) > limit):
+        raise ProtocolError(FRAME_TOO_LARGE, f"frames are limited to {limit} bytes")
+    try:
+        frame = orjson.loads(text_data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(BAD_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(BAD_FRAME, "a frame must be a JSON object")
+    if not isinstance(frame.get("type"), str):
+        raise ProtocolError(BAD_FRAME, "a frame needs a string field 'type'", field="type")
+    return frame
+
+
+def frame_ref(frame: dict[str, Any]) -> str | None:
+    """The client's correlation id, if it is a valid one (an invalid ref is reported, not echoed)."""
+    ref = frame.get("ref")
+    if isinstance(ref, str) and 1 <= len(ref) <= MAX_REF_CHARS:
+        return ref
+    return None
+
+
+def parse_command(frame: dict[str, Any]) -> Command:
+    """Validate a decoded frame against its type's fields (docs/protocol.md §3)."""
+    if "ref" in frame and frame_ref(frame) is None:
+        raise ProtocolError(BAD_FIELD, f"'ref' must be a string of 1-{MAX_REF_CHARS} characters", field="ref")
+    kind = frame["type"]
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", field="type")
+    return parser(frame)
+
+
+def _string(frame: dict[str, Any], name: str, max_chars: int, *, required: bool = True) -> str | None:
+    value = frame.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError(MISSING_FIELD, f"'{name}' is required", field=name)
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
+        raise ProtocolError(BAD_FIELD, f"'{name}' must be a string of 1-{max_chars} characters", field=name)
+    return value
+
+
+def _integer(frame: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = frame.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python; true/false are not numbers on the wire.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(BAD_FIELD, f"'{name}' must be an integer from {low} to {high}", field=name)
+    return value
+
+
+def _room(frame: dict[str, Any]) -> str:
+    return _string(frame, "room", MAX_SLUG_CHARS)  # type: ignore[return-value]
+
+
+def _limit(frame: dict[str, Any]) -> int:
+    page_max = settings.PARLEY_HISTORY_PAGE_MAX
+    limit = _integer(frame, "limit", 1, page_max)
+    return settings.PARLEY_HISTORY_PAGE_DEFAULT if limit is None else min(limit, page_max)
+
+
+def _parse_join(frame: dict[str, Any]) -> Join:
+    return Join(
+        room=_room(frame),
+        after_seq=_integer(frame, "after_seq", 0, MAX_SEQ),
+        epoch=_string(frame, "epoch", MAX_EPOCH_CHARS, required=False),
+        limit=_limit(frame),
+    )
+
+
+def _parse_send(frame: dict[str, Any]) -> Send:
+    room = _room(frame)
+    text = frame.get("text")
+    if text is None:
+        raise ProtocolError(MISSING_FIELD, "'text' is required", field="text")
+    if not isinstance(text, str):
+        raise ProtocolError(BAD_FIELD, "'text' must be a string", field="text")
+    text = text.strip()
+    max_chars = settings.PARLEY_MAX_TEXT_CHARS
+    if not text:
+        raise ProtocolError(TEXT_EMPTY, "'text' is empty after trimming whitespace", field="text")
+    if len(text) > max_chars:
+        raise ProtocolError(
+            TEXT_TOO_LONG, f"text is {len(text):,} characters; the limit is {max_chars:,}", field="text"
+        )
+    client_id = _string(frame, "client_id", MAX_CLIENT_ID_CHARS, required=False)
+    return Send(room=room, text=text, client_id=client_id)
+
+
+def _parse_history(frame: dict[str, Any]) -> History:
+    return History(room=_room(frame), before=_integer(frame, "before", 1, MAX_SEQ), limit=_limit(frame))
+
+
+_PARSERS = {
+    "join": _parse_join,
+    "leave": lambda f: Leave(room=_room(f)),
+    "send": _parse_send,
+    "history": _parse_history,
+    "typing": lambda f: Typing(room=_room(f)),
+    "ping": lambda f: Ping(),
+}

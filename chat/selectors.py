@@ -1,0 +1,71 @@
+"""Reads. Every function is `<entity>_<action>(*, keyword args)` and touches no state."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.db.models import Q
+
+from chat.models import ApiToken, Membership, Message, Room
+
+
+def room_visible_q(*, user: Any) -> Q:
+    """Rooms a user may see: every public room, and private rooms they are a member of."""
+    if getattr(user, "is_superuser", False):
+        return Q()
+    member_rooms = Membership.objects.filter(user_id=user.pk).values("room_id")
+    return Q(is_private=False) | Q(pk__in=member_rooms)
+
+
+def room_get_visible(*, user: Any, slug: str) -> Room | None:
+    """The room `slug` if this user may see it (private rooms are invisible to non-members)."""
+    return Room.objects.filter(room_visible_q(user=user), slug=slug).first()
+
+
+def room_list_visible(*, user: Any) -> list[Room]:
+    return list(Room.objects.filter(room_visible_q(user=user)).order_by("slug"))
+
+
+def room_user_can_access(*, user: Any, room_id: int) -> bool:
+    """Checked on every command, not only at join: membership can be revoked mid-session."""
+    return Room.objects.filter(room_visible_q(user=user), pk=room_id).exists()
+
+
+def message_page(*, room_id: int, before: int | None, limit: int) -> tuple[list[Message], bool]:
+    """The newest `limit` messages with seq < before (all if None), ascending, and whether older exist."""
+    qs = Message.objects.filter(room_id=room_id).select_related("author")
+    if before is not None:
+        qs = qs.filter(seq__lt=before)
+    newest_first = list(qs.order_by("-seq")[: limit + 1])
+    has_more = len(newest_first) > limit
+    return newest_first[:limit][::-1], has_more
+
+
+def message_range(*, room_id: int, after_seq: int, limit: int, before: int | None = None) -> list[Message]:
+    """Messages with after_seq < seq (< before), ascending, at most `limit`."""
+    qs = Message.objects.filter(room_id=room_id, seq__gt=after_seq).select_related("author")
+    if before is not None:
+        qs = qs.filter(seq__lt=before)
+    return list(qs.order_by("seq")[:limit])
+
+
+def message_get_by_client_id(*, room_id: int, author_id: int, client_id: str) -> Message | None:
+    return (
+        Message.objects.filter(room_id=room_id, author_id=author_id, client_id=client_id)
+        .select_related("author")
+        .first()
+    )
+
+
+def token_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def token_get_active(*, raw: str) -> ApiToken | None:
+    """The live token for this secret (not revoked, active user), or None."""
+    return (
+        ApiToken.objects.select_related("user")
+        .filter(key_hash=token_hash(raw), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )

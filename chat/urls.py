@@ -1,0 +1,14 @@
+from django.urls import path
+
+from chat import views
+
+app_name = "chat"
+
+urlpatterns = [
+    path("", views.app, name="app"),
+    path("healthz", views.healthz, name="healthz"),
+    path("api/me", views.me, name="api-me"),
+    path("api/rooms", views.rooms, name="api-rooms"),
+    path("api/rooms/<str:slug>/messages", views.room_messages, name="api-room-messages"),
+    path("api/tokens", views.tokens, name="api-tokens"),
+]

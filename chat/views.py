@@ -1,0 +1,122 @@
+"""HTTP views: the browser app's pages, sign-up, and the small JSON API (docs/protocol.md §8)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from chat import selectors, services
+from chat.http_auth import api_error
+from chat.payloads import message_payload, room_payload, user_payload
+
+
+@login_required
+def app(request: HttpRequest) -> HttpResponse:
+    """The single-page chat app; everything after load goes over the WebSocket."""
+    return render(request, "chat/app.html", {"me": user_payload(request.user)})
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("chat:app")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("chat:app")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})
+
+
+# --- JSON API -------------------------------------------------------------------------------
+
+def api(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+    """JSON API views: a signed-in user (session or bearer token) or a 401 in JSON."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        if not request.user.is_authenticated:
+            return api_error(401, "unauthenticated", "sign in or send Authorization: Bearer <token>")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+@api
+def me(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"user": user_payload(request.user)})
+
+
+@api
+@require_http_methods(["GET", "POST"])
+def rooms(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        return JsonResponse({"rooms": [room_payload(r) for r in selectors.room_list_visible(user=request.user)]})
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object")
+    slug, title, private = body.get("slug"), body.get("title"), body.get("private", False)
+    if not isinstance(slug, str) or not isinstance(title, str) or not isinstance(private, bool):
+        return api_error(400, "bad_field", "need string 'slug' and 'title', boolean 'private'")
+    try:
+        room = services.room_create(slug=slug.strip().lower(), title=title.strip(), owner=request.user,
+                                    is_private=private)
+    except ValidationError as exc:
+        if "slug" in exc.message_dict and any("already exists" in m for m in exc.message_dict["slug"]):
+            return api_error(409, "room_exists", f"a room {slug!r} already exists")
+        return api_error(400, "bad_field", "invalid room", fields=exc.message_dict)
+    except IntegrityError:
+        return api_error(409, "room_exists", f"a room {slug!r} already exists")
+    return JsonResponse({"room": room_payload(room)}, status=201)
+
+
+@api
+def room_messages(request: HttpRequest, slug: str) -> JsonResponse:
+    room = selectors.room_get_visible(user=request.user, slug=slug)
+    if room is None:
+        return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    try:
+        before = int(request.GET["before"]) if request.GET.get("before") else None
+        limit = int(request.GET.get("limit", 50))
+    except ValueError:
+        return api_error(400, "bad_field", "'before' and 'limit' must be integers")
+    limit = max(1, min(limit, 100))
+    messages, has_more = selectors.message_page(room_id=room.pk, before=before, limit=limit)
+    return JsonResponse({"messages": [message_payload(m, room_slug=room.slug) for m in messages],
+                         "has_more": has_more})
+
+
+@api
+@require_http_methods(["POST"])
+def tokens(request: HttpRequest) -> JsonResponse:
+    if getattr(request, "auth_token", None) is not None:
+        return api_error(403, "session_required", "tokens are made from a signed-in browser session")
+    body = _json_body(request)
+    name = (body or {}).get("name", "")
+    if not isinstance(name, str) or len(name) > 100:
+        return api_error(400, "bad_field", "'name' must be a string of at most 100 characters")
+    token, raw = services.token_create(user=request.user, name=name)
+    return JsonResponse({"token": raw, "id": token.pk}, status=201)

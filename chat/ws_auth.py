@@ -1,0 +1,100 @@
+"""Handshake guards for the WebSocket side: Origin checking and bearer-token authentication.
+
+Stack (config/asgi.py): OriginGuard → AuthMiddlewareStack (session cookie) → BearerTokenAuth.
+The consumer then refuses any handshake whose scope["user"] is not authenticated.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlparse
+
+from channels.db import database_sync_to_async
+from channels.security.websocket import OriginValidator, WebsocketDenier
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+
+from chat.selectors import token_get_active
+from chat.services import token_touch
+
+log = logging.getLogger("parley.security")
+
+
+def header(scope: dict[str, Any], name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value
+    return None
+
+
+def bearer_token(scope: dict[str, Any]) -> str | None:
+    """The token from `Authorization: Bearer <token>`, or None if the header is absent or not Bearer."""
+    value = header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def peer(scope: dict[str, Any]) -> str:
+    client = scope.get("client") or ("?", 0)
+    return f"{client[0]}:{client[1]}"
+
+
+class OriginGuard(OriginValidator):
+    """Refuses handshakes from pages on other sites (cross-site WebSocket hijacking).
+
+    Browsers always send Origin, so a handshake without one is not a browser's: it is accepted
+    only if it carries a bearer token. Channels' AllowedHostsOriginValidator would refuse those.
+    """
+
+    def __init__(self, application: Any) -> None:
+        super().__init__(application, settings.ALLOWED_HOSTS)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        origin = header(scope, b"origin")
+        if origin is None:
+            if bearer_token(scope) is not None:
+                return await self.application(scope, receive, send)
+            log.warning("refused WebSocket handshake without Origin or token from %s", peer(scope))
+        elif self.valid_origin(urlparse(origin.decode("latin1"))):
+            return await self.application(scope, receive, send)
+        else:
+            log.warning("refused WebSocket handshake from foreign Origin %r (%s)",
+                        origin.decode("latin1")[:200], peer(scope))
+        return await WebsocketDenier()(scope, receive, send)
+
+
+@database_sync_to_async
+def _token_user(raw: str) -> Any:
+    token = token_get_active(raw=raw)
+    if token is None:
+        return None
+    token_touch(token=token)
+    return token.user, token.pk
+
+
+class BearerTokenAuth:
+    """Sets scope["user"] from a bearer token when the handshake carries one.
+
+    A present but invalid token yields AnonymousUser — no fallback to the session cookie, so a
+    client never silently runs as someone else than the token says.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        raw = bearer_token(scope)
+        if raw is not None:
+            found = await _token_user(raw)
+            scope = dict(scope)
+            if found is None:
+                log.warning("refused WebSocket handshake with an invalid token from %s", peer(scope))
+                scope["user"], scope["token_id"] = AnonymousUser(), None
+            else:
+                scope["user"], scope["token_id"] = found
+        return await self.application(scope, receive, send)

@@ -1,0 +1,27 @@
+"""ASGI entry point: Django for HTTP, the chat consumer for WebSockets.
+
+Run with `uvicorn config.asgi:application` (scripts/serve does). The WebSocket stack, outside in:
+OriginGuard refuses foreign Origins; AuthMiddlewareStack resolves the session cookie;
+BearerTokenAuth resolves `Authorization: Bearer`; URLRouter picks the consumer.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Set up Django (apps, models) before importing anything that touches the ORM.
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.ws_auth import BearerTokenAuth, OriginGuard  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": OriginGuard(AuthMiddlewareStack(BearerTokenAuth(URLRouter(websocket_urlpatterns)))),
+    }
+)

@@ -1,0 +1,150 @@
+"""Shared fixtures: users, tokens, and connected WebSocket clients on the real ASGI application.
+
+The backends come from the environment (scripts/test runs the suite twice): no DATABASE_URL /
+REDIS_URL means SQLite + the in-memory layer; with them, PostgreSQL + the Redis layer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+
+from chat import services
+from config.asgi import application
+
+ORIGIN = b"http://localhost"
+REQUIRE_SERVICES = os.environ.get("PARLEY_REQUIRE_SERVICES") == "1"
+
+
+def require_redis() -> None:
+    """Skip (loudly) a test that needs the Redis layer; under CI the skip is a failure."""
+    if not settings.REDIS_URL:
+        if REQUIRE_SERVICES:
+            pytest.fail("REDIS_URL is not set but PARLEY_REQUIRE_SERVICES=1")
+        pytest.skip("needs Redis: set REDIS_URL (scripts/test does in its second run)")
+
+
+@pytest.fixture(autouse=True)
+async def _flush_layer() -> AsyncIterator[None]:
+    """Each test starts with an empty channel layer (the Redis one outlives a test otherwise)."""
+    yield
+    layer = get_channel_layer()
+    if hasattr(layer, "flush"):
+        await layer.flush()
+
+
+@database_sync_to_async
+def make_user(username: str) -> Any:
+    return services.user_create(username=username, password="correct-horse-battery")
+
+
+@database_sync_to_async
+def make_token(user: Any) -> str:
+    return services.token_create(user=user, name="test")[1]
+
+
+@database_sync_to_async
+def make_room(slug: str, *, owner: Any = None, private: bool = False) -> Any:
+    return services.room_create(slug=slug, title=slug.title(), owner=owner, is_private=private)
+
+
+class Client:
+    """A connected test client: a WebsocketCommunicator that speaks JSON frames."""
+
+    def __init__(self, communicator: WebsocketCommunicator, user: Any, hello: dict[str, Any]) -> None:
+        self.ws = communicator
+        self.user = user
+        self.hello = hello
+        self._ref = 0
+        self.inbox: list[dict[str, Any]] = []  # frames read while waiting for something else
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send_json_to(frame)
+
+    async def recv(self, timeout: float = 3) -> dict[str, Any]:
+        if self.inbox:
+            return self.inbox.pop(0)
+        return await self.ws.receive_json_from(timeout=timeout)
+
+    async def _take(self, match: Any, timeout: float) -> dict[str, Any]:
+        for i, frame in enumerate(self.inbox):
+            if match(frame):
+                return self.inbox.pop(i)
+        while True:
+            frame = await self.ws.receive_json_from(timeout=timeout)
+            if match(frame):
+                return frame
+            self.inbox.append(frame)
+
+    async def recv_type(self, kind: str, timeout: float = 3) -> dict[str, Any]:
+        """The next frame of this type; frames of other types stay queued for later."""
+        return await self._take(lambda f: f["type"] == kind, timeout)
+
+    async def request(self, frame: dict[str, Any], timeout: float = 3) -> dict[str, Any]:
+        """Send a frame with a fresh ref and return the reply (or error) carrying that ref."""
+        self._ref += 1
+        ref = f"r{self._ref}"
+        await self.send({**frame, "ref": ref})
+        return await self._take(lambda f: f.get("ref") == ref, timeout)
+
+    async def join(self, room: str, **extra: Any) -> dict[str, Any]:
+        reply = await self.request({"type": "join", "room": room, **extra})
+        assert reply["type"] == "joined", reply
+        return reply
+
+    async def say(self, room: str, text: str, client_id: str | None = None) -> dict[str, Any]:
+        frame = {"type": "send", "room": room, "text": text}
+        if client_id:
+            frame["client_id"] = client_id
+        reply = await self.request(frame)
+        assert reply["type"] == "ack", reply
+        return reply
+
+    async def messages(self, count: int, timeout: float = 3) -> list[dict[str, Any]]:
+        return [(await self.recv_type("message", timeout))["message"] for _ in range(count)]
+
+    async def nothing(self, kind: str = "message", timeout: float = 0.3) -> bool:
+        """True if no frame of this type is queued or arrives within the timeout."""
+        try:
+            await self.recv_type(kind, timeout)
+        except TimeoutError:
+            return True
+        return False
+
+    async def close(self) -> None:
+        await self.ws.disconnect()
+
+
+async def open_socket(*, headers: list[tuple[bytes, bytes]]) -> tuple[bool, WebsocketCommunicator]:
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    return connected, communicator
+
+
+@pytest.fixture
+def connect() -> Callable[..., Any]:
+    """`await connect(user)` → a Client authenticated by a fresh bearer token, hello consumed."""
+    opened: list[Client] = []
+
+    async def _connect(user: Any, *, origin: bytes | None = ORIGIN) -> Client:
+        token = await make_token(user)
+        headers = [(b"authorization", f"Bearer {token}".encode())]
+        if origin is not None:
+            headers.append((b"origin", origin))
+        connected, communicator = await open_socket(headers=headers)
+        assert connected, "handshake refused"
+        hello = await communicator.receive_json_from(timeout=3)
+        assert hello["type"] == "hello"
+        client = Client(communicator, user, hello)
+        opened.append(client)
+        return client
+
+    yield _connect
+    # Communicators are closed by the tests that care; the rest die with the event loop.
