@@ -1,0 +1,799 @@
+// Parley client: one WebSocket, many rooms, automatic reconnect and resume (docs/protocol.md).
+//
+// An ES module with no dependencies, for browsers and for node. Everything that touches the
+// outside world — the WebSocket constructor, timers, the clock, randomness, the browser's
+// online/offline events — can be injected, so the state machine can be tested with fakes.
+//
+//   import { ParleyClient } from "./parley-client.js";
+//   const client = new ParleyClient({ url: "ws://127.0.0.1:8000/ws/chat/" });
+//   client.on("state", (s) => console.log(s.state));
+//   client.on("room", ({ slug }) => render(client.room(slug)));
+//   client.connect();
+//   await client.join("lobby");
+//   await client.send("lobby", "hello");
+
+export const STATES = Object.freeze({
+  IDLE: "idle", // not started yet
+  CONNECTING: "connecting", // a socket is opening (or open, waiting for hello)
+  CONNECTED: "connected", // hello received; rooms are (re)joined
+  RECONNECTING: "reconnecting", // waiting for the next attempt (see nextAttemptAt)
+  OFFLINE: "offline", // the browser says there is no network; retry on "online"
+  REVOKED: "revoked", // close code 4401: credentials no longer valid; no more attempts
+  CLOSED: "closed", // close() was called
+});
+
+export const CLOSE_CREDENTIALS_REVOKED = 4401;
+
+// Errors after which retrying the same send (same client_id) can succeed.
+const RETRIABLE_SEND_ERRORS = new Set(["commit_failed", "internal_error", "not_joined", "rate_limited"]);
+
+const DEFAULTS = {
+  baseDelayMs: 500, // first backoff ceiling
+  maxDelayMs: 15000, // backoff cap
+  stableAfterMs: 10000, // a connection that lived this long resets the backoff
+  connectTimeoutMs: 10000, // socket open + hello must take less than this
+  heartbeatSecs: 25, // until hello tells us the server's value
+  typingIntervalMs: 2000, // send `typing` at most this often per room
+  typingShowMs: 5000, // show a peer as typing this long
+  maxSendAttempts: 8, // per message, for retriable errors (reconnects do not count)
+  joinLimit: 50,
+};
+
+export class ParleyError extends Error {
+  constructor(code, message, frame = null) {
+    super(message || code);
+    this.name = "ParleyError";
+    this.code = code;
+    this.frame = frame;
+  }
+}
+
+/** "Full jitter" backoff: uniform in [0, min(cap, base * 2^attempt)). */
+export function fullJitterDelay(attempt, baseMs, capMs, random = Math.random) {
+  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+/** A random id for idempotent sends; crypto.randomUUID needs a secure context, so fall back. */
+export function makeClientId(cryptoObj = globalThis.crypto) {
+  if (cryptoObj && typeof cryptoObj.randomUUID === "function") return "c-" + cryptoObj.randomUUID();
+  const bytes = new Uint8Array(16);
+  if (cryptoObj && typeof cryptoObj.getRandomValues === "function") cryptoObj.getRandomValues(bytes);
+  else for (let i = 0; i < 16; i++) bytes[i] = Math.floor(Math.random() * 256);
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `c-${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function defaultUrl() {
+  const loc = globalThis.location;
+  if (!loc) throw new Error("ParleyClient: pass options.url outside a browser");
+  return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws/chat/`;
+}
+
+/** Per-room state. Messages are kept in ascending seq order, each seq once. */
+class RoomState {
+  constructor(slug) {
+    this.slug = slug;
+    this.wanted = true; // the app asked to be in this room: (re)join on every connection
+    this.live = false; // joined on the current socket
+    this.everJoined = false;
+    this.info = null; // the `room` object from the last `joined`
+    this.epoch = null;
+    this.messages = [];
+    this.bySeq = new Map();
+    this.highSeq = 0; // highest seq delivered by the server in joined/message (not acks)
+    this.hasMore = false;
+    this.members = new Map(); // user id -> user
+    this.typing = new Map(); // user id -> {user, until}
+    this.lastTypingSentAt = -Infinity;
+    this.joinWaiters = [];
+    this.loadingOlder = false;
+  }
+
+  /** Insert one message by seq; returns true if the list changed. */
+  add(message, { fromAck = false } = {}) {
+    const existing = this.bySeq.get(message.seq);
+    if (existing) {
+      if (existing._fromAck && !fromAck) {
+        // The server's copy wins over the one we built from our own ack.
+        const i = this.messages.indexOf(existing);
+        this.messages[i] = message;
+        this.bySeq.set(message.seq, message);
+        return true;
+      }
+      return false;
+    }
+    const stored = fromAck ? { ...message, _fromAck: true } : message;
+    this.bySeq.set(message.seq, stored);
+    const list = this.messages;
+    if (!list.length || list[list.length - 1].seq < message.seq) {
+      list.push(stored);
+    } else {
+      let lo = 0;
+      let hi = list.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (list[mid].seq < message.seq) lo = mid + 1;
+        else hi = mid;
+      }
+      list.splice(lo, 0, stored);
+    }
+    if (!fromAck && message.seq > this.highSeq) this.highSeq = message.seq;
+    return true;
+  }
+
+  reset() {
+    this.messages = [];
+    this.bySeq = new Map();
+    this.highSeq = 0;
+  }
+}
+
+export class ParleyClient {
+  /**
+   * @param {object} options
+   * @param {string} [options.url] ws(s):// URL; defaults to /ws/chat/ on the page's host
+   * @param {Function} [options.WebSocket] constructor called as new WebSocket(url)
+   * @param {Function} [options.createSocket] (url) => socket; overrides WebSocket (e.g. to add headers in node)
+   * @param {object} [options.timers] {setTimeout, clearTimeout}
+   * @param {Function} [options.now] () => ms
+   * @param {Function} [options.random] () => [0, 1)
+   * @param {object} [options.network] {isOnline(): bool, addEventListener(type, fn)}; defaults to window/navigator
+   * @param {Function} [options.clientId] () => string
+   */
+  constructor(options = {}) {
+    this.opts = { ...DEFAULTS, ...options };
+    this.url = options.url || defaultUrl();
+    const WS = options.WebSocket || globalThis.WebSocket;
+    this._createSocket = options.createSocket || ((url) => new WS(url));
+    const timers = options.timers || globalThis;
+    this._setTimeout = (fn, ms) => timers.setTimeout(fn, ms);
+    this._clearTimeout = (id) => (id != null ? timers.clearTimeout(id) : undefined);
+    this._now = options.now || (() => Date.now());
+    this._random = options.random || Math.random;
+    this._clientId = options.clientId || (() => makeClientId());
+    this.network = options.network !== undefined ? options.network : browserNetwork();
+
+    this.state = STATES.IDLE;
+    this.nextAttemptAt = null;
+    this.attempt = 0; // failed attempts since the last stable connection
+    this.user = null;
+    this.limits = { max_text_chars: 4000, history_page_max: 100 };
+    this.heartbeatSecs = this.opts.heartbeatSecs;
+    this.rooms = new Map();
+    this.outbox = []; // unacked sends, in the order the user made them
+
+    this._listeners = new Map();
+    this._ws = null;
+    this._openedAt = null;
+    this._helloAt = null;
+    this._refSeq = 0;
+    this._requests = new Map(); // ref -> {resolve, reject, type}
+    this._reconnectTimer = null;
+    this._connectTimer = null;
+    this._pingTimer = null;
+    this._deadTimer = null;
+    this._lastReceivedAt = 0;
+    this._typingTimers = new Map();
+
+    if (this.network && this.network.addEventListener) {
+      this.network.addEventListener("online", () => this._onOnline());
+      this.network.addEventListener("offline", () => this._onOffline());
+    }
+  }
+
+  // --- events -------------------------------------------------------------------------------
+
+  /** Subscribe; returns an unsubscribe function. Events: state, hello, room, error, revoked. */
+  on(type, fn) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(fn);
+    return () => this._listeners.get(type).delete(fn);
+  }
+
+  _emit(type, detail) {
+    for (const fn of [...(this._listeners.get(type) || [])]) {
+      try {
+        fn(detail);
+      } catch (err) {
+        // A broken listener must not break the connection logic.
+        (globalThis.console || { error() {} }).error("parley listener failed", err);
+      }
+    }
+  }
+
+  _setState(state, extra = {}) {
+    this.state = state;
+    this.nextAttemptAt = extra.nextAttemptAt ?? null;
+    this._emit("state", { state, nextAttemptAt: this.nextAttemptAt, attempt: this.attempt, ...extra });
+  }
+
+  _roomChanged(slug, reason) {
+    this._emit("room", { slug, reason });
+  }
+
+  // --- connection lifecycle -------------------------------------------------------------------
+
+  /** Start connecting (idempotent). */
+  connect() {
+    if (this.state === STATES.CLOSED || this.state === STATES.REVOKED) return;
+    if (this._ws) return;
+    this._clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = null;
+    if (!this._isOnline()) {
+      this._setState(STATES.OFFLINE);
+      return;
+    }
+    this._setState(STATES.CONNECTING);
+    let ws;
+    try {
+      ws = this._createSocket(this.url);
+    } catch (err) {
+      this._afterDisconnect({ code: 1006, reason: String(err), opened: false });
+      return;
+    }
+    this._ws = ws;
+    this._openedAt = null;
+    this._helloAt = null;
+    ws.onopen = () => {
+      if (ws !== this._ws) return;
+      this._openedAt = this._now();
+    };
+    ws.onmessage = (ev) => {
+      if (ws !== this._ws) return;
+      this._onFrame(ev.data);
+    };
+    ws.onerror = () => {}; // onclose follows and carries the information we act on
+    ws.onclose = (ev) => {
+      if (ws !== this._ws) return;
+      this._detach();
+      this._afterDisconnect({ code: ev.code, reason: ev.reason, opened: this._openedAt !== null });
+    };
+    this._connectTimer = this._setTimeout(() => {
+      if (ws === this._ws && this._helloAt === null) this._drop("connect_timeout");
+    }, this.opts.connectTimeoutMs);
+  }
+
+  /** Skip the wait and try now (e.g. a "retry now" button). */
+  reconnectNow() {
+    if (this.state === STATES.RECONNECTING || this.state === STATES.OFFLINE) {
+      this._clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+      this.connect();
+    }
+  }
+
+  /** Stop for good: no more reconnects. */
+  close() {
+    const ws = this._ws;
+    this._detach();
+    this._clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = null;
+    if (ws) safeClose(ws, 1000, "client closed");
+    this._failRequests(new ParleyError("closed", "the client was closed"));
+    this._setState(STATES.CLOSED);
+  }
+
+  _isOnline() {
+    return !this.network || !this.network.isOnline || this.network.isOnline() !== false;
+  }
+
+  /** Forget the current socket without waiting for its close handshake, then reconnect. */
+  _drop(reason) {
+    const ws = this._ws;
+    if (!ws) return;
+    const opened = this._openedAt !== null;
+    this._detach();
+    safeClose(ws, 4000, reason);
+    this._afterDisconnect({ code: 4000, reason, opened });
+  }
+
+  _detach() {
+    const ws = this._ws;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      ws.onerror = () => {};
+    }
+    this._ws = null;
+    this._clearTimeout(this._connectTimer);
+    this._clearTimeout(this._pingTimer);
+    this._clearTimeout(this._deadTimer);
+    this._connectTimer = this._pingTimer = this._deadTimer = null;
+    for (const room of this.rooms.values()) room.live = false;
+  }
+
+  _afterDisconnect({ code, reason, opened }) {
+    const livedFor = this._helloAt !== null ? this._now() - this._helloAt : 0;
+    this._helloAt = null;
+    this._openedAt = null;
+    this._failRequests(new ParleyError("disconnected", "the connection was lost"));
+    for (const entry of this.outbox) if (entry.status === "sending") entry.status = "pending";
+    if (code === CLOSE_CREDENTIALS_REVOKED) {
+      this._setState(STATES.REVOKED, { code, reason });
+      this._emit("revoked", { code, reason });
+      return;
+    }
+    if (this.state === STATES.CLOSED) return;
+    if (livedFor >= this.opts.stableAfterMs) this.attempt = 0;
+    this._scheduleReconnect({ code, reason, opened });
+  }
+
+  _scheduleReconnect(info = {}) {
+    this._clearTimeout(this._reconnectTimer);
+    if (!this._isOnline()) {
+      this._reconnectTimer = null;
+      this._setState(STATES.OFFLINE, info);
+      return;
+    }
+    const delay = fullJitterDelay(this.attempt, this.opts.baseDelayMs, this.opts.maxDelayMs, this._random);
+    this.attempt += 1;
+    const nextAttemptAt = this._now() + delay;
+    this._reconnectTimer = this._setTimeout(() => {
+      this._reconnectTimer = null;
+      this.connect();
+    }, delay);
+    this._setState(STATES.RECONNECTING, { ...info, nextAttemptAt, delay });
+  }
+
+  _onOnline() {
+    if (this.state === STATES.OFFLINE || this.state === STATES.RECONNECTING) {
+      this._clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+      this.connect();
+    }
+  }
+
+  _onOffline() {
+    if (this.state === STATES.CLOSED || this.state === STATES.REVOKED) return;
+    if (this._ws) {
+      // The socket may linger half-dead for minutes; give up on it now and wait for "online".
+      this._drop("offline");
+    } else {
+      this._clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+      this._setState(STATES.OFFLINE);
+    }
+  }
+
+  // --- heartbeat ------------------------------------------------------------------------------
+
+  _schedulePing() {
+    this._clearTimeout(this._pingTimer);
+    this._pingTimer = this._setTimeout(() => this._ping(), this.heartbeatSecs * 1000);
+  }
+
+  _ping() {
+    if (!this._ws) return;
+    const sentAt = this._now();
+    this._transmit({ type: "ping", ref: this._nextRef() });
+    this._clearTimeout(this._deadTimer);
+    this._deadTimer = this._setTimeout(() => {
+      if (this._lastReceivedAt < sentAt) this._drop("heartbeat_timeout");
+    }, this.heartbeatSecs * 1000);
+    this._schedulePing();
+  }
+
+  // --- frames in ------------------------------------------------------------------------------
+
+  _onFrame(raw) {
+    this._lastReceivedAt = this._now();
+    this._clearTimeout(this._deadTimer);
+    this._deadTimer = null;
+    let frame;
+    try {
+      frame = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (!frame || typeof frame.type !== "string") return;
+    if (frame.ref != null && this._requests.has(frame.ref)) {
+      const req = this._requests.get(frame.ref);
+      this._requests.delete(frame.ref);
+      if (frame.type === "error") req.reject(new ParleyError(frame.code, frame.message, frame));
+      else req.resolve(frame);
+      return;
+    }
+    switch (frame.type) {
+      case "hello":
+        return this._onHello(frame);
+      case "message":
+        return this._onMessage(frame);
+      case "presence":
+        return this._onPresence(frame);
+      case "typing":
+        return this._onTyping(frame);
+      case "error":
+        return this._emit("error", new ParleyError(frame.code, frame.message, frame));
+      default:
+        return undefined; // pong without a known ref, or a future frame type
+    }
+  }
+
+  _onHello(frame) {
+    this._clearTimeout(this._connectTimer);
+    this._connectTimer = null;
+    this._helloAt = this._now();
+    this.user = frame.user;
+    if (frame.limits) this.limits = { ...this.limits, ...frame.limits };
+    if (frame.heartbeat_secs > 0) this.heartbeatSecs = frame.heartbeat_secs;
+    this._setState(STATES.CONNECTED);
+    this._emit("hello", frame);
+    this._schedulePing();
+    for (const room of this.rooms.values()) if (room.wanted) this._sendJoin(room);
+  }
+
+  _onMessage(frame) {
+    const room = this.rooms.get(frame.room);
+    if (!room || !frame.message) return;
+    const msg = frame.message;
+    const changed = room.add(msg);
+    const settled = this._settleOutbox(room.slug, msg.client_id, msg);
+    if (changed || settled) this._roomChanged(room.slug, "message");
+  }
+
+  _onPresence(frame) {
+    const room = this.rooms.get(frame.room);
+    if (!room || !frame.user) return;
+    if (frame.event === "join") room.members.set(frame.user.id, frame.user);
+    else if (frame.event === "leave") {
+      room.members.delete(frame.user.id);
+      room.typing.delete(frame.user.id);
+    }
+    this._roomChanged(room.slug, "members");
+  }
+
+  _onTyping(frame) {
+    const room = this.rooms.get(frame.room);
+    if (!room || !frame.user || (this.user && frame.user.id === this.user.id)) return;
+    const until = this._now() + this.opts.typingShowMs;
+    room.typing.set(frame.user.id, { user: frame.user, until });
+    const key = `${room.slug}\u0000${frame.user.id}`;
+    this._clearTimeout(this._typingTimers.get(key));
+    this._typingTimers.set(key, this._setTimeout(() => {
+      this._typingTimers.delete(key);
+      const t = room.typing.get(frame.user.id);
+      if (t && t.until <= this._now()) {
+        room.typing.delete(frame.user.id);
+        this._roomChanged(room.slug, "typing");
+      }
+    }, this.opts.typingShowMs));
+    this._roomChanged(room.slug, "typing");
+  }
+
+  // --- frames out -----------------------------------------------------------------------------
+
+  _nextRef() {
+    this._refSeq += 1;
+    return `r${this._refSeq}`;
+  }
+
+  _transmit(frame) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1) return false;
+    try {
+      ws.send(JSON.stringify(frame));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Send a frame with a fresh ref; `resolve(reply)` or `reject(ParleyError)` runs synchronously
+   * when the reply (or the error with that ref, or a disconnect) arrives, so that the client's
+   * state is updated in the same turn as the frame.
+   */
+  _call(frame, resolve, reject) {
+    const ref = this._nextRef();
+    if (!this._transmit({ ...frame, ref })) {
+      reject(new ParleyError("disconnected", "not connected"));
+      return;
+    }
+    this._requests.set(ref, { resolve, reject, type: frame.type });
+  }
+
+  /** _call as a promise, for the public API. */
+  _request(frame) {
+    return new Promise((resolve, reject) => this._call(frame, resolve, reject));
+  }
+
+  _failRequests(err) {
+    const pending = [...this._requests.values()];
+    this._requests.clear();
+    for (const req of pending) req.reject(err);
+  }
+
+  // --- rooms ----------------------------------------------------------------------------------
+
+  /**
+   * Join a room now and after every reconnect. Resolves with the room snapshot on the first
+   * `joined` (waiting for a connection if needed); rejects on an `error` (e.g. room_not_found).
+   */
+  join(slug) {
+    let room = this.rooms.get(slug);
+    if (!room) {
+      room = new RoomState(slug);
+      this.rooms.set(slug, room);
+    }
+    room.wanted = true;
+    const promise = new Promise((resolve, reject) => room.joinWaiters.push({ resolve, reject }));
+    if (room.everJoined && room.live) {
+      const waiters = room.joinWaiters.splice(0);
+      for (const w of waiters) w.resolve(this.room(slug));
+    } else if (this.state === STATES.CONNECTED && !room.joining) {
+      this._sendJoin(room);
+    }
+    return promise;
+  }
+
+  /** Leave a room: no more rejoins, and drop its state. */
+  async leave(slug) {
+    const room = this.rooms.get(slug);
+    if (!room) return;
+    room.wanted = false;
+    this.rooms.delete(slug);
+    this.outbox = this.outbox.filter((e) => e.room !== slug);
+    if (room.live) {
+      try {
+        await this._request({ type: "leave", room: slug });
+      } catch {
+        // Leaving a room we are not in any more is fine.
+      }
+    }
+  }
+
+  _sendJoin(room) {
+    const frame = { type: "join", room: room.slug, limit: this.opts.joinLimit };
+    if (room.epoch && room.everJoined) {
+      frame.after_seq = room.highSeq;
+      frame.epoch = room.epoch;
+    }
+    room.joining = true;
+    const ws = this._ws;
+    this._call(
+      frame,
+      (reply) => {
+        room.joining = false;
+        if (ws === this._ws && this.rooms.get(room.slug) === room) this._onJoined(room, reply);
+      },
+      (err) => {
+        room.joining = false;
+        if (err.code === "disconnected") return; // the next connection tries again
+        if (err.code === "room_not_found") {
+          room.wanted = false;
+          this.rooms.delete(room.slug);
+        }
+        const waiters = room.joinWaiters.splice(0);
+        for (const w of waiters) w.reject(err);
+        this._emit("error", err);
+        this._roomChanged(room.slug, "join_failed");
+      },
+    );
+  }
+
+  _onJoined(room, reply) {
+    room.info = reply.room;
+    room.epoch = reply.room.epoch;
+    room.live = true;
+    room.members = new Map((reply.members || []).map((u) => [u.id, u]));
+    const messages = reply.messages || [];
+    if (reply.recovered === true) {
+      for (const m of messages) room.add(m);
+    } else {
+      // A fresh join, or a resume the server could not serve (recovered: false): the page we
+      // got replaces what we had, and older messages are paged with history().
+      room.reset();
+      for (const m of messages) room.add(m);
+      room.hasMore = !!reply.has_more;
+    }
+    room.everJoined = true;
+    for (const m of messages) this._settleOutbox(room.slug, m.client_id, m);
+    const waiters = room.joinWaiters.splice(0);
+    for (const w of waiters) w.resolve(this.room(room.slug));
+    this._roomChanged(room.slug, reply.recovered === false ? "reset" : "joined");
+    this._flushOutbox(room.slug);
+  }
+
+  /** Page older messages: resolves with the history reply after merging it into the room. */
+  history(slug, { before, limit = 50 } = {}) {
+    const room = this.rooms.get(slug);
+    if (!room) return Promise.reject(new ParleyError("not_joined", `join ${slug} first`));
+    const frame = { type: "history", room: slug, limit };
+    const first = room.messages.find((m) => !m._fromAck);
+    const beforeSeq = before ?? (first ? first.seq : undefined);
+    if (beforeSeq !== undefined) frame.before = beforeSeq;
+    room.loadingOlder = true;
+    this._roomChanged(slug, "loading");
+    return new Promise((resolve, reject) => {
+      this._call(
+        frame,
+        (reply) => {
+          room.loadingOlder = false;
+          for (const m of reply.messages || []) room.add(m);
+          room.hasMore = !!reply.has_more;
+          this._roomChanged(slug, "history");
+          resolve(reply);
+        },
+        (err) => {
+          room.loadingOlder = false;
+          this._roomChanged(slug, "history");
+          reject(err);
+        },
+      );
+    });
+  }
+
+  /** Tell the room we are typing, at most every typingIntervalMs; returns true if sent. */
+  typing(slug) {
+    const room = this.rooms.get(slug);
+    if (!room || !room.live) return false;
+    const now = this._now();
+    if (now - room.lastTypingSentAt < this.opts.typingIntervalMs) return false;
+    room.lastTypingSentAt = now;
+    return this._transmit({ type: "typing", room: slug });
+  }
+
+  // --- outbox ---------------------------------------------------------------------------------
+
+  /**
+   * Send a message. It is shown as pending at once (room(slug).pending), sent when the room is
+   * joined, and re-sent with the same client_id after reconnects until acked. Resolves with the
+   * ack; rejects on a permanent error (text_too_long, room_not_found, …).
+   */
+  send(slug, text) {
+    const room = this.rooms.get(slug);
+    if (!room) return Promise.reject(new ParleyError("not_joined", `join ${slug} first`));
+    const entry = {
+      client_id: this._clientId(),
+      room: slug,
+      text,
+      status: "pending",
+      createdAt: this._now(),
+      attempts: 0,
+      error: null,
+    };
+    entry.promise = new Promise((resolve, reject) => {
+      entry.resolve = resolve;
+      entry.reject = reject;
+    });
+    entry.promise.catch(() => {}); // callers may ignore it; failure is also shown on the entry
+    this.outbox.push(entry);
+    this._roomChanged(slug, "pending");
+    this._flushOutbox(slug);
+    return entry.promise;
+  }
+
+  /** Give up on a failed (or still pending) message. */
+  discard(clientId) {
+    const entry = this.outbox.find((e) => e.client_id === clientId);
+    if (!entry) return;
+    this.outbox = this.outbox.filter((e) => e !== entry);
+    entry.reject(new ParleyError("discarded", "discarded by the user"));
+    this._roomChanged(entry.room, "pending");
+  }
+
+  /** Try a failed message again (same client_id). */
+  retry(clientId) {
+    const entry = this.outbox.find((e) => e.client_id === clientId);
+    if (!entry || entry.status !== "failed") return;
+    entry.status = "pending";
+    entry.error = null;
+    entry.attempts = 0;
+    this._roomChanged(entry.room, "pending");
+    this._flushOutbox(entry.room);
+  }
+
+  _flushOutbox(slug) {
+    const room = this.rooms.get(slug);
+    if (!room || !room.live || this.state !== STATES.CONNECTED) return;
+    for (const entry of this.outbox) {
+      if (entry.room === slug && entry.status === "pending") this._transmitEntry(entry, room);
+    }
+  }
+
+  _transmitEntry(entry, room) {
+    entry.status = "sending";
+    entry.attempts += 1;
+    this._call(
+      { type: "send", room: entry.room, text: entry.text, client_id: entry.client_id },
+      (ack) => {
+        const msg = {
+          room: entry.room,
+          seq: ack.seq,
+          id: ack.id,
+          client_id: entry.client_id,
+          author: this.user,
+          text: entry.text.trim(),
+          ts: ack.ts,
+        };
+        // Show our own message at its seq right away; the `message` event (same seq) replaces it.
+        // A duplicate ack for a message older than what is loaded stays out of the list.
+        const first = room.messages[0];
+        if (this.rooms.get(entry.room) === room && (!room.hasMore || !first || ack.seq >= first.seq)) {
+          room.add(msg, { fromAck: true });
+        }
+        this._settleOutbox(entry.room, entry.client_id, msg, ack);
+        this._roomChanged(entry.room, "ack");
+      },
+      (err) => {
+        if (!this.outbox.includes(entry)) return;
+        if (err.code === "disconnected") {
+          entry.status = "pending"; // re-sent after the rejoin
+          return;
+        }
+        if (RETRIABLE_SEND_ERRORS.has(err.code) && entry.attempts < this.opts.maxSendAttempts) {
+          entry.status = "pending";
+          const wait = err.frame?.retry_after_ms ?? Math.min(8000, 250 * 2 ** entry.attempts);
+          this._setTimeout(() => this._flushOutbox(entry.room), wait);
+          return;
+        }
+        entry.status = "failed";
+        entry.error = err;
+        entry.reject(err);
+        this._roomChanged(entry.room, "failed");
+      },
+    );
+  }
+
+  /** Remove the outbox entry with this client_id (ours) once the server has the message. */
+  _settleOutbox(slug, clientId, message, ack = null) {
+    if (!clientId) return false;
+    const i = this.outbox.findIndex((e) => e.client_id === clientId && e.room === slug);
+    if (i < 0) return false;
+    if (message.author && this.user && message.author.id !== this.user.id) return false;
+    const [entry] = this.outbox.splice(i, 1);
+    entry.status = "acked";
+    entry.resolve(ack || { type: "ack", room: slug, client_id: clientId, seq: message.seq, id: message.id, ts: message.ts, duplicate: true });
+    return true;
+  }
+
+  // --- snapshots for the UI -------------------------------------------------------------------
+
+  /** A read-only view of one room: messages, pending sends, members, typists. */
+  room(slug) {
+    const room = this.rooms.get(slug);
+    if (!room) return null;
+    const now = this._now();
+    return {
+      slug,
+      info: room.info,
+      live: room.live,
+      joined: room.everJoined,
+      messages: room.messages,
+      hasMore: room.hasMore,
+      loadingOlder: room.loadingOlder,
+      highSeq: room.highSeq,
+      epoch: room.epoch,
+      pending: this.outbox
+        .filter((e) => e.room === slug)
+        .map((e) => ({ client_id: e.client_id, text: e.text, status: e.status, createdAt: e.createdAt, error: e.error })),
+      members: [...room.members.values()].sort((a, b) => a.username.localeCompare(b.username)),
+      typing: [...room.typing.values()].filter((t) => t.until > now).map((t) => t.user),
+    };
+  }
+}
+
+function safeClose(ws, code, reason) {
+  try {
+    if (ws.readyState === 0 || ws.readyState === 1) ws.close(code, reason);
+  } catch {
+    // Some implementations refuse application codes before open; the socket is forgotten anyway.
+    try {
+      ws.close();
+    } catch {
+      /* ignore */
+    }
+  }
+}
+
+function browserNetwork() {
+  const win = globalThis.window;
+  const nav = globalThis.navigator;
+  if (!win || !win.addEventListener) return null;
+  return {
+    isOnline: () => (nav && typeof nav.onLine === "boolean" ? nav.onLine : true),
+    addEventListener: (type, fn) => win.addEventListener(type, fn),
+  };
+}
