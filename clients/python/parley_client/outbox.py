@@ -1,0 +1,96 @@
+"""The outbox: sends that are not acked yet, in the order the application made them.
+
+Every entry has a client_id, fixed when the entry is created. An entry is (re)transmitted on each
+new connection until an `ack` with its client_id arrives; the server never stores two messages
+for one client_id (docs/protocol.md §3, `send`), so retrying is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_client_id() -> str:
+    return "c-" + uuid.uuid4().hex
+
+
+@dataclass(eq=False)
+class OutboxEntry:
+    room: str
+    text: str
+    client_id: str
+    future: asyncio.Future[dict[str, Any]]
+    sent_on: int | None = None  # id of the connection that carries the latest transmission
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def frame(self, ref: str) -> dict[str, Any]:
+        return {"type": "send", "ref": ref, "room": self.room, "text": self.text, "client_id": self.client_id}
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, OutboxEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, client_id: str) -> bool:
+        return client_id in self._entries
+
+    def get(self, client_id: str) -> OutboxEntry | None:
+        return self._entries.get(client_id)
+
+    def add(self, room: str, text: str, client_id: str | None = None) -> OutboxEntry:
+        """A new entry, or the pending one with the same client_id (two callers, one message)."""
+        cid = client_id or new_client_id()
+        existing = self._entries.get(cid)
+        if existing is not None:
+            if existing.room != room:
+                raise ValueError(f"client_id {cid!r} is already pending for room {existing.room!r}")
+            return existing
+        entry = OutboxEntry(room, text, cid, asyncio.get_running_loop().create_future())
+        self._entries[cid] = entry
+        return entry
+
+    def to_transmit(self, connection_id: int, rooms: set[str] | None = None) -> list[OutboxEntry]:
+        """Entries not yet sent on this connection (optionally only for these rooms), oldest first;
+        they are marked as sent on it."""
+        out = []
+        for entry in self._entries.values():
+            if entry.sent_on != connection_id and (rooms is None or entry.room in rooms):
+                entry.sent_on = connection_id
+                entry.attempts += 1
+                out.append(entry)
+        return out
+
+    def acked(self, client_id: str, ack: dict[str, Any]) -> OutboxEntry | None:
+        entry = self._entries.pop(client_id, None)
+        if entry is not None and not entry.future.done():
+            entry.future.set_result(ack)
+        return entry
+
+    def fail(self, client_id: str, exc: BaseException) -> OutboxEntry | None:
+        entry = self._entries.pop(client_id, None)
+        if entry is not None and not entry.future.done():
+            entry.future.set_exception(exc)
+        return entry
+
+    def forget(self, client_id: str) -> None:
+        self._entries.pop(client_id, None)
+
+    def mark_unsent(self, client_id: str) -> None:
+        entry = self._entries.get(client_id)
+        if entry is not None:
+            entry.sent_on = None
+
+    def fail_all(self, exc: BaseException) -> None:
+        for cid in list(self._entries):
+            self.fail(cid, exc)
+
+    def pending(self) -> list[OutboxEntry]:
+        return list(self._entries.values())
