@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from chat.models import ApiToken, Membership, Message, Room
-from chat.services import token_revoke
+from chat.services import membership_remove, token_revoke
 
 
 class MembershipInline(admin.TabularInline):
@@ -17,6 +17,18 @@ class RoomAdmin(admin.ModelAdmin):
     search_fields = ["slug", "title"]
     readonly_fields = ["last_seq", "epoch", "created_at"]
     inlines = [MembershipInline]
+
+    def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
+        # Removing a member through the service makes their open sockets leave the room now.
+        instances = formset.save(commit=False)
+        for obj in formset.deleted_objects:
+            if isinstance(obj, Membership):
+                membership_remove(room=obj.room, user=obj.user)
+            else:
+                obj.delete()
+        for obj in instances:
+            obj.save()
+        formset.save_m2m()
 
 
 @admin.register(Message)

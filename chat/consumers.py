@@ -18,8 +18,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import fanout, protocol, selectors, services
+from chat import fanout, limits, protocol, selectors, services
 from chat.models import Message, Room
+from chat.outbound import Outbound
 from chat.payloads import message_payload, room_payload, user_payload
 from chat.presence import Member, get_presence
 from chat.protocol import ProtocolError
@@ -37,6 +38,7 @@ class Subscription:
     pending: dict[int, str] = field(default_factory=dict)  # frames that arrived ahead of a gap
     gap_fill_scheduled: bool = False
     presence_touched: float = 0.0
+    typing_at: float = 0.0  # when this socket last relayed a typing event for the room
 
 
 # --- database work, one thread hop per command ----------------------------------------------
@@ -90,6 +92,11 @@ def _gap(room_id: int, after_seq: int, before: int) -> list[Message]:
     return selectors.message_range(room_id=room_id, after_seq=after_seq, before=before, limit=before - after_seq)
 
 
+# Per-process state shared by this process's sockets (see chat/limits.py on "per process").
+_sockets_per_user: dict[int, int] = {}
+_user_message_buckets = limits.BucketMap(limits.MESSAGES_PER_SEC, limits.MESSAGES_BURST)
+
+
 def heartbeat_timeout_secs() -> float:
     """Two missed heartbeats and a little slack."""
     return 2 * settings.PARLEY_HEARTBEAT_INTERVAL_SECS + 5
@@ -107,6 +114,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.subs_by_slug: dict[str, Subscription] = {}
         self.last_frame_at = time.monotonic()
         self.watchdog: asyncio.Task[None] | None = None
+        self.outbound: Outbound | None = None
+        self.counted = False  # in _sockets_per_user
+        self.frame_bucket = limits.TokenBucket(limits.FRAMES_PER_SEC.value, limits.FRAMES_BURST.value)
+        self.strikes = limits.Strikes()
 
     # --- socket lifecycle -------------------------------------------------------------------
 
@@ -122,6 +133,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.member = Member(user.pk, user.get_username())
         await self.accept()
+        self.outbound = Outbound(self._write, self._close_socket, self._on_outbound_overflow)
+        if _sockets_per_user.get(user.pk, 0) >= limits.MAX_SOCKETS_PER_USER.value:
+            err = ProtocolError(protocol.TOO_MANY_SOCKETS, "too many open sockets for this user; close one")
+            await self.send_frame(err.to_frame(None))
+            self.outbound.close_after_flush(protocol.CLOSE_TOO_MANY_SOCKETS)
+            return
+        _sockets_per_user[user.pk] = _sockets_per_user.get(user.pk, 0) + 1
+        self.counted = True
+        token_id = self.scope.get("token_id")
+        if token_id is not None:
+            await self.channel_layer.group_add(fanout.token_group(token_id), self.channel_name)
         self.watchdog = asyncio.ensure_future(self._watch_heartbeat())
         await self.send_frame({
             "type": "hello",
@@ -132,6 +154,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "max_text_chars": settings.PARLEY_MAX_TEXT_CHARS,
                 "history_page_max": settings.PARLEY_HISTORY_PAGE_MAX,
                 "max_frame_bytes": settings.PARLEY_MAX_FRAME_BYTES,
+                "messages_per_sec": limits.MESSAGES_PER_SEC.value,
+                "frames_per_sec": limits.FRAMES_PER_SEC.value,
+                "max_rooms": limits.MAX_ROOMS_PER_SOCKET.value,
             },
         })
 
@@ -139,6 +164,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Called when the socket closes, for any reason: leaves every room, updating presence."""
         if self.watchdog is not None:
             self.watchdog.cancel()
+        if self.outbound is not None:
+            self.outbound.stop()
+        if self.counted:
+            self.counted = False
+            left = _sockets_per_user.get(self.user.pk, 1) - 1
+            if left > 0:
+                _sockets_per_user[self.user.pk] = left
+            else:
+                _sockets_per_user.pop(self.user.pk, None)
+        token_id = self.scope.get("token_id")
+        if token_id is not None and self.user is not None:
+            await self.channel_layer.group_discard(fanout.token_group(token_id), self.channel_name)
         for sub in list(self.subs_by_id.values()):
             await self._unsubscribe(sub)
 
@@ -146,20 +183,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Called for every frame the client sends; answers with a reply or one error frame."""
         ref = None
         self.last_frame_at = time.monotonic()
+        if self.outbound is None or self.outbound.closed:
+            return  # closing (too many sockets, abuse, slow reader): ignore what is in flight
         try:
             frame = protocol.decode_frame(text_data, bytes_data)
             ref = protocol.frame_ref(frame)
+            wait = self.frame_bucket.take()
+            if wait:
+                raise ProtocolError(protocol.RATE_LIMITED, "too many frames; slow down",
+                                    retry_after_ms=_ms(wait))
             command = protocol.parse_command(frame)
             await self._handlers[type(command)](self, command, ref)
         except ProtocolError as err:
             await self.send_frame(err.to_frame(ref))
+            if err.code == protocol.RATE_LIMITED and self.strikes.add():
+                log.warning("closing socket of user %s: kept flooding after rate limiting", self.user.pk)
+                self.outbound.close_after_flush(protocol.CLOSE_RATE_LIMIT)
         except Exception:
             log.exception("unexpected error handling a frame from user %s", self.user.pk)
             err = ProtocolError(protocol.INTERNAL_ERROR, "unexpected server error")
             await self.send_frame(err.to_frame(ref))
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=protocol.encode(frame))
+        """Queue one reply or event for this socket (chat.outbound bounds the queue)."""
+        if self.outbound is not None:
+            self.outbound.put(protocol.encode(frame))
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -175,6 +223,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise _room_not_found(cmd.room)
         sub = self.subs_by_id.get(room.pk)
         first_join = sub is None
+        if sub is None and len(self.subs_by_id) >= limits.MAX_ROOMS_PER_SOCKET.value:
+            raise ProtocolError(protocol.TOO_MANY_ROOMS,
+                                f"a socket may join at most {int(limits.MAX_ROOMS_PER_SOCKET.value)} rooms",
+                                room=cmd.room)
         if sub is None:
             # Subscribe before reading the log: whatever commits after the read is then certain to
             # arrive as an event, and whatever the read saw is dropped by seq when it arrives.
@@ -190,7 +242,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if await presence.add(room.pk, self.channel_name, self.member):
                 members = await presence.members(room.pk)
                 await fanout.broadcast_presence(room_id=room.pk, room_slug=room.slug, event="join",
-                                                user=self.user, members=len(members))
+                                                user=self.user, members=len(members), origin=self.channel_name)
         members = await presence.members(room.pk)
         reply = {
             "type": "joined",
@@ -209,6 +261,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def do_send(self, cmd: protocol.Send, ref: str | None) -> None:
         sub = self._joined(cmd.room)
+        wait = _user_message_buckets.take(self.user.pk)
+        if wait:
+            raise ProtocolError(protocol.RATE_LIMITED, "too many messages; retry later with the same client_id",
+                                room=sub.slug, retry_after_ms=_ms(wait))
         try:
             result = await _send(self.user, sub.room_id, cmd)
         except DatabaseError:
@@ -245,6 +301,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def do_typing(self, cmd: protocol.Typing, ref: str | None) -> None:
         sub = self._joined(cmd.room)
+        now = time.monotonic()
+        if (now - sub.typing_at) * 1000 < limits.TYPING_MIN_INTERVAL_MS.value:
+            return  # relayed one a moment ago; peers show "typing" for seconds anyway
+        sub.typing_at = now
         if not await _can_access(self.user, sub.room_id):
             await self._unsubscribe(sub)
             raise _room_not_found(cmd.room)
@@ -284,26 +344,46 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if seq <= sub.high_seq:
             return
         if seq == sub.high_seq + 1:
-            await self.send_message(event["frame"])
+            await self.send_message(event["frame"], event.get("size"))
             sub.high_seq = seq
             await self._drain(sub)
         else:
             sub.pending[seq] = event["frame"]
             self._schedule_gap_fill(sub)
 
-    async def send_message(self, frame: str) -> None:
-        """Deliver one chat message, already encoded once for everyone by chat.fanout, to this socket."""
-        await self.send(text_data=frame)
+    async def send_message(self, frame: str, size: int | None = None) -> None:
+        """Deliver one chat message, already encoded once for everyone by chat.fanout, to this socket.
+
+        It goes onto the socket's bounded outbound queue; the writer task puts it on the wire.
+        """
+        if self.outbound is not None:
+            self.outbound.put(frame, size)
 
     async def chat_presence(self, event: dict[str, Any]) -> None:
-        """Called when a user's first socket joins, or last socket leaves, a room this socket is in."""
-        if event["room_id"] in self.subs_by_id:
-            await self.send(text_data=event["frame"])
+        """Called when a user's first socket joins, or last socket leaves, a room this socket is in.
+
+        The socket that caused it is skipped: its `joined` reply already lists the members.
+        """
+        if event["room_id"] in self.subs_by_id and event["origin"] != self.channel_name and self.outbound is not None:
+            self.outbound.put(event["frame"])
 
     async def chat_typing(self, event: dict[str, Any]) -> None:
         """Called when someone in a joined room is typing; the typist's own sockets skip it."""
-        if event["room_id"] in self.subs_by_id and event["user_id"] != self.user.pk:
-            await self.send(text_data=event["frame"])
+        if event["room_id"] in self.subs_by_id and event["user_id"] != self.user.pk and self.outbound is not None:
+            self.outbound.put(event["frame"])
+
+    async def chat_revoke(self, event: dict[str, Any]) -> None:
+        """Called when a user lost access to a room (removed from a private room): leave it now."""
+        sub = self.subs_by_id.get(event["room_id"])
+        if sub is not None and event["user_id"] == self.user.pk:
+            await self._unsubscribe(sub)
+            await self.send_frame({"type": "left", "room": sub.slug, "reason": "removed"})
+
+    async def auth_revoked(self, event: dict[str, Any]) -> None:
+        """Called when the API token this socket authenticated with is revoked: close with 4401."""
+        log.info("closing a socket of user %s: its token was revoked", self.user.pk)
+        if self.outbound is not None:
+            self.outbound.close_after_flush(protocol.CLOSE_CREDENTIALS_REVOKED)
 
     async def chat_gapfill(self, event: dict[str, Any]) -> None:
         """Called PARLEY_GAP_FILL_DELAY_MS after a seq arrived ahead of a gap that is still open.
@@ -333,6 +413,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._drain(sub)
 
     # --- helpers ----------------------------------------------------------------------------
+
+    async def _write(self, text: str) -> None:
+        """The outbound writer's only way to the wire."""
+        await self.send(text_data=text)
+
+    async def _close_socket(self, code: int) -> None:
+        await self.close(code=code)
+
+    def _on_outbound_overflow(self) -> None:
+        log.warning("closing socket of user %s: it stopped reading (outbound queue over budget)", self.user.pk)
+        asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_READER))
 
     async def _watch_heartbeat(self) -> None:
         """Close a socket whose client went silent: no frame (a ping at least) for the timeout.
@@ -381,7 +472,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if await presence.remove(sub.room_id, self.channel_name, self.user.pk):
             members = await presence.members(sub.room_id)
             await fanout.broadcast_presence(room_id=sub.room_id, room_slug=sub.slug, event="leave",
-                                            user=self.user, members=len(members))
+                                            user=self.user, members=len(members), origin=self.channel_name)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000 + 0.999))
 
 
 def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:

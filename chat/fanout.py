@@ -21,6 +21,11 @@ def room_group(room_id: int) -> str:
     return f"room.{room_id}"
 
 
+def token_group(token_id: int) -> str:
+    """The group of the sockets opened with one API token (to close them when it is revoked)."""
+    return f"token.{token_id}"
+
+
 async def broadcast(room_id: int, event: dict[str, Any]) -> None:
     """Deliver one event to every socket that joined the room, on every server process."""
     await get_channel_layer().group_send(room_group(room_id), event)
@@ -30,17 +35,31 @@ async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -
     frame = protocol.encode(
         {"type": "message", "room": room_slug, "message": message_payload(message, room_slug=room_slug)}
     )
-    # seq travels beside the frame so each socket can order and de-duplicate without decoding it.
-    await broadcast(room_id, {"type": "chat.message", "room_id": room_id, "seq": message.seq, "frame": frame})
+    # seq travels beside the frame so each socket can order and de-duplicate without decoding it;
+    # size so each socket can account its outbound bytes without encoding it again.
+    await broadcast(room_id, {"type": "chat.message", "room_id": room_id, "seq": message.seq,
+                              "frame": frame, "size": len(frame.encode())})
 
 
-async def broadcast_presence(*, room_id: int, room_slug: str, event: str, user: Any, members: int) -> None:
+async def broadcast_presence(*, room_id: int, room_slug: str, event: str, user: Any, members: int,
+                             origin: str) -> None:
+    """`origin` is the channel of the socket that joined or left; it already knows (joined/left)."""
     frame = protocol.encode(
         {"type": "presence", "room": room_slug, "event": event, "user": user_payload(user), "members": members}
     )
-    await broadcast(room_id, {"type": "chat.presence", "room_id": room_id, "frame": frame})
+    await broadcast(room_id, {"type": "chat.presence", "room_id": room_id, "frame": frame, "origin": origin})
 
 
 async def broadcast_typing(*, room_id: int, room_slug: str, user: Any) -> None:
     frame = protocol.encode({"type": "typing", "room": room_slug, "user": user_payload(user)})
     await broadcast(room_id, {"type": "chat.typing", "room_id": room_id, "user_id": user.pk, "frame": frame})
+
+
+async def broadcast_removed(*, room_id: int, user_id: int) -> None:
+    """A user lost access to a room: their sockets in it leave at once (chat_revoke)."""
+    await broadcast(room_id, {"type": "chat.revoke", "room_id": room_id, "user_id": user_id})
+
+
+async def close_token_sockets(*, token_id: int) -> None:
+    """Not a room broadcast: a control message to the sockets opened with a revoked token."""
+    await get_channel_layer().group_send(token_group(token_id), {"type": "auth.revoked"})

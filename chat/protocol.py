@@ -20,6 +20,9 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_SERVER_ERROR = 1011
 CLOSE_CREDENTIALS_REVOKED = 4401
 CLOSE_HEARTBEAT_TIMEOUT = 4408  # no frame from the client for 2 heartbeats + 5 s
+CLOSE_TOO_MANY_SOCKETS = 4409  # the user has PARLEY_MAX_SOCKETS_PER_USER open already
+CLOSE_SLOW_READER = 4413  # the outbound queue exceeded its frame or byte budget
+CLOSE_RATE_LIMIT = 4429  # kept sending after PARLEY_RATE_LIMIT_STRIKES rate-limit refusals
 
 # Error codes sent in {"type": "error", "code": ...} frames; the connection stays open.
 BAD_JSON = "bad_json"
@@ -34,6 +37,9 @@ TEXT_TOO_LONG = "text_too_long"
 ROOM_NOT_FOUND = "room_not_found"
 NOT_JOINED = "not_joined"
 COMMIT_FAILED = "commit_failed"
+RATE_LIMITED = "rate_limited"
+TOO_MANY_ROOMS = "too_many_rooms"
+TOO_MANY_SOCKETS = "too_many_sockets"
 INTERNAL_ERROR = "internal_error"
 
 MAX_REF_CHARS = 64

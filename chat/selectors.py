@@ -32,6 +32,21 @@ def room_user_can_access(*, user: Any, room_id: int) -> bool:
     return Room.objects.filter(room_visible_q(user=user), pk=room_id).exists()
 
 
+def room_user_can_manage(*, room: Room, user: Any) -> bool:
+    """Owners and staff manage a room's members."""
+    if user.is_staff or user.is_superuser:
+        return True
+    return Membership.objects.filter(room=room, user_id=user.pk, role=Membership.Role.OWNER).exists()
+
+
+def membership_list(*, room: Room) -> list[Membership]:
+    return list(Membership.objects.filter(room=room).select_related("user").order_by("user__username"))
+
+
+def token_list(*, user: Any) -> list[ApiToken]:
+    return list(ApiToken.objects.filter(user_id=user.pk).order_by("-created_at"))
+
+
 def message_page(*, room_id: int, before: int | None, limit: int) -> tuple[list[Message], bool]:
     """The newest `limit` messages with seq < before (all if None), ascending, and whether older exist."""
     qs = Message.objects.filter(room_id=room_id).select_related("author")

@@ -6,11 +6,13 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from chat import fanout
 from chat.models import ApiToken, Membership, Message, Room
 from chat.selectors import message_get_by_client_id, token_hash
 
@@ -38,8 +40,18 @@ def membership_add(*, room: Room, user: Any) -> Membership:
     return membership
 
 
-def membership_remove(*, room: Room, user: Any) -> None:
-    Membership.objects.filter(room=room, user=user).exclude(role=Membership.Role.OWNER).delete()
+def membership_remove(*, room: Room, user: Any) -> bool:
+    """Take a member out of a room (never its owner). Their open sockets leave the room at once.
+
+    Every command also re-checks access, so this is belt and braces: without the broadcast, a
+    removed member would keep *receiving* the room's messages until their next command.
+    """
+    deleted, _ = Membership.objects.filter(room=room, user=user).exclude(role=Membership.Role.OWNER).delete()
+    if deleted and room.is_private:
+        transaction.on_commit(
+            lambda: async_to_sync(fanout.broadcast_removed)(room_id=room.pk, user_id=user.pk)
+        )
+    return bool(deleted)
 
 
 def message_create(*, room_id: int, author: Any, text: str, client_id: str | None) -> tuple[Message, bool]:
@@ -93,9 +105,12 @@ def token_create(*, user: Any, name: str = "") -> tuple[ApiToken, str]:
 
 
 def token_revoke(*, token: ApiToken) -> None:
+    """Revoke a token: it stops authenticating, and sockets opened with it close with 4401."""
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        token_id = token.pk
+        transaction.on_commit(lambda: async_to_sync(fanout.close_token_sockets)(token_id=token_id))
 
 
 def token_touch(*, token: ApiToken) -> None:

@@ -10,5 +10,8 @@ urlpatterns = [
     path("api/me", views.me, name="api-me"),
     path("api/rooms", views.rooms, name="api-rooms"),
     path("api/rooms/<str:slug>/messages", views.room_messages, name="api-room-messages"),
+    path("api/rooms/<str:slug>/members", views.room_members, name="api-room-members"),
+    path("api/rooms/<str:slug>/members/<str:username>", views.room_member_detail, name="api-room-member"),
     path("api/tokens", views.tokens, name="api-tokens"),
+    path("api/tokens/<int:token_id>", views.token_detail, name="api-token"),
 ]

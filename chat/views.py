@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.contrib.auth import login
+from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.core.exceptions import ValidationError
@@ -18,7 +18,7 @@ from django.views.decorators.http import require_http_methods
 
 from chat import selectors, services
 from chat.http_auth import api_error
-from chat.payloads import message_payload, room_payload, user_payload
+from chat.payloads import message_payload, room_payload, timestamp, user_payload
 
 
 @login_required
@@ -109,9 +109,18 @@ def room_messages(request: HttpRequest, slug: str) -> JsonResponse:
                          "has_more": has_more})
 
 
+def _token_payload(token: Any) -> dict[str, Any]:
+    return {"id": token.pk, "name": token.name, "prefix": token.prefix,
+            "created_at": timestamp(token.created_at),
+            "last_used_at": timestamp(token.last_used_at) if token.last_used_at else None,
+            "revoked": token.revoked_at is not None}
+
+
 @api
-@require_http_methods(["POST"])
+@require_http_methods(["GET", "POST"])
 def tokens(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        return JsonResponse({"tokens": [_token_payload(t) for t in selectors.token_list(user=request.user)]})
     if getattr(request, "auth_token", None) is not None:
         return api_error(403, "session_required", "tokens are made from a signed-in browser session")
     body = _json_body(request)
@@ -120,3 +129,59 @@ def tokens(request: HttpRequest) -> JsonResponse:
         return api_error(400, "bad_field", "'name' must be a string of at most 100 characters")
     token, raw = services.token_create(user=request.user, name=name)
     return JsonResponse({"token": raw, "id": token.pk}, status=201)
+
+
+@api
+@require_http_methods(["DELETE"])
+def token_detail(request: HttpRequest, token_id: int) -> JsonResponse:
+    """Revoke one of your tokens; sockets opened with it close with 4401."""
+    token = next((t for t in selectors.token_list(user=request.user) if t.pk == token_id), None)
+    if token is None:
+        return api_error(404, "token_not_found", "no such token of yours")
+    services.token_revoke(token=token)
+    return JsonResponse({"token": _token_payload(token)})
+
+
+def _managed_room(request: HttpRequest, slug: str) -> Any:
+    room = selectors.room_get_visible(user=request.user, slug=slug)
+    if room is None:
+        return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    if not room.is_private:
+        return api_error(400, "room_public", "public rooms are open to every signed-in user")
+    if not selectors.room_user_can_manage(room=room, user=request.user):
+        return api_error(403, "forbidden", "only the room's owner or an admin manages members")
+    return room
+
+
+@api
+@require_http_methods(["GET", "POST"])
+def room_members(request: HttpRequest, slug: str) -> JsonResponse:
+    """List (any member) or add (owner/admin) the members of a private room."""
+    if request.method == "GET":
+        room = selectors.room_get_visible(user=request.user, slug=slug)
+        if room is None:
+            return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+        return JsonResponse({"members": [{**user_payload(m.user), "role": m.role}
+                                         for m in selectors.membership_list(room=room)]})
+    room = _managed_room(request, slug)
+    if isinstance(room, JsonResponse):
+        return room
+    body = _json_body(request) or {}
+    user = get_user_model().objects.filter(username=body.get("username") or "").first()
+    if user is None:
+        return api_error(404, "user_not_found", "no such user")
+    membership = services.membership_add(room=room, user=user)
+    return JsonResponse({"member": {**user_payload(user), "role": membership.role}}, status=201)
+
+
+@api
+@require_http_methods(["DELETE"])
+def room_member_detail(request: HttpRequest, slug: str, username: str) -> JsonResponse:
+    """Remove a member (owner/admin); their open sockets leave the room at once."""
+    room = _managed_room(request, slug)
+    if isinstance(room, JsonResponse):
+        return room
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None or not services.membership_remove(room=room, user=user):
+        return api_error(404, "member_not_found", "no such member (the owner cannot be removed)")
+    return JsonResponse({"removed": user_payload(user)})

@@ -1,6 +1,7 @@
-"""Handshake guards for the WebSocket side: Origin checking and bearer-token authentication.
+"""Handshake guards for the WebSocket side: rate, Origin checking and bearer-token authentication.
 
-Stack (config/asgi.py): OriginGuard → AuthMiddlewareStack (session cookie) → BearerTokenAuth.
+Stack (config/asgi.py): HandshakeRateLimit → OriginGuard → AuthMiddlewareStack (session cookie)
+→ BearerTokenAuth.
 The consumer then refuses any handshake whose scope["user"] is not authenticated.
 """
 
@@ -15,6 +16,7 @@ from channels.security.websocket import OriginValidator, WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
+from chat import limits
 from chat.selectors import token_get_active
 from chat.services import token_touch
 
@@ -42,6 +44,25 @@ def bearer_token(scope: dict[str, Any]) -> str | None:
 def peer(scope: dict[str, Any]) -> str:
     client = scope.get("client") or ("?", 0)
     return f"{client[0]}:{client[1]}"
+
+
+class HandshakeRateLimit:
+    """Refuses (403) WebSocket handshakes from an address over PARLEY_HANDSHAKES_PER_IP_PER_MIN.
+
+    The address is the ASGI scope's client, i.e. the peer as the ASGI server sees it; behind a
+    reverse proxy run uvicorn with --proxy-headers so that is the real client.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+        self.buckets = limits.BucketMap(limits.HANDSHAKES_PER_IP_PER_MIN, per=60.0)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        address = (scope.get("client") or ("?", 0))[0]
+        if self.buckets.take(address):
+            log.warning("refused WebSocket handshake from %s: handshake rate limit", address)
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)
 
 
 class OriginGuard(OriginValidator):

@@ -1,7 +1,7 @@
 """ASGI entry point: Django for HTTP, the chat consumer for WebSockets.
 
 Run with `uvicorn config.asgi:application` (scripts/serve does). The WebSocket stack, outside in:
-OriginGuard refuses foreign Origins; AuthMiddlewareStack resolves the session cookie;
+HandshakeRateLimit refuses addresses that reconnect too fast; OriginGuard refuses foreign Origins; AuthMiddlewareStack resolves the session cookie;
 BearerTokenAuth resolves `Authorization: Bearer`; URLRouter picks the consumer.
 """
 
@@ -17,11 +17,13 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from chat.ws_auth import BearerTokenAuth, OriginGuard  # noqa: E402
+from chat.ws_auth import BearerTokenAuth, HandshakeRateLimit, OriginGuard  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": OriginGuard(AuthMiddlewareStack(BearerTokenAuth(URLRouter(websocket_urlpatterns)))),
+        "websocket": HandshakeRateLimit(
+            OriginGuard(AuthMiddlewareStack(BearerTokenAuth(URLRouter(websocket_urlpatterns))))
+        ),
     }
 )

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "chat.http_security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -127,6 +128,7 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)  # set (e.g. 31536000) once TLS is permanent
 
 # --- I18N, static ---------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -148,6 +150,17 @@ PARLEY_RESUME_MAX_GAP = env_int("PARLEY_RESUME_MAX_GAP", 1000)
 PARLEY_HEARTBEAT_INTERVAL_SECS = env_int("PARLEY_HEARTBEAT_INTERVAL_SECS", 25)
 # How long a socket waits for a missing sequence number before reading it from the database.
 PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
+PARLEY_FRAMES_PER_SEC = env_int("PARLEY_FRAMES_PER_SEC", 20)
+PARLEY_FRAMES_BURST = env_int("PARLEY_FRAMES_BURST", 40)
+PARLEY_MESSAGES_PER_SEC = env_int("PARLEY_MESSAGES_PER_SEC", 5)
+PARLEY_MESSAGES_BURST = env_int("PARLEY_MESSAGES_BURST", 10)
+PARLEY_RATE_LIMIT_STRIKES = env_int("PARLEY_RATE_LIMIT_STRIKES", 30)
+PARLEY_MAX_ROOMS_PER_SOCKET = env_int("PARLEY_MAX_ROOMS_PER_SOCKET", 100)
+PARLEY_MAX_SOCKETS_PER_USER = env_int("PARLEY_MAX_SOCKETS_PER_USER", 20)
+PARLEY_HANDSHAKES_PER_IP_PER_MIN = env_int("PARLEY_HANDSHAKES_PER_IP_PER_MIN", 120)
+PARLEY_OUTBOUND_MAX_MESSAGES = env_int("PARLEY_OUTBOUND_MAX_MESSAGES", 1000)
+PARLEY_OUTBOUND_MAX_BYTES = env_int("PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024)
+PARLEY_TYPING_MIN_INTERVAL_MS = env_int("PARLEY_TYPING_MIN_INTERVAL_MS", 1000)
 
 LOGGING = {
     "version": 1,

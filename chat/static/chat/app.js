@@ -1,1 +1,287 @@
-// placeholder
+// Parley browser app: wires the protocol client (parley-client.js) to the page (app.html).
+import { ParleyClient, STATES } from "./parley-client.js";
+import { avatar, byTestId, colourFor, h } from "./ui/dom.js";
+import { renderTimeline, typingText } from "./ui/messages.js";
+import { Sidebar, api } from "./ui/sidebar.js";
+
+const me = JSON.parse(document.getElementById("parley-me").textContent);
+const el = {
+  shell: byTestId("app"),
+  sidebar: byTestId("sidebar"),
+  backdrop: byTestId("backdrop"),
+  sidebarToggle: byTestId("sidebar-toggle"),
+  sidebarClose: byTestId("sidebar-close"),
+  membersToggle: byTestId("members-toggle"),
+  memberCount: byTestId("member-count"),
+  memberList: byTestId("member-list"),
+  title: byTestId("room-title"),
+  sub: byTestId("room-sub"),
+  conn: byTestId("conn-state"),
+  connText: document.querySelector(".conn-text"),
+  connRetry: byTestId("conn-retry"),
+  timeline: byTestId("timeline"),
+  list: byTestId("messages"),
+  loadOlder: byTestId("load-older"),
+  start: byTestId("timeline-start"),
+  typing: byTestId("typing"),
+  composer: byTestId("composer"),
+  input: byTestId("composer-input"),
+  counter: byTestId("char-count"),
+  send: byTestId("send"),
+};
+
+for (const a of document.querySelectorAll("[data-avatar]")) {
+  a.textContent = (Array.from(a.dataset.avatar)[0] || "?").toUpperCase();
+  a.style.background = colourFor(a.dataset.avatar);
+}
+
+const client = new ParleyClient();
+window.parley = client; // handy in the console and for tests
+
+let current = null; // slug of the room on screen
+
+// --- rooms ---------------------------------------------------------------------------------
+
+const sidebar = new Sidebar({
+  listEl: byTestId("room-list"),
+  formEl: byTestId("new-room-form"),
+  errorEl: byTestId("new-room-error"),
+  detailsEl: byTestId("new-room"),
+  onSelect: (slug) => {
+    closePanels();
+    if (slug !== current) openRoom(slug);
+  },
+});
+
+function slugFromHash() {
+  const m = /^#\/([a-z0-9_-]{1,50})$/.exec(location.hash);
+  return m ? m[1] : null;
+}
+
+function openRoom(slug) {
+  current = slug;
+  sidebar.setCurrent(slug);
+  el.list.replaceChildren();
+  el.input.value = localStorage.getItem(draftKey(slug)) || "";
+  updateComposer();
+  if (location.hash !== `#/${slug}`) history.replaceState(null, "", `#/${slug}`);
+  render("open");
+  client.join(slug).catch((err) => {
+    if (err.code === "room_not_found" && slug === current) {
+      flash(`No room “${slug}” that you may see.`);
+      if (slug !== "lobby") openRoom("lobby");
+    }
+  });
+}
+
+window.addEventListener("hashchange", () => {
+  const slug = slugFromHash();
+  if (slug && slug !== current) openRoom(slug);
+});
+
+// --- rendering -----------------------------------------------------------------------------
+
+function render(reason) {
+  const snap = current ? client.room(current) : null;
+  const info = sidebar.find(current) || snap?.info;
+  el.title.textContent = info ? `${info.private ? "🔒 " : "# "}${info.title || info.slug}` : `# ${current || ""}`;
+  el.sub.textContent = info && info.title && info.title !== info.slug ? info.slug : "";
+  document.title = info ? `${info.title || info.slug} · Parley` : "Parley";
+  if (!snap) return;
+  renderTimeline(el.list, el.timeline, snap, me, {
+    lastReason: reason,
+    retry: (id) => client.retry(id),
+    discard: (id) => client.discard(id),
+  });
+  el.loadOlder.hidden = !snap.hasMore;
+  el.loadOlder.disabled = snap.loadingOlder;
+  el.loadOlder.textContent = snap.loadingOlder ? "Loading…" : "Load older messages";
+  el.start.hidden = !snap.joined || snap.hasMore || !snap.messages.length;
+  renderMembers(snap.members);
+  el.typing.textContent = typingText(snap.typing);
+}
+
+function renderMembers(members) {
+  el.memberCount.textContent = String(members.length);
+  el.memberList.replaceChildren(...members.map((u) => h("li", { class: "member", testid: "member", dataset: { username: u.username } },
+    avatar(u.username, "avatar--small"),
+    h("span", { class: "member-name" }, u.username),
+    u.id === me.id ? h("span", { class: "member-you" }, "you") : null)));
+}
+
+client.on("room", ({ slug, reason }) => {
+  if (slug === current) render(reason);
+});
+
+// Unread counts for rooms joined earlier but not on screen.
+const seenSeq = new Map();
+client.on("room", ({ slug, reason }) => {
+  const snap = client.room(slug);
+  if (!snap) return;
+  const prev = seenSeq.get(slug) ?? snap.highSeq;
+  if (reason === "message" && slug !== current && snap.highSeq > prev) sidebar.bumpUnread(slug);
+  seenSeq.set(slug, snap.highSeq);
+});
+
+el.loadOlder.addEventListener("click", () => {
+  if (current) client.history(current, { limit: 50 }).catch((err) => flash(err.message));
+});
+
+// --- connection badge ----------------------------------------------------------------------
+
+let countdown = null;
+function renderConn(s) {
+  clearInterval(countdown);
+  countdown = null;
+  el.conn.dataset.state = s.state;
+  el.connRetry.hidden = s.state !== STATES.RECONNECTING;
+  const set = (text) => {
+    el.connText.textContent = text;
+  };
+  switch (s.state) {
+    case STATES.CONNECTED:
+      set("Connected");
+      break;
+    case STATES.CONNECTING:
+    case STATES.IDLE:
+      set("Connecting…");
+      break;
+    case STATES.RECONNECTING: {
+      const tick = () => {
+        const secs = Math.max(0, Math.ceil((client.nextAttemptAt - Date.now()) / 1000));
+        set(secs > 0 ? `Reconnecting in ${secs}s` : "Reconnecting…");
+      };
+      tick();
+      countdown = setInterval(tick, 250);
+      break;
+    }
+    case STATES.OFFLINE:
+      set("Offline");
+      break;
+    case STATES.REVOKED:
+      set("Signed out");
+      break;
+    default:
+      set(s.state);
+  }
+}
+
+client.on("state", (s) => {
+  renderConn(s);
+  if (s.state === STATES.CONNECTED) sidebar.load().then(() => render("rooms")).catch(() => {});
+  // Repeated refusals may mean the session ended: ask the HTTP side, which can tell us.
+  if (s.state === STATES.RECONNECTING && s.attempt >= 3 && !s.opened) checkSession();
+});
+client.on("revoked", () => {
+  flash("Your session is no longer valid. Please sign in again.");
+  setTimeout(() => location.assign("/accounts/login/?next=/"), 2500);
+});
+el.connRetry.addEventListener("click", () => client.reconnectNow());
+
+async function checkSession() {
+  try {
+    await api("/api/me");
+  } catch (err) {
+    if (err.status === 401 || err.status === 403) location.assign(`/accounts/login/?next=${encodeURIComponent("/" + location.hash)}`);
+  }
+}
+
+// --- composer ------------------------------------------------------------------------------
+
+const draftKey = (slug) => `parley:draft:${me.id}:${slug}`;
+
+function maxChars() {
+  return client.limits.max_text_chars || 4000;
+}
+
+function updateComposer() {
+  const len = el.input.value.trim().length;
+  const max = maxChars();
+  el.counter.textContent = `${el.input.value.length} / ${max}`;
+  el.counter.classList.toggle("counter--over", len > max);
+  el.counter.classList.toggle("counter--near", len > max * 0.9 && len <= max);
+  el.send.disabled = len === 0 || len > max;
+  el.input.style.height = "auto";
+  el.input.style.height = `${Math.min(el.input.scrollHeight, 200)}px`;
+}
+
+function submit() {
+  const text = el.input.value;
+  const trimmed = text.trim();
+  if (!current || !trimmed || trimmed.length > maxChars()) return;
+  client.send(current, trimmed).catch(() => {}); // failures show on the pending message
+  el.input.value = "";
+  localStorage.removeItem(draftKey(current));
+  updateComposer();
+  el.timeline.scrollTop = el.timeline.scrollHeight;
+}
+
+el.composer.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  submit();
+});
+el.input.addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+    ev.preventDefault();
+    submit();
+  }
+});
+el.input.addEventListener("input", () => {
+  updateComposer();
+  if (current) {
+    if (el.input.value) localStorage.setItem(draftKey(current), el.input.value);
+    else localStorage.removeItem(draftKey(current));
+    if (el.input.value.trim()) client.typing(current); // throttled to one frame per 2 s
+  }
+});
+
+// --- panels (phone width) ------------------------------------------------------------------
+
+function setSidebar(open) {
+  el.shell.classList.toggle("shell--sidebar-open", open);
+  el.backdrop.hidden = !open;
+  el.sidebarToggle.setAttribute("aria-expanded", String(open));
+}
+function setMembers(open) {
+  el.shell.classList.toggle("shell--members-open", open);
+  el.membersToggle.setAttribute("aria-expanded", String(open));
+}
+function closePanels() {
+  setSidebar(false);
+  setMembers(false);
+}
+el.sidebarToggle.addEventListener("click", () => setSidebar(!el.shell.classList.contains("shell--sidebar-open")));
+el.sidebarClose.addEventListener("click", () => setSidebar(false));
+el.backdrop.addEventListener("click", closePanels);
+el.membersToggle.addEventListener("click", () => setMembers(!el.shell.classList.contains("shell--members-open")));
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape") closePanels();
+});
+
+// --- notices -------------------------------------------------------------------------------
+
+let flashTimer = null;
+function flash(text) {
+  let box = byTestId("flash");
+  if (!box) {
+    box = h("div", { class: "flash", testid: "flash", role: "alert" });
+    document.body.append(box);
+  }
+  box.textContent = text;
+  box.hidden = false;
+  clearTimeout(flashTimer);
+  flashTimer = setTimeout(() => {
+    box.hidden = true;
+  }, 6000);
+}
+client.on("error", (err) => {
+  if (err.code && err.code !== "disconnected") flash(err.message || err.code);
+});
+
+// --- start ---------------------------------------------------------------------------------
+
+sidebar.load().catch((err) => flash(`Could not load rooms: ${err.message}`));
+client.connect();
+openRoom(slugFromHash() || "lobby");
+updateComposer();
+el.input.focus({ preventScroll: true });

@@ -1,0 +1,124 @@
+"""Every limit Parley enforces, with its name, default and setting — docs/security.md has the table.
+
+Limits are read from settings on use (not cached at import) so a deployment's environment and a
+test's override_settings both take effect. Counters that live in process memory (per-user socket
+counts, per-user message buckets, per-IP handshake buckets) are per server process: with N
+processes behind a balancer the effective ceiling is up to N times the setting.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    name: str
+    setting: str
+    default: float
+    unit: str
+    description: str
+
+    @property
+    def value(self) -> float:
+        return getattr(settings, self.setting, self.default)
+
+
+MAX_FRAME_BYTES = Limit("frame size", "PARLEY_MAX_FRAME_BYTES", 65536, "bytes",
+                        "largest client frame; the ASGI server closes with 1009 above it")
+MAX_TEXT_CHARS = Limit("message length", "PARLEY_MAX_TEXT_CHARS", 4000, "characters",
+                       "message text after trimming")
+FRAMES_PER_SEC = Limit("frame rate", "PARLEY_FRAMES_PER_SEC", 20, "frames/s per socket",
+                       "sustained client frames per socket (token bucket)")
+FRAMES_BURST = Limit("frame burst", "PARLEY_FRAMES_BURST", 40, "frames",
+                     "frames a socket may send at once before the rate applies")
+MESSAGES_PER_SEC = Limit("message rate", "PARLEY_MESSAGES_PER_SEC", 5, "messages/s per user",
+                         "sustained sends per user, all their sockets in a process together")
+MESSAGES_BURST = Limit("message burst", "PARLEY_MESSAGES_BURST", 10, "messages",
+                       "sends a user may make at once before the rate applies")
+RATE_STRIKES = Limit("rate-limit strikes", "PARLEY_RATE_LIMIT_STRIKES", 30, "refusals / 10 s",
+                     "rate-limited frames within 10 s after which the socket is closed (4429)")
+MAX_ROOMS_PER_SOCKET = Limit("rooms per socket", "PARLEY_MAX_ROOMS_PER_SOCKET", 100, "rooms",
+                             "rooms one socket may have joined at once")
+MAX_SOCKETS_PER_USER = Limit("sockets per user", "PARLEY_MAX_SOCKETS_PER_USER", 20, "sockets",
+                             "open sockets per user per server process")
+HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "PARLEY_HANDSHAKES_PER_IP_PER_MIN", 120,
+                                  "handshakes/min per IP", "WebSocket handshakes per client address")
+OUTBOUND_MAX_MESSAGES = Limit("outbound queue (messages)", "PARLEY_OUTBOUND_MAX_MESSAGES", 1000,
+                              "frames", "frames waiting to be written to one socket")
+OUTBOUND_MAX_BYTES = Limit("outbound queue (bytes)", "PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024,
+                           "bytes", "bytes waiting to be written to one socket")
+HEARTBEAT_INTERVAL_SECS = Limit("heartbeat interval", "PARLEY_HEARTBEAT_INTERVAL_SECS", 25, "s",
+                                "client ping period; silent for 2x + 5 s closes with 4408")
+HISTORY_PAGE_MAX = Limit("history page", "PARLEY_HISTORY_PAGE_MAX", 100, "messages",
+                         "largest join/history page")
+RESUME_MAX_GAP = Limit("resume window", "PARLEY_RESUME_MAX_GAP", 1000, "messages",
+                       "largest gap a join replays; beyond it recovered=false")
+TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
+                               "typing events relayed per socket and room at most this often")
+
+ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
+
+STRIKE_WINDOW_SECS = 10.0
+
+
+class TokenBucket:
+    """Classic token bucket: `rate` tokens per second refill up to `burst`."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self, cost: float = 1.0) -> float:
+        """Take `cost` tokens; 0.0 if allowed, else the seconds until it would be."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return 0.0
+        return (cost - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+    @property
+    def full(self) -> bool:
+        return self.tokens + (time.monotonic() - self.stamp) * self.rate >= self.burst
+
+
+class BucketMap:
+    """Buckets by key (user id, IP), forgetting full ones so memory tracks active keys only."""
+
+    def __init__(self, rate: Limit, burst: Limit | None = None, per: float = 1.0) -> None:
+        self._rate, self._burst, self._per = rate, burst, per
+        self._buckets: dict[object, TokenBucket] = {}
+
+    def take(self, key: object) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 10_000:
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full}
+            rate = self._rate.value / self._per
+            burst = self._burst.value if self._burst else self._rate.value
+            bucket = self._buckets[key] = TokenBucket(rate, burst)
+        return bucket.take()
+
+
+class Strikes:
+    """Counts refusals in a sliding window; `add()` says when the count crossed the limit."""
+
+    __slots__ = ("times",)
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def add(self) -> bool:
+        now = time.monotonic()
+        self.times = [t for t in self.times if now - t < STRIKE_WINDOW_SECS]
+        self.times.append(now)
+        return len(self.times) >= RATE_STRIKES.value

@@ -1,0 +1,107 @@
+// The timeline: messages grouped by author, with day separators and pending sends at the end.
+import { avatar, h } from "./dom.js";
+
+const GROUP_GAP_MS = 5 * 60 * 1000;
+
+const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
+const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "long", day: "numeric" });
+
+function dayLabel(date) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (date.toDateString() === today.toDateString()) return "Today";
+  if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
+  return dayFmt.format(date);
+}
+
+function timeEl(date) {
+  return h("time", { datetime: date.toISOString(), title: fullFmt.format(date), class: "msg-time" }, timeFmt.format(date));
+}
+
+function groupHeader(author, date, pending) {
+  return h("div", { class: "msg-head" },
+    h("span", { class: "msg-author", testid: "message-author" }, author),
+    pending ? h("span", { class: "msg-time" }, "sending…") : timeEl(date));
+}
+
+/**
+ * Render the room snapshot (client.room(slug)) into the list element, replacing its content.
+ * Keeps the view pinned to the bottom if it was there, and keeps the reading position when
+ * older messages are prepended.
+ */
+export function renderTimeline(listEl, scroller, snap, me, handlers) {
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
+  const wasAtBottom = fromBottom < 48;
+
+  const frag = document.createDocumentFragment();
+  let prev = null; // {authorId, date}
+  let group = null;
+  const startGroup = (authorId, name, date, pending) => {
+    const li = h("li", { class: `msg-group${authorId === me.id ? " msg-group--mine" : ""}`, testid: "message-group" },
+      avatar(name, "msg-avatar"),
+      h("div", { class: "msg-body" }, groupHeader(name, date, pending)));
+    frag.append(li);
+    return li.lastChild;
+  };
+
+  for (const m of snap.messages) {
+    const date = new Date(m.ts);
+    if (!prev || date.toDateString() !== prev.date.toDateString()) {
+      frag.append(h("li", { class: "day-sep", role: "separator" }, h("span", {}, dayLabel(date))));
+      prev = null;
+    }
+    if (!prev || prev.authorId !== m.author.id || date - prev.date > GROUP_GAP_MS) {
+      group = startGroup(m.author.id, m.author.username, date, false);
+    }
+    group.append(h("div", {
+      class: "msg", testid: "message", dataset: { seq: String(m.seq), author: m.author.username },
+    },
+    h("div", { class: "msg-text", testid: "message-text" }, m.text),
+    prev && prev.authorId === m.author.id ? timeEl(date) : null));
+    prev = { authorId: m.author.id, date };
+  }
+
+  if (snap.pending.length) {
+    const last = snap.messages[snap.messages.length - 1];
+    if (!last || last.author.id !== me.id) group = startGroup(me.id, me.username, new Date(), true);
+    for (const p of snap.pending) {
+      const failed = p.status === "failed";
+      group.append(h("div", {
+        class: `msg msg--pending${failed ? " msg--failed" : ""}`,
+        testid: "message", dataset: { pending: "true", status: p.status, clientId: p.client_id },
+        title: failed ? `Not sent: ${p.error?.message || p.error?.code || "error"}` : "Sending…",
+      },
+      h("div", { class: "msg-text", testid: "message-text" }, p.text),
+      failed
+        ? h("span", { class: "msg-actions" },
+          h("span", { class: "msg-fail" }, p.error?.message || "Not sent"),
+          h("button", { type: "button", class: "link-btn", onclick: () => handlers.retry(p.client_id) }, "Retry"),
+          h("button", { type: "button", class: "link-btn", onclick: () => handlers.discard(p.client_id) }, "Discard"))
+        : h("span", { class: "msg-status", "aria-label": "sending" }, "◷")));
+    }
+  }
+
+  if (!snap.messages.length && !snap.pending.length && snap.joined) {
+    frag.append(h("li", { class: "empty", testid: "empty" }, "No messages yet. Say hello 👋"));
+  }
+
+  const oldHeight = scroller.scrollHeight;
+  listEl.replaceChildren(frag);
+  if (wasAtBottom) {
+    scroller.scrollTop = scroller.scrollHeight;
+  } else {
+    // Content grew above (history) or below (new messages): keep the same distance from bottom
+    // only when older messages were added; otherwise leave scrollTop alone.
+    const grewAbove = handlers.lastReason === "history";
+    if (grewAbove) scroller.scrollTop += scroller.scrollHeight - oldHeight;
+  }
+}
+
+export function typingText(users) {
+  const names = users.map((u) => u.username);
+  if (!names.length) return "";
+  if (names.length === 1) return `${names[0]} is typing…`;
+  if (names.length === 2) return `${names[0]} and ${names[1]} are typing…`;
+  return "Several people are typing…";
+}
