@@ -11,8 +11,12 @@ from chat.models import ApiToken, Membership, Message, Room
 
 
 def room_visible_q(*, user: Any) -> Q:
-    """Rooms a user may see: every public room, and private rooms they are a member of."""
-    if getattr(user, "is_superuser", False):
+    """Rooms a user may see: every public room, and private rooms they are a member of.
+
+    Staff see every room: they can read all of it in the Django admin anyway, and they manage
+    the members of private rooms.
+    """
+    if getattr(user, "is_staff", False) or getattr(user, "is_superuser", False):
         return Q()
     member_rooms = Membership.objects.filter(user_id=user.pk).values("room_id")
     return Q(is_private=False) | Q(pk__in=member_rooms)

@@ -1,0 +1,161 @@
+"""chat.limits and the limits the consumer enforces: each limit's error or close code, tested."""
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+import chat.consumers
+from chat import limits
+from chat.models import Message
+from config.asgi import application
+from tests.conftest import ORIGIN, make_room, make_token, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def next_close(client, timeout: float = 3) -> int:
+    """The close code the server sends, skipping (and keeping) frames queued before it."""
+    async with asyncio.timeout(timeout):
+        while True:
+            out = await client.ws.output_queue.get()
+            if out["type"] == "websocket.close":
+                return out.get("code", 1000)
+
+
+# --- the module itself -------------------------------------------------------------------------
+
+def test_token_bucket_allows_burst_then_rate(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+    bucket = limits.TokenBucket(rate=2, burst=3)
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take() == pytest.approx(0.5)  # one token refills in 1/rate seconds
+    clock[0] += 0.5
+    assert bucket.take() == 0.0
+    clock[0] += 100
+    assert [bucket.take() for _ in range(4)][-1] > 0  # refill is capped at the burst
+
+
+def test_strikes_count_within_the_window(monkeypatch, settings):
+    settings.PARLEY_RATE_LIMIT_STRIKES = 3
+    clock = [0.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+    strikes = limits.Strikes()
+    assert not strikes.add() and not strikes.add()
+    clock[0] += limits.STRIKE_WINDOW_SECS + 1  # the old ones age out
+    assert not strikes.add() and not strikes.add()
+    assert strikes.add()
+
+
+def test_every_limit_has_a_setting_and_a_default(settings):
+    names = {limit.setting for limit in limits.ALL}
+    assert len(names) == len(limits.ALL) >= 15
+    for limit in limits.ALL:
+        assert limit.setting.startswith("PARLEY_") and limit.default > 0 and limit.unit
+        assert hasattr(settings, limit.setting), limit.setting
+
+
+# --- through the consumer ----------------------------------------------------------------------
+
+@override_settings(PARLEY_FRAMES_PER_SEC=1, PARLEY_FRAMES_BURST=3, PARLEY_RATE_LIMIT_STRIKES=4)
+async def test_frame_flood_is_refused_then_cut_off(connect):
+    c = await connect(await make_user("flood"))
+    for _ in range(3):
+        assert (await c.request({"type": "ping"}))["type"] == "pong"
+    refused = await c.request({"type": "ping"})
+    assert refused["code"] == "rate_limited" and 0 < refused["retry_after_ms"] <= 1000
+    for _ in range(3):
+        await c.send({"type": "ping"})
+    assert await next_close(c) == 4429
+
+
+@override_settings(PARLEY_MESSAGES_PER_SEC=1, PARLEY_MESSAGES_BURST=2)
+async def test_message_rate_is_per_user_across_sockets(connect):
+    await make_room("lobby")
+    user = await make_user("chatty")
+    one, two = await connect(user), await connect(user)
+    await one.join("lobby")
+    await two.join("lobby")
+    await one.say("lobby", "a")
+    await two.say("lobby", "b")
+    refused = await one.request({"type": "send", "room": "lobby", "text": "c", "client_id": "k3"})
+    assert refused["code"] == "rate_limited" and refused["retry_after_ms"] > 0
+    assert await database_sync_to_async(Message.objects.count)() == 2  # refused means not stored
+    await asyncio.sleep(refused["retry_after_ms"] / 1000 + 0.05)
+    assert (await one.say("lobby", "c", client_id="k3"))["seq"] == 3  # the retry goes through
+
+
+@override_settings(PARLEY_MAX_ROOMS_PER_SOCKET=2)
+async def test_rooms_per_socket(connect):
+    for slug in ("r1", "r2", "r3"):
+        await make_room(slug)
+    c = await connect(await make_user("roamer"))
+    await c.join("r1")
+    await c.join("r2")
+    await c.join("r2")  # re-joining a joined room is not another room
+    refused = await c.request({"type": "join", "room": "r3"})
+    assert refused["code"] == "too_many_rooms"
+    await c.request({"type": "leave", "room": "r1"})
+    await c.join("r3")
+
+
+@override_settings(PARLEY_MAX_SOCKETS_PER_USER=2)
+async def test_sockets_per_user(connect):
+    user = await make_user("tabs")
+    first, _second = await connect(user), await connect(user)
+    token = await make_token(user)
+    third = WebsocketCommunicator(application, "/ws/chat/",
+                                  headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN)])
+    connected, _ = await third.connect()
+    assert connected
+    assert (await third.receive_json_from())["code"] == "too_many_sockets"
+    assert (await third.receive_output())["code"] == 4409
+    await first.close()
+    await asyncio.sleep(0.05)
+    fourth = await connect(user)  # a slot is free again
+    assert fourth.hello["type"] == "hello"
+
+
+async def test_handshake_rate_per_address(settings):
+    settings.PARLEY_HANDSHAKES_PER_IP_PER_MIN = 2
+    user = await make_user("reconnector")
+    token = await make_token(user)
+    results = []
+    for _ in range(3):
+        ws = WebsocketCommunicator(application, "/ws/chat/",
+                                   headers=[(b"authorization", f"Bearer {token}".encode())])
+        ws.scope["client"] = ("198.51.100.7", 5555)  # read by the app when it starts running
+        connected, _ = await ws.connect()
+        results.append(connected)
+        if connected:
+            await ws.disconnect()
+    assert results == [True, True, False]
+
+
+@override_settings(PARLEY_OUTBOUND_MAX_MESSAGES=5)
+async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connect, monkeypatch):
+    await make_room("lobby")
+    stuck = asyncio.Event()  # never set: the "network" of the slow socket never drains
+    original_write = chat.consumers.ChatConsumer._write
+
+    async def write(self, text):
+        if self.user.username == "slow":
+            await stuck.wait()
+        await original_write(self, text)
+
+    monkeypatch.setattr(chat.consumers.ChatConsumer, "_write", write)
+    fast, slow = await connect(await make_user("fast")), None
+    await fast.join("lobby")
+    token = await make_token(await make_user("slow"))
+    slow = WebsocketCommunicator(application, "/ws/chat/",
+                                 headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN)])
+    assert (await slow.connect())[0]
+    await slow.send_json_to({"type": "join", "room": "lobby"})
+    for i in range(12):
+        await fast.say("lobby", f"m{i}")
+    assert [m["seq"] for m in await fast.messages(12)] == list(range(1, 13))
+    closed = await slow.receive_output(timeout=3)  # nothing was written, then the close
+    assert closed == {"type": "websocket.close", "code": 4413}
