@@ -1,9 +1,10 @@
 // Parley browser app: wires the protocol client (parley-client.js) to the page (app.html).
 import { ParleyClient, STATES } from "./parley-client.js";
-import { avatar, byTestId, colourFor, h } from "./ui/dom.js";
+import { avatar, byTestId, colourFor, h, hydrateIcons, icon } from "./ui/dom.js";
 import { renderTimeline, typingText } from "./ui/messages.js";
 import { Sidebar, api } from "./ui/sidebar.js";
 
+hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
 const el = {
   shell: byTestId("app"),
@@ -84,7 +85,7 @@ window.addEventListener("hashchange", () => {
 function render(reason) {
   const snap = current ? client.room(current) : null;
   const info = sidebar.find(current) || snap?.info;
-  el.title.textContent = info ? `${info.private ? "🔒 " : "# "}${info.title || info.slug}` : `# ${current || ""}`;
+  el.title.replaceChildren(icon(info?.private ? "lock" : "hash", "icon title-icon"), info ? info.title || info.slug : current || "");
   el.sub.textContent = info && info.title && info.title !== info.slug ? info.slug : "";
   document.title = info ? `${info.title || info.slug} · Parley` : "Parley";
   if (!snap) return;

@@ -44,3 +44,31 @@ export function readCookie(name) {
   }
   return "";
 }
+
+const ICONS = {
+  people: "M16 11a3 3 0 1 0 0-6 3 3 0 0 0 0 6zm-8 0a3 3 0 1 0 0-6 3 3 0 0 0 0 6zm0 2c-2.7 0-8 1.3-8 4v2h10v-2c0-1 .4-1.9 1.1-2.6C9.9 13.9 8.9 13 8 13zm8 0c-2.7 0-8 1.3-8 4v2h16v-2c0-2.7-5.3-4-8-4z",
+  lock: "M12 2a5 5 0 0 0-5 5v3H6a2 2 0 0 0-2 2v8a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2v-8a2 2 0 0 0-2-2h-1V7a5 5 0 0 0-5-5zm-3 8V7a3 3 0 1 1 6 0v3H9z",
+  hash: "M10 3 8.6 9H4v2h4.1l-.9 4H3v2h3.7L5.8 21h2l.9-4h4l-.9 4h2l.9-4H19v-2h-3.9l.9-4H21V9h-4.5L18 3h-2l-1.4 6h-4L12 3h-2zm.1 8h4l-.9 4h-4l.9-4z",
+  clock: "M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zm0 2a8 8 0 1 1 0 16 8 8 0 0 1 0-16zm-1 3v6l5 3 1-1.7-4-2.3V7h-2z",
+  plus: "M11 5h2v6h6v2h-6v6h-2v-6H5v-2h6z",
+  menu: "M3 6h18v2H3zm0 5h18v2H3zm0 5h18v2H3z",
+  close: "M6.4 5 5 6.4 10.6 12 5 17.6 6.4 19l5.6-5.6 5.6 5.6 1.4-1.4-5.6-5.6L19 6.4 17.6 5 12 10.6z",
+};
+
+/** A small inline SVG icon (fixed paths, no user data). */
+export function icon(name, cls = "icon") {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("class", cls);
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", ICONS[name]);
+  svg.append(path);
+  return svg;
+}
+
+/** Replace every <i data-icon="name"> placeholder in the page with its SVG. */
+export function hydrateIcons(root = document) {
+  for (const el of root.querySelectorAll("i[data-icon]")) el.replaceWith(icon(el.dataset.icon));
+}

@@ -1,5 +1,5 @@
 // The timeline: messages grouped by author, with day separators and pending sends at the end.
-import { avatar, h } from "./dom.js";
+import { avatar, h, icon } from "./dom.js";
 
 const GROUP_GAP_MS = 5 * 60 * 1000;
 
@@ -78,12 +78,12 @@ export function renderTimeline(listEl, scroller, snap, me, handlers) {
           h("span", { class: "msg-fail" }, p.error?.message || "Not sent"),
           h("button", { type: "button", class: "link-btn", onclick: () => handlers.retry(p.client_id) }, "Retry"),
           h("button", { type: "button", class: "link-btn", onclick: () => handlers.discard(p.client_id) }, "Discard"))
-        : h("span", { class: "msg-status", "aria-label": "sending" }, "◷")));
+        : h("span", { class: "msg-status", title: "Sending…" }, icon("clock"), h("span", { class: "sr-only" }, "sending"))));
     }
   }
 
   if (!snap.messages.length && !snap.pending.length && snap.joined) {
-    frag.append(h("li", { class: "empty", testid: "empty" }, "No messages yet. Say hello 👋"));
+    frag.append(h("li", { class: "empty", testid: "empty" }, "No messages yet. Say hello!"));
   }
 
   const oldHeight = scroller.scrollHeight;

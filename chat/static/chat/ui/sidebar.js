@@ -1,5 +1,5 @@
 // Rooms: the list from GET /api/rooms, unread counts, and the "new room" form (POST /api/rooms).
-import { h, readCookie } from "./dom.js";
+import { h, icon, readCookie } from "./dom.js";
 
 export async function api(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json" };
@@ -86,7 +86,7 @@ export class Sidebar {
           "aria-current": active ? "page" : null,
           onclick: () => this.onSelect(room.slug),
         },
-        h("span", { class: "room-hash", "aria-hidden": "true" }, room.private ? "🔒" : "#"),
+        h("span", { class: "room-hash", title: room.private ? "Private" : null }, icon(room.private ? "lock" : "hash")),
         h("span", { class: "room-name" }, room.title || room.slug),
         unread ? h("span", { class: "badge", testid: "unread", "aria-label": `${unread} unread` }, unread > 99 ? "99+" : String(unread)) : null));
     });
