@@ -1,0 +1,245 @@
+"""Handshake authentication and Origin checks (chat/ws_auth.py), and bearer auth on HTTP (chat/http_auth.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import Client as DjangoClient
+
+from chat import services
+from chat.models import ApiToken
+from tests.conftest import ORIGIN, Client, make_room, make_token, make_user, open_socket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PASSWORD = "correct-horse-battery"  # conftest.make_user's
+
+
+def bearer(token: str) -> tuple[bytes, bytes]:
+    return (b"authorization", f"Bearer {token}".encode())
+
+
+async def handshake(headers: list[tuple[bytes, bytes]]) -> tuple[bool, Any]:
+    connected, communicator = await open_socket(headers=headers)
+    if connected:
+        hello = await communicator.receive_json_from(timeout=3)
+        assert hello["type"] == "hello"
+        return True, Client(communicator, None, hello)
+    return False, communicator
+
+
+@database_sync_to_async
+def revoke_all(user: Any) -> None:
+    for token in ApiToken.objects.filter(user=user):
+        services.token_revoke(token=token)
+
+
+@database_sync_to_async
+def deactivate(user: Any) -> None:
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+
+
+@database_sync_to_async
+def session_cookie(username: str, password: str = PASSWORD) -> str:
+    client = DjangoClient()
+    assert client.login(username=username, password=password)
+    return client.cookies["sessionid"].value
+
+
+# --- bearer tokens ----------------------------------------------------------------------------
+
+async def test_valid_token_is_accepted_and_hello_names_the_user():
+    ada = await make_user("ada")
+    ok, client = await handshake([bearer(await make_token(ada)), (b"origin", ORIGIN)])
+    assert ok
+    assert client.hello["user"] == {"id": ada.pk, "username": "ada"}
+    await client.close()
+
+
+async def test_unauthenticated_handshake_is_refused():
+    ok, _ = await handshake([(b"origin", ORIGIN)])
+    assert not ok
+
+
+@pytest.mark.parametrize("value", [b"Bearer prl_not-a-real-token", b"Bearer ", b"Bearer", b"Basic YWRhOnB3",
+                                   b"prl_no_scheme"])
+async def test_invalid_or_malformed_token_is_refused(value):
+    await make_user("ada")
+    ok, _ = await handshake([(b"authorization", value), (b"origin", ORIGIN)])
+    assert not ok
+
+
+async def test_revoked_token_is_refused():
+    ada = await make_user("ada")
+    token = await make_token(ada)
+    await revoke_all(ada)
+    ok, _ = await handshake([bearer(token), (b"origin", ORIGIN)])
+    assert not ok
+
+
+async def test_token_of_a_deactivated_user_is_refused():
+    ada = await make_user("ada")
+    token = await make_token(ada)
+    await deactivate(ada)
+    ok, _ = await handshake([bearer(token)])
+    assert not ok
+
+
+async def test_bearer_scheme_is_case_insensitive():
+    ada = await make_user("ada")
+    token = await make_token(ada)
+    ok, client = await handshake([(b"authorization", f"bearer {token}".encode())])
+    assert ok
+    await client.close()
+
+
+async def test_token_use_is_recorded():
+    ada = await make_user("ada")
+    token = await make_token(ada)
+    ok, client = await handshake([bearer(token)])
+    assert ok
+    last_used = await database_sync_to_async(
+        lambda: ApiToken.objects.get(user=ada).last_used_at)()
+    assert last_used is not None
+    await client.close()
+
+
+# --- Origin -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("origin", [b"http://evil.example", b"https://localhost.evil.example",
+                                    b"http://evil.example:80", b"null", b"file://"])
+async def test_foreign_origin_is_refused_and_logged(caplog, origin):
+    ada = await make_user("ada")
+    token = await make_token(ada)
+    with caplog.at_level(logging.WARNING, logger="parley.security"):
+        ok, _ = await handshake([bearer(token), (b"origin", origin)])
+    assert not ok
+    records = [r for r in caplog.records if r.name == "parley.security"]
+    assert records, "the refusal was not logged"
+    assert any("origin" in r.getMessage().lower() for r in records)
+
+
+@pytest.mark.parametrize("origin", [b"http://localhost", b"http://127.0.0.1:8000", b"https://localhost:4443",
+                                    b"http://[::1]:8000"])
+async def test_allowed_origins(origin):
+    ada = await make_user("ada")
+    ok, client = await handshake([bearer(await make_token(ada)), (b"origin", origin)])
+    assert ok
+    await client.close()
+
+
+async def test_no_origin_with_token_is_accepted():
+    ada = await make_user("ada")
+    ok, client = await handshake([bearer(await make_token(ada))])
+    assert ok
+    await client.close()
+
+
+async def test_no_origin_and_no_token_is_refused(caplog):
+    with caplog.at_level(logging.WARNING, logger="parley.security"):
+        ok, _ = await handshake([])
+    assert not ok
+    assert any(r.name == "parley.security" for r in caplog.records)
+
+
+# --- session cookie ---------------------------------------------------------------------------
+
+async def test_session_cookie_auth_works():
+    ada = await make_user("ada")
+    await make_room("lobby")
+    sid = await session_cookie("ada")
+    ok, client = await handshake([(b"cookie", f"sessionid={sid}".encode()), (b"origin", ORIGIN)])
+    assert ok
+    assert client.hello["user"]["username"] == "ada"
+    client.user = ada
+    reply = await client.join("lobby")
+    assert reply["room"]["slug"] == "lobby"
+    await client.say("lobby", "from the browser")
+    assert (await client.messages(1))[0]["author"]["username"] == "ada"
+    await client.close()
+
+
+async def test_session_cookie_without_origin_is_refused():
+    await make_user("ada")
+    sid = await session_cookie("ada")
+    ok, _ = await handshake([(b"cookie", f"sessionid={sid}".encode())])
+    assert not ok
+
+
+async def test_session_cookie_from_foreign_origin_is_refused():
+    await make_user("ada")
+    sid = await session_cookie("ada")
+    ok, _ = await handshake([(b"cookie", f"sessionid={sid}".encode()), (b"origin", b"http://evil.example")])
+    assert not ok
+
+
+async def test_bogus_session_cookie_is_refused():
+    ok, _ = await handshake([(b"cookie", b"sessionid=nonsense"), (b"origin", ORIGIN)])
+    assert not ok
+
+
+async def test_invalid_token_does_not_fall_back_to_the_cookie():
+    await make_user("ada")
+    sid = await session_cookie("ada")
+    ok, _ = await handshake([(b"cookie", f"sessionid={sid}".encode()), (b"origin", ORIGIN),
+                             (b"authorization", b"Bearer prl_wrong")])
+    assert not ok
+
+
+async def test_token_wins_over_cookie():
+    await make_user("ada")
+    bob = await make_user("bob")
+    sid = await session_cookie("ada")
+    ok, client = await handshake([(b"cookie", f"sessionid={sid}".encode()), (b"origin", ORIGIN),
+                                  bearer(await make_token(bob))])
+    assert ok and client.hello["user"]["username"] == "bob"
+    await client.close()
+
+
+# --- HTTP bearer middleware -------------------------------------------------------------------
+
+def _token_for(username: str) -> str:
+    user = services.user_create(username=username, password=PASSWORD)
+    return services.token_create(user=user, name="t")[1]
+
+
+def test_http_bearer_valid():
+    token = _token_for("ada")
+    response = DjangoClient().get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert response.json()["user"]["username"] == "ada"
+
+
+@pytest.mark.parametrize("value", ["Bearer prl_wrong", "Bearer ", "bearer nope"])
+def test_http_bearer_invalid_is_401(value):
+    _token_for("ada")
+    response = DjangoClient().get("/api/me", headers={"Authorization": value})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] in ("invalid_token", "unauthenticated")
+
+
+def test_http_bearer_revoked_is_401():
+    token = _token_for("ada")
+    for t in ApiToken.objects.all():
+        services.token_revoke(token=t)
+    response = DjangoClient().get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_token"
+
+
+def test_http_invalid_bearer_does_not_fall_back_to_the_session():
+    services.user_create(username="ada", password=PASSWORD)
+    client = DjangoClient()
+    assert client.login(username="ada", password=PASSWORD)
+    assert client.get("/api/me").status_code == 200
+    assert client.get("/api/me", headers={"Authorization": "Bearer prl_wrong"}).status_code == 401
+
+
+def test_http_no_credentials_is_401():
+    response = DjangoClient().get("/api/me")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthenticated"
