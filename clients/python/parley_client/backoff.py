@@ -39,3 +39,27 @@ class Backoff:
     def reset(self) -> None:
         """Call after a connection that worked (hello received)."""
         self.attempt = 0
+
+
+class TokenBucket:
+    """Client-side pacing, so a busy client stays inside the server's message rate
+    (hello.limits.messages_per_sec) instead of collecting `rate_limited` refusals."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self._clock = clock or time.monotonic
+        self.stamp = self._clock()
+
+    def take(self) -> float:
+        """Take one token: 0.0 if there was one, else the seconds until there will be."""
+        now = self._clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate

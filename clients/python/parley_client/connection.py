@@ -24,6 +24,8 @@ import json
 import logging
 import random
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from parley_client.backoff import Backoff
+from parley_client.backoff import Backoff, TokenBucket
 from parley_client.errors import AuthError, ClientClosed, ConnectionLost, ParleyError
 from parley_client.outbox import Outbox
 from parley_client.rooms import RoomState
@@ -45,7 +47,8 @@ PERMANENT_SEND_ERRORS = frozenset({
     "text_empty", "text_too_long", "bad_field", "missing_field", "room_not_found",
     "frame_too_large", "bad_frame", "bad_json", "unknown_type", "forbidden",
 })
-PERMANENT_JOIN_ERRORS = frozenset({"room_not_found", "bad_field", "missing_field", "forbidden"})
+PERMANENT_JOIN_ERRORS = frozenset({"room_not_found", "bad_field", "missing_field", "forbidden",
+                                   "too_many_rooms"})
 
 
 @dataclass
@@ -103,6 +106,7 @@ class ParleyClient:
         gap_fill_delay: float = 0.3,
         catchup_max: int = 5000,
         emit_backlog: bool = False,
+        pace_sends: bool = True,
     ) -> None:
         self.url = url
         self.headers = dict(headers or {})
@@ -118,7 +122,10 @@ class ParleyClient:
         self.gap_fill_delay = gap_fill_delay
         self.catchup_max = catchup_max
         self.emit_backlog = emit_backlog
+        self.pace_sends = pace_sends
         self.stats = ClientStats()
+        self._bucket: TokenBucket | None = None
+        self._pacer: asyncio.TimerHandle | None = None
         self.hello: dict[str, Any] | None = None
 
         self._rooms: dict[str, RoomState] = {}
@@ -335,9 +342,10 @@ class ParleyClient:
                     return
                 except InvalidStatus as exc:
                     status = exc.response.status_code
-                    if status in (401, 403):
-                        self._die(AuthError("handshake_refused", f"HTTP {status}: bad token or origin"))
+                    if status in (401, 403) and await self._credentials_invalid():
+                        self._die(AuthError("handshake_refused", f"HTTP {status}: the credentials are refused"))
                         return
+                    # 403 with a token the API still accepts: the handshake rate limit (or Origin).
                     await self._pause(f"HTTP {status}")
                     continue
                 except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
@@ -354,6 +362,32 @@ class ParleyClient:
         except Exception as exc:  # a bug here must not leave callers waiting forever
             log.exception("parley client crashed")
             self._die(exc)
+
+    async def _credentials_invalid(self) -> bool:
+        """After a refused handshake: ask GET /api/me whether the token itself is the problem.
+
+        A 403 handshake means bad credentials, a foreign Origin or the per-address handshake rate
+        limit; only the first is final. Without a bearer token there is nothing to ask: final.
+        """
+        auth = self.headers.get("Authorization")
+        if not auth:
+            return True
+        http = "http" + self.url[2:] if self.url.startswith("ws") else self.url
+        scheme, _, rest = http.partition("://")
+        probe = f"{scheme}://{rest.split('/', 1)[0]}/api/me"
+
+        def ask() -> int | None:
+            req = urllib.request.Request(probe, headers={"Authorization": auth})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except OSError:
+                return None
+
+        status = await asyncio.to_thread(ask)
+        return status == 401
 
     async def _pause(self, why: str) -> None:
         self.stats.connect_failures += 1
@@ -373,6 +407,12 @@ class ParleyClient:
             return None
         self.hello = hello
         self.backoff.reset()
+        rate = hello.get("limits", {}).get("messages_per_sec")
+        if self.pace_sends and isinstance(rate, int | float) and rate > 0:
+            # The server's burst is not announced; twice the rate is its documented default.
+            self._bucket = TokenBucket(rate, max(1.0, 2.0 * rate))
+        else:
+            self._bucket = None
         self.stats.connections += 1
         conn = _Conn(next(self._conn_ids), ws, hello)
         self._conn = conn
@@ -478,14 +518,33 @@ class ParleyClient:
             conn.ws.transport.abort()
             raise ConnectionLost() from None
 
-    def _transmit(self, conn: _Conn, rooms: set[str]) -> None:
-        """Send the outbox entries of these rooms that this connection has not carried yet."""
-        for entry in self._outbox.to_transmit(conn.id, rooms):
+    def _transmit(self, conn: _Conn, rooms: set[str] | None) -> None:
+        """Send the outbox entries of these rooms that this connection has not carried yet,
+        paced by the token bucket; what must wait is sent by a timer."""
+        while True:
+            wait = self._bucket.take() if self._bucket is not None else 0.0
+            if wait > 0:  # no token taken
+                if self._pacer is None and self._outbox.waiting(conn.id, rooms):
+                    self._pacer = asyncio.get_running_loop().call_later(wait, self._paced)
+                return
+            batch = self._outbox.to_transmit(conn.id, rooms, limit=1)
+            if not batch:
+                if self._bucket is not None:
+                    self._bucket.tokens += 1  # taken but not used
+                return
+            entry = batch[0]
             if entry.attempts > 1:
                 self.stats.send_retries += 1
             ref = self._new_ref()
             conn.send_refs[ref] = entry.client_id
             self._enqueue(conn, entry.frame(ref))
+
+    def _paced(self) -> None:
+        self._pacer = None
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            joined = {slug for slug, st in self._rooms.items() if st.joined_on == conn.id}
+            self._transmit(conn, joined)
 
     def _joiner(self, conn: _Conn, st: RoomState) -> asyncio.Task[dict[str, Any] | None]:
         """The task that joins this room on this connection (one per room and connection)."""
@@ -551,6 +610,15 @@ class ParleyClient:
             self._resolve(conn, ref, frame)
         elif ref is not None and ref in conn.refs:
             self._resolve(conn, ref, frame)
+        elif kind == "left":
+            # Sent unasked when the user was removed from a private room: do not rejoin it.
+            st = self._rooms.pop(frame.get("room", ""), None)
+            if st is not None:
+                exc = ParleyError("room_not_found", f"removed from {st.slug!r}", frame)
+                for entry in self._outbox.pending():
+                    if entry.room == st.slug:
+                        self._outbox.fail(entry.client_id, exc)
+            self._emit(frame)
         elif kind in ("presence", "typing", "error"):
             self._emit(frame)
 

@@ -57,11 +57,14 @@ class Outbox:
         self._entries[cid] = entry
         return entry
 
-    def to_transmit(self, connection_id: int, rooms: set[str] | None = None) -> list[OutboxEntry]:
-        """Entries not yet sent on this connection (optionally only for these rooms), oldest first;
-        they are marked as sent on it."""
-        out = []
+    def to_transmit(self, connection_id: int, rooms: set[str] | None = None,
+                    limit: int | None = None) -> list[OutboxEntry]:
+        """Entries not yet sent on this connection (optionally only for these rooms), oldest first,
+        at most `limit`; they are marked as sent on it."""
+        out: list[OutboxEntry] = []
         for entry in self._entries.values():
+            if limit is not None and len(out) >= limit:
+                break
             if entry.sent_on != connection_id and (rooms is None or entry.room in rooms):
                 entry.sent_on = connection_id
                 entry.attempts += 1
@@ -91,6 +94,11 @@ class Outbox:
     def fail_all(self, exc: BaseException) -> None:
         for cid in list(self._entries):
             self.fail(cid, exc)
+
+    def waiting(self, connection_id: int, rooms: set[str] | None = None) -> int:
+        """How many entries this connection has not carried yet."""
+        return sum(1 for e in self._entries.values()
+                   if e.sent_on != connection_id and (rooms is None or e.room in rooms))
 
     def pending(self) -> list[OutboxEntry]:
         return list(self._entries.values())

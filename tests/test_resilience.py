@@ -1,0 +1,320 @@
+"""Nothing lost, nothing doubled: real clients (parley_client) against real server subprocesses.
+
+Each test breaks something — the clients' TCP connections, the server process, Redis — while
+three users send, and then checks every member against the database (assert_exactly_once):
+every acked message is stored once and reached every member once, in seq order.
+
+The server runs on the test process's own database (SQLite file or the PostgreSQL test
+database) and channel backend (in-memory, or REDIS_URL), so both suite runs exercise it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+
+import tests.support  # noqa: F401, I001  (puts clients/python on sys.path first)
+from parley_client import Backoff, ParleyClient
+from tests.support.fixtures import *  # noqa: F403
+from tests.support.fixtures import (
+    RawSocket,
+    assert_exactly_once,
+    make_room,
+    make_user_token,
+    start_clients,
+    wait_for,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOM = "lobby"
+
+
+async def send_stream(client: ParleyClient, prefix: str, n: int, *, in_flight: int = 4,
+                      pace: float = 0.01) -> list[dict[str, Any]]:
+    """n sends with up to in_flight unacked at once; returns the acks."""
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one(i: int) -> dict[str, Any]:
+        async with sem:
+            await asyncio.sleep(pace)
+            return await client.send(ROOM, f"{prefix} #{i}", timeout=60)
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def three_members(server: Any) -> tuple[list[str], list[Any]]:
+    await make_room(ROOM)
+    tokens = [(await make_user_token(name))[1] for name in ("ada", "bob", "cy")]
+    members = await start_clients(server.ws_url, tokens, ROOM)
+    return tokens, members
+
+
+async def settle(members: list[Any], total: int, timeout: float = 20) -> None:
+    await wait_for(lambda: all(len(c.seqs(ROOM)) >= total for _, c in members), timeout,
+                   f"every member to hold {total} messages; have {[len(c.seqs(ROOM)) for _, c in members]}")
+    await asyncio.sleep(0.3)  # anything doubled would arrive now
+
+
+async def close_all(members: list[Any]) -> None:
+    for client, collector in members:
+        await client.close()
+        await collector.stop()
+
+
+@pytest.mark.slow
+async def test_dropped_sockets_mid_stream_lose_and_double_nothing(servers: Any) -> None:
+    server = servers()
+    tokens, members = await three_members(server)
+    per_client = 40
+    aborts = 0
+
+    async def chaos(stop: asyncio.Event) -> None:
+        nonlocal aborts
+        rng = random.Random(7)
+        while not stop.is_set():
+            await asyncio.sleep(rng.uniform(0.03, 0.15))
+            client, _ = rng.choice(members)
+            if client.connected:
+                client.abort_connection()  # TCP gone, no close frame: as if the network broke
+                aborts += 1
+
+    stop = asyncio.Event()
+    chaos_task = asyncio.create_task(chaos(stop))
+    results = await asyncio.gather(*(send_stream(c, f"{i}", per_client) for i, (c, _) in enumerate(members)))
+    stop.set()
+    await chaos_task
+    acks = [a for r in results for a in r]
+    await settle(members, 3 * per_client)
+    db = server.all_messages(ROOM, tokens[0])
+    assert_exactly_once(ROOM, acks, db, [c for _, c in members])
+    assert aborts >= 5, "the chaos task did not break enough connections to mean anything"
+    assert sum(c.stats.connections for c, _ in members) >= 3 + aborts // 2
+    assert sum(c.stats.resumes_recovered for c, _ in members) >= 1
+    await close_all(members)
+
+
+@pytest.mark.slow
+async def test_server_sigkill_and_restart_lose_and_double_nothing(servers: Any) -> None:
+    server = servers()
+    tokens, members = await three_members(server)
+    per_client = 60
+
+    async def killer() -> None:
+        for _ in range(2):
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(server.kill)    # no close frames, no cleanup
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(server.start)   # same port, same database
+
+    kill_task = asyncio.create_task(killer())
+    results = await asyncio.gather(*(send_stream(c, f"{i}", per_client, pace=0.02)
+                                     for i, (c, _) in enumerate(members)))
+    await kill_task
+    acks = [a for r in results for a in r]
+    await settle(members, 3 * per_client, timeout=30)
+    db = server.all_messages(ROOM, tokens[0])
+    assert_exactly_once(ROOM, acks, db, [c for _, c in members])
+    assert server.starts == 3
+    for client, _ in members:
+        assert client.stats.connections >= 3, client.stats  # reconnected after each kill on its own
+    await close_all(members)
+
+
+@pytest.mark.slow
+async def test_redis_restart_delivery_resumes_and_nothing_acked_is_lost(servers: Any, private_redis: Any) -> None:
+    """Only meaningful with the Redis layer: a private redis-server is killed and restarted.
+
+    Its data is gone afterwards (--save "" --appendonly no), like a Redis that failed over to an
+    empty replica: channel-layer group memberships and presence vanish with it.
+    """
+    server = servers(redis_url=private_redis.url)
+    tokens, members = await three_members(server)
+    per_client = 30
+
+    async def outage() -> None:
+        await asyncio.sleep(0.4)
+        await asyncio.to_thread(private_redis.kill)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(private_redis.start)
+
+    outage_task = asyncio.create_task(outage())
+    results = await asyncio.gather(*(send_stream(c, f"{i}", per_client, pace=0.03)
+                                     for i, (c, _) in enumerate(members)))
+    await outage_task
+    acks = [a for r in results for a in r]
+    # Delivery resumes: messages sent well after the restart reach everyone, live.
+    await asyncio.sleep(0.5)
+    after = [await client.send(ROOM, f"after restart {i}", timeout=30) for i, (client, _) in enumerate(members)]
+    acks += after
+    db_count = 3 * per_client + len(after)
+    try:
+        await settle(members, db_count, timeout=15)
+    finally:
+        db = server.all_messages(ROOM, tokens[0])
+        missing = {c.client.user["username"]: sorted(set(range(1, len(db) + 1)) - set(c.seqs(ROOM)))
+                   for _, c in members}
+        print("per-member missing seqs after the Redis restart:", missing)
+        print("client stats:", [c.stats for c, _ in members])
+        print("server log:", server.log_tail(60))
+    assert_exactly_once(ROOM, acks, db, [c for _, c in members], server_order_checks=False)
+    await close_all(members)
+
+
+async def test_retry_storm_same_client_id_yields_one_message(servers: Any) -> None:
+    server = servers()
+    await make_room(ROOM)
+    _, token = await make_user_token("storm")
+    sockets = [await RawSocket.open(server.ws_url, token) for _ in range(4)]
+    for sock in sockets:
+        assert (await sock.request({"type": "join", "room": ROOM}))["type"] == "joined"
+    frame = {"type": "send", "room": ROOM, "text": "once only", "client_id": "storm-1"}
+
+    async def fire(sock: RawSocket, n: int) -> list[dict[str, Any]]:
+        refs = [f"s{id(sock)}-{i}" for i in range(n)]
+        for ref in refs:
+            await sock.send({**frame, "ref": ref})
+        return [await sock.take(lambda f, r=ref: f.get("ref") == r, 10) for ref in refs]
+
+    replies = [r for batch in await asyncio.gather(*(fire(s, 10) for s in sockets)) for r in batch]
+    assert all(r["type"] == "ack" for r in replies), [r for r in replies if r["type"] != "ack"][:3]
+    assert {(r["seq"], r["id"]) for r in replies} == {(1, replies[0]["id"])}
+    assert sum(not r["duplicate"] for r in replies) == 1
+    for sock in sockets:  # each socket got the message event once
+        events = [f for f in await sock.drain() if f["type"] == "message"]
+        assert [e["message"]["seq"] for e in events] == [1]
+        sock.abort()
+
+    # After reconnects, on new sockets, and through the client's outbox: still one message.
+    clients = [ParleyClient(server.ws_url, token=token, backoff=Backoff(base=0.05, cap=0.3)) for _ in range(3)]
+    for client in clients:
+        await client.start()
+        await client.join(ROOM)
+    acks = await asyncio.gather(*(c.send(ROOM, "once only", client_id="storm-1") for c in clients for _ in range(5)))
+    clients[0].abort_connection()
+    acks.append(await clients[0].send(ROOM, "once only", client_id="storm-1"))
+    assert {(a["seq"], a["duplicate"]) for a in acks} == {(1, True)}
+    db = server.all_messages(ROOM, token)
+    assert [(m["seq"], m["client_id"], m["text"]) for m in db] == [(1, "storm-1", "once only")]
+    for client in clients:
+        await client.close()
+
+
+async def test_retry_storm_racing_first_send_on_many_sockets(servers: Any) -> None:
+    """The first attempts race each other (none committed yet): still one message, one non-duplicate."""
+    server = servers()
+    await make_room(ROOM)
+    _, token = await make_user_token("racer")
+    sockets = [await RawSocket.open(server.ws_url, token) for _ in range(6)]
+    for sock in sockets:
+        await sock.request({"type": "join", "room": ROOM})
+    for round_no in range(5):
+        cid = f"race-{round_no}"
+        replies = await asyncio.gather(*(s.request({"type": "send", "room": ROOM, "text": f"r{round_no}",
+                                                     "client_id": cid}, timeout=15) for s in sockets))
+        assert all(r["type"] == "ack" for r in replies), replies
+        assert len({r["seq"] for r in replies}) == 1, replies
+        assert sum(not r["duplicate"] for r in replies) == 1, replies
+    db = server.all_messages(ROOM, token)
+    assert [m["client_id"] for m in db] == [f"race-{i}" for i in range(5)]
+    for sock in sockets:
+        await sock.close()
+
+
+async def test_resume_with_foreign_epoch_or_too_large_gap_is_not_recovered(servers: Any) -> None:
+    server = servers(extra_env={"PARLEY_RESUME_MAX_GAP": "5"})
+    room = await make_room(ROOM)
+    _, token = await make_user_token("resumer")
+    sock = await RawSocket.open(server.ws_url, token)
+    await sock.request({"type": "join", "room": ROOM})
+    for i in range(12):
+        assert (await sock.request({"type": "send", "room": ROOM, "text": f"m{i}", "client_id": f"m{i}"}))["type"] == "ack"
+    await sock.close()
+
+    async def resume(**fields: Any) -> dict[str, Any]:
+        s = await RawSocket.open(server.ws_url, token)
+        reply = await s.request({"type": "join", "room": ROOM, **fields})
+        await s.close()
+        assert reply["type"] == "joined", reply
+        return reply
+
+    ok = await resume(after_seq=8, epoch=room["epoch"])  # gap 4 <= 5: recovered, exactly 9..12
+    assert ok["recovered"] is True
+    assert [m["seq"] for m in ok["messages"]] == [9, 10, 11, 12]
+
+    for fields in ({"after_seq": 8, "epoch": "0" * 32},            # foreign/stale epoch
+                   {"after_seq": 2, "epoch": room["epoch"]},       # gap 10 > PARLEY_RESUME_MAX_GAP
+                   {"after_seq": 40, "epoch": room["epoch"]}):     # ahead of the log
+        reply = await resume(**fields)
+        assert reply["recovered"] is False, (fields, reply["recovered"])
+        assert [m["seq"] for m in reply["messages"]] == list(range(1, 13)), fields  # the newest page
+        assert reply["room"]["epoch"] == room["epoch"]
+
+    fresh = await resume()
+    assert fresh["recovered"] is None
+
+
+@pytest.mark.slow
+async def test_client_survives_a_hung_server_via_heartbeat(servers: Any) -> None:
+    """SIGSTOP keeps the server's sockets open but silent: only the heartbeat can notice."""
+    server = servers()
+    await make_room(ROOM)
+    _, token = await make_user_token("hb")
+    client = ParleyClient(server.ws_url, token=token, heartbeat_secs=0.4, dead_after_secs=0.8,
+                          connect_timeout=1.0, backoff=Backoff(base=0.05, cap=0.3))
+    await client.start()
+    await client.join(ROOM)
+    first = await client.send(ROOM, "before the hang")
+    server.pause()
+    t0 = time.monotonic()
+    try:
+        pending = asyncio.create_task(client.send(ROOM, "during the hang"))
+        await wait_for(lambda: client.stats.dead_connections >= 1, 5, "the heartbeat to declare the link dead")
+        detected = time.monotonic() - t0
+    finally:
+        server.resume()
+    ack = await asyncio.wait_for(pending, 20)
+    assert detected < 3.0
+    assert ack["seq"] == first["seq"] + 1
+    db = server.all_messages(ROOM, token)
+    assert [m["text"] for m in db] == ["before the hang", "during the hang"]
+    await client.close()
+
+
+@pytest.mark.slow
+async def test_redis_restart_each_acked_message_reaches_live_members(servers: Any, private_redis: Any) -> None:
+    """After Redis came back and everyone resumed, each single acked message must arrive live.
+
+    No later message follows to trigger the server's gap fill, so a broadcast that the channel
+    layer dropped would stay missing on every open socket until it reconnects.
+    """
+    server = servers(redis_url=private_redis.url)
+    tokens, members = await three_members(server)
+    (ada, ada_c), *_ = members
+    for i in range(5):
+        await ada.send(ROOM, f"warm-up {i}")
+    await settle(members, 5)
+    await asyncio.to_thread(private_redis.kill)
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(private_redis.start)
+    # Everyone notices (the consumers' layer receive fails) and resumes on a fresh socket.
+    await wait_for(lambda: all(c.stats.connections >= 2 and c.room(ROOM).joined_on is not None
+                               for c, _ in members), 15, "every client to resume after the restart")
+    await asyncio.sleep(0.5)
+    late: list[int] = []
+    for i in range(6):
+        ack = await ada.send(ROOM, f"after restart {i}", timeout=15)
+        late.append(ack["seq"])
+        try:
+            await wait_for(lambda s=ack["seq"]: all(s in c.seqs(ROOM) for _, c in members), 3,
+                           f"seq {ack['seq']} to reach every member live")
+        finally:
+            print(f"seq {ack['seq']}: held by",
+                  [c.client.user["username"] for _, c in members if ack["seq"] in c.seqs(ROOM)])
+    db = server.all_messages(ROOM, tokens[0])
+    assert [m["seq"] for m in db][-6:] == late
+    await close_all(members)
