@@ -577,11 +577,15 @@ async def test_membership_removed_by_the_service_mid_session(connect, frame):
     await b.join("secret")
     await o.join("secret")
     await remove_member(room, bob)
+    # The server makes the socket leave at once and says so (docs/protocol.md §3 leave).
+    left = await b.recv_type("left")
+    assert left == {"type": "left", "room": "secret", "reason": "removed"}
     err = await b.request(frame)
-    # room_not_found from the per-command check, or not_joined if the server already made the
-    # socket leave the room when the membership went away.
     assert err["type"] == "error" and err["code"] in ("room_not_found", "not_joined"), err
     assert err["room"] == "secret"
+    await o.say("secret", "after removal")
+    assert await b.nothing()
+    assert await message_count(author=bob) == 0
     await still_open(b)
     # b no longer gets the room's events
     await o.say("secret", "after removal")
