@@ -1,0 +1,247 @@
+"""`python -m bench [--quick] [--only fanout,chat,...] [--ws websockets-sansio] [--profile]`
+
+Runs the scenarios against Parley and the baselines, prints tables + PASS/MISS per target, and
+writes results.json, results.md and PNG plots to bench/results/<UTC timestamp>/.
+`python -m bench profile` records Parley's fan-out under load with py-spy instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios, servers
+from bench.loadgen import Pool
+
+ALL = ["fanout", "chat", "idle", "ingest", "reconnect", "scaleout"]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psutil
+    import uvicorn
+
+    versions = {"python": platform.python_version(), "uvicorn": uvicorn.__version__}
+    for mod in ("django", "channels", "channels_redis", "websockets", "picows", "uvloop", "httptools", "orjson"):
+        try:
+            m = __import__(mod)
+            versions[mod] = getattr(m, "__version__", None) or getattr(getattr(m, "version", None), "__version__", "?")
+        except Exception:  # noqa: BLE001
+            versions[mod] = "?"
+    if versions.get("django") == "?":
+        import django
+        versions["django"] = django.get_version()
+    return {"nproc": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "cpu": cpu,
+            "kernel": platform.release(), "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+            **versions}
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isinf(obj) or math.isnan(obj)):
+        return None if math.isnan(obj) else "inf"
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def run(args: argparse.Namespace) -> int:
+    only = ALL if not args.only else args.only.split(",")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    outdir = Path(args.out or (servers.ROOT / "bench" / "results" / stamp))
+    outdir.mkdir(parents=True, exist_ok=True)
+    work = outdir / "work"
+    work.mkdir(exist_ok=True)
+    cfg = scenarios.Config.make(args.quick, work, ws=args.ws)
+    cmdline = "scripts/bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    res: dict[str, Any] = {"command": cmdline.strip(), "started": stamp, "quick": args.quick, "ws": args.ws,
+                           "machine": machine(), "config": {k: str(v) for k, v in vars(cfg).items()}}
+    fan_targets = ["parley", "bare", "tutorial-memory", "tutorial-redis"]
+    if args.sansio:
+        fan_targets.insert(1, "parley@sansio")
+    est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30}
+    progress = scenarios.Progress(sum(est[s] for s in only))
+    pool = Pool(cfg.conn_workers + 1)
+    t_start = time.monotonic()
+    chat_rooms = math.ceil(cfg.chat_conns / 10)
+
+    def attempt(section: str, label: str, fn: Any) -> None:
+        try:
+            out = fn()
+        except Exception:  # noqa: BLE001 - one broken target must not lose the rest of the run
+            err = traceback.format_exc()
+            progress.write(f"!! {section}/{label} failed:\n{err}")
+            out = {"target": label, "failed": err.splitlines()[-1]}
+        if isinstance(res.get(section), list):
+            if "failed" not in out:
+                res[section].append(out)
+            else:
+                res.setdefault("failures", []).append({section: out})
+        else:
+            res[section] = out if "failed" not in out else None
+        (outdir / "results.json").write_text(json.dumps(_clean(res), indent=1))
+
+    try:
+        if "fanout" in only:
+            res["fanout"] = []
+            for name in fan_targets:
+                base, _, ws = name.partition("@")
+                ws = {"sansio": "websockets-sansio"}.get(ws, ws) or None
+
+                def go(name: str = name, base: str = base, ws: str | None = ws) -> dict[str, Any]:
+                    with scenarios.target(cfg, base, users=cfg.fanout_users + 1, rooms=["fan"], ws=ws) as t:
+                        return scenarios.fanout_ramp(cfg, pool, t, progress, name)
+                attempt("fanout", name, go)
+        if "chat" in only:
+            res["chat"] = []
+            for name in ["parley", "bare", "tutorial-memory"]:
+                def go(name: str = name) -> dict[str, Any]:
+                    with scenarios.target(cfg, name, users=cfg.chat_conns, rooms=chat_rooms) as t:
+                        return scenarios.chat_mix(cfg, pool, t, progress, name)
+                attempt("chat", name, go)
+        if "idle" in only:
+            res["idle"] = []
+            n_idle = cfg.idle_conns + 20
+            for name in ["parley", "bare", "tutorial-memory"]:
+                def go(name: str = name) -> dict[str, Any]:
+                    with scenarios.target(cfg, name, users=n_idle, rooms=math.ceil(n_idle / 10)) as t:
+                        return scenarios.idle(cfg, pool, t, progress, name)
+                attempt("idle", name, go)
+        if "ingest" in only:
+            res["ingest"] = []
+            for db in ["sqlite", "postgres"]:
+                def go(db: str = db) -> dict[str, Any]:
+                    with scenarios.target(cfg, "parley", users=cfg.ingest_senders,
+                                          rooms=math.ceil(cfg.ingest_senders / 10), db=db) as t:
+                        return scenarios.ingest(cfg, pool, t, progress, db)
+                attempt("ingest", db, go)
+        if "reconnect" in only:
+            n = cfg.reconnect_clients
+
+            def go() -> dict[str, Any]:
+                with scenarios.target(cfg, "parley", users=n + 10, rooms=math.ceil(n / 10)) as t:
+                    return scenarios.reconnect_storm(cfg, pool, t, progress, "parley")
+            attempt("reconnect", "parley", go)
+        if "scaleout" in only:
+            res["scaleout"] = []
+            for name, base, nproc in [("parley-redis x1", "parley-redis", 1), ("parley-redis x2", "parley-redis", 2),
+                                      ("tutorial-redis x2", "tutorial-redis", 2)]:
+                def go(name: str = name, base: str = base, nproc: int = nproc) -> dict[str, Any]:
+                    with scenarios.target(cfg, base, users=cfg.fanout_users + 1, rooms=["fan"], nproc=nproc) as t:
+                        out = scenarios.fanout_ramp(cfg, pool, t, progress, name)
+                        out["procs"] = nproc
+                        return out
+                attempt("scaleout", name, go)
+    finally:
+        pool.close()
+        progress.close()
+    res["elapsed_secs"] = round(time.monotonic() - t_start, 1)
+    table = report.tables(res)
+    verdicts = report.targets(res)
+    made = report.plots(res, outdir)
+    md = [f"# Parley benchmark {stamp}", "", f"Command: `{res['command']}` ({'quick' if args.quick else 'full'}, "
+          f"{res['elapsed_secs']:.0f} s)", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in res["machine"].items()),
+          "", table, "", "### Targets", "", "```", *verdicts, "```", ""]
+    md += [f"![{p}]({p})" for p in made]
+    if res.get("failures"):
+        md += ["", "### Failures", "", "```", *[json.dumps(f) for f in res["failures"]], "```"]
+    (outdir / "results.md").write_text("\n".join(md) + "\n")
+    (outdir / "results.json").write_text(json.dumps(_clean(res), indent=1))
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    print(table)
+    print("\nTargets:")
+    print("\n".join(verdicts))
+    print(f"\nresults: {outdir}")
+    return 0
+
+
+def profile(args: argparse.Namespace) -> int:
+    """Parley in-memory fan-out at a fixed offered rate while py-spy samples the server."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    outdir = Path(args.out or (servers.ROOT / "bench" / "results" / f"profile-{stamp}"))
+    outdir.mkdir(parents=True, exist_ok=True)
+    cfg = scenarios.Config.make(True, outdir, ws=args.ws)
+    pyspy = str(Path(sys.executable).parent / "py-spy")
+    pool = Pool(cfg.sub_workers + 1)
+    progress = scenarios.Progress(3)
+    try:
+        with scenarios.target(cfg, "parley", users=cfg.fanout_users + 1, rooms=["fan"]) as t:
+            pid = t.server.procs[0].pid
+            sub_w, send_w = list(range(cfg.sub_workers)), cfg.sub_workers
+            pool.all("setup", kind="parley")
+            scenarios.connect(pool, sub_w, [t.spec(i + 1, "fan", "sub", user=1 + i % cfg.fanout_users)
+                                                     for i in range(cfg.fanout_subs)])
+            scenarios.connect(pool, [send_w], [t.spec(0, "fan", "send", user=0)])
+            scenarios.quiesce(pool, sub_w, "msg_frames", cap=60)
+            for fmt, name in (("raw", "profile.txt"), ("flamegraph", "profile.svg")):
+                progress.note(f"py-spy {fmt} at {args.rate:g} msg/s")
+                pool.all("measure", on=True, wids=sub_w)
+                cid = pool.call(send_w, "send_rate", rate=args.rate, duration=args.seconds + 2)
+                time.sleep(1.0)
+                subprocess.run([pyspy, "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate", "200",
+                                "--format", fmt, "-o", str(outdir / name), "--nonblocking"], check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=args.seconds + 60)
+                s = pool.result(send_w, cid, timeout=60)
+                scenarios.drain(pool, sub_w, s["sent"] * cfg.fanout_subs, "deliveries", 10)
+                col = pool.all("collect", wids=sub_w)
+                lat = sorted(scenarios.merge(col, "lat"))
+                from bench.stats import summarize
+                summ = summarize(lat, missing=max(0, s["sent"] * cfg.fanout_subs - len(lat)))
+                progress.write(f"{fmt}: sent {s['sent']} msgs, {len(lat):,} deliveries, p50 {summ['p50_ms']:.1f} ms "
+                               f"p99 {summ['p99_ms']:.1f} ms")
+                progress.tick()
+                scenarios.quiesce(pool, sub_w, "deliveries")
+    finally:
+        pool.close()
+        progress.close()
+    from bench.pyspy_summary import summarize_raw
+    text = summarize_raw((outdir / "profile.txt").read_text(), top=args.top)
+    (outdir / "summary.txt").write_text(text)
+    print(text)
+    print(f"\nprofile: {outdir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "profile"])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, shorter and fewer ramp steps")
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
+    ap.add_argument("--ws", default="auto", help="uvicorn --ws for every server (auto = websockets)")
+    ap.add_argument("--sansio", action="store_true", default=True,
+                    help="also run Parley's fan-out under --ws websockets-sansio (default on)")
+    ap.add_argument("--no-sansio", dest="sansio", action="store_false")
+    ap.add_argument("--out", help="results directory (default bench/results/<timestamp>)")
+    ap.add_argument("--rate", type=float, default=30.0, help="profile: messages/s into the 1,000-socket room")
+    ap.add_argument("--seconds", type=int, default=10, help="profile: py-spy duration per recording")
+    ap.add_argument("--top", type=int, default=30, help="profile: functions listed in the summary")
+    args = ap.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return profile(args) if args.command == "profile" else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
