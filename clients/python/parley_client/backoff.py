@@ -7,6 +7,7 @@ whole window instead of letting them return in synchronised waves.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -25,8 +26,8 @@ class Backoff:
     def ceiling(self, attempt: int | None = None) -> float:
         """The upper bound of the delay for this attempt (0-based)."""
         n = self.attempt if attempt is None else attempt
-        # Compare exponents, not powers, so a long outage cannot overflow a float.
-        if n > 64:
+        # Compare logarithms first, so a long outage cannot overflow a float.
+        if n * math.log(self.factor) >= math.log(self.cap / self.base):
             return self.cap
         return min(self.cap, self.base * self.factor**n)
 

@@ -669,6 +669,7 @@ class ParleyClient:
                 # Same log, only too far behind for the server: the page goes into the reorder
                 # buffer and the gap below it is read from history, so nothing is lost.
                 self.stats.catchups += 1
+                messages = [m for m in messages if m["seq"] > st.high_seq]  # overlap: not the server's fault
             else:
                 st.pending.clear()
                 st.reset(epoch, messages[-1]["seq"] if messages else 0)
