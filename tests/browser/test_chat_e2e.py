@@ -42,7 +42,7 @@ def _create_room(page: Any, slug: str, title: str, private: bool = False) -> Non
     if private:
         page.get_by_test_id("new-room-private").check()
     page.get_by_test_id("new-room-submit").click()
-    expect(page.locator(f'[data-testid="room-link"][data-slug="{slug}"]')).to_be_visible()
+    expect(page.locator(f'[data-testid="room-link"][data-slug="{slug}"]')).to_have_count(1)
     wait_joined(page, slug)
 
 
@@ -195,10 +195,19 @@ def test_phone_width_sidebar_collapses_behind_a_toggle(parley: Any, new_page: An
     toggle = page.get_by_test_id("sidebar-toggle")
     expect(toggle).to_be_visible()
     expect(sidebar).not_to_be_in_viewport()
+    # A long title and a long unbroken word must not widen the page.
+    toggle.click()
+    expect(sidebar).to_be_in_viewport()
+    _create_room(page, unique("plan").lower(), "Quarterly planning and roadmap review for the platform team")
+    expect(sidebar).not_to_be_in_viewport()  # choosing a room closes the menu
+    say(page, "x" * 300)
+    expect(delivered(page, "x" * 300)).to_have_count(1)
     # Nothing overflows the 375 px viewport horizontally.
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
-    box = page.get_by_test_id("composer").bounding_box()
-    assert box["x"] >= 0 and box["x"] + box["width"] <= 375
+    for testid in ("composer", "room-title", "conn-state", "members-toggle", "timeline"):
+        box = page.get_by_test_id(testid).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 375, (testid, box)
+    # Back to the lobby through the toggle.
     toggle.click()
     expect(sidebar).to_be_in_viewport()
     expect(page.get_by_test_id("room-list")).to_be_visible()
@@ -224,3 +233,29 @@ def test_composer_counter_and_limit(parley: Any, new_page: Any) -> None:
     expect(page.get_by_test_id("send")).to_be_enabled()
     page.get_by_test_id("send").click()
     expect(delivered(page, "y" * 4000)).to_have_count(1)
+
+
+def test_load_older_pages_history(parley: Any, new_page: Any) -> None:
+    page = new_page()
+    signup(page, parley.url, unique("eve"))
+    slug = unique("busy").lower()
+    _create_room(page, slug, "Busy room")
+    # 70 messages through the client library, all at once: acks settle them in order.
+    page.evaluate("""async (slug) => {
+        await Promise.all(Array.from({length: 70}, (_, i) => window.parley.send(slug, `line ${i + 1}`)));
+    }""", slug)
+    expect(delivered(page, "line 70")).to_have_count(1)
+    page.reload()
+    wait_joined(page, slug)
+    texts = page.get_by_test_id("message-text")
+    expect(texts).to_have_count(50)  # the join page
+    expect(texts.first).to_have_text("line 21")
+    older = page.get_by_test_id("load-older")
+    expect(older).to_be_visible()
+    older.click()
+    expect(texts).to_have_count(70)
+    expect(texts.first).to_have_text("line 1")
+    expect(older).to_be_hidden()
+    expect(page.get_by_test_id("timeline-start")).to_be_visible()
+    got = texts.all_inner_texts()
+    assert got == [f"line {i}" for i in range(1, 71)]

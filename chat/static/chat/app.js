@@ -67,6 +67,7 @@ function openRoom(slug) {
   updateComposer();
   if (location.hash !== `#/${slug}`) history.replaceState(null, "", `#/${slug}`);
   render("open");
+  if (!sidebar.find(slug)) sidebar.load().then(() => render("rooms")).catch(() => {});
   client.join(slug).catch((err) => {
     if (err.code === "room_not_found" && slug === current) {
       flash(`No room “${slug}” that you may see.`);
@@ -178,6 +179,12 @@ client.on("revoked", () => {
   setTimeout(() => location.assign("/accounts/login/?next=/"), 2500);
 });
 el.connRetry.addEventListener("click", () => client.reconnectNow());
+// A tab coming back to the foreground retries at once instead of waiting out the backoff.
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") client.reconnectNow();
+});
+// Rooms made by others appear when the tab regains focus (the protocol has no room events).
+window.addEventListener("focus", () => sidebar.load().then(() => render("rooms")).catch(() => {}));
 
 async function checkSession() {
   try {

@@ -428,7 +428,9 @@ export class ParleyClient {
     const room = this.rooms.get(frame.room);
     if (!room || !frame.message) return;
     const msg = frame.message;
-    const changed = room.add(msg);
+    // Whoever just sent a message has stopped typing it.
+    const wasTyping = msg.author ? room.typing.delete(msg.author.id) : false;
+    const changed = room.add(msg) || wasTyping;
     const settled = this._settleOutbox(room.slug, msg.client_id, msg);
     if (changed || settled) this._roomChanged(room.slug, "message");
   }
@@ -660,6 +662,7 @@ export class ParleyClient {
     });
     entry.promise.catch(() => {}); // callers may ignore it; failure is also shown on the entry
     this.outbox.push(entry);
+    room.lastTypingSentAt = -Infinity; // the next keystroke starts a new "typing" at once
     this._roomChanged(slug, "pending");
     this._flushOutbox(slug);
     return entry.promise;

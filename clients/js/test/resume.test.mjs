@@ -110,4 +110,12 @@ test("presence and typing update the room", async () => {
   env.clock.advance(2000);
   assert.equal(env.client.typing("lobby"), true);
   assert.equal(ws.framesOfType("typing").length, 2);
+  // Sending ends the throttle window: the next keystroke is announced at once.
+  env.client.send("lobby", "done");
+  assert.equal(env.client.typing("lobby"), true);
+  // A peer's message ends their typing indicator.
+  ws.receive({ type: "typing", room: "lobby", user: { id: 2, username: "bob" } });
+  assert.equal(env.client.room("lobby").typing.length, 1);
+  ws.receive({ type: "message", room: "lobby", message: msg(1) });
+  assert.deepEqual(env.client.room("lobby").typing, []);
 });

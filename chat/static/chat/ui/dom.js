@@ -23,11 +23,13 @@ export function h(tag, props = {}, ...children) {
 export const $ = (sel, root = document) => root.querySelector(sel);
 export const byTestId = (id, root = document) => root.querySelector(`[data-testid="${id}"]`);
 
-/** A stable, pleasant colour per username. */
+const PALETTE = ["#4f5bd5", "#d6456b", "#1f9d75", "#c46a00", "#8e44c9", "#0b84a5", "#b8336a", "#3d7d2e", "#e0602f", "#5a6b8c"];
+
+/** A stable, readable colour per username (white text on it stays legible). */
 export function colourFor(name) {
-  let hash = 0;
-  for (const ch of String(name)) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
-  return `hsl(${hash % 360} 55% 45%)`;
+  let hash = 2166136261;
+  for (const ch of String(name)) hash = Math.imul(hash ^ ch.codePointAt(0), 16777619) >>> 0;
+  return PALETTE[hash % PALETTE.length];
 }
 
 export function avatar(name, extraClass = "") {
