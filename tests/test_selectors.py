@@ -1,0 +1,93 @@
+"""chat.selectors: the reads (visibility, paging, ranges, tokens)."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from chat import selectors, services
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture
+def world():
+    ada = services.user_create(username="ada", password=PASSWORD)
+    bob = services.user_create(username="bob", password=PASSWORD)
+    root = get_user_model().objects.create_superuser("root", "r@example.com", PASSWORD)
+    lobby = services.room_create(slug="lobby", title="Lobby")
+    secret = services.room_create(slug="secret", title="Secret", owner=ada, is_private=True)
+    return ada, bob, root, lobby, secret
+
+
+def test_visibility(world):
+    ada, bob, root, lobby, secret = world
+    assert [r.slug for r in selectors.room_list_visible(user=ada)] == ["lobby", "secret"]
+    assert [r.slug for r in selectors.room_list_visible(user=bob)] == ["lobby"]
+    assert [r.slug for r in selectors.room_list_visible(user=root)] == ["lobby", "secret"]
+    assert selectors.room_get_visible(user=bob, slug="secret") is None
+    assert selectors.room_get_visible(user=ada, slug="secret") == secret
+    assert selectors.room_get_visible(user=bob, slug="lobby") == lobby
+    assert selectors.room_get_visible(user=bob, slug="nope") is None
+    assert selectors.room_user_can_access(user=bob, room_id=lobby.pk)
+    assert not selectors.room_user_can_access(user=bob, room_id=secret.pk)
+    assert not selectors.room_user_can_access(user=bob, room_id=secret.pk + 1000)
+    services.membership_add(room=secret, user=bob)
+    assert selectors.room_user_can_access(user=bob, room_id=secret.pk)
+    assert [r.slug for r in selectors.room_list_visible(user=bob)] == ["lobby", "secret"]
+    services.membership_remove(room=secret, user=bob)
+    assert not selectors.room_user_can_access(user=bob, room_id=secret.pk)
+
+
+def test_message_page_and_range(world):
+    ada, _, _, lobby, secret = world
+    for i in range(1, 26):
+        services.message_create(room_id=lobby.pk, author=ada, text=f"m{i}", client_id=None)
+    services.message_create(room_id=secret.pk, author=ada, text="elsewhere", client_id=None)
+
+    page, more = selectors.message_page(room_id=lobby.pk, before=None, limit=10)
+    assert [m.seq for m in page] == list(range(16, 26)) and more
+    page, more = selectors.message_page(room_id=lobby.pk, before=16, limit=10)
+    assert [m.seq for m in page] == list(range(6, 16)) and more
+    page, more = selectors.message_page(room_id=lobby.pk, before=6, limit=10)
+    assert [m.seq for m in page] == [1, 2, 3, 4, 5] and not more
+    page, more = selectors.message_page(room_id=lobby.pk, before=11, limit=10)
+    assert [m.seq for m in page] == list(range(1, 11)) and not more  # exactly a page: no more
+    page, more = selectors.message_page(room_id=lobby.pk, before=None, limit=100)
+    assert len(page) == 25 and not more
+    assert page[0].author.username == "ada"  # author loaded
+
+    assert [m.seq for m in selectors.message_range(room_id=lobby.pk, after_seq=20, limit=100)] == [21, 22, 23, 24, 25]
+    assert [m.seq for m in selectors.message_range(room_id=lobby.pk, after_seq=0, limit=3)] == [1, 2, 3]
+    assert [m.seq for m in selectors.message_range(room_id=lobby.pk, after_seq=5, limit=100, before=9)] == [6, 7, 8]
+    assert selectors.message_range(room_id=lobby.pk, after_seq=25, limit=10) == []
+
+
+def test_message_get_by_client_id(world):
+    ada, bob, _, lobby, _ = world
+    message, _ = services.message_create(room_id=lobby.pk, author=ada, text="x", client_id="c1")
+    assert selectors.message_get_by_client_id(room_id=lobby.pk, author_id=ada.pk, client_id="c1") == message
+    assert selectors.message_get_by_client_id(room_id=lobby.pk, author_id=bob.pk, client_id="c1") is None
+    assert selectors.message_get_by_client_id(room_id=lobby.pk, author_id=ada.pk, client_id="c2") is None
+
+
+def test_token_get_active(world):
+    ada, bob, *_ = world
+    token, raw = services.token_create(user=ada)
+    assert selectors.token_get_active(raw=raw) == token
+    assert selectors.token_get_active(raw=raw + "x") is None
+    assert selectors.token_get_active(raw="") is None
+    ada.is_active = False
+    ada.save()
+    assert selectors.token_get_active(raw=raw) is None
+    _, raw_bob = services.token_create(user=bob)
+    services.token_revoke(token=selectors.token_get_active(raw=raw_bob))
+    assert selectors.token_get_active(raw=raw_bob) is None
+
+
+def test_token_hash_is_sha256_hex():
+    digest = selectors.token_hash("prl_x")
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert digest == selectors.token_hash("prl_x") != selectors.token_hash("prl_y")
