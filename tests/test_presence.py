@@ -1,0 +1,109 @@
+"""chat.presence: the in-memory store and the Redis store behave alike (first/last socket, expiry)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from django.conf import settings
+
+import chat.presence
+from chat.presence import Member, MemoryPresence, RedisPresence, get_presence
+from tests.conftest import require_redis
+
+ADA, BOB, CAROL = Member(1, "ada"), Member(2, "Bob"), Member(3, "carol")
+
+
+# The Redis store is tested in the run that has Redis (REDIS_URL); the SQLite run has none.
+STORES = ["memory", "redis"] if os.environ.get("REDIS_URL") else ["memory"]
+
+
+@pytest.fixture(params=STORES)
+async def store(request) -> AsyncIterator[object]:
+    if request.param == "memory":
+        yield MemoryPresence()
+        return
+    require_redis()
+    prefix = f"ptest-presence-{uuid.uuid4().hex[:8]}"
+    s = RedisPresence(settings.REDIS_URL, prefix)
+    yield s
+    keys = [k async for k in s._redis.scan_iter(f"{prefix}:*")]
+    if keys:
+        await s._redis.delete(*keys)
+    await s._redis.aclose()
+
+
+async def test_first_and_last_socket(store):
+    assert await store.add(1, "ch-a1", ADA) is True
+    assert await store.add(1, "ch-a2", ADA) is False   # second socket of the same user
+    assert await store.add(1, "ch-b1", BOB) is True
+    assert await store.add(2, "ch-a1", ADA) is True    # another room is independent
+    assert [m.username for m in await store.members(1)] == ["ada", "Bob"]
+    assert await store.remove(1, "ch-a1", ADA.id) is False  # ada still has ch-a2
+    assert [m.username for m in await store.members(1)] == ["ada", "Bob"]
+    assert await store.remove(1, "ch-a2", ADA.id) is True
+    assert [m.username for m in await store.members(1)] == ["Bob"]
+    assert await store.remove(1, "ch-b1", BOB.id) is True
+    assert await store.members(1) == []
+    assert [m.username for m in await store.members(2)] == ["ada"]
+
+
+async def test_re_adding_the_same_socket_is_not_a_second_join(store):
+    assert await store.add(1, "ch", ADA) is True
+    # a socket that joins twice: re-adding its own entry must not make it look like another socket
+    assert await store.add(1, "ch", ADA) in (True, False)
+    assert await store.remove(1, "ch", ADA.id) is True
+    assert await store.members(1) == []
+
+
+async def test_members_sorted_case_insensitively_and_distinct(store):
+    for i, member in enumerate([CAROL, ADA, BOB, ADA]):
+        await store.add(7, f"ch{i}", member)
+    assert [m.username for m in await store.members(7)] == ["ada", "Bob", "carol"]
+
+
+async def test_remove_unknown_socket_is_harmless(store):
+    assert await store.remove(9, "nope", ADA.id) is True
+    assert await store.members(9) == []
+
+
+async def test_touch_keeps_an_entry_alive(store, monkeypatch):
+    monkeypatch.setattr(chat.presence, "presence_ttl_secs", lambda: 1)
+    await store.add(1, "ch-a", ADA)
+    await store.add(1, "ch-b", BOB)
+    for _ in range(3):
+        await asyncio.sleep(0.45)
+        await store.touch(1, "ch-a", ADA)
+    # ch-b was never touched: expired; ch-a kept alive by its heartbeats
+    assert [m.username for m in await store.members(1)] == ["ada"]
+    # an expired socket of a user does not count as "still online" for the first/last decision
+    assert await store.add(1, "ch-b2", BOB) is True
+    assert await store.remove(1, "ch-b2", BOB.id) is True
+
+
+async def test_entries_expire_without_heartbeats(store, monkeypatch):
+    monkeypatch.setattr(chat.presence, "presence_ttl_secs", lambda: 0)
+    await store.add(3, "ghost", ADA)
+    assert await store.members(3) == []
+    assert await store.add(3, "fresh", ADA) is True  # the ghost does not block a new first join
+
+
+async def test_touch_of_unknown_socket(store):
+    await store.touch(4, "never-added", ADA)
+    members = await store.members(4)
+    assert members in ([], [ADA])  # memory ignores it; Redis records it; neither crashes
+
+
+def test_ttl_is_three_heartbeats(settings):
+    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 10
+    assert chat.presence.presence_ttl_secs() == 30
+
+
+async def test_get_presence_picks_the_backend_and_is_per_loop():
+    store = get_presence()
+    assert store is get_presence()
+    expected = RedisPresence if settings.REDIS_URL else MemoryPresence
+    assert isinstance(store, expected)
