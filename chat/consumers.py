@@ -1,8 +1,10 @@
 """The chat consumer: one WebSocket per client, carrying every room the client has joined.
 
 Channels runs one consumer instance per socket and dispatches its inputs — client frames and
-channel-layer events — one at a time, in arrival order. The ordering logic below relies on that:
-nothing here runs concurrently with anything else of the same socket.
+channel-layer events — one at a time. Room messages arrive either as channel-layer events
+(`chat_message`, PARLEY_FANOUT=layer) or straight from the process's hub (`hub_event`, the
+default); both go through the same synchronous ordering code in chat.ordering, and everything
+leaves through the socket's bounded outbound queue (chat.outbound).
 """
 
 from __future__ import annotations
@@ -10,87 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import fanout, limits, protocol, selectors, services
-from chat.models import Message, Room
+from chat import consumer_db as db
+from chat import fanout, limits, protocol
+from chat.hub import get_hub, hub_enabled
+from chat.ordering import Subscription
 from chat.outbound import Outbound
 from chat.payloads import message_payload, room_payload, user_payload
 from chat.presence import Member, get_presence
 from chat.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Subscription:
-    """One joined room on this socket."""
-
-    room_id: int
-    slug: str
-    high_seq: int = 0  # the highest seq delivered to this socket (history or live)
-    pending: dict[int, str] = field(default_factory=dict)  # frames that arrived ahead of a gap
-    gap_fill_scheduled: bool = False
-    presence_touched: float = 0.0
-    typing_at: float = 0.0  # when this socket last relayed a typing event for the room
-
-
-# --- database work, one thread hop per command ----------------------------------------------
-
-@database_sync_to_async
-def _load_room(user: Any, slug: str) -> Room | None:
-    return selectors.room_get_visible(user=user, slug=slug)
-
-
-@database_sync_to_async
-def _join_snapshot(room: Room, cmd: protocol.Join) -> tuple[list[Message], bool, bool | None, int, int]:
-    """(messages, has_more, recovered, high_seq, last_seq) for a join, read after group_add."""
-    last_seq = Room.objects.values_list("last_seq", flat=True).get(pk=room.pk)
-    recovered: bool | None = None
-    if cmd.after_seq is not None:
-        gap = last_seq - cmd.after_seq
-        same_log = cmd.epoch is None or cmd.epoch == room.epoch
-        if same_log and 0 <= gap <= settings.PARLEY_RESUME_MAX_GAP:
-            messages = selectors.message_range(room_id=room.pk, after_seq=cmd.after_seq, limit=gap)
-            high = max([cmd.after_seq] + [m.seq for m in messages])
-            return messages, cmd.after_seq > 0, True, high, max(last_seq, high)
-        recovered = False
-    messages, has_more = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
-    # Not last_seq: a message committed after the page was read is still on its way to us as a
-    # live event, and must not be dropped as "already seen".
-    high = messages[-1].seq if messages else 0
-    return messages, has_more, recovered, high, max(last_seq, high)
-
-
-@database_sync_to_async
-def _send(user: Any, room_id: int, cmd: protocol.Send) -> tuple[Message, bool] | None:
-    if not selectors.room_user_can_access(user=user, room_id=room_id):
-        return None
-    return services.message_create(room_id=room_id, author=user, text=cmd.text, client_id=cmd.client_id)
-
-
-@database_sync_to_async
-def _history(user: Any, room_id: int, before: int | None, limit: int) -> tuple[list[Message], bool] | None:
-    if not selectors.room_user_can_access(user=user, room_id=room_id):
-        return None
-    return selectors.message_page(room_id=room_id, before=before, limit=limit)
-
-
-@database_sync_to_async
-def _can_access(user: Any, room_id: int) -> bool:
-    return selectors.room_user_can_access(user=user, room_id=room_id)
-
-
-@database_sync_to_async
-def _gap(room_id: int, after_seq: int, before: int) -> list[Message]:
-    return selectors.message_range(room_id=room_id, after_seq=after_seq, before=before, limit=before - after_seq)
-
 
 # Per-process state shared by this process's sockets (see chat/limits.py on "per process").
 _sockets_per_user: dict[int, int] = {}
@@ -218,31 +155,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return sub
 
     async def do_join(self, cmd: protocol.Join, ref: str | None) -> None:
-        room = await _load_room(self.user, cmd.room)
+        room = await db.load_room(self.user, cmd.room)
         if room is None:
             raise _room_not_found(cmd.room)
         sub = self.subs_by_id.get(room.pk)
         first_join = sub is None
-        if sub is None and len(self.subs_by_id) >= limits.MAX_ROOMS_PER_SOCKET.value:
-            raise ProtocolError(protocol.TOO_MANY_ROOMS,
-                                f"a socket may join at most {int(limits.MAX_ROOMS_PER_SOCKET.value)} rooms",
-                                room=cmd.room)
         if sub is None:
-            # Subscribe before reading the log: whatever commits after the read is then certain to
-            # arrive as an event, and whatever the read saw is dropped by seq when it arrives.
-            await self.channel_layer.group_add(fanout.room_group(room.pk), self.channel_name)
+            if len(self.subs_by_id) >= limits.MAX_ROOMS_PER_SOCKET.value:
+                raise ProtocolError(protocol.TOO_MANY_ROOMS, f"a socket may join at most "
+                                    f"{int(limits.MAX_ROOMS_PER_SOCKET.value)} rooms", room=cmd.room)
             sub = Subscription(room_id=room.pk, slug=room.slug)
             self.subs_by_id[room.pk] = self.subs_by_slug[room.slug] = sub
-        messages, has_more, recovered, high, last_seq = await _join_snapshot(room, cmd)
-        sub.high_seq = high
-        sub.pending = {s: f for s, f in sub.pending.items() if s > high}
+            # Subscribe before reading the log: whatever commits after the read is then certain to
+            # arrive live, and whatever the read saw is dropped by seq when it arrives.
+            if hub_enabled():
+                await get_hub().subscribe(room.pk, self)
+            else:
+                await self.channel_layer.group_add(fanout.room_group(room.pk), self.channel_name)
+        sub.ready = False  # live events queue in sub.pending until the snapshot is sent
+        messages, has_more, recovered, high, last_seq = await db.join_snapshot(room, cmd)
         presence = get_presence()
         if first_join:
             sub.presence_touched = time.monotonic()
             if await presence.add(room.pk, self.channel_name, self.member):
-                members = await presence.members(room.pk)
+                count = len(await presence.members(room.pk))
                 await fanout.broadcast_presence(room_id=room.pk, room_slug=room.slug, event="join",
-                                                user=self.user, members=len(members), origin=self.channel_name)
+                                                user=self.user, members=count, origin=self.channel_name)
         members = await presence.members(room.pk)
         reply = {
             "type": "joined",
@@ -253,7 +191,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "recovered": recovered,
         }
         await self.send_frame(_with_ref(reply, ref))
-        await self._drain(sub)
+        if sub.start(high, self._put):
+            self._schedule_gap_fill(sub)
 
     async def do_leave(self, cmd: protocol.Leave, ref: str | None) -> None:
         await self._unsubscribe(self._joined(cmd.room))
@@ -266,7 +205,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(protocol.RATE_LIMITED, "too many messages; retry later with the same client_id",
                                 room=sub.slug, retry_after_ms=_ms(wait))
         try:
-            result = await _send(self.user, sub.room_id, cmd)
+            result = await db.send(self.user, sub.room_id, cmd)
         except DatabaseError:
             log.exception("could not store a message in room %s", sub.slug)
             raise ProtocolError(protocol.COMMIT_FAILED, "the message was not stored; retry with the same client_id",
@@ -289,7 +228,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def do_history(self, cmd: protocol.History, ref: str | None) -> None:
         sub = self._joined(cmd.room)
-        result = await _history(self.user, sub.room_id, cmd.before, cmd.limit)
+        result = await db.history(self.user, sub.room_id, cmd.before, cmd.limit)
         if result is None:
             await self._unsubscribe(sub)
             raise _room_not_found(cmd.room)
@@ -305,7 +244,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if (now - sub.typing_at) * 1000 < limits.TYPING_MIN_INTERVAL_MS.value:
             return  # relayed one a moment ago; peers show "typing" for seconds anyway
         sub.typing_at = now
-        if not await _can_access(self.user, sub.room_id):
+        if not await db.can_access(self.user, sub.room_id):
             await self._unsubscribe(sub)
             raise _room_not_found(cmd.room)
         await fanout.broadcast_typing(room_id=sub.room_id, room_slug=sub.slug, user=self.user)
@@ -329,32 +268,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         protocol.Ping: do_ping,
     }
 
-    # --- channel-layer events (type "chat.x" → method chat_x) ------------------------------
+    # --- room events: channel-layer handlers (type "chat.x" → chat_x) and the hub's entry ----
 
     async def chat_message(self, event: dict[str, Any]) -> None:
-        """Called for each message committed in a room this socket joined (see chat.fanout).
+        """Called for each message committed in a room this socket joined (PARLEY_FANOUT=layer)."""
+        self._deliver(event)
 
-        Delivers in seq order, each once: older-or-equal seqs were already sent (in `joined` or
-        live); a seq ahead of the next expected one waits in `pending` until the gap is filled.
-        """
-        sub = self.subs_by_id.get(event["room_id"])
-        if sub is None:
-            return
-        seq = event["seq"]
-        if seq <= sub.high_seq:
-            return
-        if seq == sub.high_seq + 1:
-            await self.send_message(event["frame"], event.get("size"))
-            sub.high_seq = seq
-            await self._drain(sub)
-        else:
-            sub.pending[seq] = event["frame"]
-            self._schedule_gap_fill(sub)
-
-    async def send_message(self, frame: str, size: int | None = None) -> None:
+    def send_message(self, frame: str, size: int | None = None) -> None:
         """Deliver one chat message, already encoded once for everyone by chat.fanout, to this socket.
 
-        It goes onto the socket's bounded outbound queue; the writer task puts it on the wire.
+        Only chat.ordering calls it, in seq order; it queues the frame on the socket's bounded
+        outbound queue, whose writer task puts it on the wire.
         """
         if self.outbound is not None:
             self.outbound.put(frame, size)
@@ -364,13 +288,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         The socket that caused it is skipped: its `joined` reply already lists the members.
         """
-        if event["room_id"] in self.subs_by_id and event["origin"] != self.channel_name and self.outbound is not None:
-            self.outbound.put(event["frame"])
+        self._relay_presence(event)
 
     async def chat_typing(self, event: dict[str, Any]) -> None:
         """Called when someone in a joined room is typing; the typist's own sockets skip it."""
-        if event["room_id"] in self.subs_by_id and event["user_id"] != self.user.pk and self.outbound is not None:
-            self.outbound.put(event["frame"])
+        self._relay_typing(event)
 
     async def chat_revoke(self, event: dict[str, Any]) -> None:
         """Called when a user lost access to a room (removed from a private room): leave it now."""
@@ -385,34 +307,96 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.outbound is not None:
             self.outbound.close_after_flush(protocol.CLOSE_CREDENTIALS_REVOKED)
 
-    async def chat_gapfill(self, event: dict[str, Any]) -> None:
-        """Called PARLEY_GAP_FILL_DELAY_MS after a seq arrived ahead of a gap that is still open.
+    def hub_event(self, event: dict[str, Any]) -> None:
+        """Called by chat.hub, synchronously, for each event of a room this socket joined."""
+        kind = event["type"]
+        if kind == "chat.message":
+            self._deliver(event)
+        elif kind == "chat.presence":
+            self._relay_presence(event)
+        elif kind == "chat.typing":
+            self._relay_typing(event)
+        elif kind == "chat.revoke":
+            asyncio.ensure_future(self.chat_revoke(event))
 
-        A broadcast can be overtaken by a later one (two senders on two workers) or dropped by the
-        layer (a full channel); the database has every committed message, so read the gap from it.
-        """
+    def hub_resync(self, room_id: int) -> None:
+        """Called by chat.hub when events may have been lost (Redis reconnected): catch up."""
+        sub = self.subs_by_id.get(room_id)
+        if sub is not None and sub.ready:
+            asyncio.ensure_future(self._fill_gap(sub, up_to=None))
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def _put(self, frame: str, size: int | None = None) -> None:
+        if self.outbound is not None:
+            self.outbound.put(frame, size)
+
+    def _relay_presence(self, event: dict[str, Any]) -> None:
+        if event["room_id"] in self.subs_by_id and event["origin"] != self.channel_name:
+            self._put(event["frame"])
+
+    def _relay_typing(self, event: dict[str, Any]) -> None:
+        if event["room_id"] in self.subs_by_id and event["user_id"] != self.user.pk:
+            self._put(event["frame"])
+
+    def _deliver(self, event: dict[str, Any]) -> None:
         sub = self.subs_by_id.get(event["room_id"])
-        if sub is None:
-            return
-        sub.gap_fill_scheduled = False
-        if not sub.pending:
-            return
-        first_pending = min(sub.pending)
-        if first_pending > sub.high_seq + 1:
-            missing = await _gap(sub.room_id, sub.high_seq, first_pending)
-            for message in missing:
-                if message.seq == sub.high_seq + 1:
-                    frame = {"type": "message", "room": sub.slug,
-                             "message": message_payload(message, room_slug=sub.slug)}
-                    await self.send_message(protocol.encode(frame))
-                    sub.high_seq = message.seq
-            if sub.high_seq + 1 < first_pending:
-                log.error("room %s: seqs %s..%s missing from the database; skipping them",
-                          sub.slug, sub.high_seq + 1, first_pending - 1)
-                sub.high_seq = first_pending - 1
-        await self._drain(sub)
+        if sub is not None and sub.offer(event["seq"], event["frame"], event.get("size"), self.send_message):
+            self._schedule_gap_fill(sub)
 
-    # --- helpers ----------------------------------------------------------------------------
+    def _schedule_gap_fill(self, sub: Subscription) -> None:
+        if sub.gap_fill_scheduled:
+            return
+        sub.gap_fill_scheduled = True
+        delay = settings.PARLEY_GAP_FILL_DELAY_MS / 1000
+        asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(self._fill_gap(sub, up_to=sub.first_pending()))
+        )
+
+    async def _fill_gap(self, sub: Subscription, up_to: int | None) -> None:
+        """Read from the database what live delivery missed (a broadcast overtaken or lost).
+
+        Runs PARLEY_GAP_FILL_DELAY_MS after a seq arrived ahead of a gap, or after the hub's
+        Redis subscription came back (up_to=None: everything newer than what was delivered).
+        """
+        sub.gap_fill_scheduled = False
+        if self.subs_by_id.get(sub.room_id) is not sub:
+            return
+        if up_to is not None and up_to <= sub.high_seq + 1:
+            if sub.drain(self.send_message):
+                self._schedule_gap_fill(sub)
+            return
+        limit = settings.PARLEY_RESUME_MAX_GAP if up_to is None else up_to - sub.high_seq
+        missing = await db.messages_after(sub.room_id, sub.high_seq, up_to, limit)
+        if self.subs_by_id.get(sub.room_id) is not sub:
+            return
+        for message in missing:
+            if message.seq == sub.high_seq + 1:  # live delivery may have moved on meanwhile
+                frame = {"type": "message", "room": sub.slug, "message": message_payload(message, room_slug=sub.slug)}
+                self.send_message(protocol.encode(frame))
+                sub.high_seq = message.seq
+        first = sub.first_pending()
+        if up_to is not None and first is not None and first == up_to and sub.high_seq + 1 < first:
+            log.error("room %s: seqs %s..%s are not in the database; skipping them",
+                      sub.slug, sub.high_seq + 1, first - 1)
+            sub.high_seq = first - 1
+        if sub.drain(self.send_message):
+            self._schedule_gap_fill(sub)
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        self.subs_by_id.pop(sub.room_id, None)
+        self.subs_by_slug.pop(sub.slug, None)
+        if hub_enabled():
+            await get_hub().unsubscribe(sub.room_id, self)
+        else:
+            await self.channel_layer.group_discard(fanout.room_group(sub.room_id), self.channel_name)
+        presence = get_presence()
+        if await presence.remove(sub.room_id, self.channel_name, self.user.pk):
+            count = len(await presence.members(sub.room_id))
+            await fanout.broadcast_presence(room_id=sub.room_id, room_slug=sub.slug, event="leave",
+                                            user=self.user, members=count, origin=self.channel_name)
+
+    # --- the socket itself ------------------------------------------------------------------
 
     async def _write(self, text: str) -> None:
         """The outbound writer's only way to the wire."""
@@ -439,40 +423,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT)
                 return
             await asyncio.sleep(timeout - idle)
-
-    async def _drain(self, sub: Subscription) -> None:
-        """Send pending frames that have become next in line."""
-        while sub.pending:
-            frame = sub.pending.pop(sub.high_seq + 1, None)
-            if frame is None:
-                sub.pending = {s: f for s, f in sub.pending.items() if s > sub.high_seq}
-                if sub.pending:
-                    self._schedule_gap_fill(sub)
-                return
-            await self.send_message(frame)
-            sub.high_seq += 1
-
-    def _schedule_gap_fill(self, sub: Subscription) -> None:
-        if sub.gap_fill_scheduled:
-            return
-        sub.gap_fill_scheduled = True
-        event = {"type": "chat.gapfill", "room_id": sub.room_id}
-
-        def fire() -> None:
-            # Through the layer, so the fill is dispatched in turn like every other event.
-            asyncio.ensure_future(self.channel_layer.send(self.channel_name, event))
-
-        asyncio.get_running_loop().call_later(settings.PARLEY_GAP_FILL_DELAY_MS / 1000, fire)
-
-    async def _unsubscribe(self, sub: Subscription) -> None:
-        self.subs_by_id.pop(sub.room_id, None)
-        self.subs_by_slug.pop(sub.slug, None)
-        await self.channel_layer.group_discard(fanout.room_group(sub.room_id), self.channel_name)
-        presence = get_presence()
-        if await presence.remove(sub.room_id, self.channel_name, self.user.pk):
-            members = await presence.members(sub.room_id)
-            await fanout.broadcast_presence(room_id=sub.room_id, room_slug=sub.slug, event="leave",
-                                            user=self.user, members=len(members), origin=self.channel_name)
 
 
 def _ms(seconds: float) -> int:

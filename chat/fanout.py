@@ -12,6 +12,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from chat import protocol
+from chat.hub import get_hub, hub_enabled
 from chat.models import Message
 from chat.payloads import message_payload, user_payload
 
@@ -27,8 +28,15 @@ def token_group(token_id: int) -> str:
 
 
 async def broadcast(room_id: int, event: dict[str, Any]) -> None:
-    """Deliver one event to every socket that joined the room, on every server process."""
-    await get_channel_layer().group_send(room_group(room_id), event)
+    """Deliver one event to every socket that joined the room, on every server process.
+
+    By default through chat.hub (one synchronous loop over local sockets, one Redis publish per
+    message across processes); with PARLEY_FANOUT=layer through stock Channels group_send.
+    """
+    if hub_enabled():
+        await get_hub().publish(room_id, event)
+    else:
+        await get_channel_layer().group_send(room_group(room_id), event)
 
 
 async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -> None:

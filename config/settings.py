@@ -150,6 +150,10 @@ PARLEY_RESUME_MAX_GAP = env_int("PARLEY_RESUME_MAX_GAP", 1000)
 PARLEY_HEARTBEAT_INTERVAL_SECS = env_int("PARLEY_HEARTBEAT_INTERVAL_SECS", 25)
 # How long a socket waits for a missing sequence number before reading it from the database.
 PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
+# "hub": chat.hub, the per-process fast path (default). "layer": stock group_send, for comparison.
+PARLEY_FANOUT = env_str("PARLEY_FANOUT", "hub")
+if PARLEY_FANOUT not in ("hub", "layer"):
+    raise ImproperlyConfigured(f"PARLEY_FANOUT={PARLEY_FANOUT!r}: use 'hub' or 'layer'")
 PARLEY_FRAMES_PER_SEC = env_int("PARLEY_FRAMES_PER_SEC", 20)
 PARLEY_FRAMES_BURST = env_int("PARLEY_FRAMES_BURST", 40)
 PARLEY_MESSAGES_PER_SEC = env_int("PARLEY_MESSAGES_PER_SEC", 5)

@@ -1,0 +1,176 @@
+"""The per-process fan-out hub: from one committed message to every local socket, fast.
+
+Why not `group_send`: the stock Channels path copies the event into every member channel's
+queue, then every consumer wakes, dispatches and handles it — a deep copy and several task
+switches per recipient (docs/benchmarks.md has the profile). The hub keeps, per process and
+event loop, the local sockets of each room and hands each the same already-encoded frame in
+one synchronous loop; each socket's bounded outbound queue (chat.outbound) does the writing.
+
+Across processes (REDIS_URL set), a message is PUBLISHed once on a Redis channel per room, and
+each process holds one subscription per room that has local sockets: Redis sends one copy per
+process, not per socket. Redis pub/sub is at-most-once, so after the subscription connection
+drops and comes back, every local socket reads what it missed from the database (`resync`).
+
+`PARLEY_FANOUT=layer` switches chat.fanout back to the stock channel-layer path (for comparison).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import weakref
+from typing import Any, Protocol
+
+import orjson
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+RESUBSCRIBE_BACKOFF_CAP_SECS = 5.0
+
+
+class Receiver(Protocol):
+    def hub_event(self, event: dict[str, Any]) -> None:
+        """Handle one room event synchronously (no awaits: the hub loops over many receivers)."""
+
+    def hub_resync(self, room_id: int) -> None:
+        """Events of this room may have been lost: catch up from the database."""
+
+
+class LocalHub:
+    """One process's rooms → local receivers. Used alone without Redis."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[int, set[Receiver]] = {}
+
+    async def subscribe(self, room_id: int, receiver: Receiver) -> None:
+        self.rooms.setdefault(room_id, set()).add(receiver)
+
+    async def unsubscribe(self, room_id: int, receiver: Receiver) -> None:
+        members = self.rooms.get(room_id)
+        if members is not None:
+            members.discard(receiver)
+            if not members:
+                del self.rooms[room_id]
+                await self._room_emptied(room_id)
+
+    async def _room_emptied(self, room_id: int) -> None:
+        pass
+
+    async def publish(self, room_id: int, event: dict[str, Any]) -> None:
+        self.deliver(room_id, event)
+
+    def deliver(self, room_id: int, event: dict[str, Any]) -> None:
+        for receiver in tuple(self.rooms.get(room_id, ())):
+            try:
+                receiver.hub_event(event)
+            except Exception:  # one broken socket must not cost the others their delivery
+                log.exception("delivering a room event to one socket failed")
+
+
+class RedisHub(LocalHub):
+    """LocalHub + Redis pub/sub between processes: one subscription per process per room."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__()
+        import redis.asyncio as aioredis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._prefix = f"{prefix}:room:"
+        self._publisher = aioredis.Redis.from_url(url)
+        # No silent internal retries on the subscriber: a reconnect must be seen, to resync.
+        self._subscriber = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def _channel(self, room_id: int) -> str:
+        return f"{self._prefix}{room_id}"
+
+    async def subscribe(self, room_id: int, receiver: Receiver) -> None:
+        first = room_id not in self.rooms
+        await super().subscribe(room_id, receiver)
+        if first:
+            async with self._lock:
+                if self._pubsub is None:
+                    self._pubsub = self._subscriber.pubsub()
+                try:
+                    await self._pubsub.subscribe(self._channel(room_id))
+                except Exception:
+                    log.warning("Redis subscribe failed; the listener will resubscribe", exc_info=True)
+                if self._listener is None or self._listener.done():
+                    self._listener = asyncio.ensure_future(self._listen())
+
+    async def _room_emptied(self, room_id: int) -> None:
+        async with self._lock:
+            if self._pubsub is not None and room_id not in self.rooms:
+                try:
+                    await self._pubsub.unsubscribe(self._channel(room_id))
+                except Exception:
+                    log.debug("Redis unsubscribe failed", exc_info=True)
+
+    async def publish(self, room_id: int, event: dict[str, Any]) -> None:
+        # Every process, this one included, delivers from the subscription: one order for all.
+        await self._publisher.publish(self._channel(room_id), orjson.dumps(event))
+
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                failures = 0
+                if message is not None and message["type"] == "message":
+                    room_id = int(message["channel"][len(self._prefix):])
+                    self.deliver(room_id, orjson.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                delay = random.uniform(0, min(RESUBSCRIBE_BACKOFF_CAP_SECS, 0.1 * 2**failures))
+                log.warning("Redis subscription lost; resubscribing in %.2f s", delay, exc_info=failures == 1)
+                await asyncio.sleep(delay)
+                await self._resubscribe()
+
+    async def _resubscribe(self) -> None:
+        async with self._lock:
+            old, self._pubsub = self._pubsub, self._subscriber.pubsub()
+            try:
+                await old.aclose()
+            except Exception:
+                log.debug("closing the lost subscription failed", exc_info=True)
+            channels = [self._channel(room_id) for room_id in self.rooms]
+            if not channels:
+                return
+            try:
+                await self._pubsub.subscribe(*channels)
+            except Exception:
+                # Still down: the next get_message fails too, and we retry with more backoff.
+                log.warning("Redis still unavailable for resubscribe")
+                return
+        log.info("Redis subscription restored for %d rooms; catching up from the database", len(channels))
+        for room_id, receivers in list(self.rooms.items()):
+            for receiver in tuple(receivers):
+                receiver.hub_resync(room_id)
+
+
+# One hub per event loop: a server has one loop; a test suite opens many, and redis-py's
+# asyncio connections belong to the loop that opened them.
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalHub] = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> LocalHub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        if settings.REDIS_URL:
+            hub = RedisHub(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+        else:
+            hub = LocalHub()
+        _hubs[loop] = hub
+    return hub
+
+
+def hub_enabled() -> bool:
+    return settings.PARLEY_FANOUT == "hub"

@@ -1,0 +1,63 @@
+"""Per-socket, per-room delivery order: every message once, in seq order, no gaps.
+
+Broadcasts can arrive out of order (two senders on two processes), twice (history and live
+overlap at join), or not at all (Redis pub/sub is at-most-once; a full channel-layer queue
+drops). Each socket therefore tracks, per joined room, the highest seq it delivered and holds
+anything that arrives ahead of a gap until the gap is filled — live, or from the database.
+All methods are synchronous: called from the hub's loop, they run atomically for the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Put = Callable[[str, "int | None"], None]
+
+
+@dataclass(slots=True, eq=False)
+class Subscription:
+    """One joined room on one socket."""
+
+    room_id: int
+    slug: str
+    high_seq: int = 0  # the highest seq delivered to this socket (history or live)
+    # Until the join's history is read and sent, live events only queue here.
+    ready: bool = False
+    pending: dict[int, tuple[str, int | None]] = field(default_factory=dict)
+    gap_fill_scheduled: bool = False
+    presence_touched: float = 0.0
+    typing_at: float = 0.0  # when this socket last relayed a typing event for the room
+
+    def offer(self, seq: int, frame: str, size: int | None, put: Put) -> bool:
+        """Deliver (or hold) one message; True if a gap is open and should be filled."""
+        if seq <= self.high_seq:
+            return False  # already delivered
+        if not self.ready or seq != self.high_seq + 1:
+            self.pending[seq] = (frame, size)
+            return self.ready
+        put(frame, size)
+        self.high_seq = seq
+        return self.drain(put)
+
+    def start(self, high_seq: int, put: Put) -> bool:
+        """The join's snapshot (up to high_seq) was sent: go live. True if a gap is open."""
+        self.high_seq = high_seq
+        self.ready = True
+        return self.drain(put)
+
+    def drain(self, put: Put) -> bool:
+        """Send held frames that are next in line; True if some wait behind a gap."""
+        while self.pending:
+            item = self.pending.pop(self.high_seq + 1, None)
+            if item is None:
+                stale = [s for s in self.pending if s <= self.high_seq]
+                for s in stale:
+                    del self.pending[s]
+                return bool(self.pending)
+            put(*item)
+            self.high_seq += 1
+        return False
+
+    def first_pending(self) -> int | None:
+        return min(self.pending) if self.pending else None
