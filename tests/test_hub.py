@@ -1,0 +1,132 @@
+"""chat.hub: local fan-out, fan-out across processes over Redis, and catch-up after Redis restarts."""
+
+import asyncio
+import shutil
+import socket
+import subprocess
+
+import pytest
+import redis.asyncio as aioredis
+
+from chat.hub import LocalHub, RedisHub
+from tests.conftest import REQUIRE_SERVICES
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.resyncs: list[int] = []
+
+    def hub_event(self, event):
+        self.events.append(event)
+
+    def hub_resync(self, room_id):
+        self.resyncs.append(room_id)
+
+
+async def wait_for(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_local_hub_delivers_to_room_members_only():
+    hub = LocalHub()
+    a, b, other = Recorder(), Recorder(), Recorder()
+    await hub.subscribe(1, a)
+    await hub.subscribe(1, b)
+    await hub.subscribe(2, other)
+    await hub.publish(1, {"type": "chat.message", "n": 1})
+    assert a.events == b.events == [{"type": "chat.message", "n": 1}] and other.events == []
+    await hub.unsubscribe(1, a)
+    await hub.publish(1, {"type": "chat.message", "n": 2})
+    assert len(a.events) == 1 and len(b.events) == 2
+    assert 1 in hub.rooms and 2 in hub.rooms
+    await hub.unsubscribe(1, b)
+    assert 1 not in hub.rooms  # empty rooms are forgotten
+
+
+async def test_one_broken_receiver_does_not_stop_the_others():
+    class Broken(Recorder):
+        def hub_event(self, event):
+            raise RuntimeError("boom")
+
+    hub, good = LocalHub(), Recorder()
+    await hub.subscribe(1, Broken())
+    await hub.subscribe(1, good)
+    await hub.publish(1, {"type": "chat.message"})
+    assert len(good.events) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of our own, so the test can stop and restart it without touching others."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server is not installed but PARLEY_REQUIRE_SERVICES=1")
+        pytest.skip("needs the redis-server binary")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    procs = []
+
+    def start():
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        return proc
+
+    start()
+    yield f"redis://127.0.0.1:{port}/0", start, procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+async def ping(url):
+    client = aioredis.Redis.from_url(url)
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    return await client.ping()
+                except Exception:
+                    await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_two_processes_share_a_room_through_redis(private_redis):
+    url, _, _ = private_redis
+    await ping(url)
+    process_a, process_b = RedisHub(url, "t"), RedisHub(url, "t")  # two "processes", one Redis
+    on_a, on_b, elsewhere = Recorder(), Recorder(), Recorder()
+    await process_a.subscribe(7, on_a)
+    await process_b.subscribe(7, on_b)
+    await process_b.subscribe(8, elsewhere)
+    await asyncio.sleep(0.1)
+    await process_a.publish(7, {"type": "chat.message", "seq": 1})
+    await wait_for(lambda: on_a.events and on_b.events)
+    assert on_a.events == on_b.events == [{"type": "chat.message", "seq": 1}]
+    assert elsewhere.events == []
+
+
+async def test_resubscribes_and_asks_for_catch_up_after_redis_restarts(private_redis):
+    url, start, procs = private_redis
+    await ping(url)
+    hub, receiver = RedisHub(url, "t"), Recorder()
+    await hub.subscribe(3, receiver)
+    await asyncio.sleep(0.1)
+    procs[-1].kill()
+    procs[-1].wait()
+    await asyncio.sleep(0.5)  # the listener notices and starts backing off
+    start()
+    await ping(url)
+    await wait_for(lambda: receiver.resyncs == [3], timeout=15)
+    await hub.publish(3, {"type": "chat.message", "seq": 9})  # and live delivery works again
+    await wait_for(lambda: receiver.events == [{"type": "chat.message", "seq": 9}])
