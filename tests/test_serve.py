@@ -1,0 +1,151 @@
+"""scripts/serve on a fresh machine: first-run setup (SQLite, migrations, lobby, secret key), a
+no-op second run, and a real uvicorn server that a `websockets` client can chat through."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE = ROOT / "scripts" / "serve"
+PY = ROOT / ".venv" / "bin" / "python"
+
+pytestmark = pytest.mark.slow
+
+
+def fresh_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh machine: embedded defaults, no secret, our own data dir."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE",
+                        "PARLEY_REDIS_PREFIX", "PARLEY_TEST_DB_NAME", "DEBUG", "PORT", "HOST")}
+    env["PARLEY_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+def setup_only(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SERVE), "--setup-only"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"  # does not exist yet: serve must create it
+    return d
+
+
+def test_setup_only_on_a_fresh_machine_then_again(data_dir):
+    env = fresh_env(data_dir)
+    first = setup_only(env)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    db = data_dir / "parley.sqlite3"
+    assert db.is_file()
+    key_file = data_dir / "secret_key"
+    assert key_file.is_file()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert len(key) >= 50
+
+    with sqlite3.connect(db) as conn:
+        applied = {row[0] for row in conn.execute("SELECT app FROM django_migrations")}
+        assert {"chat", "auth", "sessions", "admin", "contenttypes"} <= applied
+        chat_migrations = sorted(r[0] for r in conn.execute("SELECT name FROM django_migrations WHERE app='chat'"))
+        rooms = conn.execute("SELECT slug, title, is_private FROM chat_room").fetchall()
+    assert rooms == [("lobby", "Lobby", 0)]
+    shipped = sorted(p.stem for p in (ROOT / "chat" / "migrations").glob("[0-9]*.py"))
+    assert chat_migrations == shipped
+
+    second = setup_only(env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert key_file.read_text().strip() == key  # the key is kept, so sessions survive restarts
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM chat_room").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM django_migrations WHERE app='chat'").fetchone() == (len(shipped),)
+
+
+def test_setup_only_respects_a_given_secret_key(data_dir):
+    result = setup_only(fresh_env(data_dir, SECRET_KEY="given-secret-key-for-this-test"))
+    assert result.returncode == 0, result.stderr
+    assert not (data_dir / "secret_key").exists()
+
+
+async def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir, tmp_path):
+    port = free_port()
+    env = fresh_env(data_dir, HOST="127.0.0.1", PORT=str(port))
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(SERVE)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 120
+        while url not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "serve never printed its URL:\n" + log_path.read_text()
+            await asyncio.sleep(0.2)
+        health = None
+        while health is None:
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "no /healthz:\n" + log_path.read_text()
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=2) as response:
+                    health = (response.status, json.loads(response.read()))
+            except OSError:
+                await asyncio.sleep(0.2)
+        assert health == (200, {"ok": True})
+
+        # A token minted the documented way, against the same data dir (and the generated key).
+        token_env = {**env, "SECRET_KEY": (data_dir / "secret_key").read_text().strip()}
+        minted = subprocess.run([str(PY), "manage.py", "create_token", "x", "--create-user"], cwd=ROOT,
+                                env=token_env, capture_output=True, text=True, timeout=60)
+        assert minted.returncode == 0, minted.stderr
+        token = minted.stdout.splitlines()[-1]
+
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/",
+                                      additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert hello["type"] == "hello" and hello["user"]["username"] == "x"
+            await ws.send(json.dumps({"type": "join", "ref": "j", "room": "lobby"}))
+            await ws.send(json.dumps({"type": "send", "ref": "s", "room": "lobby", "text": "hi from serve",
+                                      "client_id": "serve-1"}))
+            seen: dict[str, dict] = {}
+            while not {"joined", "ack", "message"} <= seen.keys():
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                seen.setdefault(frame["type"], frame)
+            assert seen["joined"]["ref"] == "j" and seen["joined"]["room"]["slug"] == "lobby"
+            assert seen["ack"]["ref"] == "s" and seen["ack"]["seq"] == 1
+            assert seen["message"]["message"]["text"] == "hi from serve"
+
+        # Without credentials the upgrade is refused with 403.
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/"):
+                pass
+        assert refused.value.response.status_code == 403
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    assert proc.returncode is not None
