@@ -101,7 +101,9 @@ class Client(WSListener):  # type: ignore[misc]
             d = orjson.loads(p)
             sent = self.pending.pop(d.get("ref", "").encode(), None)
             if sent is not None:
-                w.ack_lat.append((time.time_ns() - sent) // 1000)
+                now = time.time_ns()
+                w.ack_lat.append((now - sent) // 1000)
+                w.ack_recv.append(now // 1000)
             room = d.get("room")
             seq = d.get("seq", 0)
             if seq > w.room_seq.get(room, 0):
@@ -143,6 +145,7 @@ class Worker:
         self.lat = array("q")
         self.recv = array("q")
         self.ack_lat = array("q")
+        self.ack_recv = array("q")
         self.msg_frames = 0
         self.errors: list[str] = []
         self.n_errors = 0
@@ -258,6 +261,7 @@ class Worker:
         self.lat = array("q")
         self.recv = array("q")
         self.ack_lat = array("q")
+        self.ack_recv = array("q")
         self.msg_frames = 0
         self.measuring = on
 
@@ -268,7 +272,7 @@ class Worker:
 
     async def cmd_collect(self) -> dict[str, Any]:
         tracked = [c for c in self.clients if c.track]
-        return {"lat": self.lat.tobytes(), "recv": self.recv.tobytes(), "ack_lat": self.ack_lat.tobytes(),
+        return {"lat": self.lat.tobytes(), "recv": self.recv.tobytes(), "ack_lat": self.ack_lat.tobytes(), "ack_recv": self.ack_recv.tobytes(),
                 "msg_frames": self.msg_frames, "errors": self.errors[-10:], "n_errors": self.n_errors,
                 "gaps": sum(c.gaps for c in tracked), "dups": sum(c.dups for c in tracked),
                 "highs": {c.idx: c.high for c in tracked}, "room_seq": dict(self.room_seq),
