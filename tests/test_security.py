@@ -138,3 +138,14 @@ async def test_tokens_never_reach_the_logs(caplog):
     assert not connected
     assert "invalid token" in caplog.text  # the refusal is logged …
     assert secret not in caplog.text  # … without the credential
+
+
+def test_security_doc_lists_every_limit():
+    """docs/security.md is the public limits table: it must name every limit chat/limits.py has."""
+    from pathlib import Path
+
+    from chat import limits
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+    missing = [limit.setting for limit in limits.ALL if f"`{limit.setting}`" not in doc]
+    assert missing == []
