@@ -35,16 +35,25 @@ ROOM = "lobby"
 
 
 async def send_stream(client: ParleyClient, prefix: str, n: int, *, in_flight: int = 4,
-                      pace: float = 0.01) -> list[dict[str, Any]]:
-    """n sends with up to in_flight unacked at once; returns the acks."""
+                      pace: float = 0.01, until: asyncio.Task[Any] | None = None) -> list[dict[str, Any]]:
+    """At least n sends (and more until `until` is done), up to in_flight unacked at once;
+    returns the acks."""
     sem = asyncio.Semaphore(in_flight)
+    tasks: list[asyncio.Task[dict[str, Any]]] = []
 
     async def one(i: int) -> dict[str, Any]:
-        async with sem:
-            await asyncio.sleep(pace)
+        try:
             return await client.send(ROOM, f"{prefix} #{i}", timeout=60)
+        finally:
+            sem.release()
 
-    return list(await asyncio.gather(*(one(i) for i in range(n))))
+    i = 0
+    while i < n or (until is not None and not until.done()):
+        await sem.acquire()
+        await asyncio.sleep(pace)
+        tasks.append(asyncio.create_task(one(i)))
+        i += 1
+    return list(await asyncio.gather(*tasks))
 
 
 async def three_members(server: Any) -> tuple[list[str], list[Any]]:
@@ -70,14 +79,14 @@ async def close_all(members: list[Any]) -> None:
 async def test_dropped_sockets_mid_stream_lose_and_double_nothing(servers: Any) -> None:
     server = servers()
     tokens, members = await three_members(server)
-    per_client = 40
+    per_client = 30
     aborts = 0
 
     async def chaos(stop: asyncio.Event) -> None:
         nonlocal aborts
         rng = random.Random(7)
         while not stop.is_set():
-            await asyncio.sleep(rng.uniform(0.03, 0.15))
+            await asyncio.sleep(rng.uniform(0.05, 0.2))
             client, _ = rng.choice(members)
             if client.connected:
                 client.abort_connection()  # TCP gone, no close frame: as if the network broke
@@ -102,7 +111,7 @@ async def test_dropped_sockets_mid_stream_lose_and_double_nothing(servers: Any) 
 async def test_server_sigkill_and_restart_lose_and_double_nothing(servers: Any) -> None:
     server = servers()
     tokens, members = await three_members(server)
-    per_client = 60
+    per_client = 30
 
     async def killer() -> None:
         for _ in range(2):
@@ -112,11 +121,11 @@ async def test_server_sigkill_and_restart_lose_and_double_nothing(servers: Any) 
             await asyncio.to_thread(server.start)   # same port, same database
 
     kill_task = asyncio.create_task(killer())
-    results = await asyncio.gather(*(send_stream(c, f"{i}", per_client, pace=0.02)
+    results = await asyncio.gather(*(send_stream(c, f"{i}", per_client, pace=0.02, until=kill_task)
                                      for i, (c, _) in enumerate(members)))
     await kill_task
     acks = [a for r in results for a in r]
-    await settle(members, 3 * per_client, timeout=30)
+    await settle(members, len(acks), timeout=30)
     db = server.all_messages(ROOM, tokens[0])
     assert_exactly_once(ROOM, acks, db, [c for _, c in members])
     assert server.starts == 3
@@ -245,8 +254,12 @@ async def test_resume_with_foreign_epoch_or_too_large_gap_is_not_recovered(serve
     ok = await resume(after_seq=8, epoch=room["epoch"])  # gap 4 <= 5: recovered, exactly 9..12
     assert ok["recovered"] is True
     assert [m["seq"] for m in ok["messages"]] == [9, 10, 11, 12]
+    edge = await resume(after_seq=7, epoch=room["epoch"])  # gap == PARLEY_RESUME_MAX_GAP: still recovered
+    assert edge["recovered"] is True and [m["seq"] for m in edge["messages"]] == [8, 9, 10, 11, 12]
+    assert (await resume(after_seq=12, epoch=room["epoch"]))["messages"] == []  # nothing missed
 
     for fields in ({"after_seq": 8, "epoch": "0" * 32},            # foreign/stale epoch
+                   {"after_seq": 6, "epoch": room["epoch"]},       # gap 6: one over the limit
                    {"after_seq": 2, "epoch": room["epoch"]},       # gap 10 > PARLEY_RESUME_MAX_GAP
                    {"after_seq": 40, "epoch": room["epoch"]}):     # ahead of the log
         reply = await resume(**fields)
