@@ -48,7 +48,7 @@ def browser(chromium_path: str) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def server(chromium_path: str) -> Iterator[Server]:
+def server() -> Iterator[Server]:
     """One server for the session; a test may stop()/start() it (same port, same data)."""
     srv = Server()
     srv.start()
@@ -64,6 +64,20 @@ def parley(server: Server) -> Server:
     if server.proc is None or server.proc.poll() is not None:
         server.start()
     return server
+
+
+@pytest.fixture
+def fast_server(chromium_path: str) -> Iterator[Server]:
+    """A server of its own with the message/frame rate limits raised, for tests that seed volume."""
+    srv = Server(extra_env={
+        "PARLEY_MESSAGES_PER_SEC": "1000", "PARLEY_MESSAGES_BURST": "1000",
+        "PARLEY_FRAMES_PER_SEC": "1000", "PARLEY_FRAMES_BURST": "1000",
+    })
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.close()
 
 
 @pytest.fixture

@@ -99,6 +99,14 @@ class Server:
             self.proc.wait(timeout=5)
         self.proc = None
 
+    def create_token(self, username: str) -> str:
+        """A bearer token for USERNAME (created if missing), via manage.py create_token."""
+        result = subprocess.run([PYTHON, "manage.py", "create_token", username, "--create-user"], cwd=REPO,
+                                env=self.env, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"create_token failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout.strip().splitlines()[-1]
+
     def restart(self) -> None:
         self.stop()
         self.start()

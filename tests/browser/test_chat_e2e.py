@@ -235,9 +235,9 @@ def test_composer_counter_and_limit(parley: Any, new_page: Any) -> None:
     expect(delivered(page, "y" * 4000)).to_have_count(1)
 
 
-def test_load_older_pages_history(parley: Any, new_page: Any) -> None:
+def test_load_older_pages_history(fast_server: Any, new_page: Any) -> None:
     page = new_page()
-    signup(page, parley.url, unique("eve"))
+    signup(page, fast_server.url, unique("eve"))
     slug = unique("busy").lower()
     _create_room(page, slug, "Busy room")
     # 70 messages through the client library, all at once: acks settle them in order.

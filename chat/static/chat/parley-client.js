@@ -177,6 +177,8 @@ export class ParleyClient {
     this._deadTimer = null;
     this._lastReceivedAt = 0;
     this._typingTimers = new Map();
+    this._flushTimers = new Map(); // room slug -> timer for the next paced send
+    this._bucket = { tokens: null, stamp: 0 }; // client-side pacing of sends
 
     if (this.network && this.network.addEventListener) {
       this.network.addEventListener("online", () => this._onOnline());
@@ -563,6 +565,12 @@ export class ParleyClient {
       (err) => {
         room.joining = false;
         if (err.code === "disconnected") return; // the next connection tries again
+        if (err.code === "rate_limited") {
+          this._setTimeout(() => {
+            if (this._ws === ws && this.state === STATES.CONNECTED && room.wanted && !room.live && !room.joining) this._sendJoin(room);
+          }, err.frame?.retry_after_ms ?? 1000);
+          return;
+        }
         if (err.code === "room_not_found") {
           room.wanted = false;
           this.rooms.delete(room.slug);
@@ -654,6 +662,7 @@ export class ParleyClient {
       status: "pending",
       createdAt: this._now(),
       attempts: 0,
+      notBefore: -Infinity, // retry no earlier than this (after rate_limited / commit_failed)
       error: null,
     };
     entry.promise = new Promise((resolve, reject) => {
@@ -684,16 +693,48 @@ export class ParleyClient {
     entry.status = "pending";
     entry.error = null;
     entry.attempts = 0;
+    entry.notBefore = -Infinity;
     this._roomChanged(entry.room, "pending");
     this._flushOutbox(entry.room);
   }
 
+  /**
+   * Send the room's next message if nothing of that room is in flight. One send in flight per
+   * room keeps the user's order even when the server refuses one (rate_limited, commit_failed)
+   * and accepts the next; the pace follows hello.limits.messages_per_sec.
+   */
   _flushOutbox(slug) {
     const room = this.rooms.get(slug);
     if (!room || !room.live || this.state !== STATES.CONNECTED) return;
-    for (const entry of this.outbox) {
-      if (entry.room === slug && entry.status === "pending") this._transmitEntry(entry, room);
+    const head = this.outbox.find((e) => e.room === slug && (e.status === "pending" || e.status === "sending"));
+    if (!head || head.status === "sending") return;
+    const wait = Math.max(head.notBefore - this._now(), this._sendBucketWait());
+    if (wait > 0) {
+      this._scheduleFlush(slug, wait);
+      return;
     }
+    if (this.limits.messages_per_sec > 0) this._bucket.tokens -= 1;
+    this._transmitEntry(head, room);
+  }
+
+  _scheduleFlush(slug, wait) {
+    this._clearTimeout(this._flushTimers.get(slug));
+    this._flushTimers.set(slug, this._setTimeout(() => {
+      this._flushTimers.delete(slug);
+      this._flushOutbox(slug);
+    }, wait));
+  }
+
+  /** ms until the client-side message bucket (rate = burst = messages_per_sec) has a token. */
+  _sendBucketWait() {
+    const rate = this.limits.messages_per_sec;
+    if (!(rate > 0)) return 0;
+    const burst = Math.max(1, Math.floor(rate));
+    const now = this._now();
+    const b = this._bucket;
+    b.tokens = b.tokens === null ? burst : Math.min(burst, b.tokens + ((now - b.stamp) / 1000) * rate);
+    b.stamp = now;
+    return b.tokens >= 1 ? 0 : Math.ceil(((1 - b.tokens) / rate) * 1000);
   }
 
   _transmitEntry(entry, room) {
@@ -719,6 +760,7 @@ export class ParleyClient {
         }
         this._settleOutbox(entry.room, entry.client_id, msg, ack);
         this._roomChanged(entry.room, "ack");
+        this._flushOutbox(entry.room);
       },
       (err) => {
         if (!this.outbox.includes(entry)) return;
@@ -726,16 +768,20 @@ export class ParleyClient {
           entry.status = "pending"; // re-sent after the rejoin
           return;
         }
+        // Being told to slow down is not a failure of the message: it does not use up attempts.
+        if (err.code === "rate_limited") entry.attempts -= 1;
         if (RETRIABLE_SEND_ERRORS.has(err.code) && entry.attempts < this.opts.maxSendAttempts) {
           entry.status = "pending";
           const wait = err.frame?.retry_after_ms ?? Math.min(8000, 250 * 2 ** entry.attempts);
-          this._setTimeout(() => this._flushOutbox(entry.room), wait);
+          entry.notBefore = this._now() + wait;
+          this._flushOutbox(entry.room);
           return;
         }
         entry.status = "failed";
         entry.error = err;
         entry.reject(err);
         this._roomChanged(entry.room, "failed");
+        this._flushOutbox(entry.room); // the next message does not wait for a failed one
       },
     );
   }

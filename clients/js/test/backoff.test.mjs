@@ -1,7 +1,7 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import { fullJitterDelay, STATES } from "../../../chat/static/chat/parley-client.js";
-import { makeClient } from "./fakes.mjs";
+import { makeClient } from "../support/fakes.mjs";
 
 test("fullJitterDelay: uniform below min(cap, base * 2^attempt)", () => {
   const top = () => 0.999999;

@@ -1,6 +1,6 @@
 import test from "node:test";
 import assert from "node:assert/strict";
-import { makeClient, connectAndJoin, msg, room } from "./fakes.mjs";
+import { makeClient, connectAndJoin, msg, room } from "../support/fakes.mjs";
 
 const mine = (seq, clientId, text) => msg(seq, { client_id: clientId, text, author: { id: 1, username: "ada" } });
 
@@ -36,7 +36,63 @@ test("sends made while disconnected wait, then go out once the room is rejoined"
   assert.equal(ws2.framesOfType("send").length, 0, "not before joined");
   const join = ws2.lastOfType("join");
   ws2.receive({ type: "joined", ref: join.ref, room: room(), messages: [], has_more: false, members: [], recovered: true });
+  assert.deepEqual(ws2.framesOfType("send").map((f) => [f.text, f.client_id]), [["one", "cid-1"]], "one in flight per room");
+  const first = ws2.lastOfType("send");
+  ws2.receive({ type: "ack", ref: first.ref, room: "lobby", client_id: "cid-1", seq: 1, id: 1, ts: "t", duplicate: false });
   assert.deepEqual(ws2.framesOfType("send").map((f) => [f.text, f.client_id]), [["one", "cid-1"], ["two", "cid-2"]]);
+});
+
+const ackLast = (ws, seq) => {
+  const f = ws.lastOfType("send");
+  ws.receive({ type: "ack", ref: f.ref, room: "lobby", client_id: f.client_id, seq, id: seq, ts: "t", duplicate: false });
+  return f;
+};
+
+test("sends are paced to hello.limits.messages_per_sec", async () => {
+  const env = makeClient();
+  env.client.connect();
+  const ws = env.sock();
+  ws.open();
+  ws.hello({ limits: { max_text_chars: 4000, messages_per_sec: 2 } });
+  const p = env.client.join("lobby");
+  ws.receive({ type: "joined", ref: ws.lastOfType("join").ref, room: room(), messages: [], has_more: false, members: [], recovered: null });
+  await p;
+  for (let i = 1; i <= 5; i++) env.client.send("lobby", `m${i}`);
+  ackLast(ws, 1);
+  ackLast(ws, 2);
+  assert.equal(ws.framesOfType("send").length, 2, "a burst of messages_per_sec, then the rate");
+  env.clock.advance(499);
+  assert.equal(ws.framesOfType("send").length, 2);
+  env.clock.advance(1);
+  assert.equal(ws.framesOfType("send").length, 3);
+  ackLast(ws, 3);
+  env.clock.advance(500);
+  ackLast(ws, 4);
+  env.clock.advance(500);
+  ackLast(ws, 5);
+  assert.deepEqual(ws.framesOfType("send").map((f) => f.text), ["m1", "m2", "m3", "m4", "m5"]);
+  assert.deepEqual(env.client.room("lobby").messages.map((m) => m.text), ["m1", "m2", "m3", "m4", "m5"]);
+});
+
+test("rate_limited: retried after retry_after_ms with the same client_id, order kept, attempts not used up", async () => {
+  const env = makeClient({ maxSendAttempts: 2 });
+  const ws = await connectAndJoin(env, []);
+  const p1 = env.client.send("lobby", "first");
+  env.client.send("lobby", "second");
+  for (let i = 0; i < 4; i++) {
+    const f = ws.lastOfType("send");
+    assert.equal(f.text, "first", "the second message never overtakes the first");
+    ws.receive({ type: "error", ref: f.ref, code: "rate_limited", message: "slow down", retry_after_ms: 700 });
+    env.clock.advance(699);
+    assert.equal(ws.framesOfType("send").length, i + 1);
+    env.clock.advance(1);
+  }
+  const sends = ws.framesOfType("send");
+  assert.equal(sends.length, 5);
+  assert.ok(sends.every((f) => f.client_id === "cid-1"));
+  ackLast(ws, 1);
+  assert.equal((await p1).seq, 1);
+  assert.equal(ws.lastOfType("send").text, "second");
 });
 
 test("an unacked send is re-sent with the same client_id after a drop; duplicate ack settles it", async () => {

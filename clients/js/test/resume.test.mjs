@@ -1,6 +1,6 @@
 import test from "node:test";
 import assert from "node:assert/strict";
-import { makeClient, connectAndJoin, msg, room, tick } from "./fakes.mjs";
+import { makeClient, connectAndJoin, msg, room, tick } from "../support/fakes.mjs";
 
 const seqs = (env) => env.client.room("lobby").messages.map((m) => m.seq);
 
