@@ -325,3 +325,36 @@ async def test_history_backlog_and_permanent_send_errors(servers: Any) -> None:
         with pytest.raises(ParleyError):
             await reader.send("never-joined", "hi")
         await collector.stop()
+
+
+@pytestmark_db
+async def test_echo_bot_example_answers_once(servers: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    server = servers()
+    await make_room(ROOM)
+    _, bot_token = await make_user_token("echobot")
+    _, token = await make_user_token("ada")
+    script = Path(__file__).resolve().parents[1] / "clients" / "python" / "examples" / "echo_bot.py"
+    bot = subprocess.Popen([sys.executable, str(script), "--url", server.ws_url, "--token", bot_token, ROOM],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        async with fast_client(server.ws_url, token) as client:
+            collector = Collector(client)
+            await client.join(ROOM)
+            await wait_for(lambda: any(e["type"] == "presence" and e["user"]["username"] == "echobot"
+                                       for e in collector.events)
+                           or any(m["username"] == "echobot" for m in client.room(ROOM).last_joined["members"]),
+                           15, "the bot to join")
+            await client.send(ROOM, "!echo hello there")
+            await client.send(ROOM, "no command")
+            await wait_for(lambda: len(collector.seqs(ROOM)) >= 3, 10, "the bot's reply")
+            await asyncio.sleep(0.5)
+            texts = [m["text"] for m in collector.messages[ROOM]]
+            assert texts == ["!echo hello there", "no command", "ada said: hello there"]
+            await collector.stop()
+    finally:
+        bot.terminate()
+        bot.wait(10)
