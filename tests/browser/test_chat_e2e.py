@@ -259,3 +259,25 @@ def test_load_older_pages_history(fast_server: Any, new_page: Any) -> None:
     expect(page.get_by_test_id("timeline-start")).to_be_visible()
     got = texts.all_inner_texts()
     assert got == [f"line {i}" for i in range(1, 71)]
+
+
+def test_offline_badge_and_immediate_retry_when_back_online(parley: Any, new_page: Any) -> None:
+    p1, p2, ada, bob = _two_users(parley, new_page)
+    for p in (p1, p2):
+        wait_joined(p, "lobby")
+    badge = p1.get_by_test_id("conn-state")
+    p1.context.set_offline(True)
+    expect(badge).to_have_attribute("data-state", "offline")
+    expect(badge).to_contain_text("Offline")
+    text = f"written offline by {ada}"
+    say(p1, text)
+    expect(pending(p1, text)).to_have_count(1)
+    time.sleep(1.0)
+    expect(delivered(p2, text)).to_have_count(0)
+    started = time.monotonic()
+    p1.context.set_offline(False)  # fires "online": the client tries at once, no backoff wait
+    wait_connected(p1, timeout=5_000)
+    assert time.monotonic() - started < 3
+    expect(delivered(p2, text)).to_have_count(1)
+    expect(pending(p1)).to_have_count(0)
+    assert all_with_text(p1, text).count() == 1
