@@ -55,7 +55,7 @@ def main() -> None:
                                        headers={"X-CSRFToken": next(c["value"] for c in ada.context.cookies() if c["name"] == "csrftoken")})
                 assert res.status == 201, res.text()
             # ada has visited #random, so new messages there show as unread.
-            for name, page in pages.items():
+            for page in pages.values():
                 page.goto(f"{srv.url}/#/random")
                 wait_joined(page, "random")
                 open_room(page, "launch")
