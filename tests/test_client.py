@@ -2,12 +2,15 @@
 client against real server subprocesses (outbox across a dead server, catch-up after a refused
 resume, reset on a new epoch, 4401, bad tokens, the server's rate limits, history)."""
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (tests.support must come before parley_client)
 
 import asyncio
 import random
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +18,7 @@ from channels.db import database_sync_to_async
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tests.support  # noqa: F401, I001  (puts clients/python on sys.path first)
+import tests.support  # noqa: F401  (puts clients/python on sys.path first)
 from parley_client import AuthError, Backoff, Outbox, ParleyClient, ParleyError, RoomState
 from parley_client.backoff import TokenBucket
 from tests.support.fixtures import *  # noqa: F403
@@ -327,19 +330,19 @@ async def test_history_backlog_and_permanent_send_errors(servers: Any) -> None:
         await collector.stop()
 
 
+def _start_echo_bot(url: str, token: str) -> subprocess.Popen[bytes]:
+    script = Path(__file__).resolve().parents[1] / "clients" / "python" / "examples" / "echo_bot.py"
+    return subprocess.Popen([sys.executable, str(script), "--url", url, "--token", token, ROOM],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @pytestmark_db
 async def test_echo_bot_example_answers_once(servers: Any) -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
     server = servers()
     await make_room(ROOM)
     _, bot_token = await make_user_token("echobot")
     _, token = await make_user_token("ada")
-    script = Path(__file__).resolve().parents[1] / "clients" / "python" / "examples" / "echo_bot.py"
-    bot = subprocess.Popen([sys.executable, str(script), "--url", server.ws_url, "--token", bot_token, ROOM],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    bot = await asyncio.to_thread(_start_echo_bot, server.ws_url, bot_token)
     try:
         async with fast_client(server.ws_url, token) as client:
             collector = Collector(client)
@@ -357,4 +360,4 @@ async def test_echo_bot_example_answers_once(servers: Any) -> None:
             await collector.stop()
     finally:
         bot.terminate()
-        bot.wait(10)
+        await asyncio.to_thread(bot.wait, 10)

@@ -8,7 +8,7 @@ The server runs on the test process's own database (SQLite file or the PostgreSQ
 database) and channel backend (in-memory, or REDIS_URL), so both suite runs exercise it.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (tests.support must come before parley_client)
 
 import asyncio
 import random
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import tests.support  # noqa: F401, I001  (puts clients/python on sys.path first)
+import tests.support  # noqa: F401  (puts clients/python on sys.path first)
 from parley_client import Backoff, ParleyClient
 from tests.support.fixtures import *  # noqa: F403
 from tests.support.fixtures import (

@@ -3,7 +3,7 @@
 Use with `from tests.support.fixtures import *` in a test module (fixtures are then local to it).
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (tests.support must come before parley_client)
 
 import asyncio
 import itertools
