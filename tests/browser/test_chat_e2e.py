@@ -281,3 +281,28 @@ def test_offline_badge_and_immediate_retry_when_back_online(parley: Any, new_pag
     expect(delivered(p2, text)).to_have_count(1)
     expect(pending(p1)).to_have_count(0)
     assert all_with_text(p1, text).count() == 1
+
+
+def test_reading_is_not_disturbed_by_typing_and_new_messages(parley: Any, new_page: Any) -> None:
+    """A selection in the timeline survives peers typing and posting; the new message shows after."""
+    p1, p2, ada, bob = _two_users(parley, new_page)
+    slug = unique("quiet").lower()
+    _create_room(p1, slug, "Quiet room")
+    open_room(p2, slug)
+    quote = "a sentence worth copying"
+    say(p1, quote)
+    expect(delivered(p2, quote)).to_have_count(1)
+    # bob selects ada's text (as if to copy it)
+    p2.evaluate("""(q) => {
+        const node = [...document.querySelectorAll('[data-testid="message-text"]')].find(n => n.textContent === q);
+        const range = document.createRange(); range.selectNodeContents(node);
+        const sel = document.getSelection(); sel.removeAllRanges(); sel.addRange(range);
+    }""", quote)
+    p1.get_by_test_id("composer-input").press_sequentially("typing away", delay=150)  # human speed
+    expect(p2.get_by_test_id("typing")).to_have_text(f"{ada} is typing…")
+    p1.get_by_test_id("composer-input").press("Enter")
+    expect(p1.get_by_test_id("typing")).to_have_text("")
+    time.sleep(0.5)
+    assert p2.evaluate("document.getSelection().toString()") == quote
+    p2.evaluate("document.getSelection().removeAllRanges()")
+    expect(delivered(p2, "typing away")).to_have_count(1)

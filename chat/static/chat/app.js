@@ -90,11 +90,17 @@ function render(reason) {
   el.sub.textContent = info && info.title && info.title !== info.slug ? info.slug : "";
   document.title = info ? `${info.title || info.slug} · Parley` : "Parley";
   if (!snap) return;
-  renderTimeline(el.list, el.timeline, snap, me, {
-    lastReason: reason,
-    retry: (id) => client.retry(id),
-    discard: (id) => client.discard(id),
-  });
+  if (!QUIET_REASONS.has(reason)) {
+    if (selectingInTimeline()) timelineDirty = true; // don't pull the text out from under a selection
+    else {
+      timelineDirty = false;
+      renderTimeline(el.list, el.timeline, snap, me, {
+        lastReason: reason,
+        retry: (id) => client.retry(id),
+        discard: (id) => client.discard(id),
+      });
+    }
+  }
   el.loadOlder.hidden = !snap.hasMore;
   el.loadOlder.disabled = snap.loadingOlder;
   el.loadOlder.textContent = snap.loadingOlder ? "Loading…" : "Load older messages";
@@ -102,6 +108,18 @@ function render(reason) {
   renderMembers(snap.members);
   el.typing.textContent = typingText(snap.typing);
 }
+
+// Events that change neither messages nor pending sends leave the timeline's DOM alone.
+const QUIET_REASONS = new Set(["typing", "members", "loading"]);
+let timelineDirty = false;
+
+function selectingInTimeline() {
+  const sel = document.getSelection();
+  return !!sel && !sel.isCollapsed && el.timeline.contains(sel.anchorNode);
+}
+document.addEventListener("selectionchange", () => {
+  if (timelineDirty && !selectingInTimeline()) render("deferred");
+});
 
 function renderMembers(members) {
   el.memberCount.textContent = String(members.length);

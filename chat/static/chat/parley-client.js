@@ -35,6 +35,7 @@ const DEFAULTS = {
   heartbeatSecs: 25, // until hello tells us the server's value
   typingIntervalMs: 2000, // send `typing` at most this often per room
   typingShowMs: 5000, // show a peer as typing this long
+  typingRelayMs: 1000, // the server relays one typing per socket and room this often (protocol §3)
   maxSendAttempts: 8, // per message, for retriable errors (reconnects do not count)
   joinLimit: 50,
 };
@@ -671,7 +672,9 @@ export class ParleyClient {
     });
     entry.promise.catch(() => {}); // callers may ignore it; failure is also shown on the entry
     this.outbox.push(entry);
-    room.lastTypingSentAt = -Infinity; // the next keystroke starts a new "typing" at once
+    // The next keystroke may announce typing sooner than the 2 s throttle, but not sooner than
+    // the server relays them (one per socket and room per typingRelayMs), or it would be dropped.
+    room.lastTypingSentAt -= this.opts.typingIntervalMs - this.opts.typingRelayMs;
     this._roomChanged(slug, "pending");
     this._flushOutbox(slug);
     return entry.promise;

@@ -110,8 +110,13 @@ test("presence and typing update the room", async () => {
   env.clock.advance(2000);
   assert.equal(env.client.typing("lobby"), true);
   assert.equal(ws.framesOfType("typing").length, 2);
-  // Sending ends the throttle window: the next keystroke is announced at once.
+  // Sending shortens the throttle window to the server's relay interval (1 s after the last one).
+  env.clock.advance(500);
   env.client.send("lobby", "done");
+  assert.equal(env.client.typing("lobby"), false);
+  env.clock.advance(499);
+  assert.equal(env.client.typing("lobby"), false);
+  env.clock.advance(1);
   assert.equal(env.client.typing("lobby"), true);
   // A peer's message ends their typing indicator.
   ws.receive({ type: "typing", room: "lobby", user: { id: 2, username: "bob" } });
