@@ -233,6 +233,12 @@ def test_composer_counter_and_limit(parley: Any, new_page: Any) -> None:
     expect(page.get_by_test_id("send")).to_be_enabled()
     page.get_by_test_id("send").click()
     expect(delivered(page, "y" * 4000)).to_have_count(1)
+    # Characters are code points, as the server counts them: 4000 emoji are within the limit.
+    box.fill("\U0001F680" * 4000)
+    expect(page.get_by_test_id("char-count")).to_have_text("4000 / 4000")
+    expect(page.get_by_test_id("send")).to_be_enabled()
+    box.press("Enter")
+    expect(delivered(page, "\U0001F680" * 4000)).to_have_count(1)
 
 
 def test_load_older_pages_history(fast_server: Any, new_page: Any) -> None:

@@ -220,10 +220,17 @@ function maxChars() {
   return client.limits.max_text_chars || 4000;
 }
 
+// The server counts code points (Python len), not UTF-16 units: an emoji is one character.
+const charCount = (text) => {
+  let n = 0;
+  for (const _ of text) n += 1;
+  return n;
+};
+
 function updateComposer() {
-  const len = el.input.value.trim().length;
+  const len = charCount(el.input.value.trim());
   const max = maxChars();
-  el.counter.textContent = `${el.input.value.length} / ${max}`;
+  el.counter.textContent = `${charCount(el.input.value)} / ${max}`;
   el.counter.classList.toggle("counter--over", len > max);
   el.counter.classList.toggle("counter--near", len > max * 0.9 && len <= max);
   el.send.disabled = len === 0 || len > max;
@@ -234,7 +241,7 @@ function updateComposer() {
 function submit() {
   const text = el.input.value;
   const trimmed = text.trim();
-  if (!current || !trimmed || trimmed.length > maxChars()) return;
+  if (!current || !trimmed || charCount(trimmed) > maxChars()) return;
   client.send(current, trimmed).catch(() => {}); // failures show on the pending message
   el.input.value = "";
   localStorage.removeItem(draftKey(current));
