@@ -95,6 +95,7 @@ def test_two_users_chat_and_history_survives_reload(parley: Any, new_page: Any) 
     assert p1.errors == [] and p2.errors == []
 
 
+@pytest.mark.slow
 def test_messages_typed_while_server_restarts_go_through_once(parley: Any, new_page: Any) -> None:
     p1, p2, ada, bob = _two_users(parley, new_page)
     slug = unique("ops").lower()
@@ -312,3 +313,18 @@ def test_reading_is_not_disturbed_by_typing_and_new_messages(parley: Any, new_pa
     assert p2.evaluate("document.getSelection().toString()") == quote
     p2.evaluate("document.getSelection().removeAllRanges()")
     expect(delivered(p2, "typing away")).to_have_count(1)
+
+
+def test_refused_send_is_shown_failed_and_can_be_edited(parley: Any, new_page: Any) -> None:
+    page = new_page(width=375, height=740)
+    signup(page, parley.url, unique("finn"))
+    wait_joined(page, "lobby")
+    too_long = "z" * 4001  # the composer refuses this; the library lets the server say no
+    page.evaluate("t => window.parley.send('lobby', t).catch(() => {})", too_long)
+    failed = page.get_by_test_id("message-failed")
+    expect(failed).to_contain_text("4,000")
+    text_box = page.locator('[data-status="failed"] [data-testid="message-text"]').bounding_box()
+    assert text_box["width"] > 200, text_box  # the text keeps its width next to the error
+    failed.get_by_role("button", name="Edit").click()
+    expect(page.get_by_test_id("composer-input")).to_have_value(too_long)
+    expect(pending(page)).to_have_count(0)

@@ -98,6 +98,12 @@ function render(reason) {
         lastReason: reason,
         retry: (id) => client.retry(id),
         discard: (id) => client.discard(id),
+        edit: (id, text) => {
+          client.discard(id);
+          el.input.value = text;
+          updateComposer();
+          el.input.focus();
+        },
       });
     }
   }

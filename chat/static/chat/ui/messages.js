@@ -2,6 +2,8 @@
 import { avatar, h, icon } from "./dom.js";
 
 const GROUP_GAP_MS = 5 * 60 * 1000;
+// Refusals that the same text will get again: offer to edit it instead of retrying.
+const EDIT_NOT_RETRY = new Set(["text_too_long", "text_empty", "bad_field"]);
 
 const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
@@ -74,9 +76,11 @@ export function renderTimeline(listEl, scroller, snap, me, handlers) {
       },
       h("div", { class: "msg-text", testid: "message-text" }, p.text),
       failed
-        ? h("span", { class: "msg-actions" },
+        ? h("div", { class: "msg-actions", testid: "message-failed" },
           h("span", { class: "msg-fail" }, p.error?.message || "Not sent"),
-          h("button", { type: "button", class: "link-btn", onclick: () => handlers.retry(p.client_id) }, "Retry"),
+          EDIT_NOT_RETRY.has(p.error?.code)
+            ? h("button", { type: "button", class: "link-btn", onclick: () => handlers.edit(p.client_id, p.text) }, "Edit")
+            : h("button", { type: "button", class: "link-btn", onclick: () => handlers.retry(p.client_id) }, "Retry"),
           h("button", { type: "button", class: "link-btn", onclick: () => handlers.discard(p.client_id) }, "Discard"))
         : h("span", { class: "msg-status", title: "Sending…" }, icon("clock"), h("span", { class: "sr-only" }, "sending"))));
     }
