@@ -174,7 +174,22 @@ class Worker:
                     return
 
         threading.Thread(target=reader, daemon=True).start()
+        pinger = asyncio.ensure_future(self._heartbeat())
         await self.stop.wait()
+        pinger.cancel()
+
+    async def _heartbeat(self) -> None:
+        """Parley closes a socket silent for 2 x heartbeat_secs + 5 s (docs/protocol.md §3): ping
+        every Parley client every 15 s, spread over the interval, like a real client would."""
+        while True:
+            await asyncio.sleep(15.0)
+            if self.simple:
+                continue
+            clients = [c for c in self.clients if not c.closed and c.transport is not None]
+            for i, c in enumerate(clients):
+                c.transport.send(WSMsgType.TEXT, b'{"type":"ping"}')
+                if i % 200 == 199:
+                    await asyncio.sleep(0.01)
 
     async def _handle(self, cid: int, name: str, kw: dict[str, Any]) -> None:
         try:

@@ -92,19 +92,31 @@ class Server:
 
 def start_processes(name: str, app: str, env: dict[str, str], nproc: int, workdir: Path,
                     ws: str = "auto") -> Server:
+    """Start nproc uvicorn processes on free ports; a process that fails to start (e.g. its port
+    was taken between free_port() and bind, on a machine shared with other runs) is retried."""
     srv = Server(name)
     try:
         for i in range(nproc):
-            port = free_port()
-            log = workdir / f"{name}-{i}.log"
-            fh = open(log, "wb")  # noqa: SIM115 - closed by the OS when the child exits
-            proc = subprocess.Popen(uvicorn_cmd(app, port, ws), cwd=ROOT, env=env, stdout=fh,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            srv.procs.append(proc)
-            srv.ports.append(port)
-            srv.logs.append(log)
-        for port, proc in zip(srv.ports, srv.procs, strict=True):
-            wait_port(port, proc)
+            for attempt in range(3):
+                port = free_port()
+                log = workdir / f"{name}-{i}-{attempt}.log"
+                fh = open(log, "wb")  # noqa: SIM115 - the child keeps it; closed when it exits
+                proc = subprocess.Popen(uvicorn_cmd(app, port, ws), cwd=ROOT, env=env, stdout=fh,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+                fh.close()
+                try:
+                    wait_port(port, proc)
+                except RuntimeError:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait(timeout=5)
+                    if attempt == 2:
+                        raise RuntimeError(f"{name}: {log.read_text(errors='replace')[-2000:]}") from None
+                    continue
+                srv.procs.append(proc)
+                srv.ports.append(port)
+                srv.logs.append(log)
+                break
     except Exception:
         srv.stop()
         raise
