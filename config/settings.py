@@ -72,7 +72,12 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'parley.sqlite3'}",
-        conn_max_age=0,
+        # Persistent connections: the consumers' database calls all run on one sync thread, and
+        # Channels closes "old" connections around each call. With 0 every message paid for a
+        # reconnect — and on SQLite a WAL checkpoint with fsync when the last connection closed
+        # (measured: ~10 ms per send round trip, against ~1.5 ms with this).
+        conn_max_age=env_int("PARLEY_DB_CONN_MAX_AGE_SECS", 600),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
