@@ -266,6 +266,18 @@ def test_load_older_pages_history(fast_server: Any, new_page: Any) -> None:
     expect(page.get_by_test_id("timeline-start")).to_be_visible()
     got = texts.all_inner_texts()
     assert got == [f"line {i}" for i in range(1, 71)]
+    # Scrolling to the top pages in older messages without the button.
+    page.reload()
+    wait_joined(page, slug)
+    expect(texts).to_have_count(50)
+    page.get_by_test_id("timeline").hover()
+    for _ in range(40):
+        page.mouse.wheel(0, -2000)
+        if texts.count() == 70:
+            break
+        time.sleep(0.1)
+    expect(texts).to_have_count(70)
+    expect(texts.first).to_have_text("line 1")
 
 
 def test_offline_badge_and_immediate_retry_when_back_online(parley: Any, new_page: Any) -> None:

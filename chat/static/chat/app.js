@@ -149,9 +149,16 @@ client.on("room", ({ slug, reason }) => {
   seenSeq.set(slug, snap.highSeq);
 });
 
-el.loadOlder.addEventListener("click", () => {
-  if (current) client.history(current, { limit: 50 }).catch((err) => flash(err.message));
-});
+function loadOlder() {
+  const snap = current && client.room(current);
+  if (!snap || !snap.hasMore || snap.loadingOlder || !snap.live) return;
+  client.history(current, { limit: 50 }).catch((err) => flash(err.message));
+}
+el.loadOlder.addEventListener("click", loadOlder);
+// Scrolling (by the reader) near the top pages in older messages too.
+el.timeline.addEventListener("scroll", () => {
+  if (el.timeline.scrollTop < 120) loadOlder();
+}, { passive: true });
 
 // --- connection badge ----------------------------------------------------------------------
 
