@@ -1,6 +1,8 @@
 """parley-client.js in node against a real server process, across a server restart.
 
-Needs node ≥ 20 (WebSocket with --experimental-websocket); no browser.
+Needs node ≥ 20 (WebSocket with --experimental-websocket), not Chromium. Marked `browser` with the
+page tests because, like them, it talks to a server subprocess on SQLite whatever DATABASE_URL /
+REDIS_URL say, so the PostgreSQL + Redis run (`-m "not browser"`) would only repeat it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tests.browser.server import REPO, Server
 REQUIRE_SERVICES = os.environ.get("PARLEY_REQUIRE_SERVICES") == "1"
 SCRIPT = REPO / "clients" / "js" / "live" / "restart.live.mjs"
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _node() -> str:
