@@ -55,6 +55,19 @@ def machine() -> dict[str, Any]:
             **versions}
 
 
+def server_revision() -> dict[str, Any]:
+    """Which Parley code was measured: HEAD and any uncommitted changes under chat/ and config/
+    (the tree is shared with other engineers, so a run may measure work in progress)."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=servers.ROOT, capture_output=True, text=True,
+                                  timeout=20).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return "?"
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "uncommitted": git("status", "--porcelain", "--", "chat", "config").splitlines()}
+
+
 def _clean(obj: Any) -> Any:
     if isinstance(obj, float) and (math.isinf(obj) or math.isnan(obj)):
         return None if math.isnan(obj) else "inf"
@@ -75,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = scenarios.Config.make(args.quick, work, ws=args.ws)
     cmdline = "scripts/bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     res: dict[str, Any] = {"command": cmdline.strip(), "started": stamp, "quick": args.quick, "ws": args.ws,
-                           "machine": machine(), "config": {k: str(v) for k, v in vars(cfg).items()}}
-    fan_targets = ["parley", "bare", "tutorial-memory", "tutorial-redis"]
+                           "machine": machine(), "server_revision": server_revision(), "config": {k: str(v) for k, v in vars(cfg).items()}}
+    fan_targets = ["parley", "parley-layer", "bare", "tutorial-memory", "tutorial-redis"]
     if args.sansio:
         fan_targets.insert(1, "parley@sansio")
     est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30}
@@ -161,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     made = report.plots(res, outdir)
     md = [f"# Parley benchmark {stamp}", "", f"Command: `{res['command']}` ({'quick' if args.quick else 'full'}, "
           f"{res['elapsed_secs']:.0f} s)", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in res["machine"].items()),
-          "", table, "", "### Targets", "", "```", *verdicts, "```", ""]
+          "", f"Parley revision: {res['server_revision']['head']}, uncommitted: "
+          f"{', '.join(res['server_revision']['uncommitted']) or 'none'}", "", table, "", "### Targets", "", "```", *verdicts, "```", ""]
     md += [f"![{p}]({p})" for p in made]
     if res.get("failures"):
         md += ["", "### Failures", "", "```", *[json.dumps(f) for f in res["failures"]], "```"]
@@ -179,21 +193,29 @@ def run(args: argparse.Namespace) -> int:
 def profile(args: argparse.Namespace) -> int:
     """Parley in-memory fan-out at a fixed offered rate while py-spy samples the server."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    outdir = Path(args.out or (servers.ROOT / "bench" / "results" / f"profile-{stamp}"))
+    outdir = Path(args.out or (servers.ROOT / "bench" / "results" / f"profile-{args.what}-{args.fanout}-{args.db}-{stamp}"))
     outdir.mkdir(parents=True, exist_ok=True)
     cfg = scenarios.Config.make(True, outdir, ws=args.ws)
     pyspy = str(Path(sys.executable).parent / "py-spy")
     pool = Pool(cfg.sub_workers + 1)
     progress = scenarios.Progress(3)
     try:
-        with scenarios.target(cfg, "parley", users=cfg.fanout_users + 1, rooms=["fan"]) as t:
+        ingest = args.what == "ingest"
+        users = cfg.ingest_senders if ingest else cfg.fanout_users + 1
+        rooms: list[str] | int = math.ceil(users / 10) if ingest else ["fan"]
+        name = "parley-layer" if args.fanout == "layer" else "parley"
+        with scenarios.target(cfg, name, users=users, rooms=rooms, db=args.db) as t:
             pid = t.server.procs[0].pid
             sub_w, send_w = list(range(cfg.sub_workers)), cfg.sub_workers
             pool.all("setup", kind="parley")
-            scenarios.connect(pool, sub_w, [t.spec(i + 1, "fan", "sub", user=1 + i % cfg.fanout_users)
-                                                     for i in range(cfg.fanout_subs)])
-            scenarios.connect(pool, [send_w], [t.spec(0, "fan", "send", user=0)])
-            scenarios.quiesce(pool, sub_w, "msg_frames", cap=60)
+            if ingest:  # 100 senders in rooms of 10, all in the sender worker
+                scenarios.connect(pool, [send_w], [t.spec(i, f"r{i // 10:04d}", "send") for i in range(users)])
+                sub_w = [send_w]
+            else:
+                scenarios.connect(pool, sub_w, [t.spec(i + 1, "fan", "sub", user=1 + i % cfg.fanout_users)
+                                                for i in range(cfg.fanout_subs)])
+                scenarios.connect(pool, [send_w], [t.spec(0, "fan", "send", user=0)])
+                scenarios.quiesce(pool, sub_w, "msg_frames", cap=60)
             for fmt, name in (("raw", "profile.txt"), ("flamegraph", "profile.svg")):
                 progress.note(f"py-spy {fmt} at {args.rate:g} msg/s")
                 pool.all("measure", on=True, wids=sub_w)
@@ -203,11 +225,12 @@ def profile(args: argparse.Namespace) -> int:
                                 "--format", fmt, "-o", str(outdir / name), "--nonblocking"], check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=args.seconds + 60)
                 s = pool.result(send_w, cid, timeout=60)
-                scenarios.drain(pool, sub_w, s["sent"] * cfg.fanout_subs, "deliveries", 10)
+                key, per = ("acks", 1) if ingest else ("deliveries", cfg.fanout_subs)
+                scenarios.drain(pool, sub_w, s["sent"] * per, key, 10)
                 col = pool.all("collect", wids=sub_w)
-                lat = sorted(scenarios.merge(col, "lat"))
+                lat = sorted(scenarios.merge(col, "ack_lat" if ingest else "lat"))
                 from bench.stats import summarize
-                summ = summarize(lat, missing=max(0, s["sent"] * cfg.fanout_subs - len(lat)))
+                summ = summarize(lat, missing=max(0, s["sent"] * per - len(lat)))
                 progress.write(f"{fmt}: sent {s['sent']} msgs, {len(lat):,} deliveries, p50 {summ['p50_ms']:.1f} ms "
                                f"p99 {summ['p99_ms']:.1f} ms")
                 progress.tick()
@@ -237,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=30.0, help="profile: messages/s into the 1,000-socket room")
     ap.add_argument("--seconds", type=int, default=10, help="profile: py-spy duration per recording")
     ap.add_argument("--top", type=int, default=30, help="profile: functions listed in the summary")
+    ap.add_argument("--what", default="fanout", choices=["fanout", "ingest"], help="profile: which load")
+    ap.add_argument("--fanout", default="hub", choices=["hub", "layer"],
+                    help="profile: Parley's fan-out path (layer = PARLEY_FANOUT=layer, stock group_send)")
+    ap.add_argument("--db", default="sqlite", choices=["sqlite", "postgres"], help="profile: Parley's database")
     args = ap.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

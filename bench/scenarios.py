@@ -134,10 +134,14 @@ class Target:
 @contextlib.contextmanager
 def target(cfg: Config, name: str, *, users: int = 0, rooms: list[str] | int = 0, db: str = "sqlite",
            nproc: int = 1, ws: str | None = None) -> Iterator[Target]:
-    """name: parley | parley-redis | bare | tutorial-memory | tutorial-redis."""
+    """name: parley | parley-redis | parley-layer | bare | tutorial-memory | tutorial-redis.
+
+    parley-layer is Parley with PARLEY_FANOUT=layer: broadcasts through the stock channel layer
+    (group_send) instead of the per-process hub, for comparison."""
     ws = ws or cfg.ws
     if name.startswith("parley"):
-        env = servers.ParleyEnv(cfg.workdir, db=db, redis=name == "parley-redis")
+        extra = {"PARLEY_FANOUT": "layer"} if name == "parley-layer" else None
+        env = servers.ParleyEnv(cfg.workdir, db=db, redis=name == "parley-redis", extra_env=extra)
         try:
             minted = env.mint(users, rooms)
             srv = env.start(nproc=nproc, ws=ws, name=name)

@@ -126,7 +126,8 @@ def start_processes(name: str, app: str, env: dict[str, str], nproc: int, workdi
 class ParleyEnv:
     """One Parley deployment for a scenario: temp data dir, database, users/tokens, rooms."""
 
-    def __init__(self, workdir: Path, *, db: str = "sqlite", redis: bool = False) -> None:
+    def __init__(self, workdir: Path, *, db: str = "sqlite", redis: bool = False,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="parley-bench-", dir=workdir))
         self.db = db
         self.pg_name: str | None = None
@@ -135,6 +136,7 @@ class ParleyEnv:
         self.env.update(UNTHROTTLED)
         self.env.update({"PARLEY_DATA_DIR": str(self.dir), "SECRET_KEY": secrets.token_urlsafe(40),
                          "DEBUG": "0", "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+        self.env.update(extra_env or {})
         if db == "postgres":
             self.pg_name = f"parley_bench_{os.getpid()}_{secrets.token_hex(3)}"
             self._pg(f'CREATE DATABASE "{self.pg_name}"')
