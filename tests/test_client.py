@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from channels.db import database_sync_to_async
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +21,7 @@ import tests.support  # noqa: F401  (puts clients/python on sys.path first)
 from parley_client import AuthError, Backoff, Outbox, ParleyClient, ParleyError, RoomState
 from parley_client.backoff import TokenBucket
 from tests.support.fixtures import *  # noqa: F403
-from tests.support.fixtures import Collector, fast_client, make_room, make_user_token, wait_for
+from tests.support.fixtures import Collector, closing_db, fast_client, make_room, make_user_token, wait_for
 
 ROOM = "lobby"
 
@@ -155,7 +154,7 @@ def test_room_state_delivers_each_seq_once_in_order(arrivals: list[int], n: int)
 pytestmark_db = pytest.mark.django_db(transaction=True)
 
 
-@database_sync_to_async
+@closing_db
 def _token_with_id(username: str) -> tuple[str, int]:
     from chat import services
 
@@ -164,7 +163,7 @@ def _token_with_id(username: str) -> tuple[str, int]:
     return raw, row.pk
 
 
-@database_sync_to_async
+@closing_db
 def _recreate_room(slug: str) -> str:
     from chat import services
     from chat.models import Room

@@ -23,7 +23,7 @@ from tests.support.server import RedisProcess, ServerProcess, database_url_for_t
 REQUIRE_SERVICES = os.environ.get("PARLEY_REQUIRE_SERVICES") == "1"
 
 __all__ = [
-    "RawSocket", "assert_exactly_once", "fast_client", "make_room", "make_user_token", "private_redis",
+    "RawSocket", "assert_exactly_once", "closing_db", "fast_client", "make_room", "make_user_token", "private_redis",
     "require_redis_server", "servers", "start_clients", "wait_for", "Collector",
 ]
 
@@ -62,8 +62,30 @@ def servers(transactional_db: Any) -> Iterator[Callable[..., ServerProcess]]:
         return server.start()
 
     yield make
+    for server in made:  # SIGTERM all first: their graceful shutdowns overlap
+        if server.running:
+            server.resume()
+            server.proc.terminate()  # type: ignore[union-attr]
     for server in made:
         server.cleanup()
+    _wait_for_other_sessions_to_end()
+
+
+def _wait_for_other_sessions_to_end(timeout: float = 5) -> None:
+    """PostgreSQL: a killed server's backends linger a moment; the test database can only be
+    flushed and dropped without them."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -77,7 +99,24 @@ def private_redis() -> Iterator[RedisProcess]:
 _names = itertools.count(1)
 
 
-@database_sync_to_async
+def closing_db(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run fn in a worker thread and close that thread's connection afterwards: a connection
+    left open there keeps PostgreSQL from dropping the test database at the end of the session."""
+    import functools
+
+    from django.db import connection
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return database_sync_to_async(wrapper)
+
+
+@closing_db
 def make_user_token(name: str | None = None) -> tuple[str, str]:
     """(username, bearer token) of a fresh user, through the ORM of the test database."""
     from chat import services
@@ -87,7 +126,7 @@ def make_user_token(name: str | None = None) -> tuple[str, str]:
     return username, services.token_create(user=user, name="test")[1]
 
 
-@database_sync_to_async
+@closing_db
 def make_room(slug: str) -> dict[str, Any]:
     from chat import services
 

@@ -149,7 +149,7 @@ class ServerProcess:
         if not self.database_url and not self._migrated:
             self.migrate()  # a private SQLite file: fresh, so migrate it
         cmd = [PYTHON, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-               "--port", str(self.port), "--lifespan", "off", "--no-access-log", "--timeout-graceful-shutdown", "2",
+               "--port", str(self.port), "--lifespan", "off", "--no-access-log", "--timeout-graceful-shutdown", "1",
                "--log-level", self.log_level.lower()]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         log.write(f"\n--- start {self.starts + 1} ---\n".encode())
