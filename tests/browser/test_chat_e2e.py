@@ -340,3 +340,19 @@ def test_refused_send_is_shown_failed_and_can_be_edited(parley: Any, new_page: A
     failed.get_by_role("button", name="Edit").click()
     expect(page.get_by_test_id("composer-input")).to_have_value(too_long)
     expect(pending(page)).to_have_count(0)
+
+
+def test_private_room_is_invisible_to_others(parley: Any, new_page: Any) -> None:
+    p1, p2, ada, bob = _two_users(parley, new_page)
+    slug = unique("secret").lower()
+    _create_room(p1, slug, "Secret plans", private=True)
+    say(p1, "for my eyes only")
+    expect(delivered(p1, "for my eyes only")).to_have_count(1)
+    p2.reload()
+    wait_connected(p2)
+    expect(p2.locator(f'[data-testid="room-link"][data-slug="{slug}"]')).to_have_count(0)
+    p2.evaluate("slug => { location.hash = '#/' + slug; }", slug)
+    expect(p2.get_by_test_id("flash")).to_contain_text("No room")
+    expect(p2.get_by_test_id("room-title")).to_have_text("Lobby")
+    wait_joined(p2, "lobby")
+    assert all_with_text(p2, "for my eyes only").count() == 0
