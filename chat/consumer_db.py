@@ -1,7 +1,8 @@
 """The consumer's database work: one thread hop (database_sync_to_async) per command.
 
-Each function bundles the authorization check with the read or write it guards, so checking
-access on every command — not only at join — costs no extra round trip to the thread pool.
+Each function bundles the authorization check with the read it guards, so checking access on
+every command — not only at join — costs no extra round trip to the thread pool. Sends go
+through chat.ingest instead, which batches them into shared transactions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chat import protocol, selectors, services
+from chat import protocol, selectors
 from chat.models import Message, Room
 
 
@@ -38,14 +39,6 @@ def join_snapshot(room: Room, cmd: protocol.Join) -> tuple[list[Message], bool, 
     # live event, and must not be dropped as "already seen".
     high = messages[-1].seq if messages else 0
     return messages, has_more, recovered, high, max(last_seq, high)
-
-
-@database_sync_to_async
-def send(user: Any, room_id: int, cmd: protocol.Send) -> tuple[Message, bool] | None:
-    """Store a message (None if the user may no longer use the room)."""
-    if not selectors.room_user_can_access(user=user, room_id=room_id):
-        return None
-    return services.message_create(room_id=room_id, author=user, text=cmd.text, client_id=cmd.client_id)
 
 
 @database_sync_to_async

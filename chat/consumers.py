@@ -21,6 +21,7 @@ from django.db import DatabaseError
 from chat import consumer_db as db
 from chat import fanout, limits, protocol
 from chat.hub import get_hub, hub_enabled
+from chat.ingest import get_writer
 from chat.ordering import Subscription
 from chat.outbound import Outbound
 from chat.payloads import message_payload, room_payload, user_payload
@@ -205,7 +206,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(protocol.RATE_LIMITED, "too many messages; retry later with the same client_id",
                                 room=sub.slug, retry_after_ms=_ms(wait))
         try:
-            result = await db.send(self.user, sub.room_id, cmd)
+            result = await get_writer().submit(user=self.user, room_id=sub.room_id, text=cmd.text,
+                                               client_id=cmd.client_id)
         except DatabaseError:
             log.exception("could not store a message in room %s", sub.slug)
             raise ProtocolError(protocol.COMMIT_FAILED, "the message was not stored; retry with the same client_id",

@@ -8,7 +8,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -83,6 +83,29 @@ def message_create(*, room_id: int, author: Any, text: str, client_id: str | Non
                 return existing, True
         raise
     return message, False
+
+
+def message_create_batch(*, items: list[tuple[Any, int, str, str | None]]) -> list[Any]:
+    """Store several (author, room_id, text, client_id) sends in one transaction (chat.ingest).
+
+    Each item gets what message_create returns, or None if its author may no longer use the room,
+    or the exception it raised; one item failing (in its own savepoint) does not undo the others.
+    If the transaction itself cannot commit, the error propagates and nothing is stored.
+    """
+    from chat.selectors import room_user_can_access
+
+    results: list[Any] = []
+    with transaction.atomic():
+        for author, room_id, text, client_id in items:
+            try:
+                with transaction.atomic():  # a savepoint: an error here leaves the others intact
+                    if not room_user_can_access(user=author, room_id=room_id):
+                        results.append(None)
+                        continue
+                    results.append(message_create(room_id=room_id, author=author, text=text, client_id=client_id))
+            except DatabaseError as exc:
+                results.append(exc)
+    return results
 
 
 def user_create(*, username: str, password: str | None = None) -> Any:

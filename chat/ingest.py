@@ -1,0 +1,85 @@
+"""Group commit: sends that arrive while a commit is in flight share the next transaction.
+
+Every consumer's database call runs on one sync thread (database_sync_to_async), and a commit
+costs more than the inserts in it; one message per transaction capped a process at roughly the
+inverse of the commit time. The writer keeps one batch in flight at a time: the first send goes
+straight to the database (no added latency when idle), and whatever queues up meanwhile goes in
+the next transaction together, each item in its own savepoint (chat.services).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from chat import services
+from chat.models import Message
+
+MAX_BATCH = 256
+
+
+@dataclass(slots=True)
+class _Send:
+    user: Any
+    room_id: int
+    text: str
+    client_id: str | None
+    future: asyncio.Future[tuple[Message, bool] | None]
+
+
+@database_sync_to_async
+def _store(batch: list[_Send]) -> list[Any]:
+    return services.message_create_batch(
+        items=[(item.user, item.room_id, item.text, item.client_id) for item in batch]
+    )
+
+
+class MessageWriter:
+    def __init__(self) -> None:
+        self._queue: list[_Send] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, *, user: Any, room_id: int, text: str, client_id: str | None) -> tuple[Message, bool] | None:
+        """Store one message; (message, duplicate), or None if the user may no longer use the room.
+
+        Raises the database's error if the transaction could not commit (nothing was stored).
+        """
+        future: asyncio.Future[tuple[Message, bool] | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Send(user, room_id, text, client_id, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                results = await _store(batch)
+            except Exception as exc:  # the commit failed: none of the batch was stored
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, result in zip(batch, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MessageWriter] = weakref.WeakKeyDictionary()
+
+
+def get_writer() -> MessageWriter:
+    """The event loop's writer (one per loop, like chat.hub)."""
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = MessageWriter()
+    return writer
