@@ -93,7 +93,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "history_page_max": settings.PARLEY_HISTORY_PAGE_MAX,
                 "max_frame_bytes": settings.PARLEY_MAX_FRAME_BYTES,
                 "messages_per_sec": limits.MESSAGES_PER_SEC.value,
+                "messages_burst": limits.MESSAGES_BURST.value,
                 "frames_per_sec": limits.FRAMES_PER_SEC.value,
+                "frames_burst": limits.FRAMES_BURST.value,
+                "typing_interval_ms": limits.TYPING_MIN_INTERVAL_MS.value,
                 "max_rooms": limits.MAX_ROOMS_PER_SOCKET.value,
             },
         })
