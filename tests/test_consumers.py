@@ -854,38 +854,42 @@ async def _next_close(client: Client, timeout: float) -> dict[str, Any]:
 
 async def test_silent_socket_is_closed_with_4408(connect, settings, monkeypatch):
     settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
-    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 0.5)
-    await make_room("lobby")
-    a = await connect(await make_user("ada"))
+    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 1.0)
+    ada = await make_user("ada")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    a = await connect(ada)
     assert a.hello["heartbeat_secs"] == 1
-    await a.join("lobby")
-    close = await _next_close(a, timeout=3)
+    close = await _next_close(a, timeout=5)
     assert close["code"] == 4408
+    assert loop.time() - started >= 1.0  # not before the timeout (counted from before the handshake)
 
 
 async def test_pings_keep_the_socket_open(connect, settings, monkeypatch):
     settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
-    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 0.5)
+    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 1.0)
     a = await connect(await make_user("ada"))
     loop = asyncio.get_running_loop()
     started = loop.time()
-    while loop.time() - started < 1.5:  # three timeouts' worth, kept alive by pings
+    while loop.time() - started < 2.5:  # well past the timeout, kept alive by pings
         await still_open(a)
-        await asyncio.sleep(0.15)
-    close = await _next_close(a, timeout=3)  # then silence closes it
+        await asyncio.sleep(0.2)
+    close = await _next_close(a, timeout=5)  # then silence closes it
     assert close["code"] == 4408
-    assert loop.time() - started >= 1.5
+    assert loop.time() - started >= 2.5
 
 
 async def test_any_frame_counts_as_a_heartbeat(connect, settings, monkeypatch):
     settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
-    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 0.5)
+    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 1.0)
     await make_room("lobby")
     a = await connect(await make_user("ada"))
     await a.join("lobby")
-    for i in range(6):
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < 2.0:
         await a.request({"type": "history", "room": "lobby"})  # not a ping, still a frame
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.2)
     await still_open(a)
 
 
