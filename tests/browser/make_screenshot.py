@@ -22,9 +22,10 @@ from tests.browser.server import CHROMIUM_ARGS, REPO, Server  # noqa: E402
 
 CONVERSATION = [
     ("grace", "Morning all! Launch checklist is pinned in the doc. Anything still red?"),
-    ("linus", "Load test from last night: p99 send→deliver stayed under 40 ms at 5k sockets."),
-    ("linus", "One thing: the Redis failover drill took 9 s to recover. Clients reconnected fine, nothing lost."),
-    ("ada", "Nice. Reconnects resume from the last seq, so 9 s is only a pause for people."),
+    # No figures in here: the screenshot is not a place for numbers nobody measured.
+    ("linus", "The onboarding copy is in review; two comments left, both small."),
+    ("linus", "One thing: the staging certificate expires Friday. I'll renew it tomorrow morning."),
+    ("ada", "Thanks. Put it on the checklist so it doesn't slip."),
     ("margaret", "Docs are merged. I rewrote the protocol page so a client can be built from it alone."),
     ("grace", "Great — then we're green on docs and infra. Release notes?"),
     ("ada", "Drafting them now, will post here by 11:00.\nShort version: resumable rooms, idempotent sends, typing indicators."),
