@@ -151,3 +151,21 @@ def connect() -> Callable[..., Any]:
 
     yield _connect
     # Communicators are closed by the tests that care; the rest die with the event loop.
+
+
+@pytest.fixture(autouse=True)
+def _close_worker_connection() -> Any:
+    """After each test, close the DB connection of asgiref's shared sync thread.
+
+    database_sync_to_async runs ORM calls on that one thread, and its connection otherwise
+    outlives the run: PostgreSQL then refuses to drop the test database ("being accessed by
+    other users") and leaves it behind.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    try:
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+    except Exception:  # noqa: BLE001  (best effort: cleanup never fails a test)
+        pass
