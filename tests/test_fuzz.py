@@ -19,7 +19,17 @@ from hypothesis import strategies as st
 
 from chat import protocol
 from chat.models import Message, Room
-from chat.protocol import History, Join, Leave, Ping, ProtocolError, Send, Typing, decode_frame, parse_command
+from chat.protocol import (
+    History,
+    Join,
+    Leave,
+    Ping,
+    ProtocolError,
+    Send,
+    Typing,
+    decode_frame,
+    parse_command,
+)
 from tests.conftest import Client
 
 COMMANDS = (Join, Leave, Send, History, Typing, Ping)
@@ -47,7 +57,10 @@ FIELD_NAMES = ["type", "ref", "room", "text", "client_id", "after_seq", "epoch",
 TYPES = ["join", "leave", "send", "history", "typing", "ping", "pong", "hello", "", "JOIN"]
 
 
-def frame_objects(rooms: list[Any], text_chars: st.SearchStrategy[str] = st.characters()) -> st.SearchStrategy[dict]:
+ANY_CHAR = st.characters()
+
+
+def frame_objects(rooms: list[Any], text_chars: st.SearchStrategy[str] = ANY_CHAR) -> st.SearchStrategy[dict]:
     """Frames that look like commands: right names, values that are often right and often wrong."""
     values = {
         "type": st.sampled_from(TYPES),

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from chat import protocol
-from chat.protocol import History, Join, Leave, Ping, ProtocolError, Send, Typing, decode_frame, parse_command
+from chat.protocol import (
+    History,
+    Join,
+    Leave,
+    Ping,
+    ProtocolError,
+    Send,
+    Typing,
+    decode_frame,
+    parse_command,
+)
 
 
 def code_of(text: str | None = None, data: bytes | None = None) -> str:

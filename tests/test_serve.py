@@ -88,7 +88,7 @@ def test_setup_only_respects_a_given_secret_key(data_dir):
     assert not (data_dir / "secret_key").exists()
 
 
-async def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir, tmp_path):
+def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir, tmp_path):
     port = free_port()
     env = fresh_env(data_dir, HOST="127.0.0.1", PORT=str(port))
     log_path = tmp_path / "serve.log"
@@ -101,7 +101,7 @@ async def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir,
         while url not in log_path.read_text():
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "serve never printed its URL:\n" + log_path.read_text()
-            await asyncio.sleep(0.2)
+            time.sleep(0.2)
         health = None
         while health is None:
             assert proc.poll() is None, log_path.read_text()
@@ -110,7 +110,7 @@ async def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir,
                 with urllib.request.urlopen(url + "healthz", timeout=2) as response:
                     health = (response.status, json.loads(response.read()))
             except OSError:
-                await asyncio.sleep(0.2)
+                time.sleep(0.2)
         assert health == (200, {"ok": True})
 
         # A token minted the documented way, against the same data dir (and the generated key).
@@ -119,27 +119,7 @@ async def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir,
                                 env=token_env, capture_output=True, text=True, timeout=60)
         assert minted.returncode == 0, minted.stderr
         token = minted.stdout.splitlines()[-1]
-
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/",
-                                      additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-            hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            assert hello["type"] == "hello" and hello["user"]["username"] == "x"
-            await ws.send(json.dumps({"type": "join", "ref": "j", "room": "lobby"}))
-            await ws.send(json.dumps({"type": "send", "ref": "s", "room": "lobby", "text": "hi from serve",
-                                      "client_id": "serve-1"}))
-            seen: dict[str, dict] = {}
-            while not {"joined", "ack", "message"} <= seen.keys():
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-                seen.setdefault(frame["type"], frame)
-            assert seen["joined"]["ref"] == "j" and seen["joined"]["room"]["slug"] == "lobby"
-            assert seen["ack"]["ref"] == "s" and seen["ack"]["seq"] == 1
-            assert seen["message"]["message"]["text"] == "hi from serve"
-
-        # Without credentials the upgrade is refused with 403.
-        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/"):
-                pass
-        assert refused.value.response.status_code == 403
+        asyncio.run(_chat(port, token))
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -149,3 +129,26 @@ async def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir,
                 proc.kill()
                 proc.wait(5)
     assert proc.returncode is not None
+
+
+async def _chat(port: int, token: str) -> None:
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/",
+                                  additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert hello["type"] == "hello" and hello["user"]["username"] == "x"
+        await ws.send(json.dumps({"type": "join", "ref": "j", "room": "lobby"}))
+        await ws.send(json.dumps({"type": "send", "ref": "s", "room": "lobby", "text": "hi from serve",
+                                  "client_id": "serve-1"}))
+        seen: dict[str, dict] = {}
+        while not {"joined", "ack", "message"} <= seen.keys():
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            seen.setdefault(frame["type"], frame)
+        assert seen["joined"]["ref"] == "j" and seen["joined"]["room"]["slug"] == "lobby"
+        assert seen["ack"]["ref"] == "s" and seen["ack"]["seq"] == 1
+        assert seen["message"]["message"]["text"] == "hi from serve"
+
+    # Without credentials the upgrade is refused with 403.
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/"):
+            pass
+    assert refused.value.response.status_code == 403
