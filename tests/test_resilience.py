@@ -21,8 +21,11 @@ import tests.support  # noqa: F401  (puts clients/python on sys.path first)
 from parley_client import Backoff, ParleyClient
 from tests.support.fixtures import *  # noqa: F403
 from tests.support.fixtures import (
+    Collector,
     RawSocket,
     assert_exactly_once,
+    closing_db,
+    fast_client,
     make_room,
     make_user_token,
     start_clients,
@@ -370,3 +373,75 @@ async def test_two_server_processes_one_killed_order_and_exactly_once(servers: A
     db = s2.all_messages(ROOM, tokens[0])
     assert_exactly_once(ROOM, acks, db, [c for _, c in members])
     await close_all(members)
+
+
+@closing_db
+def _bulk_messages(slug: str, username: str, n: int, text: str) -> None:
+    """n committed messages straight through the ORM (as if sent while a client was away)."""
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from django.utils import timezone
+
+    from chat.models import Message, Room
+
+    author = get_user_model().objects.get(username=username)
+    with transaction.atomic():
+        room = Room.objects.select_for_update().get(slug=slug)
+        now = timezone.now()
+        Message.objects.bulk_create([
+            Message(room=room, seq=room.last_seq + i + 1, author=author, text=f"{i} {text}",
+                    client_id=f"bulk-{i}", created_at=now) for i in range(n)])
+        Room.objects.filter(pk=room.pk).update(last_seq=room.last_seq + n)
+
+
+@pytest.mark.slow
+async def test_resume_within_the_gap_limit_fits_the_outbound_budget(servers: Any) -> None:
+    """A resume the server accepts (gap <= PARLEY_RESUME_MAX_GAP, default settings) must be
+    deliverable. 1,000 legal messages of 3,990 'é' make a ~8 MB `joined` frame: more than
+    PARLEY_OUTBOUND_MAX_BYTES (4 MiB), so the server closes the socket with 4413, and the
+    client's next resume (same after_seq, as protocol §7 says for 4413) ends the same way:
+    the client can never rejoin the room.
+    """
+    server = servers()
+    room = await make_room(ROOM)
+    await make_user_token("writer")
+    _, token = await make_user_token("reader")
+    await _bulk_messages(ROOM, "writer", 1000, "é" * 3990)
+    sock = await RawSocket.open(server.ws_url, token, max_size=None)
+    try:
+        reply = await sock.request({"type": "join", "room": ROOM, "after_seq": 0, "epoch": room["epoch"]}, timeout=20)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"resume of 1,000 messages (gap within PARLEY_RESUME_MAX_GAP) was not answered: "
+                    f"{exc!r}, close code {sock.ws.close_code}")
+    assert reply["type"] == "joined"
+    if reply["recovered"]:
+        assert [m["seq"] for m in reply["messages"]] == list(range(1, 1001))
+    await sock.close()
+
+
+@pytest.mark.slow
+async def test_client_away_for_a_large_but_resumable_gap_gets_back_in(servers: Any) -> None:
+    """The same server bug seen by a client: 1,000 long messages arrive while it is away, and
+    every resume is cut off with 4413. A client that just resumes again never gets back in (it
+    spun through 115 closes in 12 s here); parley_client gives up resuming after two cut-off
+    resumes, joins fresh and pages the gap from history, so it gets every message once."""
+    server = servers()
+    await make_room(ROOM)
+    await make_user_token("writer")
+    _, token = await make_user_token("reader")
+    client = fast_client(server.ws_url, token)
+    await client.start()
+    collector = Collector(client)
+    await client.join(ROOM)
+    await asyncio.to_thread(server.kill)
+    await _bulk_messages(ROOM, "writer", 1000, "é" * 3990)
+    await asyncio.to_thread(server.start)
+    try:
+        await wait_for(lambda: len(collector.seqs(ROOM)) == 1000, 12, "the 1,000 missed messages")
+    finally:
+        closes = [e["code"] for e in collector.events if e["type"] == "disconnected"]
+        print("close codes seen by the client:", closes[:10], "... total", len(closes))
+        await client.close()
+        await collector.stop()
+    assert collector.seqs(ROOM) == list(range(1, 1001))
+    assert client.room(ROOM).stats.duplicates == 0

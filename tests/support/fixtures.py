@@ -238,11 +238,11 @@ class RawSocket:
         self._ref = 0
 
     @classmethod
-    async def open(cls, url: str, token: str) -> RawSocket:
+    async def open(cls, url: str, token: str, max_size: int | None = 2**22) -> RawSocket:
         from websockets.asyncio.client import connect
 
         ws = await connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                           ping_interval=None, proxy=None, open_timeout=5)
+                           ping_interval=None, proxy=None, open_timeout=5, max_size=max_size)
         hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert hello["type"] == "hello"
         return cls(ws, hello)

@@ -437,6 +437,8 @@ class ParleyClient:
             for st in self._rooms.values():
                 if st.joined_on == conn.id:
                     st.joined_on = None
+                elif st.known and st.join_task_conn == conn.id:
+                    st.resume_failures += 1  # cut off before the resume's `joined` arrived
             ws.transport.abort()
             self._notify()
         code = ws.close_code
@@ -563,9 +565,10 @@ class ParleyClient:
         attempt = 0
         while not conn.closed and self._rooms.get(st.slug) is st:
             frame: dict[str, Any] = {"type": "join", "room": st.slug}
-            if st.known:
+            if st.known and st.resume_failures < 2:
                 frame["after_seq"] = st.high_seq
                 frame["epoch"] = st.epoch
+            # else: a fresh join (newest page); _on_joined catches up from history instead.
             ref = self._new_ref()
             fut = asyncio.get_running_loop().create_future()
             fut.add_done_callback(_retrieve)
@@ -655,6 +658,7 @@ class ParleyClient:
         recovered = frame.get("recovered")
         st.joined_on = conn.id
         st.last_joined = frame
+        st.resume_failures = 0
         if not st.known:
             st.epoch = epoch
             if not self.emit_backlog:

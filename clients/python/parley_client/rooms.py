@@ -33,6 +33,9 @@ class RoomState:
     join_task: asyncio.Task[Any] | None = None
     join_task_conn: int | None = None
     gap_task: asyncio.Task[Any] | None = None
+    # Resumes of this room whose connection was cut before `joined` arrived (e.g. 4413: the
+    # server could not send the whole gap in one frame). After two, rejoin fresh and page.
+    resume_failures: int = 0
 
     @property
     def known(self) -> bool:
