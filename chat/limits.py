@@ -92,20 +92,27 @@ class TokenBucket:
 
 
 class BucketMap:
-    """Buckets by key (user id, IP), forgetting full ones so memory tracks active keys only."""
+    """Buckets by key (user id, IP), forgetting full ones so memory tracks active keys only.
+
+    Rate and burst are read from settings on every take, not fixed when a key's bucket is made:
+    a long-lived bucket must follow the settings in force (and a test's override must not leak
+    into a later key that happens to reuse an id).
+    """
 
     def __init__(self, rate: Limit, burst: Limit | None = None, per: float = 1.0) -> None:
         self._rate, self._burst, self._per = rate, burst, per
         self._buckets: dict[object, TokenBucket] = {}
 
     def take(self, key: object) -> float:
+        rate = self._rate.value / self._per
+        burst = self._burst.value if self._burst else self._rate.value
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) > 10_000:
                 self._buckets = {k: b for k, b in self._buckets.items() if not b.full}
-            rate = self._rate.value / self._per
-            burst = self._burst.value if self._burst else self._rate.value
             bucket = self._buckets[key] = TokenBucket(rate, burst)
+        else:
+            bucket.rate, bucket.burst = rate, burst
         return bucket.take()
 
 

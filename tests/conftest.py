@@ -132,7 +132,7 @@ async def open_socket(*, headers: list[tuple[bytes, bytes]]) -> tuple[bool, Webs
 
 
 @pytest.fixture
-def connect() -> Callable[..., Any]:
+async def connect() -> AsyncIterator[Callable[..., Any]]:
     """`await connect(user)` → a Client authenticated by a fresh bearer token, hello consumed."""
     opened: list[Client] = []
 
@@ -150,7 +150,13 @@ def connect() -> Callable[..., Any]:
         return client
 
     yield _connect
-    # Communicators are closed by the tests that care; the rest die with the event loop.
+    # Close what the test left open, so each consumer's disconnect() runs: per-process counters
+    # (sockets per user) and presence must not leak into the next test.
+    for client in opened:
+        try:
+            await client.ws.disconnect()
+        except Exception:  # already closed by the server or the test
+            pass
 
 
 @pytest.fixture(autouse=True)
