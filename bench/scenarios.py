@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from array import array
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ class Config:
     reconnect_clients: int = 5000
     sub_workers: int = 2
     confirm_failures: bool = True
+    min_step_msgs: int = 10
     connect_concurrency: int = 50  # per worker; Parley handshakes are slow (DB + presence)
     conn_workers: int = 4
 
@@ -231,7 +233,10 @@ def fanout_ramp(cfg: Config, pool: Pool, t: Target, progress: Progress, label: s
     def step(rate: float, probe: bool = False) -> dict[str, Any]:
         progress.note(f"{label}: {rate:g} msg/s x {n_ok}" + (" (saturation probe)" if probe else ""))
         pool.all("measure", on=True, wids=sub_w)
-        s = pool.run(send_w[0], "send_rate", rate=rate, duration=cfg.step_secs, timeout=cfg.step_secs * 4 + 30)
+        # At least min_step_msgs messages per step (a p99 over 2 broadcasts is one slow broadcast),
+        # but never more than 4 step lengths.
+        secs = min(max(cfg.step_secs, cfg.min_step_msgs / rate), 4 * cfg.step_secs)
+        s = pool.run(send_w[0], "send_rate", rate=rate, duration=secs, timeout=secs * 4 + 30)
         expected = s["sent"] * n_ok
         got, drained = drain(pool, sub_w, expected, "deliveries", cfg.drain_max)
         res = pool.all("collect", wids=sub_w)
@@ -247,7 +252,7 @@ def fanout_ramp(cfg: Config, pool: Pool, t: Target, progress: Progress, label: s
         out = {"offered_msgs_per_s": rate, "offered_deliveries_per_s": rate * n_ok, "sent": s["sent"],
                "expected": expected, "received": len(lat), "deliveries_per_s": in_window / secs,
                "passed": verdict.passed and not probe, "reason": verdict.reason, "probe": probe,
-               "drained": drained, **summ}
+               "drained": drained, "loadavg_1m": round(os.getloadavg()[0], 2), **summ}
         stride = max(1, len(lat) // 5000)  # a sample of latencies for the distribution plot
         out["lat_sample_ms"] = [v / 1000 for v in lat[::stride]]
         steps.append(out)
