@@ -193,6 +193,7 @@ async def test_send_while_the_server_is_down_is_stored_once_after_restart(server
     await client.close()
 
 
+@pytest.mark.slow
 @pytestmark_db
 async def test_refused_resume_of_the_same_log_is_caught_up_from_history(servers: Any) -> None:
     """Gap > PARLEY_RESUME_MAX_GAP gives recovered: false; the client pages history itself."""
@@ -225,6 +226,7 @@ async def test_refused_resume_of_the_same_log_is_caught_up_from_history(servers:
     await collector.stop()
 
 
+@pytest.mark.slow
 @pytestmark_db
 async def test_new_epoch_resets_the_room_and_live_delivery_follows_the_new_log(servers: Any) -> None:
     server = servers()
@@ -282,6 +284,7 @@ async def test_bad_token_fails_fast_instead_of_retrying(servers: Any) -> None:
     await client.close()
 
 
+@pytest.mark.slow
 @pytestmark_db
 async def test_client_stays_inside_the_default_rate_limits(servers: Any) -> None:
     """Default PARLEY_MESSAGES_PER_SEC (5, burst 10): 24 concurrent sends are paced, not refused

@@ -180,6 +180,7 @@ async def test_redis_restart_delivery_resumes_and_nothing_acked_is_lost(servers:
     await close_all(members)
 
 
+@pytest.mark.slow
 async def test_retry_storm_same_client_id_yields_one_message(servers: Any) -> None:
     server = servers()
     await make_room(ROOM)
@@ -219,6 +220,7 @@ async def test_retry_storm_same_client_id_yields_one_message(servers: Any) -> No
         await client.close()
 
 
+@pytest.mark.slow
 async def test_retry_storm_racing_first_send_on_many_sockets(servers: Any) -> None:
     """The first attempts race each other (none committed yet) on sockets of two server processes
     sharing the database: still one message, and exactly one non-duplicate ack."""
