@@ -407,10 +407,14 @@ class ParleyClient:
             return None
         self.hello = hello
         self.backoff.reset()
-        rate = hello.get("limits", {}).get("messages_per_sec")
+        limits = hello.get("limits", {})
+        rate, burst = limits.get("messages_per_sec"), limits.get("messages_burst")
         if self.pace_sends and isinstance(rate, int | float) and rate > 0:
-            # The server's burst is not announced; twice the rate is its documented default.
-            self._bucket = TokenBucket(rate, max(1.0, 2.0 * rate))
+            # The bucket is per user on the server (all sockets); a client with one socket per
+            # user matches it. Older servers do not announce the burst: twice the rate.
+            if not isinstance(burst, int | float) or burst < 1:
+                burst = 2.0 * rate
+            self._bucket = TokenBucket(rate, max(1.0, float(burst)))
         else:
             self._bucket = None
         self.stats.connections += 1
