@@ -4,13 +4,15 @@ Every message is in the database before anyone sees it; nothing about the log li
 memory. Presence (who is online) is deliberately not here: it is ephemeral, see chat/presence.py.
 """
 
+import re
 import uuid
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import ProhibitNullCharactersValidator, RegexValidator
 from django.db import models
 
-SLUG_VALIDATOR = RegexValidator(r"^[a-z0-9_-]{1,50}$", "1-50 characters of a-z, 0-9, - and _")
+SLUG_RE = re.compile(r"^[a-z0-9_-]{1,50}\Z")
+SLUG_VALIDATOR = RegexValidator(SLUG_RE, "1-50 characters of a-z, 0-9, - and _")
 
 
 def new_epoch() -> str:
@@ -19,7 +21,7 @@ def new_epoch() -> str:
 
 class Room(models.Model):
     slug = models.CharField(max_length=50, unique=True, validators=[SLUG_VALIDATOR])
-    title = models.CharField(max_length=100)
+    title = models.CharField(max_length=100, validators=[ProhibitNullCharactersValidator()])
     is_private = models.BooleanField(default=False)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from chat.models import SLUG_RE
+
 PROTOCOL_VERSION = 1
 
 # Close codes (4000-4999 are the application's own range in RFC 6455).
@@ -165,7 +167,15 @@ def _string(frame: dict[str, Any], name: str, max_chars: int, *, required: bool 
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
         raise ProtocolError(BAD_FIELD, f"'{name}' must be a string of 1-{max_chars} characters", field=name)
+    _no_nul(value, name)
     return value
+
+
+def _no_nul(value: str, name: str) -> None:
+    # PostgreSQL text cannot hold U+0000: refuse it here, as a field error the client can fix,
+    # rather than let it fail at commit (a commit_failed whose retry could never succeed).
+    if "\x00" in value:
+        raise ProtocolError(BAD_FIELD, f"'{name}' must not contain U+0000 (NUL)", field=name)
 
 
 def _integer(frame: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -179,6 +189,10 @@ def _integer(frame: dict[str, Any], name: str, low: int, high: int) -> int | Non
 
 
 def _room(frame: dict[str, Any]) -> str:
+    value = frame.get("room")
+    if isinstance(value, str) and 1 <= len(value) <= MAX_SLUG_CHARS and not SLUG_RE.match(value):
+        # Well-formed but impossible as a slug (e.g. "lo\x00bby"): no such room can exist.
+        raise ProtocolError(ROOM_NOT_FOUND, f"no room {value[:50]!r} that you may see", room=value)
     return _string(frame, "room", MAX_SLUG_CHARS)  # type: ignore[return-value]
 
 
@@ -205,6 +219,7 @@ def _parse_send(frame: dict[str, Any]) -> Send:
     if not isinstance(text, str):
         raise ProtocolError(BAD_FIELD, "'text' must be a string", field="text")
     text = text.strip()
+    _no_nul(text, "text")
     max_chars = settings.PARLEY_MAX_TEXT_CHARS
     if not text:
         raise ProtocolError(TEXT_EMPTY, "'text' is empty after trimming whitespace", field="text")

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import Q
 
-from chat.models import ApiToken, Membership, Message, Room
+from chat.models import SLUG_RE, ApiToken, Membership, Message, Room
 
 
 def room_visible_q(*, user: Any) -> Q:
@@ -24,6 +24,8 @@ def room_visible_q(*, user: Any) -> Q:
 
 def room_get_visible(*, user: Any, slug: str) -> Room | None:
     """The room `slug` if this user may see it (private rooms are invisible to non-members)."""
+    if not SLUG_RE.match(slug):
+        return None  # cannot exist; and PostgreSQL refuses some such strings (NUL) outright
     return Room.objects.filter(room_visible_q(user=user), slug=slug).first()
 
 

@@ -58,11 +58,15 @@ def api(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    """The body as a JSON object, or None. Strings with U+0000 count as invalid: PostgreSQL
+    cannot store or even compare them."""
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:
         return None
-    return body if isinstance(body, dict) else None
+    if not isinstance(body, dict) or any(isinstance(v, str) and "\x00" in v for v in body.values()):
+        return None
+    return body
 
 
 @api
@@ -77,7 +81,7 @@ def rooms(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"rooms": [room_payload(r) for r in selectors.room_list_visible(user=request.user)]})
     body = _json_body(request)
     if body is None:
-        return api_error(400, "bad_json", "the body must be a JSON object")
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
     slug, title, private = body.get("slug"), body.get("title"), body.get("private", False)
     if not isinstance(slug, str) or not isinstance(title, str) or not isinstance(private, bool):
         return api_error(400, "bad_field", "need string 'slug' and 'title', boolean 'private'")
@@ -181,7 +185,7 @@ def room_member_detail(request: HttpRequest, slug: str, username: str) -> JsonRe
     room = _managed_room(request, slug)
     if isinstance(room, JsonResponse):
         return room
-    user = get_user_model().objects.filter(username=username).first()
+    user = get_user_model().objects.filter(username=username).first() if "\x00" not in username else None
     if user is None or not services.membership_remove(room=room, user=user):
         return api_error(404, "member_not_found", "no such member (the owner cannot be removed)")
     return JsonResponse({"removed": user_payload(user)})

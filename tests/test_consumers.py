@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 
 import chat.consumers
 from chat import fanout, services
@@ -944,13 +944,6 @@ async def test_unexpected_error_is_internal_error_and_keeps_the_socket(connect, 
 
 # --- NUL characters (PostgreSQL text cannot hold U+0000) ---------------------------------------
 
-ON_POSTGRES = pytest.mark.xfail(
-    condition=connection.vendor == "postgresql", strict=True,
-    reason="server bug: U+0000 reaches PostgreSQL, which refuses it (commit_failed / internal_error)",
-)
-
-
-@ON_POSTGRES
 async def test_text_with_nul_is_stored_or_refused_as_a_field_error(joined_client):
     """A text of 1-4,000 characters is valid; it must not end in commit_failed, whose retry can never succeed."""
     reply = await joined_client.request({"type": "send", "room": "lobby", "text": "a\u0000b", "client_id": "nul-1"})
@@ -958,12 +951,10 @@ async def test_text_with_nul_is_stored_or_refused_as_a_field_error(joined_client
     await still_open(joined_client)
 
 
-@ON_POSTGRES
 async def test_client_id_with_nul_is_stored_or_refused_as_a_field_error(joined_client):
     reply = await joined_client.request({"type": "send", "room": "lobby", "text": "hi", "client_id": "c\u0000"})
     assert reply["type"] == "ack" or (reply["code"] == "bad_field" and reply["field"] == "client_id"), reply
 
 
-@ON_POSTGRES
 async def test_room_slug_with_nul_is_room_not_found(joined_client):
     await expect_error(joined_client, "room_not_found", frame={"type": "join", "room": "lo\u0000bby"})
