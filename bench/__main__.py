@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -267,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    def _terminate(*_: Any) -> None:  # SIGTERM (and SIGINT when a shell ignores it) still cleans up
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     return profile(args) if args.command == "profile" else run(args)
 
 

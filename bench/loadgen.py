@@ -178,18 +178,22 @@ class Worker:
         await self.stop.wait()
         pinger.cancel()
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, interval: float = 20.0) -> None:
         """Parley closes a socket silent for 2 x heartbeat_secs + 5 s (docs/protocol.md §3): ping
-        every Parley client every 15 s, spread over the interval, like a real client would."""
+        every Parley client every `interval` s, spread evenly over the interval as independent
+        clients would be (a burst of 1,000 pings at once delays broadcasts by hundreds of ms)."""
+        slices = 50
         while True:
-            await asyncio.sleep(15.0)
-            if self.simple:
-                continue
             clients = [c for c in self.clients if not c.closed and c.transport is not None]
-            for i, c in enumerate(clients):
-                c.transport.send(WSMsgType.TEXT, b'{"type":"ping"}')
-                if i % 200 == 199:
-                    await asyncio.sleep(0.01)
+            if self.simple or not clients:
+                await asyncio.sleep(interval)
+                continue
+            per = -(-len(clients) // slices)
+            for k in range(slices):
+                for c in clients[k * per:(k + 1) * per]:
+                    if not c.closed:
+                        c.transport.send(WSMsgType.TEXT, b'{"type":"ping"}')
+                await asyncio.sleep(interval / slices)
 
     async def _handle(self, cid: int, name: str, kw: dict[str, Any]) -> None:
         try:
