@@ -31,14 +31,20 @@ def join_snapshot(room: Room, cmd: protocol.Join) -> tuple[list[Message], bool, 
         same_log = cmd.epoch is None or cmd.epoch == room.epoch
         if same_log and 0 <= gap <= settings.PARLEY_RESUME_MAX_GAP:
             messages = selectors.message_range(room_id=room.pk, after_seq=cmd.after_seq, limit=gap)
-            high = max([cmd.after_seq] + [m.seq for m in messages])
-            return messages, cmd.after_seq > 0, True, high, max(last_seq, high)
+            if _replay_bytes(messages) <= settings.PARLEY_RESUME_MAX_BYTES:
+                high = max([cmd.after_seq] + [m.seq for m in messages])
+                return messages, cmd.after_seq > 0, True, high, max(last_seq, high)
         recovered = False
     messages, has_more = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
     # Not last_seq: a message committed after the page was read is still on its way to us as a
     # live event, and must not be dropped as "already seen".
     high = messages[-1].seq if messages else 0
     return messages, has_more, recovered, high, max(last_seq, high)
+
+
+def _replay_bytes(messages: list[Message]) -> int:
+    """Roughly what the replay adds to the `joined` frame: the texts plus ~200 bytes of fields."""
+    return sum(len(m.text.encode()) + 200 for m in messages)
 
 
 @database_sync_to_async

@@ -169,6 +169,9 @@ PARLEY_MAX_SOCKETS_PER_USER = env_int("PARLEY_MAX_SOCKETS_PER_USER", 20)
 PARLEY_HANDSHAKES_PER_IP_PER_MIN = env_int("PARLEY_HANDSHAKES_PER_IP_PER_MIN", 120)
 PARLEY_OUTBOUND_MAX_MESSAGES = env_int("PARLEY_OUTBOUND_MAX_MESSAGES", 1000)
 PARLEY_OUTBOUND_MAX_BYTES = env_int("PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024)
+# A replay must fit one frame a client accepts (websockets' default max is 1 MiB) and the
+# socket's outbound budget; past this many bytes a resume answers recovered=false instead.
+PARLEY_RESUME_MAX_BYTES = env_int("PARLEY_RESUME_MAX_BYTES", 512 * 1024)
 PARLEY_TYPING_MIN_INTERVAL_MS = env_int("PARLEY_TYPING_MIN_INTERVAL_MS", 1000)
 
 LOGGING = {

@@ -159,3 +159,17 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connec
     assert [m["seq"] for m in await fast.messages(12)] == list(range(1, 13))
     closed = await slow.receive_output(timeout=3)  # nothing was written, then the close
     assert closed == {"type": "websocket.close", "code": 4413}
+
+
+@override_settings(PARLEY_RESUME_MAX_BYTES=3000)
+async def test_a_resume_too_large_for_one_frame_is_not_recovered(connect):
+    room = await make_room("lobby")
+    writer = await connect(await make_user("writer"))
+    await writer.join("lobby")
+    for i in range(4):
+        await writer.say("lobby", f"{i}" * 900)  # ~4.4 KB of replay with the fields
+    reader = await connect(await make_user("reader"))
+    too_big = await reader.join("lobby", after_seq=0, epoch=room.epoch)
+    assert too_big["recovered"] is False  # the client pages history instead
+    fits = await reader.join("lobby", after_seq=2, epoch=room.epoch)
+    assert fits["recovered"] is True and [m["seq"] for m in fits["messages"]] == [3, 4]
