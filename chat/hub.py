@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import weakref
 from typing import Any, Protocol
 
 import orjson
 from django.conf import settings
+
+from chat.loops import per_loop
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +156,12 @@ class RedisHub(LocalHub):
                 receiver.hub_resync(room_id)
 
 
-# One hub per event loop: a server has one loop; a test suite opens many, and redis-py's
-# asyncio connections belong to the loop that opened them.
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalHub] = weakref.WeakKeyDictionary()
-
-
+@per_loop
 def get_hub() -> LocalHub:
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        if settings.REDIS_URL:
-            hub = RedisHub(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
-        else:
-            hub = LocalHub()
-        _hubs[loop] = hub
-    return hub
+    """The running loop's hub: Redis-backed when REDIS_URL is set."""
+    if settings.REDIS_URL:
+        return RedisHub(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+    return LocalHub()
 
 
 def hub_enabled() -> bool:

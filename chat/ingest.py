@@ -10,13 +10,13 @@ the next transaction together, each item in its own savepoint (chat.services).
 from __future__ import annotations
 
 import asyncio
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
 
 from chat import services
+from chat.loops import per_loop
 from chat.models import Message
 
 MAX_BATCH = 256
@@ -73,13 +73,7 @@ class MessageWriter:
                     item.future.set_result(result)
 
 
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MessageWriter] = weakref.WeakKeyDictionary()
-
-
+@per_loop
 def get_writer() -> MessageWriter:
-    """The event loop's writer (one per loop, like chat.hub)."""
-    loop = asyncio.get_running_loop()
-    writer = _writers.get(loop)
-    if writer is None:
-        writer = _writers[loop] = MessageWriter()
-    return writer
+    """The running loop's writer (one per loop, like chat.hub)."""
+    return MessageWriter()

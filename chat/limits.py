@@ -57,6 +57,8 @@ HISTORY_PAGE_MAX = Limit("history page", "PARLEY_HISTORY_PAGE_MAX", 100, "messag
                          "largest join/history page")
 RESUME_MAX_GAP = Limit("resume window", "PARLEY_RESUME_MAX_GAP", 1000, "messages",
                        "largest gap a join replays; beyond it recovered=false")
+# A replay must fit one frame a client accepts (websockets' default max is 1 MiB) and the
+# socket's outbound budget.
 RESUME_MAX_BYTES = Limit("resume size", "PARLEY_RESUME_MAX_BYTES", 512 * 1024, "bytes",
                          "largest replay a join sends (UTF-8 text); beyond it recovered=false")
 TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",

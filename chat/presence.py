@@ -8,14 +8,14 @@ for longer than PRESENCE_TTL_SECS.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
 from django.conf import settings
+
+from chat.loops import per_loop
 
 
 def presence_ttl_secs() -> int:
@@ -124,19 +124,9 @@ class RedisPresence:
         return _distinct([(m, exp) for _, m, exp in await self._entries(room_id)], time.time())
 
 
-# One store per event loop: redis-py's asyncio connections belong to the loop that opened them
-# (a server has one loop; a test suite opens many).
-_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PresenceStore] = weakref.WeakKeyDictionary()
-
-
+@per_loop
 def get_presence() -> PresenceStore:
-    loop = asyncio.get_running_loop()
-    store = _stores.get(loop)
-    if store is None:
-        if settings.REDIS_URL:
-            prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
-            store = RedisPresence(settings.REDIS_URL, prefix)
-        else:
-            store = MemoryPresence()
-        _stores[loop] = store
-    return store
+    """The running loop's presence store: Redis-backed when REDIS_URL is set."""
+    if settings.REDIS_URL:
+        return RedisPresence(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+    return MemoryPresence()

@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from chat.limits import ALL as PARLEY_LIMITS
 from config.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -146,33 +147,18 @@ STATIC_URL = "static/"
 STATIC_ROOT = env_str("STATIC_ROOT") or None
 WHITENOISE_USE_FINDERS = True
 
-# --- Parley limits (docs/security.md has the table) -----------------------------------------
-PARLEY_MAX_FRAME_BYTES = env_int("PARLEY_MAX_FRAME_BYTES", 65536)
-PARLEY_MAX_TEXT_CHARS = env_int("PARLEY_MAX_TEXT_CHARS", 4000)
+# --- Parley limits -------------------------------------------------------------------------
+# chat/limits.py defines each limit once (setting name, default, unit, what it bounds), and
+# docs/security.md tables them; every one can be set from the environment under its own name.
+for _limit in PARLEY_LIMITS:
+    globals()[_limit.setting] = env_int(_limit.setting, int(_limit.default))
 PARLEY_HISTORY_PAGE_DEFAULT = env_int("PARLEY_HISTORY_PAGE_DEFAULT", 50)
-PARLEY_HISTORY_PAGE_MAX = env_int("PARLEY_HISTORY_PAGE_MAX", 100)
-PARLEY_RESUME_MAX_GAP = env_int("PARLEY_RESUME_MAX_GAP", 1000)
-PARLEY_HEARTBEAT_INTERVAL_SECS = env_int("PARLEY_HEARTBEAT_INTERVAL_SECS", 25)
 # How long a socket waits for a missing sequence number before reading it from the database.
 PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
 # "hub": chat.hub, the per-process fast path (default). "layer": stock group_send, for comparison.
 PARLEY_FANOUT = env_str("PARLEY_FANOUT", "hub")
 if PARLEY_FANOUT not in ("hub", "layer"):
     raise ImproperlyConfigured(f"PARLEY_FANOUT={PARLEY_FANOUT!r}: use 'hub' or 'layer'")
-PARLEY_FRAMES_PER_SEC = env_int("PARLEY_FRAMES_PER_SEC", 20)
-PARLEY_FRAMES_BURST = env_int("PARLEY_FRAMES_BURST", 40)
-PARLEY_MESSAGES_PER_SEC = env_int("PARLEY_MESSAGES_PER_SEC", 5)
-PARLEY_MESSAGES_BURST = env_int("PARLEY_MESSAGES_BURST", 10)
-PARLEY_RATE_LIMIT_STRIKES = env_int("PARLEY_RATE_LIMIT_STRIKES", 30)
-PARLEY_MAX_ROOMS_PER_SOCKET = env_int("PARLEY_MAX_ROOMS_PER_SOCKET", 100)
-PARLEY_MAX_SOCKETS_PER_USER = env_int("PARLEY_MAX_SOCKETS_PER_USER", 20)
-PARLEY_HANDSHAKES_PER_IP_PER_MIN = env_int("PARLEY_HANDSHAKES_PER_IP_PER_MIN", 120)
-PARLEY_OUTBOUND_MAX_MESSAGES = env_int("PARLEY_OUTBOUND_MAX_MESSAGES", 1000)
-PARLEY_OUTBOUND_MAX_BYTES = env_int("PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024)
-# A replay must fit one frame a client accepts (websockets' default max is 1 MiB) and the
-# socket's outbound budget; past this many bytes a resume answers recovered=false instead.
-PARLEY_RESUME_MAX_BYTES = env_int("PARLEY_RESUME_MAX_BYTES", 512 * 1024)
-PARLEY_TYPING_MIN_INTERVAL_MS = env_int("PARLEY_TYPING_MIN_INTERVAL_MS", 1000)
 
 LOGGING = {
     "version": 1,
