@@ -170,11 +170,22 @@ def run(args: argparse.Namespace) -> int:
         pool.close()
         progress.close()
     res["elapsed_secs"] = round(time.monotonic() - t_start, 1)
+    write_report(res, outdir)
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"\nresults: {outdir}")
+    return 0
+
+
+def write_report(res: dict[str, Any], outdir: Path) -> None:
+    """results.md + plots (+ results.json) from a results dict; prints the table and verdicts."""
+    report.recompute(res)
+    stamp = res["started"]
     table = report.tables(res)
     verdicts = report.targets(res)
     made = report.plots(res, outdir)
-    md = [f"# Parley benchmark {stamp}", "", f"Command: `{res['command']}` ({'quick' if args.quick else 'full'}, "
-          f"{res['elapsed_secs']:.0f} s)", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in res["machine"].items()),
+    md = [f"# Parley benchmark {stamp}", "", f"Command: `{res['command']}` ({'quick' if res.get('quick') else 'full'}, "
+          f"{res.get('elapsed_secs') or 0:.0f} s)", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in res["machine"].items()),
           "", f"Parley revision: {res['server_revision']['head']}, uncommitted: "
           f"{', '.join(res['server_revision']['uncommitted']) or 'none'}", "", table, "", "### Targets", "", "```", *verdicts, "```", ""]
     md += [f"![{p}]({p})" for p in made]
@@ -182,12 +193,25 @@ def run(args: argparse.Namespace) -> int:
         md += ["", "### Failures", "", "```", *[json.dumps(f) for f in res["failures"]], "```"]
     (outdir / "results.md").write_text("\n".join(md) + "\n")
     (outdir / "results.json").write_text(json.dumps(_clean(res), indent=1))
-    import shutil
-    shutil.rmtree(work, ignore_errors=True)
     print(table)
     print("\nTargets:")
     print("\n".join(verdicts))
-    print(f"\nresults: {outdir}")
+
+
+def rerender(args: argparse.Namespace) -> int:
+    """`python -m bench report DIR`: rebuild results.md and the plots from DIR/results.json."""
+    outdir = Path(args.dir)
+    res = json.loads((outdir / "results.json").read_text(), parse_constant=float)
+
+    def unclean(obj: Any) -> Any:
+        if obj == "inf":
+            return math.inf
+        if isinstance(obj, dict):
+            return {k: unclean(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [unclean(v) for v in obj]
+        return obj
+    write_report(unclean(res), outdir)
     return 0
 
 
@@ -250,7 +274,8 @@ def profile(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", nargs="?", default="run", choices=["run", "profile"])
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "profile", "report"])
+    ap.add_argument("dir", nargs="?", help="report: a results directory to re-render")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, shorter and fewer ramp steps")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
     ap.add_argument("--ws", default="auto", help="uvicorn --ws for every server (auto = websockets)")
@@ -273,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    if args.command == "report":
+        return rerender(args)
     return profile(args) if args.command == "profile" else run(args)
 
 

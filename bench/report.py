@@ -12,6 +12,20 @@ def _by(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return next((r for r in rows if r.get("target") == name), None)
 
 
+def recompute(res: dict[str, Any]) -> dict[str, Any]:
+    """Best/peak figures from the recorded steps: a step counts when it lost nothing and met the
+    p99 bound (reason "ok"), the saturation probe included. Lets `python -m bench report DIR`
+    re-render an old results.json with the current rules."""
+    for section in ("fanout", "scaleout"):
+        for r in res.get(section) or []:
+            ok = [s for s in r["steps"] if s.get("reason") == "ok"]
+            best = max(ok, key=lambda s: s["deliveries_per_s"]) if ok else None
+            r["best_deliveries_per_s"] = best["deliveries_per_s"] if best else 0.0
+            r["best_p99_ms"] = best["p99_ms"] if best else None
+            r["peak_deliveries_per_s"] = max((s["deliveries_per_s"] for s in r["steps"]), default=0.0)
+    return res
+
+
 def tables(res: dict[str, Any]) -> str:
     out: list[str] = []
     fan = res.get("fanout") or []
@@ -101,9 +115,10 @@ def targets(res: dict[str, Any]) -> list[str]:
                                  f"{fmt_num(r['best_acked_per_s'])} msg/s (ack p99 {fmt_num(r['best_ack_p99_ms'], 1)} ms)"))
     rc = res.get("reconnect")
     if rc:
-        ok = rc["gap_free"] and rc["storm_secs"] <= 10 and rc["clients"] >= 5000
-        lines.append(target_line(f"reconnect storm {rc['clients']:,} gap-free within 10 s",
-                                 ok if rc["clients"] >= 5000 or not ok else None,
+        ok = rc["gap_free"] and rc["storm_secs"] <= 10
+        full = rc["clients"] >= 5000  # a smaller storm that passes says nothing about 5,000
+        lines.append(target_line(f"reconnect storm 5,000 gap-free within 10 s ({rc['clients']:,} measured)",
+                                 ok if full or not ok else None,
                                  f"{rc['resumed']:,} resumed, {rc['recovered']:,} recovered, gaps {rc['gaps']}, dups "
                                  f"{rc['duplicates']}, all joined in {rc['storm_secs']:.2f} s"))
     so = _by(res.get("scaleout") or [], "parley-redis x2")

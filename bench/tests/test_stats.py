@@ -153,3 +153,24 @@ def test_pyspy_parse_and_summarize():
     text = summarize_raw("a (x.py:1);b (y.py:2) 3\na (x.py:1) 1\n", top=5)
     assert "4 samples" in text
     assert "75.0%  b (y.py)" in text and "100.0%  a (x.py)" in text
+
+
+def test_reconnect_target_is_na_for_a_small_storm_that_passes():
+    rc = {"target": "parley", "clients": 1000, "resumed": 1000, "recovered": 1000, "gaps": 0, "duplicates": 0,
+          "behind_at_end": 0, "storm_secs": 6.5, "gap_free": True}
+    assert targets({"reconnect": rc})[0].startswith("n/a")
+    rc["storm_secs"] = 12.0
+    assert targets({"reconnect": rc})[0].startswith("MISS")
+    rc.update(clients=5000, storm_secs=9.0)
+    assert targets({"reconnect": rc})[0].startswith("PASS")
+
+
+def test_recompute_counts_a_passing_probe_and_ignores_failed_steps():
+    from bench.report import recompute
+
+    steps = [{"deliveries_per_s": 1000.0, "p99_ms": 120.0, "reason": "p99 120 ms > 100 ms"},
+             {"deliveries_per_s": 4000.0, "p99_ms": 80.0, "reason": "ok", "probe": True},
+             {"deliveries_per_s": 9000.0, "p99_ms": 900.0, "reason": "p99 900 ms > 100 ms"}]
+    r = recompute({"fanout": [{"target": "x", "steps": steps}]})["fanout"][0]
+    assert r["best_deliveries_per_s"] == 4000.0 and r["best_p99_ms"] == 80.0
+    assert r["peak_deliveries_per_s"] == 9000.0
