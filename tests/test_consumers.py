@@ -703,6 +703,24 @@ async def test_out_of_order_broadcasts_are_delivered_in_order(connect, settings)
     assert await a.nothing()
 
 
+async def test_held_messages_wait_behind_a_remaining_hole(connect, settings):
+    """2 fills the first gap, but 4 is still missing: 5 must wait for it (from the database)."""
+    settings.PARLEY_GAP_FILL_DELAY_MS = 50
+    ada = await make_user("ada")
+    room = await make_room("lobby")
+    a = await connect(ada)
+    await a.join("lobby")
+    m1, m2, m3, m4, m5 = await store(room, ada, 5)
+    await broadcast(room, m1)
+    await broadcast(room, m3)
+    await broadcast(room, m5)
+    await broadcast(room, m2)  # releases 2 and 3; 5 still waits for 4, which was "dropped"
+    got = await a.messages(5)
+    assert seqs(got) == [1, 2, 3, 4, 5]
+    assert got[3]["id"] == m4.pk
+    assert await a.nothing()
+
+
 async def test_dropped_broadcasts_are_filled_from_the_database(connect, settings):
     settings.PARLEY_GAP_FILL_DELAY_MS = 50
     ada = await make_user("ada")
