@@ -28,30 +28,44 @@ def join_snapshot(room: Room, cmd: protocol.Join) -> tuple[list[Message], bool, 
     recovered: bool | None = None
     if cmd.after_seq is not None:
         gap = last_seq - cmd.after_seq
-        same_log = cmd.epoch is None or cmd.epoch == room.epoch
+        # No epoch, no resume: the client could be holding seqs of another log of this room.
+        same_log = cmd.epoch == room.epoch
         if same_log and 0 <= gap <= settings.PARLEY_RESUME_MAX_GAP:
             messages = selectors.message_range(room_id=room.pk, after_seq=cmd.after_seq, limit=gap)
-            if _replay_bytes(messages) <= settings.PARLEY_RESUME_MAX_BYTES:
+            if _reply_bytes(messages) <= settings.PARLEY_REPLY_MAX_BYTES:
                 high = max([cmd.after_seq] + [m.seq for m in messages])
                 return messages, cmd.after_seq > 0, True, high, max(last_seq, high)
         recovered = False
-    messages, has_more = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
+    messages, has_more = _fit(*selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit))
     # Not last_seq: a message committed after the page was read is still on its way to us as a
     # live event, and must not be dropped as "already seen".
     high = messages[-1].seq if messages else 0
     return messages, has_more, recovered, high, max(last_seq, high)
 
 
-def _replay_bytes(messages: list[Message]) -> int:
-    """Roughly what the replay adds to the `joined` frame: the texts plus ~200 bytes of fields."""
+def _reply_bytes(messages: list[Message]) -> int:
+    """Roughly what messages add to a reply frame: their texts plus ~200 bytes of fields each."""
     return sum(len(m.text.encode()) + 200 for m in messages)
+
+
+def _fit(messages: list[Message], has_more: bool) -> tuple[list[Message], bool]:
+    """Cut an ascending page from its oldest end to PARLEY_REPLY_MAX_BYTES (then has_more)."""
+    budget, kept = settings.PARLEY_REPLY_MAX_BYTES, 0
+    for message in reversed(messages):
+        budget -= len(message.text.encode()) + 200
+        if budget < 0:
+            break
+        kept += 1
+    if kept == len(messages):
+        return messages, has_more
+    return messages[len(messages) - max(kept, 1):], True
 
 
 @database_sync_to_async
 def history(user: Any, room_id: int, before: int | None, limit: int) -> tuple[list[Message], bool] | None:
     if not selectors.room_user_can_access(user=user, room_id=room_id):
         return None
-    return selectors.message_page(room_id=room_id, before=before, limit=limit)
+    return _fit(*selectors.message_page(room_id=room_id, before=before, limit=limit))
 
 
 @database_sync_to_async

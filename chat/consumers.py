@@ -17,6 +17,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from chat import consumer_db as db
 from chat import fanout, limits, protocol
@@ -29,6 +30,8 @@ from chat.presence import Member, get_presence
 from chat.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
+
+LAYER_RETRY_CAP_SECS = 2.0
 
 # Per-process state shared by this process's sockets (see chat/limits.py on "per process").
 _sockets_per_user: dict[int, int] = {}
@@ -57,6 +60,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.frame_bucket = limits.TokenBucket(limits.FRAMES_PER_SEC.value, limits.FRAMES_BURST.value)
         self.strikes = limits.Strikes()
 
+    # Channels' AsyncConsumer.__call__ assigns self.channel_receive, the layer's receive for this
+    # socket's channel. With Redis it raises while Redis restarts, and an exception there ends the
+    # consumer: every socket of the process would drop at once. Wrap it to retry instead.
+    @property
+    def channel_receive(self) -> Any:
+        return self._channel_receive
+
+    @channel_receive.setter
+    def channel_receive(self, receive: Any) -> None:
+        async def resilient() -> Any:
+            delay = 0.05
+            while True:
+                try:
+                    return await receive()
+                except (RedisError, OSError):
+                    log.warning("channel layer receive failed; retrying in %.2f s", delay, exc_info=delay == 0.05)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LAYER_RETRY_CAP_SECS)
+
+        self._channel_receive = resilient
+
     # --- socket lifecycle -------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -81,7 +105,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.counted = True
         token_id = self.scope.get("token_id")
         if token_id is not None:
-            await self.channel_layer.group_add(fanout.token_group(token_id), self.channel_name)
+            try:
+                await self.channel_layer.group_add(fanout.token_group(token_id), self.channel_name)
+            except (RedisError, OSError):
+                # Degrade, don't refuse: the token is valid now; revoking it still blocks every
+                # new handshake, only this socket would miss the live close.
+                log.warning("could not register socket for token revocation (Redis unavailable)")
         self.watchdog = asyncio.ensure_future(self._watch_heartbeat())
         await self.send_frame({
             "type": "hello",
@@ -178,14 +207,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.channel_layer.group_add(fanout.room_group(room.pk), self.channel_name)
         sub.ready = False  # live events queue in sub.pending until the snapshot is sent
         messages, has_more, recovered, high, last_seq = await db.join_snapshot(room, cmd)
-        presence = get_presence()
-        if first_join:
-            sub.presence_touched = time.monotonic()
-            if await presence.add(room.pk, self.channel_name, self.member):
-                count = len(await presence.members(room.pk))
-                await fanout.broadcast_presence(room_id=room.pk, room_slug=room.slug, event="join",
-                                                user=self.user, members=count, origin=self.channel_name)
-        members = await presence.members(room.pk)
+        members = await self._presence_join(room.pk, room.slug, first_join, sub)
         reply = {
             "type": "joined",
             "room": room_payload(room, last_seq=last_seq),
@@ -197,6 +219,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_frame(_with_ref(reply, ref))
         if sub.start(high, self._put):
             self._schedule_gap_fill(sub)
+
+    async def _presence_join(self, room_id: int, slug: str, first_join: bool, sub: Subscription) -> list[Any]:
+        """Record this socket as online in the room and return who is online.
+
+        Presence is best effort: if Redis is away, the join still succeeds (history and live
+        messages do not depend on it) and the member list shows only this user.
+        """
+        presence = get_presence()
+        try:
+            if first_join:
+                sub.presence_touched = time.monotonic()
+                if await presence.add(room_id, self.channel_name, self.member):
+                    count = len(await presence.members(room_id))
+                    await fanout.broadcast_presence(room_id=room_id, room_slug=slug, event="join",
+                                                    user=self.user, members=count, origin=self.channel_name)
+            return await presence.members(room_id)
+        except (RedisError, OSError):
+            log.warning("presence unavailable for room %s (Redis)", slug)
+            return [self.member]
 
     async def do_leave(self, cmd: protocol.Leave, ref: str | None) -> None:
         await self._unsubscribe(self._joined(cmd.room))
@@ -261,7 +302,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Heartbeats keep this socket's presence entries from expiring (chat/presence.py).
             if now - sub.presence_touched >= settings.PARLEY_HEARTBEAT_INTERVAL_SECS / 2:
                 sub.presence_touched = now
-                await presence.touch(sub.room_id, self.channel_name, self.member)
+                try:
+                    await presence.touch(sub.room_id, self.channel_name, self.member)
+                except (RedisError, OSError):
+                    log.warning("presence heartbeat failed (Redis unavailable)")
         await self.send_frame(_with_ref({"type": "pong"}, ref))
 
     _handlers = {
@@ -391,15 +435,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _unsubscribe(self, sub: Subscription) -> None:
         self.subs_by_id.pop(sub.room_id, None)
         self.subs_by_slug.pop(sub.slug, None)
-        if hub_enabled():
-            await get_hub().unsubscribe(sub.room_id, self)
-        else:
-            await self.channel_layer.group_discard(fanout.room_group(sub.room_id), self.channel_name)
-        presence = get_presence()
-        if await presence.remove(sub.room_id, self.channel_name, self.user.pk):
-            count = len(await presence.members(sub.room_id))
-            await fanout.broadcast_presence(room_id=sub.room_id, room_slug=sub.slug, event="leave",
-                                            user=self.user, members=count, origin=self.channel_name)
+        try:
+            if hub_enabled():
+                await get_hub().unsubscribe(sub.room_id, self)
+            else:
+                await self.channel_layer.group_discard(fanout.room_group(sub.room_id), self.channel_name)
+            presence = get_presence()
+            if await presence.remove(sub.room_id, self.channel_name, self.user.pk):
+                count = len(await presence.members(sub.room_id))
+                await fanout.broadcast_presence(room_id=sub.room_id, room_slug=sub.slug, event="leave",
+                                                user=self.user, members=count, origin=self.channel_name)
+        except (RedisError, OSError):
+            # The entry expires by itself (presence TTL); the room is left on this socket anyway.
+            log.warning("could not update presence/groups on leaving room %s (Redis)", sub.slug)
 
     # --- the socket itself ------------------------------------------------------------------
 

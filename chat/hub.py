@@ -80,7 +80,10 @@ class RedisHub(LocalHub):
         from redis.retry import Retry
 
         self._prefix = f"{prefix}:room:"
-        self._publisher = aioredis.Redis.from_url(url)
+        from chat.redis_options import redis_client_options
+
+        # The publisher retries through a Redis restart, so a committed message still goes out.
+        self._publisher = aioredis.Redis.from_url(url, **redis_client_options())
         # No silent internal retries on the subscriber: a reconnect must be seen, to resync.
         self._subscriber = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
         self._pubsub: Any = None

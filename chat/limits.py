@@ -57,10 +57,11 @@ HISTORY_PAGE_MAX = Limit("history page", "PARLEY_HISTORY_PAGE_MAX", 100, "messag
                          "largest join/history page")
 RESUME_MAX_GAP = Limit("resume window", "PARLEY_RESUME_MAX_GAP", 1000, "messages",
                        "largest gap a join replays; beyond it recovered=false")
-# A replay must fit one frame a client accepts (websockets' default max is 1 MiB) and the
+# A reply must fit one frame a client accepts (websockets' default max is 1 MiB) and the
 # socket's outbound budget.
-RESUME_MAX_BYTES = Limit("resume size", "PARLEY_RESUME_MAX_BYTES", 512 * 1024, "bytes",
-                         "largest replay a join sends (UTF-8 text); beyond it recovered=false")
+REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 512 * 1024, "bytes",
+                        "message text one joined/history reply carries; a resume beyond it is "
+                        "recovered=false, a page beyond it is cut short (has_more)")
 TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
                                "typing events relayed per socket and room at most this often")
 

@@ -85,7 +85,10 @@ class RedisPresence:
     def __init__(self, url: str, prefix: str) -> None:
         import redis.asyncio as aioredis
 
-        self._redis = aioredis.Redis.from_url(url, max_connections=settings.REDIS_MAX_CONNECTIONS)
+        from chat.redis_options import redis_client_options
+
+        self._redis = aioredis.Redis.from_url(url, max_connections=settings.REDIS_MAX_CONNECTIONS,
+                                              **redis_client_options())
         self._prefix = prefix
 
     def _key(self, room_id: int) -> str:

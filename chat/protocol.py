@@ -199,7 +199,7 @@ def _room(frame: dict[str, Any]) -> str:
 def _limit(frame: dict[str, Any]) -> int:
     page_max = settings.PARLEY_HISTORY_PAGE_MAX
     limit = _integer(frame, "limit", 1, page_max)
-    return settings.PARLEY_HISTORY_PAGE_DEFAULT if limit is None else min(limit, page_max)
+    return min(settings.PARLEY_HISTORY_PAGE_DEFAULT if limit is None else limit, page_max)
 
 
 def _parse_join(frame: dict[str, Any]) -> Join:

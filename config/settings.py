@@ -11,6 +11,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from chat.limits import ALL as PARLEY_LIMITS
+from chat.redis_options import redis_client_options
 from config.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -107,7 +108,8 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "max_connections": REDIS_MAX_CONNECTIONS}],
+                "hosts": [{"address": REDIS_URL, "max_connections": REDIS_MAX_CONNECTIONS,
+                           **redis_client_options()}],
                 "prefix": env_str("PARLEY_REDIS_PREFIX", "parley"),
                 "capacity": 1000,
                 "expiry": 60,

@@ -161,7 +161,7 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connec
     assert closed == {"type": "websocket.close", "code": 4413}
 
 
-@override_settings(PARLEY_RESUME_MAX_BYTES=3000)
+@override_settings(PARLEY_REPLY_MAX_BYTES=3000)
 async def test_a_resume_too_large_for_one_frame_is_not_recovered(connect):
     room = await make_room("lobby")
     writer = await connect(await make_user("writer"))
@@ -173,3 +173,20 @@ async def test_a_resume_too_large_for_one_frame_is_not_recovered(connect):
     assert too_big["recovered"] is False  # the client pages history instead
     fits = await reader.join("lobby", after_seq=2, epoch=room.epoch)
     assert fits["recovered"] is True and [m["seq"] for m in fits["messages"]] == [3, 4]
+
+
+@override_settings(PARLEY_REPLY_MAX_BYTES=3000)
+async def test_pages_are_cut_to_fit_one_frame(connect):
+    await make_room("lobby")
+    writer = await connect(await make_user("writer"))
+    await writer.join("lobby")
+    for i in range(5):
+        await writer.say("lobby", f"{i}" * 900)
+    reader = await connect(await make_user("reader"))
+    # ~1,100 bytes a message against 3,000: two fit. The newest are kept, has_more points on.
+    page = await reader.join("lobby")
+    assert [m["seq"] for m in page["messages"]] == [4, 5] and page["has_more"] is True
+    older = await reader.request({"type": "history", "room": "lobby", "before": 4})
+    assert [m["seq"] for m in older["messages"]] == [2, 3] and older["has_more"] is True
+    oldest = await reader.request({"type": "history", "room": "lobby", "before": 2})
+    assert [m["seq"] for m in oldest["messages"]] == [1] and oldest["has_more"] is False

@@ -400,7 +400,7 @@ def _bulk_messages(slug: str, username: str, n: int, text: str) -> None:
 async def test_resume_within_the_gap_limit_fits_the_outbound_budget(servers: Any) -> None:
     """A resume the server accepts (gap <= PARLEY_RESUME_MAX_GAP, default settings) must be
     deliverable. 1,000 legal messages of 3,990 'é' make a ~8 MB `joined` frame: more than
-    PARLEY_OUTBOUND_MAX_BYTES (4 MiB). Before 0d724e1 (PARLEY_RESUME_MAX_BYTES) the server
+    PARLEY_OUTBOUND_MAX_BYTES (4 MiB). Before 0d724e1 (now PARLEY_REPLY_MAX_BYTES) the server
     closed the socket with 4413 here, and the client's next resume (same after_seq, as
     protocol §7 says for 4413) ended the same way: the client could never rejoin the room.
     Now the reply is `recovered: false` (or fits), and the client pages history.

@@ -711,12 +711,13 @@ class ParleyClient:
         """Read missing seqs from history, oldest first, until nothing is held back."""
         await asyncio.sleep(delay)
         failures = 0
+        window = conn.history_page_max  # narrowed when the server cuts a page to fit one frame
         while not conn.closed and st.joined_on == conn.id and self._rooms.get(st.slug) is st:
             gap = st.gap()
             if gap is None:
                 return
             first_missing, first_pending = gap
-            before = min(first_pending, first_missing + conn.history_page_max)
+            before = min(first_pending, first_missing + window)
             st.stats.gap_fills += 1
             try:
                 reply = await self._request(conn, {"type": "history", "room": st.slug,
@@ -727,7 +728,12 @@ class ParleyClient:
                 failures += 1
                 await asyncio.sleep(_retry_delay(reply, failures))
                 continue
-            for message in reply["messages"]:
+            got = reply["messages"]
+            if got and got[0]["seq"] > first_missing and reply.get("has_more"):
+                # Cut short by PARLEY_REPLY_MAX_BYTES (protocol §3): ask for fewer, older ones.
+                window = max(1, len(got))
+                continue
+            for message in got:
                 self._deliver(st, st.offer(message))
             if st.high_seq < first_missing:
                 # The server has no such messages (it never skips seqs; see protocol §2).
