@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir", nargs="?", help="report: a results directory to re-render")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, shorter and fewer ramp steps")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
-    ap.add_argument("--ws", default="auto", help="uvicorn --ws for every server (auto = websockets)")
+    ap.add_argument("--ws", default="auto", help="uvicorn --ws for every server (auto = websockets-sansio, as scripts/serve)")
     ap.add_argument("--sansio", action="store_true", default=True,
                     help="also run Parley's fan-out under --ws websockets-sansio (default on)")
     ap.add_argument("--no-sansio", dest="sansio", action="store_false")

@@ -37,9 +37,17 @@ def free_port() -> int:
 
 
 def uvicorn_cmd(app: str, port: int, ws: str = "auto") -> list[str]:
+    """The server command for every target. "auto" is what scripts/serve runs: uvicorn's own
+    default WebSocket implementation (websockets-sansio in uvicorn 0.54) without deflate.
+
+    BENCH_SERVER=daphne runs every target under daphne instead, to compare ASGI servers."""
+    if os.environ.get("BENCH_SERVER") == "daphne":
+        return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--websocket-max-message-size",
+                "65536", app]
     cmd = [PY, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
-           "--no-access-log", "--ws-max-size", "65536", "--loop", "uvloop", "--http", "httptools"]
-    cmd += ["--ws", "websockets" if ws == "auto" else ws]
+           "--no-access-log", "--ws-max-size", "65536", "--loop", "uvloop", "--http", "httptools",
+           "--ws-per-message-deflate", "false"]
+    cmd += ["--ws", "websockets-sansio" if ws == "auto" else ws]
     return cmd
 
 
