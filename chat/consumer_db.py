@@ -43,16 +43,20 @@ def join_snapshot(room: Room, cmd: protocol.Join) -> tuple[list[Message], bool, 
     return messages, has_more, recovered, high, max(last_seq, high)
 
 
+def _message_bytes(message: Message) -> int:
+    """Roughly what one message adds to a reply frame: its text plus ~200 bytes of fields."""
+    return len(message.text.encode()) + 200
+
+
 def _reply_bytes(messages: list[Message]) -> int:
-    """Roughly what messages add to a reply frame: their texts plus ~200 bytes of fields each."""
-    return sum(len(m.text.encode()) + 200 for m in messages)
+    return sum(_message_bytes(m) for m in messages)
 
 
 def _fit(messages: list[Message], has_more: bool) -> tuple[list[Message], bool]:
     """Cut an ascending page from its oldest end to PARLEY_REPLY_MAX_BYTES (then has_more)."""
     budget, kept = settings.PARLEY_REPLY_MAX_BYTES, 0
     for message in reversed(messages):
-        budget -= len(message.text.encode()) + 200
+        budget -= _message_bytes(message)
         if budget < 0:
             break
         kept += 1

@@ -145,7 +145,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 _sockets_per_user.pop(self.user.pk, None)
         token_id = self.scope.get("token_id")
         if token_id is not None and self.user is not None:
-            await self.channel_layer.group_discard(fanout.token_group(token_id), self.channel_name)
+            try:
+                await self.channel_layer.group_discard(fanout.token_group(token_id), self.channel_name)
+            except (RedisError, OSError):
+                # As in connect(): Redis being away must not stop the rooms below being left
+                # (a socket left in the hub would be kept alive and fed forever).
+                log.warning("could not unregister socket from token revocation (Redis unavailable)")
         for sub in list(self.subs_by_id.values()):
             await self._unsubscribe(sub)
 
@@ -176,8 +181,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Queue one reply or event for this socket (chat.outbound bounds the queue)."""
-        if self.outbound is not None:
-            self.outbound.put(protocol.encode(frame))
+        self._put(*protocol.encode_sized(frame))
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -217,7 +221,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "recovered": recovered,
         }
         await self.send_frame(_with_ref(reply, ref))
-        if sub.start(high, self._put):
+        if sub.start(high, self.send_message):
             self._schedule_gap_fill(sub)
 
     async def _presence_join(self, room_id: int, slug: str, first_join: bool, sub: Subscription) -> list[Any]:
@@ -329,8 +333,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         Only chat.ordering calls it, in seq order; it queues the frame on the socket's bounded
         outbound queue, whose writer task puts it on the wire.
         """
-        if self.outbound is not None:
-            self.outbound.put(frame, size)
+        self._put(frame, size)
 
     async def chat_presence(self, event: dict[str, Any]) -> None:
         """Called when a user's first socket joins, or last socket leaves, a room this socket is in.
@@ -422,7 +425,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for message in missing:
             if message.seq == sub.high_seq + 1:  # live delivery may have moved on meanwhile
                 frame = {"type": "message", "room": sub.slug, "message": message_payload(message, room_slug=sub.slug)}
-                self.send_message(protocol.encode(frame))
+                self.send_message(*protocol.encode_sized(frame))
                 sub.high_seq = message.seq
         first = sub.first_pending()
         if up_to is not None and first is not None and first == up_to and sub.high_seq + 1 < first:

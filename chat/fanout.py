@@ -40,13 +40,13 @@ async def broadcast(room_id: int, event: dict[str, Any]) -> None:
 
 
 async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -> None:
-    frame = protocol.encode(
+    frame, size = protocol.encode_sized(
         {"type": "message", "room": room_slug, "message": message_payload(message, room_slug=room_slug)}
     )
     # seq travels beside the frame so each socket can order and de-duplicate without decoding it;
     # size so each socket can account its outbound bytes without encoding it again.
     await broadcast(room_id, {"type": "chat.message", "room_id": room_id, "seq": message.seq,
-                              "frame": frame, "size": len(frame.encode())})
+                              "frame": frame, "size": size})
 
 
 async def broadcast_presence(*, room_id: int, room_slug: str, event: str, user: Any, members: int,

@@ -79,6 +79,12 @@ def encode(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
 
 
+def encode_sized(frame: dict[str, Any]) -> tuple[str, int]:
+    """The frame's text and its UTF-8 size, which the outbound queue accounts (no re-encoding)."""
+    data = orjson.dumps(frame)
+    return data.decode(), len(data)
+
+
 # --- Commands -------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from chat import fanout
 from chat.models import ApiToken, Membership, Message, Room
-from chat.selectors import message_get_by_client_id, token_hash
+from chat.selectors import message_get_by_client_id, room_user_can_access, token_hash
 
 TOKEN_LAST_USED_RESOLUTION_SECS = 60  # don't write last_used_at on every request
 
@@ -92,8 +92,6 @@ def message_create_batch(*, items: list[tuple[Any, int, str, str | None]]) -> li
     or the exception it raised; one item failing (in its own savepoint) does not undo the others.
     If the transaction itself cannot commit, the error propagates and nothing is stored.
     """
-    from chat.selectors import room_user_can_access
-
     results: list[Any] = []
     with transaction.atomic():
         for author, room_id, text, client_id in items:
