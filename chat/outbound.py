@@ -1,11 +1,21 @@
-"""A socket's outbound queue: bounded in frames and bytes, drained by one writer task.
+"""A socket's outbound queue: bounded in frames and bytes, written at once while the client keeps up.
 
-Why: Channels writes to the socket inside the consumer's dispatch, so a client that stops reading
-stalls its consumer, its channel-layer queue fills, and every broadcast to it is silently dropped
-while its memory grows in the ASGI server. Here the consumer only appends to this queue (never
-blocks); the writer task feeds the socket as fast as the client reads; and a client that falls
-more than PARLEY_OUTBOUND_MAX_MESSAGES frames or PARLEY_OUTBOUND_MAX_BYTES behind is cut off
-(close 4413), as Centrifugo does, so the server's memory stays flat whatever clients do.
+Why a queue: Channels writes to the socket inside the consumer's dispatch, so a client that stops
+reading stalls its consumer, its channel-layer queue fills, and every broadcast to it is silently
+dropped while its memory grows in the ASGI server. Here the consumer only hands frames to this
+object (never blocks). A client that falls more than PARLEY_OUTBOUND_MAX_MESSAGES frames or
+PARLEY_OUTBOUND_MAX_BYTES behind is cut off (close 4413), as Centrifugo does, so the server's
+memory stays flat whatever clients do.
+
+Why "at once": uvicorn's (and the test communicator's) ASGI `send` for a WebSocket frame
+finishes without suspending unless the socket's transport is paused (its kernel buffer is full:
+the client reads slowly). So a frame is written by starting the send coroutine by hand and
+running it to its first suspension point, inside the hub's loop over the room's sockets, as a
+bare ASGI app's `await send(...)` loop would. Only when the send suspends (back-pressure) does a
+writer task take over: it finishes that send, then drains the frames queued behind it, and ends
+when the queue is empty. An earlier version woke one writer task per socket for every frame;
+that wake-up and the second trip through Channels' middleware wrappers cost a third of a
+broadcast (docs/benchmarks.md). Python 3.12's eager tasks do the same thing more generally.
 """
 
 from __future__ import annotations
@@ -13,28 +23,48 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from chat import limits
 
 log = logging.getLogger(__name__)
 
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
 _CLOSE = object()
+
+# The key under which RawSendMiddleware leaves the ASGI server's own `send` in the scope.
+RAW_SEND_KEY = "parley.raw_send"
+
+
+class RawSendMiddleware:
+    """Outermost WebSocket middleware: keeps the server's `send` in scope[RAW_SEND_KEY].
+
+    Channels' session middleware wraps `send` to save the session on HTTP responses; on a
+    WebSocket frame the wrapper does nothing but cost a few attribute lookups and a coroutine
+    per frame per socket. The outbound queue writes chat frames with the raw `send` instead
+    (the handshake, accept and close still go through the full stack).
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> Any:
+        return await self.application(dict(scope, **{RAW_SEND_KEY: send}), receive, send)
 
 
 class Outbound:
-    def __init__(self, write: Callable[[str], Awaitable[None]], close: Callable[[int], Awaitable[None]],
-                 on_overflow: Callable[[], None]) -> None:
-        self._write = write  # writes one text frame to the socket
+    def __init__(self, send: Send, close: Callable[[int], Awaitable[None]], on_overflow: Callable[[], None]) -> None:
+        self._send = send  # the ASGI send
         self._close = close  # closes the socket with a code
         self._on_overflow = on_overflow
         self._frames: deque[tuple[object, int]] = deque()
         self._bytes = 0
         self._max_frames = int(limits.OUTBOUND_MAX_MESSAGES.value)
         self._max_bytes = int(limits.OUTBOUND_MAX_BYTES.value)
-        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None  # only while the socket is behind
         self.closed = False
-        self._task = asyncio.ensure_future(self._run())
 
     @property
     def backlog(self) -> tuple[int, int]:
@@ -42,8 +72,14 @@ class Outbound:
         return len(self._frames), self._bytes
 
     def put(self, text: str, size: int | None = None) -> None:
-        """Queue one frame. `size` is its UTF-8 length when the caller knows it already."""
+        """Write one frame now, or queue it behind the ones still waiting.
+
+        `size` is its UTF-8 length when the caller knows it already.
+        """
         if self.closed:
+            return
+        if self._writer is None:
+            self._write_now(text)
             return
         size = len(text.encode()) if size is None else size
         self._frames.append((text, size))
@@ -54,35 +90,87 @@ class Outbound:
             self._bytes = 0
             self.closed = True
             self._on_overflow()
-            return
-        self._wakeup.set()
 
     def close_after_flush(self, code: int) -> None:
         """Close the socket once every frame queued so far is written (e.g. an error, then 4429)."""
-        if not self.closed:
-            self.closed = True
-            self._frames.append((_CLOSE, code))
-            self._wakeup.set()
+        if self.closed:
+            return
+        self.closed = True
+        self._frames.append((_CLOSE, code))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._drain())
 
     def stop(self) -> None:
-        """Stop the writer (the socket is gone)."""
+        """Stop writing (the socket is gone)."""
         self.closed = True
         self._frames.clear()
-        self._task.cancel()
+        self._bytes = 0
+        if self._writer is not None:
+            self._writer.cancel()
 
-    async def _run(self) -> None:
+    def _write_now(self, text: str) -> None:
+        coro = self._send({"type": "websocket.send", "text": text})
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while self._frames:
-                    item, size = self._frames.popleft()
-                    if item is _CLOSE:
-                        await self._close(size)
-                        return
-                    self._bytes -= size
-                    await self._write(item)  # type: ignore[arg-type]
+            waiting_on = coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return  # written: the common case
+        except Exception:
+            self._gone(coro)
+            return
+        # The server's send waits for the transport to drain: finish it, and what queues behind
+        # it, in a writer task.
+        self._writer = asyncio.ensure_future(self._drain(coro, waiting_on))
+
+    async def _drain(self, started: Coroutine[Any, Any, None] | None = None, waiting_on: Any = None) -> None:
+        try:
+            if started is not None:
+                await _finish(started, waiting_on)
+            while self._frames:
+                item, size = self._frames.popleft()
+                self._bytes -= size
+                if item is _CLOSE:
+                    self._frames.clear()
+                    await self._close(size)
+                    return
+                await self._send({"type": "websocket.send", "text": item})
         except asyncio.CancelledError:
             raise
-        except Exception:  # the socket went away under us; the consumer's disconnect cleans up
-            log.debug("outbound writer stopped", exc_info=True)
+        except Exception:
+            self._gone(None)
+        finally:
+            self._writer = None
+
+    def _gone(self, coro: Any) -> None:
+        # The socket went away under us; the consumer's disconnect() cleans up.
+        log.debug("outbound write failed: socket gone", exc_info=True)
+        if coro is not None:
+            coro.close()
+        self.closed = True
+        self._frames.clear()
+        self._bytes = 0
+
+
+async def _finish(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    """Run, inside the current task, a coroutine started by hand that suspended on `waiting_on`.
+
+    What a coroutine yields to asyncio is the future it waits for (or None for a bare yield):
+    wait for that here, then resume it, until it returns. Like asyncio's Task step, clear the
+    future's `_asyncio_future_blocking` flag first: awaiting a future that still has it set
+    raises "await wasn't used with future".
+    """
+    try:
+        while True:
+            try:
+                if waiting_on is None:
+                    await asyncio.sleep(0)
+                else:
+                    waiting_on._asyncio_future_blocking = False
+                    await waiting_on
+            except BaseException as exc:  # its future failed, or this task was cancelled
+                waiting_on = coro.throw(exc)
+                continue
+            waiting_on = coro.send(None)
+    except StopIteration:
+        return
+    finally:
+        coro.close()

@@ -1,6 +1,7 @@
 """ASGI entry point: Django for HTTP, the chat consumer for WebSockets.
 
 Run with `uvicorn config.asgi:application` (scripts/serve does). The WebSocket stack, outside in:
+RawSendMiddleware keeps the server's own send for chat frames (chat/outbound.py);
 HandshakeRateLimit refuses addresses that reconnect too fast; OriginGuard refuses foreign Origins; AuthMiddlewareStack resolves the session cookie;
 BearerTokenAuth resolves `Authorization: Bearer`; URLRouter picks the consumer.
 """
@@ -16,14 +17,17 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from chat.outbound import RawSendMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.ws_auth import BearerTokenAuth, HandshakeRateLimit, OriginGuard  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": HandshakeRateLimit(
-            OriginGuard(AuthMiddlewareStack(BearerTokenAuth(URLRouter(websocket_urlpatterns))))
+        "websocket": RawSendMiddleware(
+            HandshakeRateLimit(
+                OriginGuard(AuthMiddlewareStack(BearerTokenAuth(URLRouter(websocket_urlpatterns))))
+            )
         ),
     }
 )

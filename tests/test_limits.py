@@ -7,7 +7,6 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-import chat.consumers
 from chat import limits
 from chat.models import Message
 from config.asgi import application
@@ -136,21 +135,22 @@ async def test_handshake_rate_per_address(settings):
 
 
 @override_settings(PARLEY_OUTBOUND_MAX_MESSAGES=5)
-async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connect, monkeypatch):
+async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connect):
     await make_room("lobby")
     stuck = asyncio.Event()  # never set: the "network" of the slow socket never drains
-    original_write = chat.consumers.ChatConsumer._write
 
-    async def write(self, text):
-        if self.user.username == "slow":
-            await stuck.wait()
-        await original_write(self, text)
+    async def slow_network(scope, receive, send):
+        """The app behind a transport that stays paused: every frame's send waits forever."""
+        async def paused_send(message):
+            if message["type"] == "websocket.send":
+                await stuck.wait()
+            await send(message)
+        return await application(scope, receive, paused_send)
 
-    monkeypatch.setattr(chat.consumers.ChatConsumer, "_write", write)
     fast, slow = await connect(await make_user("fast")), None
     await fast.join("lobby")
     token = await make_token(await make_user("slow"))
-    slow = WebsocketCommunicator(application, "/ws/chat/",
+    slow = WebsocketCommunicator(slow_network, "/ws/chat/",
                                  headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN)])
     assert (await slow.connect())[0]
     await slow.send_json_to({"type": "join", "room": "lobby"})
