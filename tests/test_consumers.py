@@ -927,7 +927,7 @@ async def test_commit_failure_then_retry(connect, monkeypatch):
     def broken(**kwargs: Any) -> Any:
         raise DatabaseError("disk on fire")
 
-    monkeypatch.setattr(services, "message_create", broken)
+    monkeypatch.setattr(services, "message_create_batch", broken)
     err = await a.request({"type": "send", "room": "lobby", "text": "hi", "client_id": "retry-me"})
     assert (err["type"], err["code"], err["room"]) == ("error", "commit_failed", "lobby")
     assert await a.nothing()
@@ -954,7 +954,7 @@ async def test_unexpected_error_is_internal_error_and_keeps_the_socket(connect, 
     def broken(**kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(services, "message_create", broken)
+    monkeypatch.setattr(services, "message_create_batch", broken)
     err = await a.request({"type": "send", "room": "lobby", "text": "hi"})
     assert (err["type"], err["code"]) == ("error", "internal_error")
     await still_open(a)

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db import DatabaseError
+from django.db import DatabaseError, IntegrityError
 
 from chat import ingest, services
 from chat.models import Message
@@ -35,14 +35,20 @@ async def test_concurrent_sends_share_transactions_and_get_consecutive_seqs(monk
 
 
 async def test_one_failing_item_does_not_spoil_its_batch(monkeypatch):
+    """On the item-by-item path (taken when the batch hits a constraint), each item has its own
+    savepoint: one item's error is reported to its sender alone."""
     room, user = await make_room("lobby"), await make_user("ada")
     original = services.message_create
+
+    def conflict(items):
+        raise IntegrityError("a retry of one of these client_ids committed elsewhere")
 
     def flaky(*, room_id, author, text, client_id):
         if text == "bad":
             raise DatabaseError("disk says no")
         return original(room_id=room_id, author=author, text=text, client_id=client_id)
 
+    monkeypatch.setattr(services, "_messages_create_together", conflict)
     monkeypatch.setattr(services, "message_create", flaky)
     writer = ingest.MessageWriter()
     results = await asyncio.gather(

@@ -202,6 +202,106 @@ def test_failed_insert_does_not_burn_a_seq(monkeypatch):
     assert (message.seq, duplicate) == (1, False)
 
 
+# --- message_create_batch (group commit) ------------------------------------------------------
+
+@pytest.mark.django_db
+def test_batch_numbers_each_room_consecutively_in_item_order():
+    ada, bob = (services.user_create(username=n, password=PASSWORD) for n in ("ada", "bob"))
+    r1, r2 = services.room_create(slug="one", title="One"), services.room_create(slug="two", title="Two")
+    services.message_create(room_id=r2.pk, author=ada, text="earlier", client_id=None)
+    items = [(ada, r1.pk, "a", "c1"), (bob, r2.pk, "b", None), (bob, r1.pk, "c", "c1"), (ada, r2.pk, "d", "c2")]
+    results = services.message_create_batch(items=items)
+    assert [(m.room_id, m.seq, m.text, dup) for m, dup in results] == [
+        (r1.pk, 1, "a", False), (r2.pk, 2, "b", False), (r1.pk, 2, "c", False), (r2.pk, 3, "d", False),
+    ]
+    assert all(m.pk is not None and m.author.username in ("ada", "bob") for m, _ in results)
+    stored = Message.objects.filter(room=r1).order_by("seq").values_list("seq", "text", "author__username")
+    assert list(stored) == [(1, "a", "ada"), (2, "c", "bob")]
+    r1.refresh_from_db()
+    r2.refresh_from_db()
+    assert (r1.last_seq, r2.last_seq) == (2, 3)
+
+
+@pytest.mark.django_db
+def test_batch_returns_the_stored_message_for_a_retry_before_and_within_the_batch():
+    ada = services.user_create(username="ada", password=PASSWORD)
+    room = services.room_create(slug="r", title="R")
+    first, _ = services.message_create(room_id=room.pk, author=ada, text="once", client_id="old")
+    results = services.message_create_batch(items=[
+        (ada, room.pk, "once", "old"), (ada, room.pk, "new", "n1"), (ada, room.pk, "new", "n1"),
+    ])
+    (m0, d0), (m1, d1), (m2, d2) = results
+    assert (m0.pk, d0) == (first.pk, True)
+    assert (m1.seq, d1) == (2, False) and (m2.pk, m2.seq, d2) == (m1.pk, 2, True)
+    assert Message.objects.filter(room=room).count() == 2
+
+
+@pytest.mark.django_db
+def test_batch_refuses_rooms_the_author_may_not_use():
+    owner, outsider = (services.user_create(username=n, password=PASSWORD) for n in ("owner", "outsider"))
+    staff = services.user_create(username="staff", password=PASSWORD)
+    staff.is_staff = True
+    staff.save()
+    secret = services.room_create(slug="secret", title="S", owner=owner, is_private=True)
+    results = services.message_create_batch(items=[
+        (outsider, secret.pk, "let me in", None), (owner, secret.pk, "hi", None),
+        (staff, secret.pk, "moderating", None), (owner, 999_999, "nowhere", None),
+    ])
+    assert results[0] is None and results[3] is None
+    assert [(m.seq, m.text) for m, _ in results[1:3]] == [(1, "hi"), (2, "moderating")]
+
+
+@pytest.mark.django_db
+def test_batch_uses_a_fixed_number_of_queries(django_assert_max_num_queries):
+    users = [services.user_create(username=f"u{i}", password=PASSWORD) for i in range(20)]
+    rooms = [services.room_create(slug=f"r{i}", title="R") for i in range(2)]
+    items = [(users[i], rooms[i % 2].pk, f"m{i}", f"c{i}") for i in range(20)]
+    # savepoint + access (2) + idempotency lookup + 1 UPDATE per room + INSERT + release: not per message
+    with django_assert_max_num_queries(9):
+        results = services.message_create_batch(items=items)
+    assert sorted(m.seq for m, _ in results) == sorted(list(range(1, 11)) * 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_that_races_a_committed_retry_falls_back_and_reports_the_duplicate(monkeypatch):
+    """Another process commits a retry of one of the batch's client_ids after the batch looked it
+    up: the bulk INSERT hits the unique constraint, and the batch is redone item by item."""
+    ada = services.user_create(username="ada", password=PASSWORD)
+    room = services.room_create(slug="r", title="R")
+    theirs, _ = services.message_create(room_id=room.pk, author=ada, text="raced", client_id="dup")
+    lookup = services.messages_by_client_id
+    monkeypatch.setattr(services, "messages_by_client_id", lambda *, keys: {})  # the lookup ran too early
+    results = services.message_create_batch(items=[(ada, room.pk, "mine", "c1"), (ada, room.pk, "raced", "dup")])
+    monkeypatch.setattr(services, "messages_by_client_id", lookup)
+    (mine, mine_dup), (raced, raced_dup) = results
+    assert (mine.seq, mine_dup) == (2, False)
+    assert (raced.pk, raced.seq, raced_dup) == (theirs.pk, 1, True)
+    assert list(Message.objects.filter(room=room).order_by("seq").values_list("seq", flat=True)) == [1, 2]
+    room.refresh_from_db()
+    assert room.last_seq == 2  # the rolled-back batch burned no seq
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_over_the_same_rooms_get_disjoint_gapless_seqs():
+    users = [services.user_create(username=f"u{i}", password=PASSWORD) for i in range(6)]
+    rooms = [services.room_create(slug=f"r{i}", title="R") for i in range(3)]
+
+    def send(i: int) -> list[tuple[int, int]]:
+        out = []
+        for j in range(10):
+            # each thread walks the rooms in its own order: no deadlock, because rooms lock in id order
+            order = rooms if i % 2 else rooms[::-1]
+            items = [(users[i], r.pk, f"{i}/{j}", f"{i}/{j}/{r.pk}") for r in order]
+            out += [(m.room_id, m.seq) for m, _ in services.message_create_batch(items=items)]
+        return out
+
+    results = run_threads(len(users), send)
+    for room in rooms:
+        seqs = sorted(seq for r in results for room_id, seq in r if room_id == room.pk)
+        assert seqs == list(range(1, 61))
+        assert list(Message.objects.filter(room=room).order_by("seq").values_list("seq", flat=True)) == seqs
+
+
 def test_database_serialises_writers():
     """The seq lock needs IMMEDIATE transactions on SQLite; PostgreSQL locks the room row."""
     assert connection.vendor in ("sqlite", "postgresql")
