@@ -103,16 +103,24 @@ def message_get_by_client_id(*, room_id: int, author_id: int, client_id: str) ->
 
 
 def messages_by_client_id(*, keys: list[tuple[int, int, str]]) -> dict[tuple[int, int, str], Message]:
-    """Stored messages by (room id, author id, client_id), for the keys given (one query)."""
+    """Stored messages by (room id, author id, client_id), for the keys given.
+
+    One light query for the usual answer (no retries among them: no rows), and a second for
+    the full rows only when some are retries.
+    """
     if not keys:
         return {}
     wanted = set(keys)
-    rows = Message.objects.filter(
+    candidates = Message.objects.filter(
         room_id__in={k[0] for k in wanted}, author_id__in={k[1] for k in wanted},
         client_id__in={k[2] for k in wanted},
-    ).select_related("author")
-    found = {(m.room_id, m.author_id, m.client_id): m for m in rows}
-    return {key: message for key, message in found.items() if key in wanted}
+    )
+    hits = [pk for pk, *key in candidates.values_list("pk", "room_id", "author_id", "client_id")
+            if tuple(key) in wanted]
+    if not hits:
+        return {}
+    return {(m.room_id, m.author_id, m.client_id): m  # type: ignore[misc]
+            for m in Message.objects.filter(pk__in=hits).select_related("author")}
 
 
 def token_hash(raw: str) -> str:
