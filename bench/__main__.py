@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     fan_targets = ["parley", "parley-layer", "bare", "tutorial-memory", "tutorial-redis"]
     if args.sansio:
         fan_targets.insert(1, "parley@sansio")
+    if args.targets:
+        fan_targets = [t for t in fan_targets if t in args.targets.split(",")]
     est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30}
     progress = scenarios.Progress(sum(est[s] for s in only))
     pool = Pool(cfg.conn_workers + 1)
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir", nargs="?", help="report: a results directory to re-render")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, shorter and fewer ramp steps")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
+    ap.add_argument("--targets", help="fanout: comma-separated subset of the fan-out targets (e.g. parley,bare)")
     ap.add_argument("--ws", default="auto", help="uvicorn --ws for every server (auto = websockets-sansio, as scripts/serve)")
     ap.add_argument("--sansio", action="store_true", default=True,
                     help="also run Parley's fan-out under --ws websockets-sansio (default on)")

@@ -63,7 +63,9 @@ class Client(WSListener):  # type: ignore[misc]
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         if frame.msg_type != WSMsgType.TEXT:
             if frame.msg_type == WSMsgType.CLOSE:
-                transport.send_close(frame.get_close_code())
+                code = frame.get_close_code()
+                self.w.close_codes[int(code)] = self.w.close_codes.get(int(code), 0) + 1
+                transport.send_close(code)
                 transport.disconnect()
             return
         p = frame.get_payload_as_bytes()
@@ -149,6 +151,7 @@ class Worker:
         self.msg_frames = 0
         self.errors: list[str] = []
         self.n_errors = 0
+        self.close_codes: dict[int, int] = {}  # server-sent close frames by code
         self.room_seq: dict[str, int] = {}
         self.stop = asyncio.Event()
 
@@ -287,7 +290,7 @@ class Worker:
     async def cmd_stats(self) -> dict[str, Any]:
         return {"deliveries": len(self.lat), "acks": len(self.ack_lat), "msg_frames": self.msg_frames,
                 "clients": len(self.clients), "open": sum(1 for c in self.clients if not c.closed),
-                "n_errors": self.n_errors}
+                "n_errors": self.n_errors, "close_codes": dict(self.close_codes)}
 
     async def cmd_collect(self) -> dict[str, Any]:
         tracked = [c for c in self.clients if c.track]

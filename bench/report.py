@@ -107,8 +107,12 @@ def targets(res: dict[str, Any]) -> list[str]:
     if idle:
         kb = idle["rss_per_conn_kb"]
         full = idle["connections"] >= 10000
-        lines.append(target_line(f"idle ≤ 25 KB RSS/conn at 10,000 ({idle['connections']:,} measured)",
-                                 (kb <= 25) if full else None if kb <= 25 else False, f"{kb:.1f} KB/conn"))
+        # Memory per connection means nothing if the server dropped some of them meanwhile.
+        all_open = idle.get("open_after_settle", idle["connections"]) >= idle["connections"]
+        verdict = (kb <= 25 and all_open) if full else None if kb <= 25 and all_open else False
+        lines.append(target_line(f"idle ≤ 25 KB RSS/conn at 10,000 ({idle['connections']:,} measured)", verdict,
+                                 f"{kb:.1f} KB/conn, {idle.get('open_after_settle', '?'):,} still open, "
+                                 f"server closes {idle.get('close_codes') or 'none'}"))
     for r in res.get("ingest") or []:
         ok = r["best_acked_per_s"] >= 2000
         lines.append(target_line(f"ingest {r['target']} ≥ 2,000 msg/s at ack p99 ≤ 50 ms", ok,

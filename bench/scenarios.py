@@ -349,13 +349,17 @@ def idle(cfg: Config, pool: Pool, t: Target, progress: Progress, label: str) -> 
     rss1 = t.server.rss_bytes()
     stats = pool.all("stats", wids=wids)
     still_open = sum(s["open"] for s in stats) - warm
+    close_codes: dict[str, int] = {}
+    for s in stats:
+        for code, count in s.get("close_codes", {}).items():
+            close_codes[str(code)] = close_codes.get(str(code), 0) + count
     pool.all("close_all", wait=10.0)
     progress.tick()
     return {"target": label, "connections": n_ok, "open_after_settle": still_open,
             "connect_secs": connect_secs, "connects_per_s": n_ok / connect_secs if connect_secs else None,
             "rss_before_mb": rss0 / 2**20, "rss_after_mb": rss1 / 2**20,
             "rss_per_conn_kb": (rss1 - rss0) / max(1, n_ok) / 1024,
-            "errors": [e for r in c for e in r["errors"]][:5]}
+            "close_codes": close_codes, "errors": [e for r in c for e in r["errors"]][:5]}
 
 
 # --- 4: ingest ------------------------------------------------------------------------------

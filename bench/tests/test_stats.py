@@ -141,8 +141,10 @@ def test_idle_target_is_na_below_10000_connections_unless_it_already_misses():
     assert targets({"idle": [row]})[0].startswith("n/a")
     row["rss_per_conn_kb"] = 40.0
     assert targets({"idle": [row]})[0].startswith("MISS")
-    row.update(connections=10000, rss_per_conn_kb=24.9)
+    row.update(connections=10000, open_after_settle=10000, rss_per_conn_kb=24.9)
     assert targets({"idle": [row]})[0].startswith("PASS")
+    row.update(open_after_settle=3496, close_codes={"1011": 6504})  # memory of sockets since dropped
+    assert targets({"idle": [row]})[0].startswith("MISS")
 
 
 # --- py-spy summary -------------------------------------------------------------------------
