@@ -1,7 +1,7 @@
 """Handshake guards for the WebSocket side: rate, Origin checking and bearer-token authentication.
 
-Stack (config/asgi.py): HandshakeRateLimit → OriginGuard → AuthMiddlewareStack (session cookie)
-→ BearerTokenAuth.
+Stack (config/asgi.py): HandshakeRateLimit → OriginGuard → BearerTokenAuth, which resolves a
+bearer token itself and hands any other handshake to AuthMiddlewareStack (the session cookie).
 The consumer then refuses any handshake whose scope["user"] is not authenticated.
 """
 
@@ -101,21 +101,26 @@ def _token_user(raw: str) -> Any:
 class BearerTokenAuth:
     """Sets scope["user"] from a bearer token when the handshake carries one.
 
+    A handshake without a token goes to `fallback` (the session-cookie stack, for browsers).
+    One with a token skips it: it never uses a session, and resolving one cost a thread hop per
+    handshake on the database thread that a reconnect storm queues on (docs/benchmarks.md).
     A present but invalid token yields AnonymousUser — no fallback to the session cookie, so a
     client never silently runs as someone else than the token says.
     """
 
-    def __init__(self, application: Any) -> None:
+    def __init__(self, application: Any, fallback: Any = None) -> None:
         self.application = application
+        self.fallback = fallback if fallback is not None else application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         raw = bearer_token(scope)
-        if raw is not None:
-            found = await _token_user(raw)
-            scope = dict(scope)
-            if found is None:
-                log.warning("refused WebSocket handshake with an invalid token from %s", peer(scope))
-                scope["user"], scope["token_id"] = AnonymousUser(), None
-            else:
-                scope["user"], scope["token_id"] = found
+        if raw is None:
+            return await self.fallback(scope, receive, send)
+        found = await _token_user(raw)
+        scope = dict(scope)
+        if found is None:
+            log.warning("refused WebSocket handshake with an invalid token from %s", peer(scope))
+            scope["user"], scope["token_id"] = AnonymousUser(), None
+        else:
+            scope["user"], scope["token_id"] = found
         return await self.application(scope, receive, send)

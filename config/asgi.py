@@ -2,8 +2,9 @@
 
 Run with `uvicorn config.asgi:application` (scripts/serve does). The WebSocket stack, outside in:
 RawSendMiddleware keeps the server's own send for chat frames (chat/outbound.py);
-HandshakeRateLimit refuses addresses that reconnect too fast; OriginGuard refuses foreign Origins; AuthMiddlewareStack resolves the session cookie;
-BearerTokenAuth resolves `Authorization: Bearer`; URLRouter picks the consumer.
+HandshakeRateLimit refuses addresses that reconnect too fast; OriginGuard refuses foreign Origins;
+BearerTokenAuth resolves `Authorization: Bearer`, or hands the handshake to AuthMiddlewareStack,
+which resolves the session cookie; URLRouter picks the consumer.
 """
 
 import os
@@ -21,13 +22,12 @@ from chat.outbound import RawSendMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.ws_auth import BearerTokenAuth, HandshakeRateLimit, OriginGuard  # noqa: E402
 
+router = URLRouter(websocket_urlpatterns)
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": RawSendMiddleware(
-            HandshakeRateLimit(
-                OriginGuard(AuthMiddlewareStack(BearerTokenAuth(URLRouter(websocket_urlpatterns))))
-            )
+            HandshakeRateLimit(OriginGuard(BearerTokenAuth(router, fallback=AuthMiddlewareStack(router))))
         ),
     }
 )
