@@ -22,9 +22,13 @@ def load_room(user: Any, slug: str) -> Room | None:
 
 
 @database_sync_to_async
-def join_snapshot(room: Room, cmd: protocol.Join) -> tuple[list[Message], bool, bool | None, int, int]:
-    """(messages, has_more, recovered, high_seq, last_seq) for a join; read after subscribing."""
-    last_seq = Room.objects.values_list("last_seq", flat=True).get(pk=room.pk)
+def join_snapshot(user: Any, cmd: protocol.Join) -> tuple[Room, list[Message], bool, bool | None, int, int] | None:
+    """(room, messages, has_more, recovered, high_seq, last_seq) for a join, or None if the user
+    may not see the room. Read after subscribing (ChatConsumer.do_join)."""
+    room = selectors.room_get_visible(user=user, slug=cmd.room)
+    if room is None:
+        return None
+    last_seq = room.last_seq
     recovered: bool | None = None
     if cmd.after_seq is not None:
         gap = last_seq - cmd.after_seq
@@ -34,13 +38,13 @@ def join_snapshot(room: Room, cmd: protocol.Join) -> tuple[list[Message], bool, 
             messages = selectors.message_range(room_id=room.pk, after_seq=cmd.after_seq, limit=gap)
             if _reply_bytes(messages) <= settings.PARLEY_REPLY_MAX_BYTES:
                 high = max([cmd.after_seq] + [m.seq for m in messages])
-                return messages, cmd.after_seq > 0, True, high, max(last_seq, high)
+                return room, messages, cmd.after_seq > 0, True, high, max(last_seq, high)
         recovered = False
     messages, has_more = _fit(*selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit))
     # Not last_seq: a message committed after the page was read is still on its way to us as a
     # live event, and must not be dropped as "already seen".
     high = messages[-1].seq if messages else 0
-    return messages, has_more, recovered, high, max(last_seq, high)
+    return room, messages, has_more, recovered, high, max(last_seq, high)
 
 
 def _message_bytes(message: Message) -> int:

@@ -36,6 +36,9 @@ LAYER_RETRY_CAP_SECS = 2.0
 
 # Per-process state shared by this process's sockets (see chat/limits.py on "per process").
 _sockets_per_user: dict[int, int] = {}
+# Room slug → id, learnt from joins; a hint only (every join re-reads the room and checks access).
+_room_ids: dict[str, int] = {}
+ROOM_ID_CACHE_MAX = 100_000
 _user_message_buckets = limits.BucketMap(limits.MESSAGES_PER_SEC, limits.MESSAGES_BURST)
 
 
@@ -208,25 +211,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return sub
 
     async def do_join(self, cmd: protocol.Join, ref: str | None) -> None:
-        room = await db.load_room(self.user, cmd.room)
-        if room is None:
+        for _attempt in range(2):
+            sub = self.subs_by_slug.get(cmd.room)
+            first_join = sub is None
+            if sub is None:
+                sub = await self._subscribe(cmd.room)
+            sub.ready = False  # live events queue in sub.pending until the snapshot is sent
+            # Read after subscribing: whatever commits after the read is then certain to arrive
+            # live, and whatever the read saw is dropped by seq when it arrives. The same hop
+            # checks that the user may see the room.
+            found = await db.join_snapshot(self.user, cmd)
+            if found is not None and found[0].pk == sub.room_id:
+                break
+            await self._unsubscribe(sub)
+            if found is None:  # no such room, or not for this user (any more)
+                raise _room_not_found(cmd.room)
+            _room_ids[cmd.room] = found[0].pk  # the slug names another room now (re-created)
+        else:
             raise _room_not_found(cmd.room)
-        sub = self.subs_by_id.get(room.pk)
-        first_join = sub is None
-        if sub is None:
-            if len(self.subs_by_id) >= limits.MAX_ROOMS_PER_SOCKET.value:
-                raise ProtocolError(protocol.TOO_MANY_ROOMS, f"a socket may join at most "
-                                    f"{int(limits.MAX_ROOMS_PER_SOCKET.value)} rooms", room=cmd.room)
-            sub = Subscription(room_id=room.pk, slug=room.slug)
-            self.subs_by_id[room.pk] = self.subs_by_slug[room.slug] = sub
-            # Subscribe before reading the log: whatever commits after the read is then certain to
-            # arrive live, and whatever the read saw is dropped by seq when it arrives.
-            if hub_enabled():
-                await get_hub().subscribe(room.pk, self)
-            else:
-                await self.channel_layer.group_add(fanout.room_group(room.pk), self.channel_name)
-        sub.ready = False  # live events queue in sub.pending until the snapshot is sent
-        messages, has_more, recovered, high, last_seq = await db.join_snapshot(room, cmd)
+        room, messages, has_more, recovered, high, last_seq = found
         members = await self._presence_join(room.pk, room.slug, first_join, sub)
         reply = {
             "type": "joined",
@@ -239,6 +242,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_frame(_with_ref(reply, ref))
         if sub.start(high, self.send_message):
             self._schedule_gap_fill(sub)
+
+    async def _subscribe(self, slug: str) -> Subscription:
+        """Start receiving the room's live events on this socket (before its log is read).
+
+        The room's id comes from this process's slug → id map when an earlier join learnt it, so
+        a join usually costs one database hop (the snapshot, which also checks access), not two.
+        """
+        room_id = _room_ids.get(slug)
+        if room_id is None:
+            room = await db.load_room(self.user, slug)
+            if room is None:
+                raise _room_not_found(slug)
+            if len(_room_ids) >= ROOM_ID_CACHE_MAX:
+                _room_ids.clear()
+            room_id = _room_ids[slug] = room.pk
+        if len(self.subs_by_id) >= limits.MAX_ROOMS_PER_SOCKET.value:
+            raise ProtocolError(protocol.TOO_MANY_ROOMS, f"a socket may join at most "
+                                f"{int(limits.MAX_ROOMS_PER_SOCKET.value)} rooms", room=slug)
+        sub = Subscription(room_id=room_id, slug=slug)
+        self.subs_by_id[room_id] = self.subs_by_slug[slug] = sub
+        if hub_enabled():
+            await get_hub().subscribe(room_id, self)
+        else:
+            await self.channel_layer.group_add(fanout.room_group(room_id), self.channel_name)
+        return sub
 
     async def _presence_join(self, room_id: int, slug: str, first_join: bool, sub: Subscription) -> list[Any]:
         """Record this socket as online in the room and return who is online.
@@ -399,12 +427,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.outbound is not None:
             self.outbound.put(frame, size)
 
+    # Presence and typing go only to sockets whose join completed (sub.ready): a join subscribes
+    # before it checks access, so a socket refused a private room must not see its events
+    # meanwhile; the joined reply carries the member list as of after the subscription anyway.
     def _relay_presence(self, event: dict[str, Any]) -> None:
-        if event["room_id"] in self.subs_by_id and event["origin"] != self.channel_name:
+        sub = self.subs_by_id.get(event["room_id"])
+        if sub is not None and sub.ready and event["origin"] != self.channel_name:
             self._put(event["frame"])
 
     def _relay_typing(self, event: dict[str, Any]) -> None:
-        if event["room_id"] in self.subs_by_id and event["user_id"] != self.user.pk:
+        sub = self.subs_by_id.get(event["room_id"])
+        if sub is not None and sub.ready and event["user_id"] != self.user.pk:
             self._put(event["frame"])
 
     def _deliver(self, event: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
+import chat.consumer_db
 import chat.consumers
 from chat import fanout, services
 from chat.models import Membership, Message, Room
@@ -532,6 +533,69 @@ async def test_private_room_member_can_join(connect):
     await b.join("secret")
     ack = await b.say("secret", "hi")
     assert ack["seq"] == 1
+
+
+async def test_a_refused_join_of_a_known_private_room_leaks_no_events(connect, monkeypatch):
+    """The owner's join taught the process the room's id, so eve's join subscribes before the
+    access check: nothing of the room may reach her meanwhile, and she is left unsubscribed."""
+    owner, eve = await make_user("owner"), await make_user("eve")
+    room = await make_room("secret", owner=owner, private=True)
+    o = await connect(owner)
+    await o.join("secret")
+    assert chat.consumers._room_ids["secret"] == room.pk
+    e = await connect(eve)
+    snapshot = chat.consumer_db.join_snapshot
+
+    async def slow_snapshot(user: Any, cmd: Any) -> Any:
+        # while eve's join waits on the database, the room is busy
+        await o.send({"type": "typing", "room": "secret"})
+        await o.say("secret", "for members only")
+        await asyncio.sleep(0.1)
+        return await snapshot(user, cmd)
+
+    monkeypatch.setattr(chat.consumer_db, "join_snapshot", slow_snapshot)
+    err = await e.request({"type": "join", "room": "secret"})
+    assert (err["type"], err["code"]) == ("error", "room_not_found")
+    monkeypatch.undo()
+    await o.say("secret", "still private")
+    for kind in ("typing", "message", "presence"):
+        assert await e.nothing(kind)
+    await still_open(e)
+
+
+async def test_a_join_learns_a_recreated_room(connect):
+    """A room deleted and made again under the same slug has a new id: a join with the old id
+    learnt by this process still ends in the new room, with its new epoch."""
+    ada = await make_user("ada")
+    old = await make_room("phoenix")
+    a = await connect(ada)
+    first = await a.join("phoenix")
+    await a.request({"type": "leave", "room": "phoenix"})
+    old_pk = old.pk
+    await database_sync_to_async(old.delete)()
+    new = await make_room("phoenix")
+    assert chat.consumers._room_ids["phoenix"] == old_pk != new.pk
+    b = await connect(ada)
+    again = await b.join("phoenix")
+    assert again["room"]["epoch"] == new.epoch != first["room"]["epoch"]
+    ack = await b.say("phoenix", "reborn")
+    assert ack["seq"] == 1 and seqs(await b.messages(1)) == [1]
+
+
+async def test_a_second_join_of_a_room_costs_one_database_hop(connect, monkeypatch):
+    await make_room("lobby")
+    a, b = await connect(await make_user("ada")), await connect(await make_user("bob"))
+    await a.join("lobby")
+    lookups = []
+    load_room = chat.consumer_db.load_room
+
+    async def counting(user: Any, slug: str) -> Any:
+        lookups.append(slug)
+        return await load_room(user, slug)
+
+    monkeypatch.setattr(chat.consumer_db, "load_room", counting)
+    await b.join("lobby")
+    assert lookups == []  # the snapshot hop alone checked access and read the room
 
 
 REMOVED_FRAMES = [
