@@ -85,23 +85,26 @@ async def test_dropped_sockets_mid_stream_lose_and_double_nothing(servers: Any) 
     per_client = 30
     aborts = 0
 
-    async def chaos(stop: asyncio.Event) -> None:
+    async def chaos() -> None:
+        # Breaks connections until it has broken 8 (or 30 s passed); the streams keep sending
+        # until then. It used to run beside a fixed number of sends, which faster group commit
+        # finished before 5 connections had been broken.
         nonlocal aborts
         rng = random.Random(7)
-        while not stop.is_set():
+        deadline = asyncio.get_running_loop().time() + 30
+        while aborts < 8 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(rng.uniform(0.05, 0.2))
             client, _ = rng.choice(members)
             if client.connected:
                 client.abort_connection()  # TCP gone, no close frame: as if the network broke
                 aborts += 1
 
-    stop = asyncio.Event()
-    chaos_task = asyncio.create_task(chaos(stop))
-    results = await asyncio.gather(*(send_stream(c, f"{i}", per_client) for i, (c, _) in enumerate(members)))
-    stop.set()
+    chaos_task = asyncio.create_task(chaos())
+    results = await asyncio.gather(*(send_stream(c, f"{i}", per_client, until=chaos_task)
+                                     for i, (c, _) in enumerate(members)))
     await chaos_task
     acks = [a for r in results for a in r]
-    await settle(members, 3 * per_client)
+    await settle(members, len(acks))
     db = server.all_messages(ROOM, tokens[0])
     assert_exactly_once(ROOM, acks, db, [c for _, c in members])
     assert aborts >= 5, "the chaos task did not break enough connections to mean anything"
