@@ -529,6 +529,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         log.info("closing a silent socket of user %s after %.0f s", self.user.pk, idle)
         asyncio.ensure_future(self.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT))
 
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000 + 0.999))
 
