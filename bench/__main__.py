@@ -90,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     cmdline = "scripts/bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     res: dict[str, Any] = {"command": cmdline.strip(), "started": stamp, "quick": args.quick, "ws": args.ws,
                            "machine": machine(), "server_revision": server_revision(), "config": {k: str(v) for k, v in vars(cfg).items()}}
-    fan_targets = ["parley", "parley-layer", "bare", "tutorial-memory", "tutorial-redis"]
-    if args.sansio:
-        fan_targets.insert(1, "parley@sansio")
+    fan_targets = ["parley", "parley-asgi", "parley-layer", "bare", "tutorial-memory", "tutorial-redis"]
     if args.targets:
         fan_targets = [t for t in fan_targets if t in args.targets.split(",")]
     est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30}
@@ -282,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
     ap.add_argument("--targets", help="fanout: comma-separated subset of the fan-out targets (e.g. parley,bare)")
     ap.add_argument("--ws", default="auto", help="uvicorn --ws for every server (auto = websockets-sansio, as scripts/serve)")
-    ap.add_argument("--sansio", action="store_true", default=True,
-                    help="also run Parley's fan-out under --ws websockets-sansio (default on)")
-    ap.add_argument("--no-sansio", dest="sansio", action="store_false")
+    # --no-sansio chose, before uvicorn's default became websockets-sansio, whether to add a
+    # "parley@sansio" fan-out row; it is accepted (and ignored) so older commands still run.
+    ap.add_argument("--no-sansio", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help="results directory (default bench/results/<timestamp>)")
     ap.add_argument("--rate", type=float, default=30.0, help="profile: messages/s into the 1,000-socket room")
     ap.add_argument("--seconds", type=int, default=10, help="profile: py-spy duration per recording")

@@ -136,13 +136,15 @@ class Target:
 @contextlib.contextmanager
 def target(cfg: Config, name: str, *, users: int = 0, rooms: list[str] | int = 0, db: str = "sqlite",
            nproc: int = 1, ws: str | None = None) -> Iterator[Target]:
-    """name: parley | parley-redis | parley-layer | bare | tutorial-memory | tutorial-redis.
+    """name: parley | parley-asgi | parley-redis | parley-layer | bare | tutorial-memory | tutorial-redis.
 
-    parley-layer is Parley with PARLEY_FANOUT=layer: broadcasts through the stock channel layer
-    (group_send) instead of the per-process hub, for comparison."""
+    parley-asgi is Parley with PARLEY_PREPARED_FRAMES=0: every frame through the ASGI send, as
+    the bare app's go (chat/wire.py). parley-layer is Parley with PARLEY_FANOUT=layer: broadcasts
+    through the stock channel layer (group_send) instead of the per-process hub."""
     ws = ws or cfg.ws
     if name.startswith("parley"):
-        extra = {"PARLEY_FANOUT": "layer"} if name == "parley-layer" else None
+        extra = {"parley-layer": {"PARLEY_FANOUT": "layer"},
+                 "parley-asgi": {"PARLEY_PREPARED_FRAMES": "0"}}.get(name)
         env = servers.ParleyEnv(cfg.workdir, db=db, redis=name == "parley-redis", extra_env=extra)
         try:
             minted = env.mint(users, rooms)

@@ -16,6 +16,10 @@ writer task take over: it finishes that send, then drains the frames queued behi
 when the queue is empty. An earlier version woke one writer task per socket for every frame;
 that wake-up and the second trip through Channels' middleware wrappers cost a third of a
 broadcast (docs/benchmarks.md). Python 3.12's eager tasks do the same thing more generally.
+
+Under uvicorn's websockets-sansio (scripts/serve) a frame that can go out at once skips the ASGI
+send altogether: chat.wire writes the broadcast's frame bytes, framed once for all recipients,
+to the transport. Everything else here (the queue, the writer task, close) is unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from chat import limits
+from chat import limits, wire
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ class Outbound:
         self._max_frames = int(limits.OUTBOUND_MAX_MESSAGES.value)
         self._max_bytes = int(limits.OUTBOUND_MAX_BYTES.value)
         self._writer: asyncio.Task[None] | None = None  # only while the socket is behind
+        # uvicorn websockets-sansio: write prepared frame bytes directly (chat.wire), else None.
+        self._direct = wire.direct_writer(send)
         self.closed = False
 
     @property
@@ -109,11 +115,14 @@ class Outbound:
             self._writer.cancel()
 
     def _write_now(self, text: str) -> None:
+        direct = self._direct
+        if direct is not None and direct.write(text):
+            return  # written: the common case under scripts/serve
         coro = self._send({"type": "websocket.send", "text": text})
         try:
             waiting_on = coro.send(None)  # type: ignore[attr-defined]
         except StopIteration:
-            return  # written: the common case
+            return  # written: the common case through an ASGI send
         except Exception:
             self._gone(coro)
             return

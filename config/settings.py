@@ -161,6 +161,9 @@ PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
 PARLEY_FANOUT = env_str("PARLEY_FANOUT", "hub")
 if PARLEY_FANOUT not in ("hub", "layer"):
     raise ImproperlyConfigured(f"PARLEY_FANOUT={PARLEY_FANOUT!r}: use 'hub' or 'layer'")
+# Write each broadcast's frame bytes, framed once, straight to uvicorn's websockets-sansio
+# connections (chat/wire.py); off: every frame goes through the ASGI send.
+PARLEY_PREPARED_FRAMES = env_bool("PARLEY_PREPARED_FRAMES", True)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,178 @@
+"""chat.wire: broadcasts framed once and written straight to uvicorn's websockets-sansio sockets.
+
+The unit tests pin the frame bytes to what websockets itself writes; the server tests run the
+real config.asgi.application under an in-process uvicorn (websockets-sansio, as scripts/serve)
+and a real WebSocket client, and count which path each frame took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from websockets.frames import Opcode
+from websockets.protocol import SERVER, Protocol
+
+from chat import fanout, protocol, wire
+from tests.conftest import make_room, make_token, make_user
+from tests.support.inprocess import *  # noqa: F403  (the `server` fixture)
+from tests.support.inprocess import open_and_join
+
+
+def websockets_writes(text: str) -> bytes:
+    """What websockets' own server-side protocol writes for send_text (uvicorn calls it)."""
+    proto = Protocol(SERVER)
+    proto.send_text(text.encode())
+    return b"".join(proto.data_to_send())
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_a_text_frame_is_the_bytes_websockets_would_write(length):
+    text = ("é" * length)[:length]  # two UTF-8 bytes per char: crosses the length encodings
+    assert wire.text_frame(text) == websockets_writes(text)
+    assert wire.text_frame(text)[0] == 0x80 | Opcode.TEXT.value  # FIN, text, unmasked
+
+
+def test_a_broadcast_is_framed_once_for_all_its_recipients():
+    text = json.dumps({"type": "message", "n": 1})
+    first = wire.prepared(text)
+    assert wire.prepared(text) is first  # the same str object: the cached bytes
+    other = "".join(["{", text[1:]])  # equal, but another object: framed again, same bytes
+    assert other is not text and wire.prepared(other) == first
+    assert wire.prepared("x") == websockets_writes("x")
+
+
+async def test_only_uvicorns_sansio_send_gets_a_direct_writer():
+    async def asgi_send(message: dict[str, Any]) -> None:
+        pass
+
+    assert wire.direct_writer(asgi_send) is None  # e.g. the test communicator, daphne
+
+    class NotUvicorn:
+        async def send(self, message: dict[str, Any]) -> None:
+            pass
+
+    assert wire.direct_writer(NotUvicorn().send) is None
+
+
+# --- a real uvicorn in this event loop ---------------------------------------------------------
+
+class PathCounter:
+    """Counts DirectWriter.write results: True = written directly, False = left to the ASGI send."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.direct = 0
+        self.fallback = 0
+        original = wire.DirectWriter.write
+
+        def counting(writer: wire.DirectWriter, text: str) -> bool:
+            ok = original(writer, text)
+            if ok:
+                self.direct += 1
+            else:
+                self.fallback += 1
+            return ok
+
+        monkeypatch.setattr(wire.DirectWriter, "write", counting)
+
+
+async def frames_until(ws: Any, kind: str, count: int) -> list[dict[str, Any]]:
+    got = []
+    while len(got) < count:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if frame["type"] == kind:
+            got.append(frame)
+    return got
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_broadcasts_reach_every_socket_written_directly(server, monkeypatch):
+    paths = PathCounter(monkeypatch)
+    alice = await make_user("alice")
+    room = await make_room("lobby", owner=alice)
+    token = await make_token(alice)
+    sockets = [await open_and_join(server, token, "lobby") for _ in range(3)]
+    try:
+        await sockets[0].send(json.dumps({"type": "send", "ref": "s", "room": "lobby", "text": "héllo 👋"}))
+        for ws in sockets:
+            (frame,) = await frames_until(ws, "message", 1)
+            assert frame["message"]["text"] == "héllo 👋" and frame["room"] == room.slug
+        assert paths.direct >= 3 and paths.fallback == 0
+    finally:
+        for ws in sockets:
+            await ws.close()
+
+
+async def publish_fake(room: Any, seq: int, text: str) -> None:
+    """A room message event as chat.fanout builds it, without the database (any size)."""
+    frame, size = protocol.encode_sized(
+        {"type": "message", "room": room.slug, "message": {"seq": seq, "text": text, "fake": True}})
+    await fanout.broadcast(room.pk, {"type": "chat.message", "room_id": room.pk, "seq": seq,
+                                     "frame": frame, "size": size})
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.mark.django_db(transaction=True)
+# The backlog this test builds on purpose must not trip the slow-reader cut-off (4413).
+@override_settings(PARLEY_OUTBOUND_MAX_BYTES=256 * 2**20, PARLEY_OUTBOUND_MAX_MESSAGES=100_000)
+async def test_a_slow_reader_falls_back_to_the_asgi_send_and_still_gets_every_frame_in_order(server, monkeypatch):
+    """The client stops reading: the server's transport pauses, DirectWriter declines, the
+    outbound queue's writer task takes over through the ASGI send; when the client reads again
+    the direct path resumes. Nothing is lost, doubled or reordered across the switches."""
+    paths = PathCounter(monkeypatch)
+    alice = await make_user("alice")
+    room = await make_room("lobby", owner=alice)
+    token = await make_token(alice)
+    # A small receive buffer and max_queue=1: the client stops reading the TCP socket as soon as
+    # one frame waits unread, and the kernel holds little for it; the server's transport pauses.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect(("127.0.0.1", int(server.split(":")[2].split("/")[0])))
+    ws = await open_and_join(server, token, "lobby", max_queue=1, max_size=2**20, sock=sock)
+    try:
+        seq = 0
+        while paths.fallback == 0 and seq < 1000:  # up to 60 MB; a few MB pause it
+            for _ in range(20):
+                seq += 1
+                await publish_fake(room, seq, f"{seq:05d} " + "x" * 60_000)
+            await eventually(lambda sent=seq: paths.direct + paths.fallback >= sent - 20, timeout=5)
+        assert paths.fallback >= 1, "the transport never paused"
+        got = await frames_until(ws, "message", seq)
+        assert [f["message"]["seq"] for f in got] == list(range(1, seq + 1))
+        assert all(f["message"]["text"].startswith(f"{f['message']['seq']:05d} ") for f in got)
+        direct_before = paths.direct
+        await publish_fake(room, seq + 1, "after")
+        (frame,) = await frames_until(ws, "message", 1)
+        assert frame["message"]["seq"] == seq + 1
+        assert paths.direct == direct_before + 1  # caught up: written directly again
+    finally:
+        await ws.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(PARLEY_PREPARED_FRAMES=False)
+async def test_prepared_frames_off_sends_everything_through_asgi(server, monkeypatch):
+    paths = PathCounter(monkeypatch)
+    alice = await make_user("alice")
+    await make_room("lobby", owner=alice)
+    token = await make_token(alice)
+    ws = await open_and_join(server, token, "lobby")
+    try:
+        await ws.send(json.dumps({"type": "send", "ref": "s", "room": "lobby", "text": "hi"}))
+        (frame,) = await frames_until(ws, "message", 1)
+        assert frame["message"]["text"] == "hi"
+        assert paths.direct == paths.fallback == 0
+    finally:
+        await ws.close()
