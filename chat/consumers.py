@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.layers import DEFAULT_CHANNEL_LAYER
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -52,8 +54,18 @@ def _room_not_found(slug: str) -> ProtocolError:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    # With the hub (the default) nothing reaches a socket through the channel layer — rooms and
+    # token revocation both go through chat.hub — so the socket gets no channel: Channels then
+    # runs one receive task per socket instead of two and keeps no per-socket queue (idle
+    # memory, docs/benchmarks.md). `channel_name` stays a unique id of the socket (presence).
+    # With PARLEY_FANOUT=layer every socket has its channel, as in stock Channels.
+    @property  # type: ignore[override]
+    def channel_layer_alias(self) -> str | None:
+        return None if hub_enabled() else DEFAULT_CHANNEL_LAYER
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.channel_name = f"hub.{uuid.uuid4().hex}"  # replaced by the layer's channel if any
         self.user: Any = None
         self.subs_by_id: dict[int, Subscription] = {}
         self.subs_by_slug: dict[str, Subscription] = {}
@@ -112,7 +124,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         token_id = self.scope.get("token_id")
         if token_id is not None:
             try:
-                await self.channel_layer.group_add(fanout.token_group(token_id), self.channel_name)
+                if hub_enabled():
+                    await get_hub().watch_token(token_id, self)
+                else:
+                    await self.channel_layer.group_add(fanout.token_group(token_id), self.channel_name)
             except (RedisError, OSError):
                 # Degrade, don't refuse: the token is valid now; revoking it still blocks every
                 # new handshake, only this socket would miss the live close.
@@ -152,7 +167,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         token_id = self.scope.get("token_id")
         if token_id is not None and self.user is not None:
             try:
-                await self.channel_layer.group_discard(fanout.token_group(token_id), self.channel_name)
+                if hub_enabled():
+                    get_hub().unwatch_token(token_id, self)
+                else:
+                    await self.channel_layer.group_discard(fanout.token_group(token_id), self.channel_name)
             except (RedisError, OSError):
                 # As in connect(): Redis being away must not stop the rooms below being left
                 # (a socket left in the hub would be kept alive and fed forever).
@@ -420,6 +438,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         sub = self.subs_by_id.get(room_id)
         if sub is not None and sub.ready:
             asyncio.ensure_future(self._fill_gap(sub, up_to=None))
+
+    def hub_token_revoked(self) -> None:
+        """Called by chat.hub when the API token this socket was opened with is revoked."""
+        asyncio.ensure_future(self.auth_revoked({"type": "auth.revoked"}))
 
     # --- delivery ---------------------------------------------------------------------------
 

@@ -69,5 +69,12 @@ async def broadcast_removed(*, room_id: int, user_id: int) -> None:
 
 
 async def close_token_sockets(*, token_id: int) -> None:
-    """Not a room broadcast: a control message to the sockets opened with a revoked token."""
-    await get_channel_layer().group_send(token_group(token_id), {"type": "auth.revoked"})
+    """Not a room broadcast: a control message to the sockets opened with a revoked token.
+
+    Through the hub (its control channel on Redis) by default; through a channel-layer group
+    per token with PARLEY_FANOUT=layer, where every socket has a channel anyway.
+    """
+    if hub_enabled():
+        await get_hub().revoke_token(token_id)
+    else:
+        await get_channel_layer().group_send(token_group(token_id), {"type": "auth.revoked"})

@@ -38,12 +38,22 @@ class Receiver(Protocol):
     def hub_resync(self, room_id: int) -> None:
         """Events of this room may have been lost: catch up from the database."""
 
+    def hub_token_revoked(self) -> None:
+        """The API token this socket was opened with was revoked (close it)."""
+
 
 class LocalHub:
-    """One process's rooms → local receivers. Used alone without Redis."""
+    """One process's rooms → local receivers. Used alone without Redis.
+
+    It also knows which local sockets were opened with which API token, so that revoking a token
+    closes them (`revoke_token`). That used to be a channel-layer group per token, which gave
+    every socket a channel of its own — a queue, a receive task and, on Redis, a blocking pop
+    shared through channels_redis's receive lock — for an event that almost never happens.
+    """
 
     def __init__(self) -> None:
         self.rooms: dict[int, set[Receiver]] = {}
+        self.token_sockets: dict[int, set[Receiver]] = {}
 
     async def subscribe(self, room_id: int, receiver: Receiver) -> None:
         self.rooms.setdefault(room_id, set()).add(receiver)
@@ -58,6 +68,27 @@ class LocalHub:
 
     async def _room_emptied(self, room_id: int) -> None:
         pass
+
+    async def watch_token(self, token_id: int, receiver: Receiver) -> None:
+        self.token_sockets.setdefault(token_id, set()).add(receiver)
+
+    def unwatch_token(self, token_id: int, receiver: Receiver) -> None:
+        sockets = self.token_sockets.get(token_id)
+        if sockets is not None:
+            sockets.discard(receiver)
+            if not sockets:
+                del self.token_sockets[token_id]
+
+    async def revoke_token(self, token_id: int) -> None:
+        """Close the sockets opened with this token, in every process."""
+        self.close_token_sockets(token_id)
+
+    def close_token_sockets(self, token_id: int) -> None:
+        for receiver in tuple(self.token_sockets.pop(token_id, ())):
+            try:
+                receiver.hub_token_revoked()
+            except Exception:
+                log.exception("closing a socket of a revoked token failed")
 
     async def publish(self, room_id: int, event: dict[str, Any]) -> None:
         self.deliver(room_id, event)
@@ -80,6 +111,8 @@ class RedisHub(LocalHub):
         from redis.retry import Retry
 
         self._prefix = f"{prefix}:room:"
+        # One channel for every process's token revocations: rare, so no per-token subscription.
+        self._control = f"{prefix}:control"
         from chat.redis_options import redis_client_options
 
         # The publisher retries through a Redis restart, so a committed message still goes out.
@@ -97,15 +130,26 @@ class RedisHub(LocalHub):
         first = room_id not in self.rooms
         await super().subscribe(room_id, receiver)
         if first:
-            async with self._lock:
-                if self._pubsub is None:
-                    self._pubsub = self._subscriber.pubsub()
-                try:
-                    await self._pubsub.subscribe(self._channel(room_id))
-                except Exception:
-                    log.warning("Redis subscribe failed; the listener will resubscribe", exc_info=True)
-                if self._listener is None or self._listener.done():
-                    self._listener = asyncio.ensure_future(self._listen())
+            await self._subscribe_channel(self._channel(room_id))
+
+    async def watch_token(self, token_id: int, receiver: Receiver) -> None:
+        await super().watch_token(token_id, receiver)
+        if self._pubsub is None or self._control.encode() not in self._pubsub.channels:
+            await self._subscribe_channel(self._control)
+
+    async def revoke_token(self, token_id: int) -> None:
+        await self._publisher.publish(self._control, orjson.dumps({"revoke_token": token_id}))
+
+    async def _subscribe_channel(self, channel: str) -> None:
+        async with self._lock:
+            if self._pubsub is None:
+                self._pubsub = self._subscriber.pubsub()
+            try:
+                await self._pubsub.subscribe(channel)
+            except Exception:
+                log.warning("Redis subscribe failed; the listener will resubscribe", exc_info=True)
+            if self._listener is None or self._listener.done():
+                self._listener = asyncio.ensure_future(self._listen())
 
     async def _room_emptied(self, room_id: int) -> None:
         async with self._lock:
@@ -126,8 +170,11 @@ class RedisHub(LocalHub):
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 failures = 0
                 if message is not None and message["type"] == "message":
-                    room_id = int(message["channel"][len(self._prefix):])
-                    self.deliver(room_id, orjson.loads(message["data"]))
+                    channel = message["channel"].decode()
+                    if channel == self._control:
+                        self.close_token_sockets(int(orjson.loads(message["data"])["revoke_token"]))
+                    else:
+                        self.deliver(int(channel[len(self._prefix):]), orjson.loads(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -145,6 +192,8 @@ class RedisHub(LocalHub):
             except Exception:
                 log.debug("closing the lost subscription failed", exc_info=True)
             channels = [self._channel(room_id) for room_id in self.rooms]
+            if self.token_sockets:
+                channels.append(self._control)
             if not channels:
                 return
             try:

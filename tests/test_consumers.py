@@ -13,7 +13,9 @@ import chat.consumer_db
 import chat.consumers
 from chat import fanout, services
 from chat.models import Membership, Message, Room
-from tests.conftest import Client, make_room, make_user
+from tests.conftest import Client, make_room, make_token, make_user
+from tests.support.inprocess import *  # noqa: F403  (the `server` fixture: a real uvicorn)
+from tests.support.inprocess import open_and_join
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -1040,3 +1042,28 @@ async def test_client_id_with_nul_is_stored_or_refused_as_a_field_error(joined_c
 
 async def test_room_slug_with_nul_is_room_not_found(joined_client):
     await expect_error(joined_client, "room_not_found", frame={"type": "join", "room": "lo\u0000bby"})
+
+
+# --- the consumer's lifetime under a real server -------------------------------------------------
+
+async def test_closed_sockets_end_their_consumers_at_once(server):
+    """Regression: on Redis, with several sockets in one process, a socket's consumer could stay
+    alive after its socket closed — Channels cancels its channel-layer receive, and the cancel
+    was lost inside channels_redis/redis-py's shared blocking pop — until the next message came
+    through the layer. With the hub (the default) a socket has no layer channel at all."""
+    ada = await make_user("ada")
+    await make_room("lobby")
+    token = await make_token(ada)
+    sockets = [await open_and_join(server, token, "lobby") for _ in range(3)]
+
+    def consumers() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if "run_asgi" in repr(t.get_coro())]
+
+    assert len(consumers()) == 3
+    for ws in sockets:
+        await ws.close()
+    for _ in range(100):
+        if not consumers():
+            break
+        await asyncio.sleep(0.02)
+    assert consumers() == []
