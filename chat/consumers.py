@@ -16,8 +16,8 @@ import uuid
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.layers import DEFAULT_CHANNEL_LAYER
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import DEFAULT_CHANNEL_LAYER
 from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
@@ -392,10 +392,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def send_message(self, frame: str, size: int | None = None) -> None:
         """Deliver one chat message, already encoded once for everyone by chat.fanout, to this socket.
 
-        Only chat.ordering calls it, in seq order; it queues the frame on the socket's bounded
-        outbound queue, which writes it at once unless the client is behind.
+        Called in seq order only (by hub_event for the next message in line, else by
+        chat.ordering); it queues the frame on the socket's bounded outbound queue, which writes
+        it at once unless the client is behind.
         """
-        self._put(frame, size)
+        if self.outbound is not None:
+            self.outbound.put(frame, size)
 
     async def chat_presence(self, event: dict[str, Any]) -> None:
         """Called when a user's first socket joins, or last socket leaves, a room this socket is in.
@@ -425,7 +427,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Called by chat.hub, synchronously, for each event of a room this socket joined."""
         kind = event["type"]
         if kind == "chat.message":
-            self._deliver(event)
+            # The hot path of a fan-out (once per recipient): the message that is next in line on
+            # a live subscription with nothing held goes straight out. This is Subscription.offer's
+            # first case, inlined: a broadcast to 1,000 sockets saved ~3 calls per socket (~8% of
+            # the fan-out profile). Everything else goes through chat.ordering.
+            sub = self.subs_by_id.get(event["room_id"])
+            if sub is None:
+                return
+            seq = event["seq"]
+            if seq == sub.high_seq + 1 and sub.ready and not sub.pending:
+                sub.high_seq = seq
+                self.send_message(event["frame"], event.get("size"))
+            elif sub.offer(seq, event["frame"], event.get("size"), self.send_message):
+                self._schedule_gap_fill(sub)
         elif kind == "chat.presence":
             self._relay_presence(event)
         elif kind == "chat.typing":

@@ -85,7 +85,9 @@ class Outbound:
         if self.closed:
             return
         if self._writer is None:
-            self._write_now(text)
+            direct = self._direct
+            if direct is None or not direct.write(text):
+                self._write_now(text)
             return
         size = len(text.encode()) if size is None else size
         self._frames.append((text, size))
@@ -115,9 +117,7 @@ class Outbound:
             self._writer.cancel()
 
     def _write_now(self, text: str) -> None:
-        direct = self._direct
-        if direct is not None and direct.write(text):
-            return  # written: the common case under scripts/serve
+        """Write through the ASGI send (no direct writer, or it declined)."""
         coro = self._send({"type": "websocket.send", "text": text})
         try:
             waiting_on = coro.send(None)  # type: ignore[attr-defined]

@@ -82,7 +82,8 @@ class DirectWriter:
             or conn.expect_continuation_frame
         ):
             return False
-        self._transport.write(prepared(text))
+        last = _last  # prepared(text), inlined: this runs once per recipient
+        self._transport.write(last[1] if last[0] is text else prepared(text))
         return True
 
 
