@@ -54,8 +54,9 @@ class RawSendMiddleware:
     def __init__(self, application: Any) -> None:
         self.application = application
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> Any:
-        return await self.application(dict(scope, **{RAW_SEND_KEY: send}), receive, send)
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> Awaitable[Any]:
+        # Not `async def`: no frame of this layer stays alive per socket (see chat.ws_auth).
+        return self.application(dict(scope, **{RAW_SEND_KEY: send}), receive, send)
 
 
 class Outbound:
@@ -63,7 +64,9 @@ class Outbound:
         self._send = send  # the ASGI send
         self._close = close  # closes the socket with a code
         self._on_overflow = on_overflow
-        self._frames: deque[tuple[object, int]] = deque()
+        # Created when first needed: most sockets never fall behind, and an empty deque is
+        # ~600 bytes per idle socket.
+        self._frames: deque[tuple[object, int]] | None = None
         self._bytes = 0
         self._max_frames = int(limits.OUTBOUND_MAX_MESSAGES.value)
         self._max_bytes = int(limits.OUTBOUND_MAX_BYTES.value)
@@ -75,7 +78,7 @@ class Outbound:
     @property
     def backlog(self) -> tuple[int, int]:
         """(frames, bytes) waiting to be written."""
-        return len(self._frames), self._bytes
+        return len(self._frames or ()), self._bytes
 
     def put(self, text: str, size: int | None = None) -> None:
         """Write one frame now, or queue it behind the ones still waiting.
@@ -90,11 +93,12 @@ class Outbound:
                 self._write_now(text)
             return
         size = len(text.encode()) if size is None else size
-        self._frames.append((text, size))
+        frames = self._queue()
+        frames.append((text, size))
         self._bytes += size
-        if len(self._frames) > self._max_frames or self._bytes > self._max_bytes:
+        if len(frames) > self._max_frames or self._bytes > self._max_bytes:
             # Drop the backlog now: holding it for a client that does not read is the leak.
-            self._frames.clear()
+            frames.clear()
             self._bytes = 0
             self.closed = True
             self._on_overflow()
@@ -104,17 +108,22 @@ class Outbound:
         if self.closed:
             return
         self.closed = True
-        self._frames.append((_CLOSE, code))
+        self._queue().append((_CLOSE, code))
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._drain())
 
     def stop(self) -> None:
         """Stop writing (the socket is gone)."""
         self.closed = True
-        self._frames.clear()
+        self._frames = None
         self._bytes = 0
         if self._writer is not None:
             self._writer.cancel()
+
+    def _queue(self) -> deque[tuple[object, int]]:
+        if self._frames is None:
+            self._frames = deque()
+        return self._frames
 
     def _write_now(self, text: str) -> None:
         """Write through the ASGI send (no direct writer, or it declined)."""
@@ -138,7 +147,7 @@ class Outbound:
                 item, size = self._frames.popleft()
                 self._bytes -= size
                 if item is _CLOSE:
-                    self._frames.clear()
+                    self._frames = None
                     await self._close(size)
                     return
                 await self._send({"type": "websocket.send", "text": item})
@@ -148,6 +157,8 @@ class Outbound:
             self._gone(None)
         finally:
             self._writer = None
+            if not self._frames:
+                self._frames = None  # caught up: give the deque back
 
     def _gone(self, coro: Any) -> None:
         # The socket went away under us; the consumer's disconnect() cleans up.
@@ -155,7 +166,7 @@ class Outbound:
         if coro is not None:
             coro.close()
         self.closed = True
-        self._frames.clear()
+        self._frames = None
         self._bytes = 0
 
 

@@ -8,6 +8,7 @@ The consumer then refuses any handshake whose scope["user"] is not authenticated
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -57,12 +58,15 @@ class HandshakeRateLimit:
         self.application = application
         self.buckets = limits.BucketMap(limits.HANDSHAKES_PER_IP_PER_MIN, per=60.0)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
+        # Not `async def` on purpose (also OriginGuard, RawSendMiddleware): returning the inner
+        # application's awaitable keeps no coroutine frame of this layer alive for as long as
+        # the socket is open — memory every idle socket would pay (docs/benchmarks.md).
         address = (scope.get("client") or ("?", 0))[0]
         if self.buckets.take(address):
             log.warning("refused WebSocket handshake from %s: handshake rate limit", address)
-            return await WebsocketDenier()(scope, receive, send)
-        return await self.application(scope, receive, send)
+            return WebsocketDenier()(scope, receive, send)
+        return self.application(scope, receive, send)
 
 
 class OriginGuard(OriginValidator):
@@ -75,18 +79,18 @@ class OriginGuard(OriginValidator):
     def __init__(self, application: Any) -> None:
         super().__init__(application, settings.ALLOWED_HOSTS)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:  # type: ignore[override]
         origin = header(scope, b"origin")
         if origin is None:
             if bearer_token(scope) is not None:
-                return await self.application(scope, receive, send)
+                return self.application(scope, receive, send)
             log.warning("refused WebSocket handshake without Origin or token from %s", peer(scope))
         elif self.valid_origin(urlparse(origin.decode("latin1"))):
-            return await self.application(scope, receive, send)
+            return self.application(scope, receive, send)
         else:
             log.warning("refused WebSocket handshake from foreign Origin %r (%s)",
                         origin.decode("latin1")[:200], peer(scope))
-        return await WebsocketDenier()(scope, receive, send)
+        return WebsocketDenier()(scope, receive, send)
 
 
 @database_sync_to_async
