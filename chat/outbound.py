@@ -38,25 +38,13 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _CLOSE = object()
 
-# The key under which RawSendMiddleware leaves the ASGI server's own `send` in the scope.
+# The key under which chat.ws_auth.BearerTokenAuth leaves the ASGI server's own `send` in the
+# scope. Channels' session middleware (the cookie path) wraps `send` to save the session on HTTP
+# responses; on a WebSocket frame the wrapper does nothing but cost a few attribute lookups and a
+# coroutine per frame per socket. The outbound queue writes chat frames with the raw `send`
+# instead (the handshake, accept and close still go through the full stack). It used to be a
+# middleware of its own; its scope copy cost every open socket ~0.4 KB (docs/benchmarks.md).
 RAW_SEND_KEY = "parley.raw_send"
-
-
-class RawSendMiddleware:
-    """Outermost WebSocket middleware: keeps the server's `send` in scope[RAW_SEND_KEY].
-
-    Channels' session middleware wraps `send` to save the session on HTTP responses; on a
-    WebSocket frame the wrapper does nothing but cost a few attribute lookups and a coroutine
-    per frame per socket. The outbound queue writes chat frames with the raw `send` instead
-    (the handshake, accept and close still go through the full stack).
-    """
-
-    def __init__(self, application: Any) -> None:
-        self.application = application
-
-    def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> Awaitable[Any]:
-        # Not `async def`: no frame of this layer stays alive per socket (see chat.ws_auth).
-        return self.application(dict(scope, **{RAW_SEND_KEY: send}), receive, send)
 
 
 class Outbound:

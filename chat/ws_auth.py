@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from chat import limits
+from chat.outbound import RAW_SEND_KEY
 from chat.selectors import token_get_active
 from chat.services import token_touch
 
@@ -59,7 +60,7 @@ class HandshakeRateLimit:
         self.buckets = limits.BucketMap(limits.HANDSHAKES_PER_IP_PER_MIN, per=60.0)
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
-        # Not `async def` on purpose (also OriginGuard, RawSendMiddleware): returning the inner
+        # Not `async def` on purpose (also OriginGuard): returning the inner
         # application's awaitable keeps no coroutine frame of this layer alive for as long as
         # the socket is open — memory every idle socket would pay (docs/benchmarks.md).
         address = (scope.get("client") or ("?", 0))[0]
@@ -119,9 +120,9 @@ class BearerTokenAuth:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         raw = bearer_token(scope)
         if raw is None:
-            return await self.fallback(scope, receive, send)
+            return await self.fallback(dict(scope, **{RAW_SEND_KEY: send}), receive, send)
         found = await _token_user(raw)
-        scope = dict(scope)
+        scope = dict(scope, **{RAW_SEND_KEY: send})  # the one copy of the scope this layer makes
         if found is None:
             log.warning("refused WebSocket handshake with an invalid token from %s", peer(scope))
             scope["user"], scope["token_id"] = AnonymousUser(), None

@@ -1,10 +1,10 @@
 """ASGI entry point: Django for HTTP, the chat consumer for WebSockets.
 
 Run with `uvicorn config.asgi:application` (scripts/serve does). The WebSocket stack, outside in:
-RawSendMiddleware keeps the server's own send for chat frames (chat/outbound.py);
 HandshakeRateLimit refuses addresses that reconnect too fast; OriginGuard refuses foreign Origins;
 BearerTokenAuth resolves `Authorization: Bearer`, or hands the handshake to AuthMiddlewareStack,
-which resolves the session cookie; URLRouter picks the consumer.
+which resolves the session cookie (either way it keeps the server's own send for chat frames,
+chat/outbound.py); URLRouter picks the consumer.
 """
 
 import os
@@ -18,7 +18,6 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chat.outbound import RawSendMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.ws_auth import BearerTokenAuth, HandshakeRateLimit, OriginGuard  # noqa: E402
 
@@ -26,8 +25,6 @@ router = URLRouter(websocket_urlpatterns)
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": RawSendMiddleware(
-            HandshakeRateLimit(OriginGuard(BearerTokenAuth(router, fallback=AuthMiddlewareStack(router))))
-        ),
+        "websocket": HandshakeRateLimit(OriginGuard(BearerTokenAuth(router, fallback=AuthMiddlewareStack(router)))),
     }
 )
