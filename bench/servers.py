@@ -46,7 +46,7 @@ def uvicorn_cmd(app: str, port: int, ws: str = "auto") -> list[str]:
                 "65536", app]
     cmd = [PY, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
            "--no-access-log", "--ws-max-size", "65536", "--loop", "uvloop", "--http", "httptools",
-           "--ws-per-message-deflate", "false"]
+           "--ws-per-message-deflate", "false", "--backlog", "8192"]  # as scripts/serve
     cmd += ["--ws", "websockets-sansio" if ws == "auto" else ws]
     return cmd
 
