@@ -74,6 +74,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.watchdog: asyncio.TimerHandle | None = None
         self.outbound: Outbound | None = None
         self.counted = False  # in _sockets_per_user
+        self.watched = False  # watched for revocation (chat.hub / credential groups)
         self.frame_bucket = limits.TokenBucket(limits.FRAMES_PER_SEC.value, limits.FRAMES_BURST.value)
         self.strikes = limits.Strikes()
 
@@ -144,17 +145,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         _sockets_per_user[user.pk] = _sockets_per_user.get(user.pk, 0) + 1
         self.counted = True
-        token_id = self.scope.get("token_id")
-        if token_id is not None:
-            try:
+        self.watched = True  # watched for revocation (set before the awaits below)
+        try:
+            for credential in self._credentials():
                 if hub_enabled():
-                    await get_hub().watch_token(token_id, self)
+                    await get_hub().watch(credential, self)
                 else:
-                    await self.channel_layer.group_add(fanout.token_group(token_id), self.channel_name)
-            except (RedisError, OSError):
-                # Degrade, don't refuse: the token is valid now; revoking it still blocks every
-                # new handshake, only this socket would miss the live close.
-                log.warning("could not register socket for token revocation (Redis unavailable)")
+                    await self.channel_layer.group_add(fanout.credential_group(credential), self.channel_name)
+        except (RedisError, OSError):
+            # Degrade, don't refuse: the credentials are valid now; revoking them still blocks
+            # every new handshake, only this socket would miss the live close.
+            log.warning("could not register socket for revocation (Redis unavailable)")
         self._arm_watchdog(heartbeat_timeout_secs())
         await self.send_frame({
             "type": "hello",
@@ -187,17 +188,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 _sockets_per_user[self.user.pk] = left
             else:
                 _sockets_per_user.pop(self.user.pk, None)
-        token_id = self.scope.get("token_id")
-        if token_id is not None and self.user is not None:
+        if self.watched:
+            self.watched = False
             try:
-                if hub_enabled():
-                    get_hub().unwatch_token(token_id, self)
-                else:
-                    await self.channel_layer.group_discard(fanout.token_group(token_id), self.channel_name)
+                for credential in self._credentials():
+                    if hub_enabled():
+                        get_hub().unwatch(credential, self)
+                    else:
+                        await self.channel_layer.group_discard(fanout.credential_group(credential), self.channel_name)
             except (RedisError, OSError):
                 # As in connect(): Redis being away must not stop the rooms below being left
                 # (a socket left in the hub would be kept alive and fed forever).
-                log.warning("could not unregister socket from token revocation (Redis unavailable)")
+                log.warning("could not unregister socket from revocation (Redis unavailable)")
         for sub in list(self.subs_by_id.values()):
             await self._unsubscribe(sub)
 
@@ -441,8 +443,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_frame({"type": "left", "room": sub.slug, "reason": "removed"})
 
     async def auth_revoked(self, event: dict[str, Any]) -> None:
-        """Called when the API token this socket authenticated with is revoked: close with 4401."""
-        log.info("closing a socket of user %s: its token was revoked", self.user.pk)
+        """Called when this socket's API token is revoked or its user deactivated: close with 4401."""
+        log.info("closing a socket of user %s: its credentials were revoked", self.user.pk)
         if self.outbound is not None:
             self.outbound.close_after_flush(protocol.CLOSE_CREDENTIALS_REVOKED)
 
@@ -476,9 +478,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if sub is not None and sub.ready:
             asyncio.ensure_future(self._fill_gap(sub, up_to=None))
 
-    def hub_token_revoked(self) -> None:
-        """Called by chat.hub when the API token this socket was opened with is revoked."""
+    def hub_credentials_revoked(self) -> None:
+        """Called by chat.hub when this socket's API token is revoked or its user deactivated."""
         asyncio.ensure_future(self.auth_revoked({"type": "auth.revoked"}))
+
+    def _credentials(self) -> list[tuple[str, int]]:
+        """What this socket's right to stay open rests on: its user, and its API token if any."""
+        token_id = self.scope.get("token_id")
+        return [("user", self.user.pk)] + ([("token", token_id)] if token_id is not None else [])
 
     # --- delivery ---------------------------------------------------------------------------
 

@@ -22,9 +22,11 @@ def room_group(room_id: int) -> str:
     return f"room.{room_id}"
 
 
-def token_group(token_id: int) -> str:
-    """The group of the sockets opened with one API token (to close them when it is revoked)."""
-    return f"token.{token_id}"
+def credential_group(credential: tuple[str, int]) -> str:
+    """The channel-layer group (PARLEY_FANOUT=layer) of the sockets opened with one API token,
+    ("token", id), or by one user, ("user", id): closed together when those are revoked."""
+    kind, ident = credential
+    return f"{kind}.{ident}"
 
 
 async def broadcast(room_id: int, event: dict[str, Any]) -> None:
@@ -68,13 +70,14 @@ async def broadcast_removed(*, room_id: int, user_id: int) -> None:
     await broadcast(room_id, {"type": "chat.revoke", "room_id": room_id, "user_id": user_id})
 
 
-async def close_token_sockets(*, token_id: int) -> None:
-    """Not a room broadcast: a control message to the sockets opened with a revoked token.
+async def close_credential_sockets(*, credential: tuple[str, int]) -> None:
+    """Not a room broadcast: closes (4401) the sockets opened with a revoked API token,
+    ("token", id), or by a deactivated user, ("user", id), in every process.
 
     Through the hub (its control channel on Redis) by default; through a channel-layer group
-    per token with PARLEY_FANOUT=layer, where every socket has a channel anyway.
+    per credential with PARLEY_FANOUT=layer, where every socket has a channel anyway.
     """
     if hub_enabled():
-        await get_hub().revoke_token(token_id)
+        await get_hub().revoke(credential)
     else:
-        await get_channel_layer().group_send(token_group(token_id), {"type": "auth.revoked"})
+        await get_channel_layer().group_send(credential_group(credential), {"type": "auth.revoked"})

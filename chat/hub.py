@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 RESUBSCRIBE_BACKOFF_CAP_SECS = 5.0
 
+# ("token", ApiToken id) or ("user", user id): what a socket's right to stay open rests on.
+Credential = tuple[str, int]
+
 
 class Receiver(Protocol):
     def hub_event(self, event: dict[str, Any]) -> None:
@@ -38,22 +41,23 @@ class Receiver(Protocol):
     def hub_resync(self, room_id: int) -> None:
         """Events of this room may have been lost: catch up from the database."""
 
-    def hub_token_revoked(self) -> None:
-        """The API token this socket was opened with was revoked (close it)."""
+    def hub_credentials_revoked(self) -> None:
+        """The API token this socket was opened with was revoked, or its user deactivated."""
 
 
 class LocalHub:
     """One process's rooms → local receivers. Used alone without Redis.
 
-    It also knows which local sockets were opened with which API token, so that revoking a token
-    closes them (`revoke_token`). That used to be a channel-layer group per token, which gave
+    It also knows which local sockets were opened with which credentials — an API token
+    (`("token", id)`) and a user (`("user", id)`) — so that revoking a token or deactivating a
+    user closes them (`revoke`). That used to be a channel-layer group per token, which gave
     every socket a channel of its own — a queue, a receive task and, on Redis, a blocking pop
     shared through channels_redis's receive lock — for an event that almost never happens.
     """
 
     def __init__(self) -> None:
         self.rooms: dict[int, set[Receiver]] = {}
-        self.token_sockets: dict[int, set[Receiver]] = {}
+        self.credentials: dict[Credential, set[Receiver]] = {}
 
     async def subscribe(self, room_id: int, receiver: Receiver) -> None:
         self.rooms.setdefault(room_id, set()).add(receiver)
@@ -69,26 +73,26 @@ class LocalHub:
     async def _room_emptied(self, room_id: int) -> None:
         pass
 
-    async def watch_token(self, token_id: int, receiver: Receiver) -> None:
-        self.token_sockets.setdefault(token_id, set()).add(receiver)
+    async def watch(self, credential: Credential, receiver: Receiver) -> None:
+        self.credentials.setdefault(credential, set()).add(receiver)
 
-    def unwatch_token(self, token_id: int, receiver: Receiver) -> None:
-        sockets = self.token_sockets.get(token_id)
+    def unwatch(self, credential: Credential, receiver: Receiver) -> None:
+        sockets = self.credentials.get(credential)
         if sockets is not None:
             sockets.discard(receiver)
             if not sockets:
-                del self.token_sockets[token_id]
+                del self.credentials[credential]
 
-    async def revoke_token(self, token_id: int) -> None:
-        """Close the sockets opened with this token, in every process."""
-        self.close_token_sockets(token_id)
+    async def revoke(self, credential: Credential) -> None:
+        """Close the sockets opened with this token (or by this user), in every process."""
+        self.close_local(credential)
 
-    def close_token_sockets(self, token_id: int) -> None:
-        for receiver in tuple(self.token_sockets.pop(token_id, ())):
+    def close_local(self, credential: Credential) -> None:
+        for receiver in tuple(self.credentials.pop(credential, ())):
             try:
-                receiver.hub_token_revoked()
+                receiver.hub_credentials_revoked()
             except Exception:
-                log.exception("closing a socket of a revoked token failed")
+                log.exception("closing a socket of revoked credentials failed")
 
     async def publish(self, room_id: int, event: dict[str, Any]) -> None:
         self.deliver(room_id, event)
@@ -111,7 +115,7 @@ class RedisHub(LocalHub):
         from redis.retry import Retry
 
         self._prefix = f"{prefix}:room:"
-        # One channel for every process's token revocations: rare, so no per-token subscription.
+        # One channel for every process's revocations: rare, so no per-token or per-user channel.
         self._control = f"{prefix}:control"
         from chat.redis_options import redis_client_options
 
@@ -132,13 +136,13 @@ class RedisHub(LocalHub):
         if first:
             await self._subscribe_channel(self._channel(room_id))
 
-    async def watch_token(self, token_id: int, receiver: Receiver) -> None:
-        await super().watch_token(token_id, receiver)
+    async def watch(self, credential: Credential, receiver: Receiver) -> None:
+        await super().watch(credential, receiver)
         if self._pubsub is None or self._control.encode() not in self._pubsub.channels:
             await self._subscribe_channel(self._control)
 
-    async def revoke_token(self, token_id: int) -> None:
-        await self._publisher.publish(self._control, orjson.dumps({"revoke_token": token_id}))
+    async def revoke(self, credential: Credential) -> None:
+        await self._publisher.publish(self._control, orjson.dumps({"revoke": list(credential)}))
 
     async def _subscribe_channel(self, channel: str) -> None:
         async with self._lock:
@@ -172,7 +176,8 @@ class RedisHub(LocalHub):
                 if message is not None and message["type"] == "message":
                     channel = message["channel"].decode()
                     if channel == self._control:
-                        self.close_token_sockets(int(orjson.loads(message["data"])["revoke_token"]))
+                        kind, ident = orjson.loads(message["data"])["revoke"]
+                        self.close_local((str(kind), int(ident)))
                     else:
                         self.deliver(int(channel[len(self._prefix):]), orjson.loads(message["data"]))
             except asyncio.CancelledError:
@@ -192,7 +197,7 @@ class RedisHub(LocalHub):
             except Exception:
                 log.debug("closing the lost subscription failed", exc_info=True)
             channels = [self._channel(room_id) for room_id in self.rooms]
-            if self.token_sockets:
+            if self.credentials:
                 channels.append(self._control)
             if not channels:
                 return

@@ -224,7 +224,9 @@ def token_revoke(*, token: ApiToken) -> None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
         token_id = token.pk
-        transaction.on_commit(lambda: async_to_sync(fanout.close_token_sockets)(token_id=token_id))
+        transaction.on_commit(
+            lambda: async_to_sync(fanout.close_credential_sockets)(credential=("token", token_id))
+        )
 
 
 def token_touch(*, token: ApiToken) -> None:

@@ -24,7 +24,7 @@ class Recorder:
     def hub_resync(self, room_id):
         self.resyncs.append(room_id)
 
-    def hub_token_revoked(self):
+    def hub_credentials_revoked(self):
         self.revoked += 1
 
 
@@ -62,16 +62,17 @@ async def test_one_broken_receiver_does_not_stop_the_others():
     assert len(good.events) == 1
 
 
-async def test_revoking_a_token_reaches_only_its_sockets_once():
+async def test_revoking_credentials_reaches_only_their_sockets_once():
     hub = LocalHub()
     a1, a2, b, gone = Recorder(), Recorder(), Recorder(), Recorder()
-    for token_id, receiver in [(1, a1), (1, a2), (2, b), (1, gone)]:
-        await hub.watch_token(token_id, receiver)
-    hub.unwatch_token(1, gone)  # that socket closed
-    await hub.revoke_token(1)
-    await hub.revoke_token(1)  # a second revocation finds nobody left
+    for credential, receiver in [(("token", 1), a1), (("token", 1), a2), (("token", 2), b), (("token", 1), gone)]:
+        await hub.watch(credential, receiver)
+    await hub.watch(("user", 1), b)  # a token and a user with the same id are different keys
+    hub.unwatch(("token", 1), gone)  # that socket closed
+    await hub.revoke(("token", 1))
+    await hub.revoke(("token", 1))  # a second revocation finds nobody left
     assert (a1.revoked, a2.revoked, b.revoked, gone.revoked) == (1, 1, 0, 0)
-    assert hub.token_sockets == {2: {b}}
+    assert hub.credentials == {("token", 2): {b}, ("user", 1): {b}}
 
 
 def free_port() -> int:
@@ -132,18 +133,18 @@ async def test_two_processes_share_a_room_through_redis(private_redis):
     assert elsewhere.events == []
 
 
-async def test_a_token_revoked_in_one_process_closes_its_sockets_in_another(private_redis):
+async def test_credentials_revoked_in_one_process_close_their_sockets_in_another(private_redis):
     url, _, _ = private_redis
     await ping(url)
     process_a, process_b = RedisHub(url, "t"), RedisHub(url, "t")
     on_b, other_token = Recorder(), Recorder()
-    await process_b.watch_token(5, on_b)
-    await process_b.watch_token(6, other_token)
+    await process_b.watch(("token", 5), on_b)
+    await process_b.watch(("token", 6), other_token)
     await process_b.subscribe(1, Recorder())  # the room and control channels share one listener
     await asyncio.sleep(0.1)
-    await process_a.revoke_token(5)  # process A has no socket of that token: it publishes anyway
+    await process_a.revoke(("token", 5))  # process A has no socket of that token: it publishes anyway
     await wait_for(lambda: on_b.revoked == 1)
-    assert other_token.revoked == 0 and 5 not in process_b.token_sockets
+    assert other_token.revoked == 0 and ("token", 5) not in process_b.credentials
 
 
 async def test_resubscribes_and_asks_for_catch_up_after_redis_restarts(private_redis):
@@ -151,7 +152,7 @@ async def test_resubscribes_and_asks_for_catch_up_after_redis_restarts(private_r
     await ping(url)
     hub, receiver = RedisHub(url, "t"), Recorder()
     await hub.subscribe(3, receiver)
-    await hub.watch_token(4, receiver)
+    await hub.watch(("user", 4), receiver)
     await asyncio.sleep(0.1)
     procs[-1].kill()
     procs[-1].wait()
@@ -161,5 +162,5 @@ async def test_resubscribes_and_asks_for_catch_up_after_redis_restarts(private_r
     await wait_for(lambda: receiver.resyncs == [3], timeout=15)
     await hub.publish(3, {"type": "chat.message", "seq": 9})  # and live delivery works again
     await wait_for(lambda: receiver.events == [{"type": "chat.message", "seq": 9}])
-    await hub.revoke_token(4)  # the control channel was resubscribed too
+    await hub.revoke(("user", 4))  # the control channel was resubscribed too
     await wait_for(lambda: receiver.revoked == 1)

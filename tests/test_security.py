@@ -34,6 +34,33 @@ async def test_revoking_a_token_closes_its_sockets_only(connect):
     assert (await other_socket.request({"type": "ping"}))["type"] == "pong"  # its own token is fine
 
 
+async def test_deactivating_a_user_closes_all_their_sockets_in_every_room(connect):
+    ada, bob = await make_user("ada"), await make_user("bob")
+    first, second, other = await connect(ada), await connect(ada), await connect(bob)
+
+    def deactivate() -> None:
+        ada.is_active = False
+        ada.save()  # a plain save, as the admin's user form does
+
+    await database_sync_to_async(deactivate)()
+    assert await close_code(first) == 4401 and await close_code(second) == 4401
+    assert (await other.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_deleting_a_user_closes_their_sockets(connect):
+    ada = await make_user("ada")
+    socket = await connect(ada)
+    await database_sync_to_async(ada.delete)()
+    assert await close_code(socket) == 4401
+
+
+async def test_saving_an_active_user_closes_nothing(connect):
+    ada = await make_user("ada")
+    socket = await connect(ada)
+    await database_sync_to_async(ada.save)()
+    assert (await socket.request({"type": "ping"}))["type"] == "pong"
+
+
 async def test_revoked_token_is_refused_at_the_next_handshake(connect):
     from tests.conftest import open_socket
 
