@@ -12,12 +12,12 @@ from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlparse
 
-from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator, WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from chat import limits
+from chat.consumer_db import db_call
 from chat.outbound import RAW_SEND_KEY
 from chat.selectors import token_get_active
 from chat.services import token_touch
@@ -94,7 +94,7 @@ class OriginGuard(OriginValidator):
         return WebsocketDenier()(scope, receive, send)
 
 
-@database_sync_to_async
+@db_call
 def _token_user(raw: str) -> Any:
     token = token_get_active(raw=raw)
     if token is None:
