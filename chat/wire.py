@@ -95,6 +95,16 @@ def direct_writer(send: Any) -> DirectWriter | None:
     # The exact class and its bound `send`: a subclass or a wrapper may do more per frame.
     if type(proto) is not WebSocketsSansIOProtocol or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
         return None
+    # Everything write() reads, present on this uvicorn version? (pinned in requirements; a
+    # renamed attribute must mean "use the ASGI send", not an error in the middle of a fan-out)
+    if not all(hasattr(proto, name) for name in _PROTOCOL_ATTRS) or not all(
+        hasattr(proto.conn, name) for name in ("state", "expect_continuation_frame", "extensions")
+    ):
+        return None
     if proto.conn.extensions:  # e.g. permessage-deflate: each frame depends on the connection
         return None
     return DirectWriter(proto)
+
+
+_PROTOCOL_ATTRS = ("conn", "transport", "writable", "disconnected", "close_sent", "handshake_complete",
+                   "initial_response")

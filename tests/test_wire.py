@@ -59,6 +59,17 @@ async def test_only_uvicorns_sansio_send_gets_a_direct_writer():
     assert wire.direct_writer(NotUvicorn().send) is None
 
 
+def test_a_uvicorn_without_the_attributes_it_reads_gets_no_direct_writer(monkeypatch):
+    """A future uvicorn that renames what DirectWriter reads falls back to the ASGI send."""
+
+    class Renamed(wire.WebSocketsSansIOProtocol):  # type: ignore[misc]
+        def __init__(self) -> None:  # no uvicorn state at all
+            pass
+
+    monkeypatch.setattr(wire, "WebSocketsSansIOProtocol", Renamed)
+    assert wire.direct_writer(Renamed().send) is None
+
+
 # --- a real uvicorn in this event loop ---------------------------------------------------------
 
 class PathCounter:
