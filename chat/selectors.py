@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q
 
 from chat.models import SLUG_RE, ApiToken, Membership, Message, Room
@@ -106,21 +107,43 @@ def messages_by_client_id(*, keys: list[tuple[int, int, str]]) -> dict[tuple[int
     """Stored messages by (room id, author id, client_id), for the keys given.
 
     One light query for the usual answer (no retries among them: no rows), and a second for
-    the full rows only when some are retries.
+    the full rows only when some are retries. The light query asks, room by room, for that
+    room's authors and client_ids: it used to ask for every room × every author × every
+    client_id of the batch, which the (room, author, client_id) index answers with one probe
+    per combination — ~1 M probes for a full batch of 256 sends, 9 ms on SQLite, and the cost
+    grew with the square of the batch exactly when a loaded server's batches grow
+    (docs/benchmarks.md). Grouped by room it is ~5× cheaper at that size.
     """
     if not keys:
         return {}
     wanted = set(keys)
-    candidates = Message.objects.filter(
-        room_id__in={k[0] for k in wanted}, author_id__in={k[1] for k in wanted},
-        client_id__in={k[2] for k in wanted},
-    )
-    hits = [pk for pk, *key in candidates.values_list("pk", "room_id", "author_id", "client_id")
-            if tuple(key) in wanted]
+    by_room: dict[int, tuple[set[int], set[str]]] = {}
+    for room_id, author_id, client_id in wanted:
+        authors, client_ids = by_room.setdefault(room_id, (set(), set()))
+        authors.add(author_id)
+        client_ids.add(client_id)
+    clauses, params = [], []
+    for room_id, (authors, client_ids) in by_room.items():
+        clauses.append(f"({_col('room_id')} = %s AND {_col('author_id')} IN ({_marks(authors)}) "
+                       f"AND {_col('client_id')} IN ({_marks(client_ids)}))")
+        params += [room_id, *authors, *client_ids]
+    sql = (f"SELECT {_col('id')}, {_col('room_id')}, {_col('author_id')}, {_col('client_id')} "
+           f"FROM {connection.ops.quote_name(Message._meta.db_table)} WHERE {' OR '.join(clauses)}")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        hits = [pk for pk, *key in cursor.fetchall() if tuple(key) in wanted]
     if not hits:
         return {}
     return {(m.room_id, m.author_id, m.client_id): m  # type: ignore[misc]
             for m in Message.objects.filter(pk__in=hits).select_related("author")}
+
+
+def _col(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _marks(values: set[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
 
 
 def token_hash(raw: str) -> str:

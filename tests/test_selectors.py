@@ -91,3 +91,18 @@ def test_token_hash_is_sha256_hex():
     digest = selectors.token_hash("prl_x")
     assert len(digest) == 64 and int(digest, 16) >= 0
     assert digest == selectors.token_hash("prl_x") != selectors.token_hash("prl_y")
+
+
+def test_messages_by_client_id_finds_exact_keys_only(world):
+    """Keys over several rooms and authors: a stored (room, author, client_id) is found; a
+    combination of one key's room with another's author or client_id is not."""
+    ada, bob, _root, lobby, secret = world
+    m1, _ = services.message_create(room_id=lobby.pk, author=ada, text="a", client_id="c1")
+    m2, _ = services.message_create(room_id=secret.pk, author=bob, text="b", client_id="c2")
+    services.message_create(room_id=lobby.pk, author=bob, text="c", client_id="c2")  # a cross-combination
+    found = selectors.messages_by_client_id(keys=[
+        (lobby.pk, ada.pk, "c1"), (secret.pk, bob.pk, "c2"), (secret.pk, ada.pk, "c1"), (lobby.pk, ada.pk, "new"),
+    ])
+    assert found == {(lobby.pk, ada.pk, "c1"): m1, (secret.pk, bob.pk, "c2"): m2}
+    assert found[(lobby.pk, ada.pk, "c1")].author.username == "ada"  # full rows, author loaded
+    assert selectors.messages_by_client_id(keys=[]) == {}
