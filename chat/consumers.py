@@ -56,9 +56,9 @@ def _room_not_found(slug: str) -> ProtocolError:
 
 class ChatConsumer(AsyncWebsocketConsumer):
     # With the hub (the default) nothing reaches a socket through the channel layer — rooms and
-    # token revocation both go through chat.hub — so the socket gets no channel: Channels then
-    # runs one receive task per socket instead of two and keeps no per-socket queue (idle
-    # memory, docs/benchmarks.md). `channel_name` stays a unique id of the socket (presence).
+    # revocations (token, user) both go through chat.hub — so the socket gets no channel:
+    # Channels then runs one receive task per socket instead of two and keeps no per-socket
+    # queue (idle memory, docs/benchmarks.md). `channel_name` stays a unique id of the socket (presence).
     # With PARLEY_FANOUT=layer every socket has its channel, as in stock Channels.
     @property  # type: ignore[override]
     def channel_layer_alias(self) -> str | None:

@@ -48,6 +48,10 @@ RAW_SEND_KEY = "parley.raw_send"
 
 
 class Outbound:
+    # One per open socket: no per-instance __dict__ (idle memory, docs/benchmarks.md).
+    __slots__ = ("_send", "_close", "_on_overflow", "_frames", "_bytes", "_max_frames", "_max_bytes",
+                 "_writer", "_direct", "closed")
+
     def __init__(self, send: Send, close: Callable[[int], Awaitable[None]], on_overflow: Callable[[], None]) -> None:
         self._send = send  # the ASGI send
         self._close = close  # closes the socket with a code
