@@ -44,11 +44,12 @@ _last: tuple[str, bytes] = ("", b"")
 
 def prepared(text: str) -> bytes:
     """text_frame(text), computed once per broadcast rather than once per recipient."""
+    global _last
     last = _last
     if last[0] is text:
         return last[1]
     data = text_frame(text)
-    globals()["_last"] = (text, data)
+    _last = (text, data)
     return data
 
 
