@@ -182,16 +182,20 @@ def rooms_reserve_seqs(*, counts: dict[int, int]) -> dict[int, int]:
     table = connection.ops.quote_name(Room._meta.db_table)
     ids = sorted(counts)
     placeholders = ", ".join(["%s"] * len(ids))
+    cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+    params = [v for room_id in ids for v in (room_id, counts[room_id])] + ids
+    if len(ids) > 1 and connection.vendor == "postgresql":
+        # The ordered lock and the update in one statement (they were two round trips, and the
+        # PostgreSQL ingest profile is mostly round trips): the subquery's FOR UPDATE takes the
+        # row locks in id order before the UPDATE touches a row it has not locked yet.
+        sql = (f"UPDATE {table} SET last_seq = {table}.last_seq + CASE {table}.id {cases} END "
+               f"FROM (SELECT id FROM {table} WHERE id IN ({placeholders}) ORDER BY id FOR UPDATE) AS locked "
+               f"WHERE {table}.id = locked.id RETURNING {table}.id, {table}.last_seq")
+    else:
+        sql = (f"UPDATE {table} SET last_seq = last_seq + CASE id {cases} END "
+               f"WHERE id IN ({placeholders}) RETURNING id, last_seq")
     with connection.cursor() as cursor:
-        if len(ids) > 1 and connection.vendor == "postgresql":
-            cursor.execute(f"SELECT id FROM {table} WHERE id IN ({placeholders}) ORDER BY id FOR UPDATE", ids)
-        cases = " ".join(["WHEN %s THEN %s"] * len(ids))
-        params = [v for room_id in ids for v in (room_id, counts[room_id])] + ids
-        cursor.execute(
-            f"UPDATE {table} SET last_seq = last_seq + CASE id {cases} END "
-            f"WHERE id IN ({placeholders}) RETURNING id, last_seq",
-            params,
-        )
+        cursor.execute(sql, params)
         lasts = {int(room_id): int(last) for room_id, last in cursor.fetchall()}
     missing = set(ids) - set(lasts)
     if missing:
