@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from chat import consumer_db as db
 from chat import fanout, limits, protocol
+from chat.frameless import consumer_app
 from chat.hub import get_hub, hub_enabled
 from chat.ingest import get_writer
 from chat.ordering import Subscription
@@ -63,6 +64,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     @property  # type: ignore[override]
     def channel_layer_alias(self) -> str | None:
         return None if hub_enabled() else DEFAULT_CHANNEL_LAYER
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        """Channels' as_asgi — one consumer instance per connection — without a coroutine frame
+        of its own per open socket (chat.frameless)."""
+        return consumer_app(cls, **initkwargs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -122,10 +122,12 @@ class BearerTokenAuth:
         if raw is None:
             return await self.fallback(dict(scope, **{RAW_SEND_KEY: send}), receive, send)
         found = await _token_user(raw)
-        scope = dict(scope, **{RAW_SEND_KEY: send})  # the one copy of the scope this layer makes
         if found is None:
             log.warning("refused WebSocket handshake with an invalid token from %s", peer(scope))
-            scope["user"], scope["token_id"] = AnonymousUser(), None
-        else:
-            scope["user"], scope["token_id"] = found
-        return await self.application(scope, receive, send)
+            found = (AnonymousUser(), None)
+        # This frame stays alive for as long as the socket is open, so the scope copy is handed
+        # on without a name here: the router copies it again and this one can then be freed
+        # (~0.6 KB of every idle socket, docs/benchmarks.md).
+        return await self.application(
+            dict(scope, **{RAW_SEND_KEY: send, "user": found[0], "token_id": found[1]}), receive, send
+        )

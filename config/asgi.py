@@ -16,13 +16,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from chat.frameless import FramelessProtocolTypeRouter, FramelessURLRouter  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.ws_auth import BearerTokenAuth, HandshakeRateLimit, OriginGuard  # noqa: E402
 
-router = URLRouter(websocket_urlpatterns)
-application = ProtocolTypeRouter(
+# Channels' URLRouter and ProtocolTypeRouter, minus a coroutine frame each per open socket
+# (chat/frameless.py).
+router = FramelessURLRouter(websocket_urlpatterns)
+application = FramelessProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": HandshakeRateLimit(OriginGuard(BearerTokenAuth(router, fallback=AuthMiddlewareStack(router)))),
