@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Q
 
 from chat.models import SLUG_RE, ApiToken, Membership, Message, Room
+from chat.rowsql import cols, fetch, qn
 
 
 def room_visible_q(*, user: Any) -> Q:
@@ -24,10 +26,22 @@ def room_visible_q(*, user: Any) -> Q:
 
 
 def room_get_visible(*, user: Any, slug: str) -> Room | None:
-    """The room `slug` if this user may see it (private rooms are invisible to non-members)."""
+    """The room `slug` if this user may see it (private rooms are invisible to non-members).
+
+    room_visible_q as plain SQL: every join runs it (chat.rowsql says why).
+    """
     if not SLUG_RE.match(slug):
         return None  # cannot exist; and PostgreSQL refuses some such strings (NUL) outright
-    return Room.objects.filter(room_visible_q(user=user), slug=slug).first()
+    room = cols(Room, "r")
+    sql = f"SELECT {room.sql} FROM {qn(Room._meta.db_table)} {qn('r')} WHERE {_c('r', Room, 'slug')} = %s"
+    params: list[Any] = [slug]
+    if not _sees_all(user):
+        sql += (f" AND ({_c('r', Room, 'is_private')} = %s OR {_c('r', Room, 'id')} IN "
+                f"(SELECT {_c('m', Membership, 'room')} FROM {qn(Membership._meta.db_table)} {qn('m')} "
+                f"WHERE {_c('m', Membership, 'user')} = %s))")
+        params += [False, user.pk]
+    rows = fetch(sql, params)
+    return room.build(rows[0]) if rows else None
 
 
 def room_list_visible(*, user: Any) -> list[Room]:
@@ -79,20 +93,47 @@ def token_list(*, user: Any) -> list[ApiToken]:
 
 def message_page(*, room_id: int, before: int | None, limit: int) -> tuple[list[Message], bool]:
     """The newest `limit` messages with seq < before (all if None), ascending, and whether older exist."""
-    qs = Message.objects.filter(room_id=room_id).select_related("author")
-    if before is not None:
-        qs = qs.filter(seq__lt=before)
-    newest_first = list(qs.order_by("-seq")[: limit + 1])
+    newest_first = _messages(room_id=room_id, after_seq=None, before=before, limit=limit + 1, newest_first=True)
     has_more = len(newest_first) > limit
     return newest_first[:limit][::-1], has_more
 
 
 def message_range(*, room_id: int, after_seq: int, limit: int, before: int | None = None) -> list[Message]:
     """Messages with after_seq < seq (< before), ascending, at most `limit`."""
-    qs = Message.objects.filter(room_id=room_id, seq__gt=after_seq).select_related("author")
+    return _messages(room_id=room_id, after_seq=after_seq, before=before, limit=limit, newest_first=False)
+
+
+def _messages(*, room_id: int, after_seq: int | None, before: int | None, limit: int,
+              newest_first: bool) -> list[Message]:
+    """Messages of a room by seq, each with its author loaded (select_related, as plain SQL:
+    every join and resume reads one of these; chat.rowsql says why)."""
+    User = get_user_model()
+    message, author = cols(Message, "m"), cols(User, "u")
+    seq = _c("m", Message, "seq")
+    sql = (f"SELECT {message.sql}, {author.sql} FROM {qn(Message._meta.db_table)} {qn('m')} "
+           f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
+           f"WHERE {_c('m', Message, 'room')} = %s")
+    params: list[Any] = [room_id]
+    if after_seq is not None:
+        sql += f" AND {seq} > %s"
+        params.append(after_seq)
     if before is not None:
-        qs = qs.filter(seq__lt=before)
-    return list(qs.order_by("seq")[:limit])
+        sql += f" AND {seq} < %s"
+        params.append(before)
+    sql += f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s"
+    params.append(limit)
+    out = []
+    author_field = Message._meta.get_field("author")
+    for row in fetch(sql, params):
+        m = message.build(row)
+        author_field.set_cached_value(m, author.build(row, message.width))
+        out.append(m)
+    return out
+
+
+def _c(alias: str, model: Any, field: str) -> str:
+    """alias.column of a model's field, quoted."""
+    return f"{qn(alias)}.{qn(model._meta.get_field(field).column)}"
 
 
 def message_get_by_client_id(*, room_id: int, author_id: int, client_id: str) -> Message | None:
@@ -151,9 +192,21 @@ def token_hash(raw: str) -> str:
 
 
 def token_get_active(*, raw: str) -> ApiToken | None:
-    """The live token for this secret (not revoked, active user), or None."""
-    return (
-        ApiToken.objects.select_related("user")
-        .filter(key_hash=token_hash(raw), revoked_at__isnull=True, user__is_active=True)
-        .first()
+    """The live token for this secret (not revoked, active user), with its user loaded, or None.
+
+    Plain SQL (chat.rowsql): every bearer-token handshake runs it.
+    """
+    User = get_user_model()
+    token, user = cols(ApiToken, "t"), cols(User, "u")
+    rows = fetch(
+        f"SELECT {token.sql}, {user.sql} FROM {qn(ApiToken._meta.db_table)} {qn('t')} "
+        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('t', ApiToken, 'user')} "
+        f"WHERE {_c('t', ApiToken, 'key_hash')} = %s AND {_c('t', ApiToken, 'revoked_at')} IS NULL "
+        f"AND {_c('u', User, 'is_active')} = %s",
+        [token_hash(raw), True],
     )
+    if not rows:
+        return None
+    found = token.build(rows[0])
+    ApiToken._meta.get_field("user").set_cached_value(found, user.build(rows[0], token.width))
+    return found

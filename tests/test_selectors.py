@@ -106,3 +106,36 @@ def test_messages_by_client_id_finds_exact_keys_only(world):
     assert found == {(lobby.pk, ada.pk, "c1"): m1, (secret.pk, bob.pk, "c2"): m2}
     assert found[(lobby.pk, ada.pk, "c1")].author.username == "ada"  # full rows, author loaded
     assert selectors.messages_by_client_id(keys=[]) == {}
+
+
+def _fields(instance):
+    return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
+
+
+def test_plain_sql_reads_build_what_the_orm_builds(world):
+    """token_get_active, room_get_visible and the message reads skip the ORM's compiler
+    (chat.rowsql); the instances they build must equal the ORM's field for field: types,
+    converted values (datetimes aware, booleans), and the related user loaded."""
+    from chat.models import ApiToken, Message, Room
+
+    ada, _, _, lobby, secret = world
+    token, raw = services.token_create(user=ada)
+    services.token_touch(token=token)  # a non-null datetime besides created_at
+    services.message_create(room_id=lobby.pk, author=ada, text="héllo ✓", client_id="c1")
+    services.message_create(room_id=lobby.pk, author=ada, text="two", client_id=None)
+
+    fast = selectors.token_get_active(raw=raw)
+    orm = ApiToken.objects.select_related("user").get(pk=token.pk)
+    assert _fields(fast) == _fields(orm) and _fields(fast.user) == _fields(orm.user)
+    assert type(fast.created_at) is type(orm.created_at) and fast.created_at.tzinfo is not None
+    assert fast._state.adding is False and fast._state.db == orm._state.db
+
+    for room in (lobby, secret):
+        assert _fields(selectors.room_get_visible(user=ada, slug=room.slug)) == _fields(Room.objects.get(pk=room.pk))
+
+    orm_messages = list(Message.objects.filter(room=lobby).select_related("author").order_by("seq"))
+    for read in (selectors.message_range(room_id=lobby.pk, after_seq=0, limit=10),
+                 selectors.message_page(room_id=lobby.pk, before=None, limit=10)[0]):
+        assert [_fields(m) for m in read] == [_fields(m) for m in orm_messages]
+        assert [_fields(m.author) for m in read] == [_fields(m.author) for m in orm_messages]
+    assert selectors.room_get_visible(user=ada, slug="secret").is_private is True
