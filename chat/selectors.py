@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.models import Q
 
 from chat.models import SLUG_RE, ApiToken, Membership, Message, Room
-from chat.rowsql import cols, fetch, qn
+from chat.rowsql import cached_sql, cols, fetch, qn
 
 
 def room_visible_q(*, user: Any) -> Q:
@@ -32,16 +32,24 @@ def room_get_visible(*, user: Any, slug: str) -> Room | None:
     """
     if not SLUG_RE.match(slug):
         return None  # cannot exist; and PostgreSQL refuses some such strings (NUL) outright
-    room = cols(Room, "r")
-    sql = f"SELECT {room.sql} FROM {qn(Room._meta.db_table)} {qn('r')} WHERE {_c('r', Room, 'slug')} = %s"
-    params: list[Any] = [slug]
-    if not _sees_all(user):
-        sql += (f" AND ({_c('r', Room, 'is_private')} = %s OR {_c('r', Room, 'id')} IN "
-                f"(SELECT {_c('m', Membership, 'room')} FROM {qn(Membership._meta.db_table)} {qn('m')} "
-                f"WHERE {_c('m', Membership, 'user')} = %s))")
-        params += [False, user.pk]
-    rows = fetch(sql, params)
-    return room.build(rows[0]) if rows else None
+    if _sees_all(user):
+        rows = fetch(_room_by_slug_sql(), [slug])
+    else:
+        rows = fetch(_room_by_slug_sql() + _room_visible_sql(), [slug, False, user.pk])
+    return cols(Room, "r").build(rows[0]) if rows else None
+
+
+@cached_sql
+def _room_by_slug_sql() -> str:
+    return (f"SELECT {cols(Room, 'r').sql} FROM {qn(Room._meta.db_table)} {qn('r')} "
+            f"WHERE {_c('r', Room, 'slug')} = %s")
+
+
+@cached_sql
+def _room_visible_sql() -> str:
+    return (f" AND ({_c('r', Room, 'is_private')} = %s OR {_c('r', Room, 'id')} IN "
+            f"(SELECT {_c('m', Membership, 'room')} FROM {qn(Membership._meta.db_table)} {qn('m')} "
+            f"WHERE {_c('m', Membership, 'user')} = %s))")
 
 
 def room_list_visible(*, user: Any) -> list[Room]:
@@ -107,13 +115,8 @@ def _messages(*, room_id: int, after_seq: int | None, before: int | None, limit:
               newest_first: bool) -> list[Message]:
     """Messages of a room by seq, each with its author loaded (select_related, as plain SQL:
     every join and resume reads one of these; chat.rowsql says why)."""
-    User = get_user_model()
-    message, author = cols(Message, "m"), cols(User, "u")
-    seq = _c("m", Message, "seq")
-    sql = (f"SELECT {message.sql}, {author.sql} FROM {qn(Message._meta.db_table)} {qn('m')} "
-           f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
-           f"WHERE {_c('m', Message, 'room')} = %s")
-    params: list[Any] = [room_id]
+    seq = _message_seq_sql()
+    sql, params = _messages_sql(), [room_id]
     if after_seq is not None:
         sql += f" AND {seq} > %s"
         params.append(after_seq)
@@ -122,13 +125,27 @@ def _messages(*, room_id: int, after_seq: int | None, before: int | None, limit:
         params.append(before)
     sql += f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s"
     params.append(limit)
-    out = []
+    message, author = cols(Message, "m"), cols(get_user_model(), "u")
     author_field = Message._meta.get_field("author")
+    out = []
     for row in fetch(sql, params):
         m = message.build(row)
         author_field.set_cached_value(m, author.build(row, message.width))
         out.append(m)
     return out
+
+
+@cached_sql
+def _message_seq_sql() -> str:
+    return _c("m", Message, "seq")
+
+
+@cached_sql
+def _messages_sql() -> str:
+    User = get_user_model()
+    return (f"SELECT {cols(Message, 'm').sql}, {cols(User, 'u').sql} FROM {qn(Message._meta.db_table)} {qn('m')} "
+            f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
+            f"WHERE {_c('m', Message, 'room')} = %s")
 
 
 def _c(alias: str, model: Any, field: str) -> str:
@@ -196,17 +213,19 @@ def token_get_active(*, raw: str) -> ApiToken | None:
 
     Plain SQL (chat.rowsql): every bearer-token handshake runs it.
     """
-    User = get_user_model()
-    token, user = cols(ApiToken, "t"), cols(User, "u")
-    rows = fetch(
-        f"SELECT {token.sql}, {user.sql} FROM {qn(ApiToken._meta.db_table)} {qn('t')} "
-        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('t', ApiToken, 'user')} "
-        f"WHERE {_c('t', ApiToken, 'key_hash')} = %s AND {_c('t', ApiToken, 'revoked_at')} IS NULL "
-        f"AND {_c('u', User, 'is_active')} = %s",
-        [token_hash(raw), True],
-    )
+    rows = fetch(_token_sql(), [token_hash(raw), True])
     if not rows:
         return None
+    token = cols(ApiToken, "t")
     found = token.build(rows[0])
-    ApiToken._meta.get_field("user").set_cached_value(found, user.build(rows[0], token.width))
+    ApiToken._meta.get_field("user").set_cached_value(found, cols(get_user_model(), "u").build(rows[0], token.width))
     return found
+
+
+@cached_sql
+def _token_sql() -> str:
+    User = get_user_model()
+    return (f"SELECT {cols(ApiToken, 't').sql}, {cols(User, 'u').sql} FROM {qn(ApiToken._meta.db_table)} {qn('t')} "
+            f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('t', ApiToken, 'user')} "
+            f"WHERE {_c('t', ApiToken, 'key_hash')} = %s AND {_c('t', ApiToken, 'revoked_at')} IS NULL "
+            f"AND {_c('u', User, 'is_active')} = %s")
