@@ -24,6 +24,15 @@ ORIGIN = b"http://localhost"
 REQUIRE_SERVICES = os.environ.get("PARLEY_REQUIRE_SERVICES") == "1"
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    """Keep each phase's report on the item (item.rep_call …): fixtures read it at teardown to
+    tell a failed test (tests/support/fixtures.servers prints its servers' logs then)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 def require_redis() -> None:
     """Skip a test that needs the Redis layer in the run without REDIS_URL.
 

@@ -48,8 +48,13 @@ RELAXED_LIMITS = {
 
 
 @pytest.fixture
-def servers(transactional_db: Any) -> Iterator[Callable[..., ServerProcess]]:
-    """`servers(**kw)` → a started ServerProcess on the test's database and channel backend."""
+def servers(request: pytest.FixtureRequest, transactional_db: Any) -> Iterator[Callable[..., ServerProcess]]:
+    """`servers(**kw)` → a started ServerProcess on the test's database and channel backend.
+
+    When the test fails, each server's log tail is printed before its data dir (and the log in
+    it) is deleted: pytest shows it under the failure ("Captured stdout teardown"). A resilience
+    test failed once in CI with nothing left to read (docs/benchmarks.md, session notes).
+    """
     made: list[ServerProcess] = []
 
     def make(*, default_limits: bool = False, **kw: Any) -> ServerProcess:
@@ -62,6 +67,10 @@ def servers(transactional_db: Any) -> Iterator[Callable[..., ServerProcess]]:
         return server.start()
 
     yield make
+    call = getattr(request.node, "rep_call", None)
+    if call is not None and call.failed:
+        for i, server in enumerate(made):
+            print(f"\n--- server {i} (port {server.port}, pid {server.pid}) log tail ---\n{server.log_tail(300)}")
     for server in made:  # SIGTERM all first: their graceful shutdowns overlap
         if server.running:
             server.resume()
