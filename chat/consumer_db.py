@@ -1,4 +1,4 @@
-"""The consumer's database work: one thread hop (database_sync_to_async, via db_call) per command.
+"""The consumer's database work: one hop to the database thread (chat.dbthread) per command.
 
 Each function bundles the authorization check with the read it guards, so checking access on
 every command — not only at join — costs no extra round trip to the thread pool. Sends go
@@ -7,15 +7,14 @@ through chat.ingest instead, which batches them into shared transactions.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chat import protocol, selectors
+from chat.dbthread import database_thread
 from chat.models import Message, Room
 
 P = ParamSpec("P")
@@ -23,20 +22,17 @@ R = TypeVar("R")
 
 
 def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """database_sync_to_async, run in a child task so the caller's context stays as it was.
+    """fn, run on the database thread (chat.dbthread); the caller awaits its result.
 
-    After every call asgiref copies the thread's context variables back into the caller's
-    context, re-homing the storage of each asgiref Local it finds (Django keeps several). Called
-    from a socket's task, that left ~0.6 KB in the context of every open socket for as long as
-    it stayed open (tracemalloc, docs/benchmarks.md). A child task gets a copy of the context,
-    and what asgiref writes into the copy goes away with it. Cancelling the caller cancels the
-    child (it is what the caller awaits).
+    It used to be database_sync_to_async in a child task: asgiref copies the thread's context
+    variables back into the caller's context after every call, re-homing the storage of each
+    asgiref Local it finds, and called from a socket's task that left ~0.6 KB in every open
+    socket's context. The database thread touches no context at all.
     """
-    hop = database_sync_to_async(fn)
 
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-        return asyncio.ensure_future(hop(*args, **kwargs))
+        return database_thread.submit(fn, *args, **kwargs)
 
     return call
 

@@ -215,8 +215,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         Channels' own dispatch (4.2+) first runs close_old_connections in the thread pool: a
         thread hop per frame and per event, ~30% of the stock fan-out path's profile. Every
-        database call of this consumer goes through database_sync_to_async, which closes stale
-        connections itself before and after it runs, so the extra hop protects nothing here.
+        database call of this consumer runs on chat.dbthread, which closes stale connections
+        itself before and after each call, so the extra hop protects nothing here.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:

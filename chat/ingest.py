@@ -1,6 +1,6 @@
 """Group commit: sends that arrive while a commit is in flight share the next transaction.
 
-Every consumer's database call runs on one sync thread (database_sync_to_async), and a commit
+Every consumer's database call runs on one thread (chat.dbthread), and a commit
 costs more than the inserts in it; one message per transaction capped a process at roughly the
 inverse of the commit time. The writer keeps one batch in flight at a time: the first send goes
 straight to the database (no added latency when idle), and whatever queues up meanwhile goes in
@@ -14,16 +14,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.db import connection
 
 from chat import services
+from chat.dbthread import database_thread
 from chat.loops import per_loop
 from chat.models import Message
 
 MAX_BATCH = 256
 # Django's connection health check (CONN_HEALTH_CHECKS) sends a `SELECT 1` before the first query
-# of every database_sync_to_async call: one extra round trip per batch, 8.6% of the database
+# of every database call (chat.dbthread closes stale connections around each): one extra round trip per batch, 8.6% of the database
 # thread in the PostgreSQL ingest profile (docs/benchmarks.md). It exists to catch a connection
 # that died while idle; a connection that committed a batch this recently has just been checked
 # by that commit, so the writer skips it then. A batch that fails still marks the connection
@@ -43,8 +43,8 @@ class _Send:
     future: asyncio.Future[tuple[Message, bool] | None]
 
 
-@database_sync_to_async
 def _store(batch: list[_Send]) -> list[Any]:
+    """Runs on the database thread."""
     global _last_commit
     raw = connection.connection
     if (raw is not None and _last_commit[0] == id(raw) and not connection.errors_occurred
@@ -77,7 +77,7 @@ class MessageWriter:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
-                results = await _store(batch)
+                results = await database_thread.submit(_store, batch)
             except Exception as exc:  # the commit failed: none of the batch was stored
                 for item in batch:
                     if not item.future.done():

@@ -1,4 +1,5 @@
-"""chat.consumer_db: the consumer's database calls leave the socket task's context untouched."""
+"""chat.consumer_db and chat.dbthread: the consumer's database calls run on the database thread,
+one at a time, and leave the socket task's context untouched."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ async def test_a_database_call_leaves_the_callers_context_as_it_was():
 
 async def test_why_plain_database_sync_to_async_is_not_used_for_them():
     """asgiref writes the thread's context back into the caller's (re-homing every asgiref
-    Local's storage): kept in each open socket's task context, that was ~0.6 KB a socket. If
-    this starts failing, asgiref stopped doing it and db_call's child task can go."""
+    Local's storage): kept in each open socket's task context, that was ~0.6 KB a socket. One
+    of the reasons db_call uses chat.dbthread instead (the other: its per-call cost)."""
     ada, room = await make_user("ada"), await make_room("lobby")
     before = context_now()
     assert await database_sync_to_async(selectors.room_user_can_access)(user=ada, room_id=room.pk)
