@@ -6,8 +6,8 @@ idle socket a few hundred bytes (docs/benchmarks.md, the idle scenario). A plain
 returns the inner application's awaitable does the same routing and is gone once it returns;
 whoever awaited it (the ASGI server, or the layer above) awaits the inner application instead.
 The three here are Channels' ProtocolTypeRouter, URLRouter and `as_asgi` app, unchanged in what
-they route and how;
-chat.ws_auth's HandshakeRateLimit and OriginGuard follow the same rule.
+they route and how; chat.ws_auth's HandshakeRateLimit and OriginGuard follow the same rule
+(BearerTokenAuth cannot: it awaits the token lookup first, so it keeps its frame but no scope).
 
 `markcoroutinefunction` keeps them looking like ASGI 3 single callables to code that checks
 (asgiref's guarantee_single_callable, used by WebsocketCommunicator): they return an awaitable.
