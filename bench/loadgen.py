@@ -220,6 +220,7 @@ class Worker:
         sem = asyncio.Semaphore(concurrency)
         t0 = time.monotonic()
         done: list[float] = []
+        greeted: list[float] = []  # handshake done (hello received): apart from the join
 
         async def one(spec: dict[str, Any]) -> Client | None:
             async with sem:
@@ -232,6 +233,7 @@ class Worker:
                                    websocket_handshake_timeout=timeout), timeout)
                     if hello is not None:
                         await asyncio.wait_for(hello, timeout)
+                        greeted.append(time.monotonic() - t0)
                         for room in c.rooms:
                             await self._join(c, room, spec.get("resume", {}).get(room), timeout)
                 except Exception as exc:  # noqa: BLE001 - counted and sampled
@@ -249,7 +251,8 @@ class Worker:
         results = await asyncio.gather(*(one(s) for s in specs))
         ok = [c for c in results if c is not None]
         res: dict[str, Any] = {"ok": len(ok), "failed": len(specs) - len(ok), "secs": time.monotonic() - t0,
-                               "done_secs": sorted(done), "errors": self.errors[-5:]}
+                               "done_secs": sorted(done), "hello_secs": sorted(greeted),
+                               "errors": self.errors[-5:]}
         if info:
             res["info"] = {c.idx: c.join_info for c in ok}
             res["recovered"] = sum(1 for c in ok if c.recovered is True)

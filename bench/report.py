@@ -77,6 +77,11 @@ def tables(res: dict[str, Any]) -> str:
         out.append("### 5. Reconnect storm: all clients resume at once (Parley only: the baselines have no resume)\n\n"
                    + markdown_table(["server", "clients", "resumed", "recovered", "gaps", "duplicates", "behind",
                                      "all joined s", "join p99 s", "all caught up s", "gap-free"], rows))
+        if rc.get("join_deciles_s"):
+            # Older results.json files have no deciles: the table above is all they can show.
+            out.append("Clients through, seconds from the storm's start, at 10%, 20% … 100% of them: "
+                       f"handshake {rc.get('hello_deciles_s')}, join {rc['join_deciles_s']}; "
+                       f"listen-queue drops meanwhile (kernel ListenOverflows): {rc.get('listen_overflows')}\n")
     so = res.get("scaleout") or []
     if so:
         mem = _by(fan, "parley")

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench import servers
 from bench.loadgen import Pool
-from bench.stats import Ramp, judge_step, percentile, summarize
+from bench.stats import Ramp, deciles, judge_step, listen_overflows, percentile, summarize
 
 
 @dataclass
@@ -453,6 +453,7 @@ def reconnect_storm(cfg: Config, pool: Pool, t: Target, progress: Progress, labe
         spec = dict(s)
         spec["resume"] = {rooms[i // 10]: [highs.get(i, 0), epochs.get(rooms[i // 10])]}
         resume_specs.append(spec)
+    overflows_before = listen_overflows()
     t0 = time.monotonic()
     parts = chunks(resume_specs, len(client_w))
     ids = [pool.call(w, "connect", specs=p, concurrency=len(p), timeout=60.0, info=True)
@@ -480,11 +481,18 @@ def reconnect_storm(cfg: Config, pool: Pool, t: Target, progress: Progress, labe
     pool.all("close_all", wait=10.0)
     progress.tick()
     done = sorted(d for r in res for d in r["done_secs"])
+    greeted = sorted(d for r in res for d in r.get("hello_secs", []))
+    overflows_after = listen_overflows()
     return {"target": label, "clients": n, "resumed": ok, "recovered": recovered, "gaps": gaps,
             "duplicates": dups, "behind_at_end": behind, "storm_secs": storm_secs,
             "caught_up_secs": caught_up_secs,
             "join_p50_s": percentile(done, 50) if done else None,
             "join_p99_s": percentile(done, 99) if done else None,
+            # When clients were through: the handshake (hello) and the join, as deciles from the
+            # storm's start; and the listen-queue drops meanwhile (docs/benchmarks.md, "Connect path").
+            "hello_deciles_s": deciles(greeted), "join_deciles_s": deciles(done),
+            "listen_overflows": (overflows_after - overflows_before
+                                 if overflows_before is not None and overflows_after is not None else None),
             "gap_free": ok == n and recovered == n and gaps == 0 and dups == 0 and behind == 0,
             "errors": [e for r in res for e in r["errors"]][:5]}
 

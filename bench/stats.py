@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 INF = float("inf")
@@ -182,3 +183,26 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 def target_line(name: str, ok: bool | None, detail: str) -> str:
     verdict = "PASS" if ok else ("n/a" if ok is None else "MISS")
     return f"{verdict:4}  {name}: {detail}"
+
+
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped because a listen queue was full (TcpExt
+    ListenOverflows, machine-wide since boot), or None where /proc/net/netstat is missing.
+    A dropped SYN is retried by the client after 1, 3, 7, 15 s: a storm's duration can be that
+    schedule rather than the server's speed."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table["ListenOverflows"]) if "ListenOverflows" in table else None
+    return None
+
+
+def deciles(sorted_values: Sequence[float]) -> list[float]:
+    """10th … 90th and 100th percentile of an ascending sequence (empty: [])."""
+    if not sorted_values:
+        return []
+    return [round(percentile(sorted_values, p), 2) for p in (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)]

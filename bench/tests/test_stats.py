@@ -176,3 +176,25 @@ def test_recompute_counts_a_passing_probe_and_ignores_failed_steps():
     r = recompute({"fanout": [{"target": "x", "steps": steps}]})["fanout"][0]
     assert r["best_deliveries_per_s"] == 4000.0 and r["best_p99_ms"] == 80.0
     assert r["peak_deliveries_per_s"] == 9000.0
+
+
+# --- storm timing helpers ---------------------------------------------------------------------
+
+def test_deciles_of_a_storm():
+    from bench.stats import deciles
+
+    assert deciles([]) == []
+    assert deciles([float(i) for i in range(1, 101)]) == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0]
+
+
+def test_listen_overflows_reads_the_kernel_counter(tmp_path, monkeypatch):
+    import bench.stats as stats
+
+    netstat = tmp_path / "netstat"
+    netstat.write_text("TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 877 877\n"
+                       "IpExt: InNoRoutes\nIpExt: 0\n")
+    real_path = stats.Path
+    monkeypatch.setattr(stats, "Path", lambda p: netstat if p == "/proc/net/netstat" else real_path(p))
+    assert stats.listen_overflows() == 877
+    netstat.write_text("IpExt: InNoRoutes\nIpExt: 0\n")
+    assert stats.listen_overflows() is None
