@@ -106,8 +106,8 @@ class Client:
         await self.send({**frame, "ref": ref})
         return await self._take(lambda f: f.get("ref") == ref, timeout)
 
-    async def join(self, room: str, **extra: Any) -> dict[str, Any]:
-        reply = await self.request({"type": "join", "room": room, **extra})
+    async def join(self, room: str, *, timeout: float = 3, **extra: Any) -> dict[str, Any]:
+        reply = await self.request({"type": "join", "room": room, **extra}, timeout=timeout)
         assert reply["type"] == "joined", reply
         return reply
 
