@@ -47,13 +47,13 @@ class DatabaseThread:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._put(functools.partial(fn, *args, **kwargs) if kwargs else (lambda: fn(*args)), loop, future)
+        self._put(functools.partial(fn, *args, **kwargs), loop, future)
         return future
 
     def run(self, fn: Callable[..., R], *args: Any, timeout: float | None = None) -> R:
         """Run fn(*args) on the thread from synchronous code and wait for it (tests, shutdown)."""
         future: concurrent.futures.Future[R] = concurrent.futures.Future()
-        self._put(lambda: fn(*args), None, future)
+        self._put(functools.partial(fn, *args), None, future)
         return future.result(timeout)
 
     def _put(self, job: Callable[[], Any], loop: Any, future: Any) -> None:

@@ -23,11 +23,12 @@ from chat.models import Message
 
 MAX_BATCH = 256
 # Django's connection health check (CONN_HEALTH_CHECKS) sends a `SELECT 1` before the first query
-# of every database call (chat.dbthread closes stale connections around each): one extra round trip per batch, 8.6% of the database
-# thread in the PostgreSQL ingest profile (docs/benchmarks.md). It exists to catch a connection
-# that died while idle; a connection that committed a batch this recently has just been checked
-# by that commit, so the writer skips it then. A batch that fails still marks the connection
-# (errors_occurred) and Channels' close_old_connections drops it before the next call.
+# after each close_old_connections, which chat.dbthread runs around every call: one extra round
+# trip per batch, 8.6% of the database thread in the PostgreSQL ingest profile
+# (docs/benchmarks.md). It exists to catch a connection that died while idle; a connection that
+# committed a batch this recently has just been checked by that commit, so the writer skips it
+# then. A batch that fails still marks the connection (errors_occurred), and the next
+# close_old_connections drops it if it is unusable.
 WRITER_HEALTH_CHECK_IDLE_SECS = 1.0
 
 # (id of the DB-API connection, time.monotonic() of its last commit by the writer).
