@@ -28,7 +28,9 @@ def room_visible_q(*, user: Any) -> Q:
 def room_get_visible(*, user: Any, slug: str) -> Room | None:
     """The room `slug` if this user may see it (private rooms are invisible to non-members).
 
-    room_visible_q as plain SQL: every join runs it (chat.rowsql says why).
+    room_visible_q as plain SQL: every join runs it (chat.rowsql says why). The rule is written
+    twice on purpose — keep the two in step; tests/test_selectors.py's test_visibility checks
+    both against the same rooms.
     """
     if not SLUG_RE.match(slug):
         return None  # cannot exist; and PostgreSQL refuses some such strings (NUL) outright
