@@ -50,6 +50,13 @@ class Columns:
             values[i] = value
         return self.model.from_db(DEFAULT_DB_ALIAS, self.attnames, values)
 
+    def build_with(self, row: Sequence[Any], field: str, related: Columns) -> Any:
+        """build(row), with the object of foreign key `field` built from the columns that follow
+        this model's in the row and cached on it (what select_related does)."""
+        obj = self.build(row)
+        self.model._meta.get_field(field).set_cached_value(obj, related.build(row, self.width))
+        return obj
+
 
 @functools.cache
 def columns(model: type[Model], alias: str, vendor: str) -> Columns:

@@ -128,13 +128,7 @@ def _messages(*, room_id: int, after_seq: int | None, before: int | None, limit:
     sql += f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s"
     params.append(limit)
     message, author = cols(Message, "m"), cols(get_user_model(), "u")
-    author_field = Message._meta.get_field("author")
-    out = []
-    for row in fetch(sql, params):
-        m = message.build(row)
-        author_field.set_cached_value(m, author.build(row, message.width))
-        out.append(m)
-    return out
+    return [message.build_with(row, "author", author) for row in fetch(sql, params)]
 
 
 @cached_sql
@@ -218,10 +212,7 @@ def token_get_active(*, raw: str) -> ApiToken | None:
     rows = fetch(_token_sql(), [token_hash(raw), True])
     if not rows:
         return None
-    token = cols(ApiToken, "t")
-    found = token.build(rows[0])
-    ApiToken._meta.get_field("user").set_cached_value(found, cols(get_user_model(), "u").build(rows[0], token.width))
-    return found
+    return cols(ApiToken, "t").build_with(rows[0], "user", cols(get_user_model(), "u"))
 
 
 @cached_sql
