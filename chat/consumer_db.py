@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 from django.conf import settings
 
 from chat import protocol, selectors
-from chat.dbthread import database_thread
+from chat.dbthread import Batched, database_thread
 from chat.models import Message, Room
 
 P = ParamSpec("P")
@@ -37,18 +37,42 @@ def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     return call
 
 
-@db_call
-def load_room(user: Any, slug: str) -> Room | None:
-    return selectors.room_get_visible(user=user, slug=slug)
+Snapshot = tuple[Room, list[Message], bool, bool | None, int, int]
 
 
-@db_call
-def join_snapshot(user: Any, cmd: protocol.Join) -> tuple[Room, list[Message], bool, bool | None, int, int] | None:
+def load_room(user: Any, slug: str) -> Awaitable[Room | None]:
+    """The room if this user may see it (selectors.room_get_visible), on the database thread."""
+    return _load_rooms((user, slug))
+
+
+_load_rooms: Batched[tuple[Any, str], Room | None] = Batched(
+    lambda wanted: selectors.rooms_get_visible(wanted=wanted))
+
+
+def join_snapshot(user: Any, cmd: protocol.Join) -> Awaitable[Snapshot | None]:
     """(room, messages, has_more, recovered, high_seq, last_seq) for a join, or None if the user
-    may not see the room. Read after subscribing (ChatConsumer.do_join)."""
-    room = selectors.room_get_visible(user=user, slug=cmd.room)
-    if room is None:
-        return None
+    may not see the room. Read after subscribing (ChatConsumer.do_join).
+
+    Joins that reach the database thread together are read together (join_snapshots): in a
+    reconnect storm, each socket's join used to be one hop and two queries of its own.
+    """
+    return _join_snapshots((user, cmd))
+
+
+def join_snapshots(items: list[tuple[Any, protocol.Join]]) -> list[Snapshot | None]:
+    """join_snapshot for each (user, join): one query for all their rooms, and each distinct
+    message read once however many of the joins ask for it (the ten members of a room that
+    resume after the same seq share one)."""
+    rooms = selectors.rooms_get_visible(wanted=[(user, cmd.room) for user, cmd in items])
+    reads: dict[tuple[Any, ...], Any] = {}
+    return [_snapshot(room, cmd, reads) if room is not None else None
+            for room, (_, cmd) in zip(rooms, items, strict=True)]
+
+
+_join_snapshots: Batched[tuple[Any, protocol.Join], Snapshot | None] = Batched(join_snapshots)
+
+
+def _snapshot(room: Room, cmd: protocol.Join, reads: dict[tuple[Any, ...], Any]) -> Snapshot:
     last_seq = room.last_seq
     recovered: bool | None = None
     if cmd.after_seq is not None:
@@ -56,12 +80,18 @@ def join_snapshot(user: Any, cmd: protocol.Join) -> tuple[Room, list[Message], b
         # No epoch, no resume: the client could be holding seqs of another log of this room.
         same_log = cmd.epoch == room.epoch
         if same_log and 0 <= gap <= settings.PARLEY_RESUME_MAX_GAP:
-            messages = selectors.message_range(room_id=room.pk, after_seq=cmd.after_seq, limit=gap)
+            key = ("range", room.pk, cmd.after_seq, gap)
+            if key not in reads:
+                reads[key] = selectors.message_range(room_id=room.pk, after_seq=cmd.after_seq, limit=gap)
+            messages: list[Message] = reads[key]
             if _reply_bytes(messages) <= settings.PARLEY_REPLY_MAX_BYTES:
                 high = max([cmd.after_seq] + [m.seq for m in messages])
                 return room, messages, cmd.after_seq > 0, True, high, max(last_seq, high)
         recovered = False
-    messages, has_more = _fit(*selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit))
+    key = ("page", room.pk, cmd.limit)
+    if key not in reads:
+        reads[key] = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
+    messages, has_more = _fit(*reads[key])
     # Not last_seq: a message committed after the page was read is still on its way to us as a
     # live event, and must not be dropped as "already seen".
     high = messages[-1].seq if messages else 0

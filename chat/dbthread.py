@@ -13,6 +13,10 @@ What database_sync_to_async guaranteed is kept: the calls run one at a time on o
 not overlapping), and stale connections are closed before and after each call
 (close_old_connections, as Channels does; CONN_HEALTH_CHECKS then checks before the next query).
 HTTP views still run through Django's own handler threads.
+
+Reads that many sockets make at once (the bearer-token lookup of a handshake, the snapshot of
+a join) go through `Batched`: the calls made while the thread is busy ride in one job, which
+answers them all with one query where the read allows it (docs/benchmarks.md, "Connect path").
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from django.db import close_old_connections
 
 R = TypeVar("R")
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -75,6 +80,10 @@ class DatabaseThread:
                 outcome = (False, exc)
             finally:
                 _close_stale()
+            if future is None:
+                if not outcome[0]:
+                    log.error("database thread job failed", exc_info=outcome[1])
+                continue
             if loop is None:
                 _settle(future, outcome)
                 continue
@@ -92,6 +101,11 @@ def _close_stale() -> None:
         log.exception("closing stale database connections failed")
 
 
+def _settle_all(settles: list[tuple[Any, tuple[bool, Any]]]) -> None:
+    for future, outcome in settles:
+        _settle(future, outcome)
+
+
 def _settle(future: Any, outcome: tuple[bool, Any]) -> None:
     if future.cancelled():
         return
@@ -103,3 +117,61 @@ def _settle(future: Any, outcome: tuple[bool, Any]) -> None:
 
 
 database_thread = DatabaseThread()
+
+
+class Batched(Generic[T, R]):
+    """`many(items) -> results` (one result per item, in order) for the items of every call
+    made while the database thread was busy: await `batched(item)` for one item's result.
+
+    Nothing waits to fill a batch: the first call queues a job, and whatever calls arrive
+    before the thread reaches it join it — one at a time when the thread is idle, hundreds
+    at once in a reconnect storm. Each job hands the thread's results back to an event loop in
+    one callback per loop, not one per item. If `many` raises, every item of that chunk gets
+    the exception. The job runs in the thread's queue order, so an item can be answered
+    before work queued after its call but before its job: only for reads that do not care
+    (each is its own autocommit snapshot anyway).
+    """
+
+    def __init__(self, many: Callable[[list[T]], list[R]], *, max_items: int = 256,
+                 thread: DatabaseThread | None = None) -> None:
+        self.many = many
+        self.max_items = max_items  # one statement's bound parameters stay well under SQLite's limit
+        self._thread = thread
+        self._lock = threading.Lock()
+        self._pending: list[tuple[T, Any, asyncio.Future[R]]] = []
+        self._queued = False
+
+    def __call__(self, item: T) -> asyncio.Future[R]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        with self._lock:
+            self._pending.append((item, loop, future))
+            if self._queued:
+                return future
+            self._queued = True
+        (self._thread or database_thread)._put(self._drain, None, None)
+        return future
+
+    def _drain(self) -> None:
+        """Called on the database thread: answers every item that has arrived since the job
+        was queued."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._queued = False
+        for start in range(0, len(batch), self.max_items):
+            chunk = batch[start:start + self.max_items]
+            try:
+                results = self.many([item for item, _, _ in chunk])
+                if len(results) != len(chunk):
+                    raise RuntimeError(f"{self.many!r} returned {len(results)} results for {len(chunk)} items")
+                outcomes: list[tuple[bool, Any]] = [(True, r) for r in results]
+            except BaseException as exc:  # noqa: BLE001  (handed to every caller of the chunk)
+                outcomes = [(False, exc)] * len(chunk)
+            by_loop: dict[Any, list[tuple[Any, tuple[bool, Any]]]] = {}
+            for (_, loop, future), outcome in zip(chunk, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((future, outcome))
+            for loop, settles in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_settle_all, settles)
+                except RuntimeError:
+                    pass  # that loop is closed: nobody is waiting any more

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -26,32 +27,41 @@ def room_visible_q(*, user: Any) -> Q:
 
 
 def room_get_visible(*, user: Any, slug: str) -> Room | None:
-    """The room `slug` if this user may see it (private rooms are invisible to non-members).
+    """The room `slug` if this user may see it (private rooms are invisible to non-members)."""
+    return rooms_get_visible(wanted=[(user, slug)])[0]
 
-    room_visible_q as plain SQL: every join runs it (chat.rowsql says why). The rule is written
-    twice on purpose — keep the two in step; tests/test_selectors.py's test_visibility checks
-    both against the same rooms.
+
+def rooms_get_visible(*, wanted: list[tuple[Any, str]]) -> list[Room | None]:
+    """room_get_visible for each (user, slug) of `wanted`, in one query for the rooms (plain SQL:
+    every join runs it, chat.rowsql says why) and, only when some of them are private rooms
+    of users who do not see all, one for those users' memberships. The joins of a reconnect
+    storm reach the database thread together and are answered together (chat.consumer_db).
+
+    The visibility rule is rooms_accessible's, the Python form of room_visible_q;
+    tests/test_selectors.py's test_visibility checks the two against the same rooms.
     """
-    if not SLUG_RE.match(slug):
-        return None  # cannot exist; and PostgreSQL refuses some such strings (NUL) outright
-    if _sees_all(user):
-        rows = fetch(_room_by_slug_sql(), [slug])
-    else:
-        rows = fetch(_room_by_slug_sql() + _room_visible_sql(), [slug, False, user.pk])
-    return cols(Room, "r").build(rows[0]) if rows else None
+    slugs = list(dict.fromkeys(slug for _, slug in wanted if SLUG_RE.match(slug)))
+    # (A slug that cannot exist is never sent: PostgreSQL refuses some such strings, NUL, outright.)
+    by_slug: dict[str, Room] = {}
+    if slugs:
+        room = cols(Room, "r")
+        for row in fetch(_rooms_by_slug_sql(len(slugs)), slugs):
+            r = room.build(row)
+            by_slug[r.slug] = r
+    found = [(user, by_slug.get(slug)) for user, slug in wanted]
+    allowed = _accessible(pairs=[(user, r.pk) for user, r in found if r is not None],
+                          is_private={r.pk: r.is_private for r in by_slug.values()})
+    return [r if r is not None and (user.pk, r.pk) in allowed else None for user, r in found]
 
 
-@cached_sql
-def _room_by_slug_sql() -> str:
+@functools.cache
+def _rooms_by_slug_sql_for(vendor: str, n: int) -> str:
     return (f"SELECT {cols(Room, 'r').sql} FROM {qn(Room._meta.db_table)} {qn('r')} "
-            f"WHERE {_c('r', Room, 'slug')} = %s")
+            f"WHERE {_c('r', Room, 'slug')} IN ({', '.join(['%s'] * n)})")
 
 
-@cached_sql
-def _room_visible_sql() -> str:
-    return (f" AND ({_c('r', Room, 'is_private')} = %s OR {_c('r', Room, 'id')} IN "
-            f"(SELECT {_c('m', Membership, 'room')} FROM {qn(Membership._meta.db_table)} {qn('m')} "
-            f"WHERE {_c('m', Membership, 'user')} = %s))")
+def _rooms_by_slug_sql(n: int) -> str:
+    return _rooms_by_slug_sql_for(connection.vendor, n)
 
 
 def room_list_visible(*, user: Any) -> list[Room]:
@@ -67,17 +77,22 @@ def rooms_accessible(*, pairs: list[tuple[Any, int]]) -> set[tuple[int, int]]:
     """The (user id, room id) pairs of `pairs` whose user may use the room: the batch form of
     room_user_can_access, in two queries whatever the number of pairs (chat.services' ingest)."""
     room_ids = {room_id for _, room_id in pairs}
-    public: set[int] = set()
-    private: set[int] = set()
-    for room_id, is_private in Room.objects.filter(pk__in=room_ids).values_list("pk", "is_private"):
-        (private if is_private else public).add(room_id)
+    return _accessible(pairs=pairs, is_private=dict(Room.objects.filter(pk__in=room_ids).values_list("pk", "is_private")))
+
+
+def _accessible(*, pairs: list[tuple[Any, int]], is_private: dict[int, bool]) -> set[tuple[int, int]]:
+    """room_visible_q's rule in Python, for rooms whose privacy is known: public rooms to all,
+    private ones to staff and members (one query for the memberships, if any is needed)."""
+    private = {room_id for room_id, p in is_private.items() if p}
     plain_users = {user.pk for user, room_id in pairs if room_id in private and not _sees_all(user)}
     members = set(
         Membership.objects.filter(room_id__in=private, user_id__in=plain_users).values_list("user_id", "room_id")
     ) if plain_users else set()
     allowed = set()
     for user, room_id in pairs:
-        if room_id in public or (room_id in private and (_sees_all(user) or (user.pk, room_id) in members)):
+        if room_id not in is_private:
+            continue
+        if not is_private[room_id] or _sees_all(user) or (user.pk, room_id) in members:
             allowed.add((user.pk, room_id))
     return allowed
 
@@ -205,20 +220,35 @@ def token_hash(raw: str) -> str:
 
 
 def token_get_active(*, raw: str) -> ApiToken | None:
-    """The live token for this secret (not revoked, active user), with its user loaded, or None.
+    """The live token for this secret (not revoked, active user), with its user loaded, or None."""
+    return tokens_get_active(raws=[raw])[0]
+
+
+def tokens_get_active(*, raws: list[str]) -> list[ApiToken | None]:
+    """token_get_active for each secret of `raws`, in one query: a reconnect storm's handshakes
+    reach the database thread together and are answered together (chat.dbthread.Batched).
 
     Plain SQL (chat.rowsql): every bearer-token handshake runs it.
     """
-    rows = fetch(_token_sql(), [token_hash(raw), True])
-    if not rows:
-        return None
-    return cols(ApiToken, "t").build_with(rows[0], "user", cols(get_user_model(), "u"))
+    hashes = [token_hash(raw) for raw in raws]
+    unique = list(dict.fromkeys(hashes))
+    token, user = cols(ApiToken, "t"), cols(get_user_model(), "u")
+    found = {}
+    for row in fetch(_token_sql(len(unique)), [*unique, True]):
+        t = token.build_with(row, "user", user)
+        found[t.key_hash] = t
+    return [found.get(h) for h in hashes]
 
 
-@cached_sql
-def _token_sql() -> str:
+@functools.cache
+def _token_sql_for(vendor: str, n: int) -> str:
     User = get_user_model()
     return (f"SELECT {cols(ApiToken, 't').sql}, {cols(User, 'u').sql} FROM {qn(ApiToken._meta.db_table)} {qn('t')} "
             f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('t', ApiToken, 'user')} "
-            f"WHERE {_c('t', ApiToken, 'key_hash')} = %s AND {_c('t', ApiToken, 'revoked_at')} IS NULL "
-            f"AND {_c('u', User, 'is_active')} = %s")
+            f"WHERE {_c('t', ApiToken, 'key_hash')} IN ({', '.join(['%s'] * n)}) "
+            f"AND {_c('t', ApiToken, 'revoked_at')} IS NULL AND {_c('u', User, 'is_active')} = %s")
+
+
+def _token_sql(n: int) -> str:
+    """Built once per vendor and number of secrets (at most chat.ws_auth's batch size)."""
+    return _token_sql_for(connection.vendor, n)

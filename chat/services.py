@@ -234,7 +234,14 @@ def token_revoke(*, token: ApiToken) -> None:
 
 
 def token_touch(*, token: ApiToken) -> None:
+    tokens_touch(tokens=[token])
+
+
+def tokens_touch(*, tokens: list[ApiToken]) -> None:
+    """Record that these tokens were used, in one UPDATE, for those whose last_used_at is older
+    than TOKEN_LAST_USED_RESOLUTION_SECS (a reconnect storm writes nothing for tokens in use)."""
     now = timezone.now()
     stale = now - timedelta(seconds=TOKEN_LAST_USED_RESOLUTION_SECS)
-    if token.last_used_at is None or token.last_used_at < stale:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    pks = {t.pk for t in tokens if t.last_used_at is None or t.last_used_at < stale}
+    if pks:
+        ApiToken.objects.filter(pk__in=pks).update(last_used_at=now)

@@ -17,10 +17,10 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from chat import limits
-from chat.consumer_db import db_call
+from chat.dbthread import Batched
 from chat.outbound import RAW_SEND_KEY
-from chat.selectors import token_get_active
-from chat.services import token_touch
+from chat.selectors import tokens_get_active
+from chat.services import tokens_touch
 
 log = logging.getLogger("parley.security")
 
@@ -94,13 +94,16 @@ class OriginGuard(OriginValidator):
         return WebsocketDenier()(scope, receive, send)
 
 
-@db_call
-def _token_user(raw: str) -> Any:
-    token = token_get_active(raw=raw)
-    if token is None:
-        return None
-    token_touch(token=token)
-    return token.user, token.pk
+def _token_users(raws: list[str]) -> list[tuple[Any, int] | None]:
+    """(user, token id) for each bearer secret, or None where it authenticates nobody: one query
+    for however many handshakes reached the database thread together (a reconnect storm's
+    handshakes spent ~2 ms each on the thread when each had its own query; docs/benchmarks.md)."""
+    tokens = tokens_get_active(raws=raws)
+    tokens_touch(tokens=[t for t in tokens if t is not None])
+    return [(t.user, t.pk) if t is not None else None for t in tokens]
+
+
+_token_user = Batched(_token_users)
 
 
 class BearerTokenAuth:

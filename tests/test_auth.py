@@ -108,6 +108,38 @@ async def test_token_use_is_recorded():
     await client.close()
 
 
+async def test_handshakes_at_once_each_get_their_own_token_user(monkeypatch):
+    """Handshakes that reach the database thread together share one token query
+    (chat.ws_auth, chat.dbthread.Batched): each must still get its own user, and a bad token
+    among them refused without taking the others down. The thread is held busy meanwhile so
+    that they do arrive together."""
+    import asyncio
+    import threading
+
+    from chat import ws_auth
+    from chat.dbthread import database_thread
+
+    batches: list[int] = []
+    many = ws_auth._token_user.many
+    monkeypatch.setattr(ws_auth._token_user, "many", lambda raws: (batches.append(len(raws)), many(raws))[1])
+    ada, bob = await make_user("ada"), await make_user("bob")
+    tokens = {"ada": await make_token(ada), "bob": await make_token(bob)}
+    release = threading.Event()
+    busy = database_thread.submit(release.wait, 5)
+    who = ["ada", "bob", "nobody", "bob", "ada", "ada"]
+    attempts = [asyncio.ensure_future(handshake([bearer(tokens.get(name, "prl_not-a-real-token"))])) for name in who]
+    await asyncio.sleep(0.2)
+    release.set()
+    await busy
+    results = await asyncio.gather(*attempts)
+    assert batches == [6]
+    assert [r[0] for r in results] == [name != "nobody" for name in who]
+    assert [r[1].hello["user"]["username"] for r in results if r[0]] == [n for n in who if n != "nobody"]
+    for ok, client in results:
+        if ok:
+            await client.close()
+
+
 # --- Origin -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("origin", [b"http://evil.example", b"https://localhost.evil.example",

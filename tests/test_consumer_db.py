@@ -36,3 +36,42 @@ async def test_why_plain_database_sync_to_async_is_not_used_for_them():
     assert await database_sync_to_async(selectors.room_user_can_access)(user=ada, room_id=room.pk)
     after = context_now()
     assert after.keys() != before.keys() or any(after[var] is not before[var] for var in before)
+
+
+def test_joins_read_together_answer_each_join_as_alone(django_assert_num_queries):
+    """join_snapshots (what joins that reach the database thread together share): one room
+    query, and each distinct message read once — ten members resuming a room after the same
+    seq share one range read — and every join gets what join_snapshots gives it alone."""
+    from chat import services
+    from chat.protocol import Join
+
+    users = [services.user_create(username=f"u{i}", password="correct-horse-battery") for i in range(10)]
+    outsider = services.user_create(username="outsider", password="correct-horse-battery")
+    lobby = services.room_create(slug="lobby", title="Lobby")
+    secret = services.room_create(slug="secret", title="Secret", owner=users[0], is_private=True)
+    for i in range(1, 8):
+        services.message_create(room_id=lobby.pk, author=users[0], text=f"m{i}", client_id=None)
+    services.message_create(room_id=secret.pk, author=users[0], text="s1", client_id=None)
+    resume = Join(room="lobby", after_seq=4, epoch=lobby.epoch, limit=50)
+    items = [(u, resume) for u in users]
+    items += [(users[1], Join(room="lobby", after_seq=4, epoch="another-log", limit=3)),  # not recovered: page
+              (users[0], Join(room="secret", after_seq=None, epoch=None, limit=50)),
+              (outsider, Join(room="secret", after_seq=None, epoch=None, limit=50)),
+              (users[2], Join(room="nope", after_seq=None, epoch=None, limit=50))]
+    # rooms; the private room's memberships; the lobby range; the lobby page; the secret page
+    with django_assert_num_queries(5):
+        together = db.join_snapshots(items)
+    alone = [db.join_snapshots([item])[0] for item in items]
+
+    def plain(snapshot):
+        if snapshot is None:
+            return None
+        room, messages, *rest = snapshot
+        return (room.pk, [(m.seq, m.text, m.author.username) for m in messages], *rest)
+
+    assert [plain(s) for s in together] == [plain(s) for s in alone]
+    assert plain(together[0]) == (lobby.pk, [(5, "m5", "u0"), (6, "m6", "u0"), (7, "m7", "u0")], True, True, 7, 7)
+    assert all(s[1] is together[0][1] for s in together[:10])  # one read, shared
+    assert plain(together[10]) == (lobby.pk, [(5, "m5", "u0"), (6, "m6", "u0"), (7, "m7", "u0")], True, False, 7, 7)
+    assert plain(together[11])[1] == [(1, "s1", "u0")]
+    assert together[12] is None and together[13] is None

@@ -9,7 +9,7 @@ import time
 import pytest
 from django.db import connection
 
-from chat.dbthread import DatabaseThread, database_thread
+from chat.dbthread import Batched, DatabaseThread, database_thread
 from chat.models import Room
 from tests.conftest import make_room
 
@@ -63,3 +63,60 @@ async def test_a_cancelled_caller_does_not_stop_the_thread():
 
 def test_synchronous_callers_wait_for_the_result():
     assert database_thread.run(lambda: threading.current_thread().name, timeout=5) == "parley-db"
+
+
+# --- Batched: the calls made while the thread is busy share one job -------------------------
+
+async def test_batched_calls_made_while_the_thread_is_busy_share_one_call():
+    thread = DatabaseThread(name="parley-db-batch")
+    calls: list[list[int]] = []
+
+    def many(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return [i * 10 for i in items]
+
+    square = Batched(many, thread=thread)
+    assert await square(1) == 10  # an idle thread answers one at once: nothing waits to fill a batch
+    release = threading.Event()
+    busy = thread.submit(release.wait, 5)
+    futures = [square(i) for i in range(2, 7)]
+    await asyncio.sleep(0.05)
+    assert calls == [[1]] and not any(f.done() for f in futures)
+    release.set()
+    assert await asyncio.gather(*futures) == [20, 30, 40, 50, 60]
+    assert calls == [[1], [2, 3, 4, 5, 6]]
+    assert await busy is True
+
+
+async def test_batched_splits_into_chunks_of_max_items():
+    thread = DatabaseThread(name="parley-db-batch")
+    calls: list[list[int]] = []
+    double = Batched(lambda items: (calls.append(list(items)), [2 * i for i in items])[1], max_items=2, thread=thread)
+    release = threading.Event()
+    thread.submit(release.wait, 5)
+    futures = [double(i) for i in range(5)]
+    release.set()
+    assert await asyncio.gather(*futures) == [0, 2, 4, 6, 8]
+    assert calls == [[0, 1], [2, 3], [4]]
+
+
+async def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_works():
+    thread = DatabaseThread(name="parley-db-batch")
+
+    def many(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise LookupError("unlucky batch")
+        return items
+
+    echo = Batched(many, thread=thread)
+    release = threading.Event()
+    thread.submit(release.wait, 5)
+    futures = [echo(12), echo(13)]
+    release.set()
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, LookupError) for r in results)
+    assert await echo(14) == 14
+    wrong = Batched(lambda items: [], thread=thread)
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        await wrong(1)
+    assert await thread.submit(lambda: "still here") == "still here"

@@ -41,6 +41,29 @@ def test_visibility(world):
     assert not selectors.room_user_can_access(user=bob, room_id=secret.pk)
 
 
+def test_rooms_get_visible_is_room_get_visible_for_each_pair(world, django_assert_num_queries):
+    """The batch form of room_get_visible (every join goes through it, chat.consumer_db):
+    the same answer for each (user, slug) as asking alone, members, staff and anonymous
+    users included, and no membership query while no private room is involved."""
+    from django.contrib.auth.models import AnonymousUser
+
+    ada, bob, root, lobby, secret = world
+    carol = services.user_create(username="carol", password=PASSWORD)
+    services.membership_add(room=secret, user=carol)
+    anon = AnonymousUser()
+    wanted = [(u, slug) for u in (ada, bob, root, carol, anon) for slug in ("secret", "lobby", "nope", "bad slug!")]
+    expected = {(id(u), slug): (secret if slug == "secret" and u in (ada, root, carol) else lobby if slug == "lobby" else None)
+                for u, slug in wanted}
+    assert selectors.rooms_get_visible(wanted=wanted) == [expected[(id(u), slug)] for u, slug in wanted]
+    assert [selectors.room_get_visible(user=u, slug=slug) for u, slug in wanted] == [expected[(id(u), s)] for u, s in wanted]
+    with django_assert_num_queries(1):
+        assert selectors.rooms_get_visible(wanted=[(bob, "lobby"), (ada, "lobby"), (anon, "lobby")]) == [lobby] * 3
+    with django_assert_num_queries(2):
+        assert selectors.rooms_get_visible(wanted=[(bob, "secret"), (carol, "secret")]) == [None, secret]
+    with django_assert_num_queries(0):
+        assert selectors.rooms_get_visible(wanted=[(bob, "bad slug!")]) == [None]
+
+
 def test_message_page_and_range(world):
     ada, _, _, lobby, secret = world
     for i in range(1, 26):
@@ -85,6 +108,20 @@ def test_token_get_active(world):
     _, raw_bob = services.token_create(user=bob)
     services.token_revoke(token=selectors.token_get_active(raw=raw_bob))
     assert selectors.token_get_active(raw=raw_bob) is None
+
+
+def test_tokens_get_active_answers_many_secrets_in_one_query(world, django_assert_num_queries):
+    """The batch form a reconnect storm's handshakes share: one result per secret, in order,
+    duplicates and unknown or revoked secrets included."""
+    ada, bob, *_ = world
+    token_a, raw_a = services.token_create(user=ada)
+    token_b, raw_b = services.token_create(user=bob)
+    revoked, raw_r = services.token_create(user=bob)
+    services.token_revoke(token=revoked)
+    with django_assert_num_queries(1):
+        found = selectors.tokens_get_active(raws=[raw_b, raw_a + "x", raw_a, raw_r, raw_b])
+    assert found == [token_b, None, token_a, None, token_b]
+    assert found[0].user == bob and found[2].user == ada
 
 
 def test_token_hash_is_sha256_hex():
