@@ -7,16 +7,31 @@ profile had Django building the same SQL again for each (`add_q`, `as_sql`, `set
 as SQL over the columns this module lists from the models' `_meta`, and turns rows back into
 model instances the way the ORM does: each column through the converters the ORM would apply
 (backend, then field), then `Model.from_db`. Everything else stays on the ORM.
+
+On SQLite these reads return their rows as one JSON array in one row (`select`): Python's
+sqlite3 lets go of the GIL for every row it steps, and on the database thread, beside an event
+loop that never lets go of it, each row then waited for the GIL to come back — 400 token rows
+took 256 ms instead of 1.9 ms, as one JSON row 8.7 ms (docs/benchmarks.md, "Connect path").
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
+
+# Field types whose SQLite values a JSON array carries unchanged (integers, text, NULL):
+# booleans and datetimes are stored as integers and text, and converted after, as usual.
+JSON_SAFE_TYPES = frozenset({
+    "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField", "SmallIntegerField",
+    "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField", "BooleanField",
+    "CharField", "TextField", "SlugField", "EmailField", "DateTimeField", "DateField", "ForeignKey",
+})
 
 
 def qn(name: str) -> str:
@@ -31,8 +46,10 @@ class Columns:
         self.model = model
         fields = model._meta.concrete_fields
         self.attnames = [f.attname for f in fields]
-        self.sql = ", ".join(f"{qn(alias)}.{qn(f.column)}" for f in fields)
+        self.exprs = [f"{qn(alias)}.{qn(f.column)}" for f in fields]
+        self.sql = ", ".join(self.exprs)
         self.width = len(fields)
+        self.json_safe = all(f.get_internal_type() in JSON_SAFE_TYPES for f in fields)
         self._converters: list[tuple[int, Any, tuple[Callable[..., Any], ...]]] = []
         for i, field in enumerate(fields):
             col = field.get_col(alias)
@@ -68,22 +85,34 @@ def cols(model: type[Model], alias: str) -> Columns:
     return columns(model, alias, connection.vendor)
 
 
-def fetch(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+@dataclass(frozen=True, slots=True)
+class Select:
+    sql: str
+    json_rows: bool  # the rows come back as one JSON array in one row (SQLite)
+
+
+def select(parts: Sequence[Columns], rest: str) -> Select:
+    """SELECT the columns of `parts` (in order) followed by `rest` (FROM …, WHERE …, ORDER BY …).
+
+    Callers build each query once per database vendor (functools.cache with the vendor in the
+    key): quoting names goes through Django's thread-local connection proxy each time, and
+    was a third of a token lookup's cost.
+
+    On SQLite, when JSON carries every column unchanged, the same rows as one JSON array in
+    one row (the module's docstring says why); `fetch` turns it back into rows. The inner
+    query keeps its ORDER BY and LIMIT, and callers that need an order sort again anyway.
+    """
+    exprs = [e for part in parts for e in part.exprs]
+    if connection.vendor != "sqlite" or not all(part.json_safe for part in parts):
+        return Select(f"SELECT {', '.join(exprs)} {rest}", False)
+    inner = ", ".join(f"{e} AS {qn(f'c{i}')}" for i, e in enumerate(exprs))
+    outer = ", ".join(qn(f"c{i}") for i in range(len(exprs)))
+    return Select(f"SELECT json_group_array(json_array({outer})) FROM (SELECT {inner} {rest})", True)
+
+
+def fetch(query: Select, params: Sequence[Any]) -> list[Sequence[Any]]:
     with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-
-def cached_sql(build: Callable[[], str]) -> Callable[[], str]:
-    """A SQL string built once per database vendor: quoting names goes through Django's
-    thread-local connection proxy each time, and was a third of a token lookup's cost."""
-    built: dict[str, str] = {}
-
-    @functools.wraps(build)
-    def sql() -> str:
-        vendor = connection.vendor
-        if vendor not in built:
-            built[vendor] = build()
-        return built[vendor]
-
-    return sql
+        cursor.execute(query.sql, params)
+        if not query.json_rows:
+            return cursor.fetchall()
+        return orjson.loads(cursor.fetchone()[0])

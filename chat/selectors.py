@@ -11,7 +11,7 @@ from django.db import connection
 from django.db.models import Q
 
 from chat.models import SLUG_RE, ApiToken, Membership, Message, Room
-from chat.rowsql import cached_sql, cols, fetch, qn
+from chat.rowsql import Select, cols, fetch, qn, select
 
 
 def room_visible_q(*, user: Any) -> Q:
@@ -55,12 +55,12 @@ def rooms_get_visible(*, wanted: list[tuple[Any, str]]) -> list[Room | None]:
 
 
 @functools.cache
-def _rooms_by_slug_sql_for(vendor: str, n: int) -> str:
-    return (f"SELECT {cols(Room, 'r').sql} FROM {qn(Room._meta.db_table)} {qn('r')} "
-            f"WHERE {_c('r', Room, 'slug')} IN ({', '.join(['%s'] * n)})")
+def _rooms_by_slug_sql_for(vendor: str, n: int) -> Select:
+    return select([cols(Room, "r")], f"FROM {qn(Room._meta.db_table)} {qn('r')} "
+                                      f"WHERE {_c('r', Room, 'slug')} IN ({', '.join(['%s'] * n)})")
 
 
-def _rooms_by_slug_sql(n: int) -> str:
+def _rooms_by_slug_sql(n: int) -> Select:
     return _rooms_by_slug_sql_for(connection.vendor, n)
 
 
@@ -132,31 +132,36 @@ def _messages(*, room_id: int, after_seq: int | None, before: int | None, limit:
               newest_first: bool) -> list[Message]:
     """Messages of a room by seq, each with its author loaded (select_related, as plain SQL:
     every join and resume reads one of these; chat.rowsql says why)."""
-    seq = _message_seq_sql()
-    sql, params = _messages_sql(), [room_id]
+    params: list[Any] = [room_id]
     if after_seq is not None:
-        sql += f" AND {seq} > %s"
         params.append(after_seq)
     if before is not None:
-        sql += f" AND {seq} < %s"
         params.append(before)
-    sql += f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s"
     params.append(limit)
+    query = _messages_sql(connection.vendor, after_seq is not None, before is not None, newest_first)
     message, author = cols(Message, "m"), cols(get_user_model(), "u")
-    return [message.build_with(row, "author", author) for row in fetch(sql, params)]
+    messages = [message.build_with(row, "author", author) for row in fetch(query, params)]
+    messages.sort(key=_by_seq, reverse=newest_first)  # (a JSON aggregate has no order of its own)
+    return messages
 
 
-@cached_sql
-def _message_seq_sql() -> str:
-    return _c("m", Message, "seq")
+def _by_seq(message: Message) -> int:
+    return message.seq
 
 
-@cached_sql
-def _messages_sql() -> str:
+@functools.cache
+def _messages_sql(vendor: str, after: bool, before: bool, newest_first: bool) -> Select:
     User = get_user_model()
-    return (f"SELECT {cols(Message, 'm').sql}, {cols(User, 'u').sql} FROM {qn(Message._meta.db_table)} {qn('m')} "
-            f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
-            f"WHERE {_c('m', Message, 'room')} = %s")
+    seq = _c("m", Message, "seq")
+    return select(
+        [cols(Message, "m"), cols(User, "u")],
+        f"FROM {qn(Message._meta.db_table)} {qn('m')} "
+        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
+        f"WHERE {_c('m', Message, 'room')} = %s"
+        + (f" AND {seq} > %s" if after else "")
+        + (f" AND {seq} < %s" if before else "")
+        + f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s",
+    )
 
 
 def _c(alias: str, model: Any, field: str) -> str:
@@ -241,14 +246,17 @@ def tokens_get_active(*, raws: list[str]) -> list[ApiToken | None]:
 
 
 @functools.cache
-def _token_sql_for(vendor: str, n: int) -> str:
+def _token_sql_for(vendor: str, n: int) -> Select:
     User = get_user_model()
-    return (f"SELECT {cols(ApiToken, 't').sql}, {cols(User, 'u').sql} FROM {qn(ApiToken._meta.db_table)} {qn('t')} "
-            f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('t', ApiToken, 'user')} "
-            f"WHERE {_c('t', ApiToken, 'key_hash')} IN ({', '.join(['%s'] * n)}) "
-            f"AND {_c('t', ApiToken, 'revoked_at')} IS NULL AND {_c('u', User, 'is_active')} = %s")
+    return select(
+        [cols(ApiToken, "t"), cols(User, "u")],
+        f"FROM {qn(ApiToken._meta.db_table)} {qn('t')} "
+        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('t', ApiToken, 'user')} "
+        f"WHERE {_c('t', ApiToken, 'key_hash')} IN ({', '.join(['%s'] * n)}) "
+        f"AND {_c('t', ApiToken, 'revoked_at')} IS NULL AND {_c('u', User, 'is_active')} = %s",
+    )
 
 
-def _token_sql(n: int) -> str:
+def _token_sql(n: int) -> Select:
     """Built once per vendor and number of secrets (at most chat.ws_auth's batch size)."""
     return _token_sql_for(connection.vendor, n)

@@ -160,6 +160,9 @@ def test_plain_sql_reads_build_what_the_orm_builds(world):
     services.token_touch(token=token)  # a non-null datetime besides created_at
     services.message_create(room_id=lobby.pk, author=ada, text="héllo ✓", client_id="c1")
     services.message_create(room_id=lobby.pk, author=ada, text="two", client_id=None)
+    # What a JSON array must carry back unchanged on SQLite (chat.rowsql.select): quotes,
+    # backslashes, control characters, astral and line-separator characters.
+    services.message_create(room_id=lobby.pk, author=ada, text='q"b\\n\n\t\x01 😀 \u2028 end', client_id=None)
 
     fast = selectors.token_get_active(raw=raw)
     orm = ApiToken.objects.select_related("user").get(pk=token.pk)
@@ -176,3 +179,17 @@ def test_plain_sql_reads_build_what_the_orm_builds(world):
         assert [_fields(m) for m in read] == [_fields(m) for m in orm_messages]
         assert [_fields(m.author) for m in read] == [_fields(m.author) for m in orm_messages]
     assert selectors.room_get_visible(user=ada, slug="secret").is_private is True
+    assert orm_messages[-1].text == 'q"b\\n\n\t\x01 😀 \u2028 end'
+
+
+def test_sqlite_reads_come_back_as_one_json_row_and_others_as_rows():
+    """chat.rowsql.select: on SQLite one row holding a JSON array (one GIL hand-back per
+    query instead of one per row); elsewhere the plain SELECT."""
+    from django.db import connection
+
+    from chat.models import Room
+    from chat.rowsql import cols, select
+
+    query = select([cols(Room, "r")], "FROM chat_room r")
+    assert query.json_rows is (connection.vendor == "sqlite")
+    assert query.sql.startswith("SELECT json_group_array(" if connection.vendor == "sqlite" else "SELECT ")
