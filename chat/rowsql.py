@@ -102,8 +102,14 @@ def select(parts: Sequence[Columns], rest: str) -> Select:
     one row (the module's docstring says why); `fetch` turns it back into rows. The inner
     query keeps its ORDER BY and LIMIT, and callers that need an order sort again anyway.
     """
-    exprs = [e for part in parts for e in part.exprs]
-    if connection.vendor != "sqlite" or not all(part.json_safe for part in parts):
+    return select_exprs([e for part in parts for e in part.exprs], rest,
+                        json_ok=all(part.json_safe for part in parts))
+
+
+def select_exprs(exprs: Sequence[str], rest: str, *, json_ok: bool = True) -> Select:
+    """select() for plain SQL expressions; json_ok says JSON carries their values unchanged
+    (integers, text, NULL)."""
+    if connection.vendor != "sqlite" or not json_ok:
         return Select(f"SELECT {', '.join(exprs)} {rest}", False)
     inner = ", ".join(f"{e} AS {qn(f'c{i}')}" for i, e in enumerate(exprs))
     outer = ", ".join(qn(f"c{i}") for i in range(len(exprs)))

@@ -11,7 +11,7 @@ from django.db import connection
 from django.db.models import Q
 
 from chat.models import SLUG_RE, ApiToken, Membership, Message, Room
-from chat.rowsql import Select, cols, fetch, qn, select
+from chat.rowsql import Select, cols, fetch, qn, select, select_exprs
 
 
 def room_visible_q(*, user: Any) -> Q:
@@ -76,8 +76,13 @@ def room_user_can_access(*, user: Any, room_id: int) -> bool:
 def rooms_accessible(*, pairs: list[tuple[Any, int]]) -> set[tuple[int, int]]:
     """The (user id, room id) pairs of `pairs` whose user may use the room: the batch form of
     room_user_can_access, in two queries whatever the number of pairs (chat.services' ingest)."""
-    room_ids = {room_id for _, room_id in pairs}
-    return _accessible(pairs=pairs, is_private=dict(Room.objects.filter(pk__in=room_ids).values_list("pk", "is_private")))
+    room_ids = list({room_id for _, room_id in pairs})
+    if not room_ids:
+        return set()
+    # As one JSON row on SQLite (chat.rowsql): this runs in every ingest batch.
+    query = select_exprs([qn("id"), qn("is_private")],
+                         f"FROM {qn(Room._meta.db_table)} WHERE {qn('id')} IN ({', '.join(['%s'] * len(room_ids))})")
+    return _accessible(pairs=pairs, is_private={room_id: bool(p) for room_id, p in fetch(query, room_ids)})
 
 
 def _accessible(*, pairs: list[tuple[Any, int]], is_private: dict[int, bool]) -> set[tuple[int, int]]:

@@ -223,6 +223,27 @@ def test_batch_numbers_each_room_consecutively_in_item_order():
 
 
 @pytest.mark.django_db
+def test_batch_messages_are_the_stored_rows(monkeypatch):
+    """The batch's INSERT is plain SQL (services._messages_insert), in several statements when
+    the database's parameter limit says so: each returned message must be its stored row field
+    for field, id included, and count as saved."""
+    from django.db import connection
+
+    monkeypatch.setattr(connection.features, "max_query_params", 6 * 4)  # four rows a statement
+    users = [services.user_create(username=f"u{i}", password=PASSWORD) for i in range(3)]
+    rooms = [services.room_create(slug=f"r{i}", title="R") for i in range(3)]
+    services.message_create(room_id=rooms[1].pk, author=users[0], text="before", client_id=None)
+    items = [(users[i % 3], rooms[i % 3].pk, f"m{i} ✓", f"c{i}" if i % 2 else None) for i in range(11)]
+    results = services.message_create_batch(items=items)
+    for message, duplicate in results:
+        stored = Message.objects.get(pk=message.pk)
+        assert not duplicate and not message._state.adding
+        assert {f.attname: getattr(message, f.attname) for f in Message._meta.concrete_fields} == \
+               {f.attname: getattr(stored, f.attname) for f in Message._meta.concrete_fields}
+    assert len({m.pk for m, _ in results}) == 11 == Message.objects.count() - 1
+
+
+@pytest.mark.django_db
 def test_batch_returns_the_stored_message_for_a_retry_before_and_within_the_batch():
     ada = services.user_create(username="ada", password=PASSWORD)
     room = services.room_create(slug="r", title="R")
