@@ -60,38 +60,45 @@ def join_snapshot(user: Any, cmd: protocol.Join) -> Awaitable[Snapshot | None]:
 
 
 def join_snapshots(items: list[tuple[Any, protocol.Join]]) -> list[Snapshot | None]:
-    """join_snapshot for each (user, join): one query for all their rooms, and each distinct
-    message read once however many of the joins ask for it (the ten members of a room that
-    resume after the same seq share one)."""
+    """join_snapshot for each (user, join): one query for all their rooms, one for the
+    messages of every resuming join (the ten members of a room that resume after the same seq
+    share the rows), and each distinct page read once."""
     rooms = selectors.rooms_get_visible(wanted=[(user, cmd.room) for user, cmd in items])
-    reads: dict[tuple[Any, ...], Any] = {}
-    return [_snapshot(room, cmd, reads) if room is not None else None
-            for room, (_, cmd) in zip(rooms, items, strict=True)]
+    resumes = {i: (room.pk, cmd.after_seq, room.last_seq) for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))
+               if room is not None and _resumable(room, cmd)}
+    ranges = dict(zip(resumes, selectors.messages_in_ranges(ranges=list(resumes.values())), strict=True))
+    pages: dict[tuple[int, int], tuple[list[Message], bool]] = {}
+    return [_snapshot(room, cmd, ranges.get(i), pages) if room is not None else None
+            for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))]
 
 
 _join_snapshots: Batched[tuple[Any, protocol.Join], Snapshot | None] = Batched(join_snapshots)
 
 
-def _snapshot(room: Room, cmd: protocol.Join, reads: dict[tuple[Any, ...], Any]) -> Snapshot:
+def _resumable(room: Room, cmd: protocol.Join) -> bool:
+    """The join resumes this room's log within PARLEY_RESUME_MAX_GAP. No epoch, no resume:
+    the client could be holding seqs of another log of this room."""
+    if cmd.after_seq is None or cmd.epoch != room.epoch:
+        return False
+    return 0 <= room.last_seq - cmd.after_seq <= settings.PARLEY_RESUME_MAX_GAP
+
+
+def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
+              pages: dict[tuple[int, int], tuple[list[Message], bool]]) -> Snapshot:
+    """One join's snapshot: `missed` are the messages after its after_seq up to the room's
+    last_seq if it resumes (else None); pages holds the page reads already made."""
     last_seq = room.last_seq
     recovered: bool | None = None
+    if missed is not None and cmd.after_seq is not None:
+        if _reply_bytes(missed) <= settings.PARLEY_REPLY_MAX_BYTES:
+            high = max([cmd.after_seq] + [m.seq for m in missed])
+            return room, missed, cmd.after_seq > 0, True, high, max(last_seq, high)
     if cmd.after_seq is not None:
-        gap = last_seq - cmd.after_seq
-        # No epoch, no resume: the client could be holding seqs of another log of this room.
-        same_log = cmd.epoch == room.epoch
-        if same_log and 0 <= gap <= settings.PARLEY_RESUME_MAX_GAP:
-            key = ("range", room.pk, cmd.after_seq, gap)
-            if key not in reads:
-                reads[key] = selectors.message_range(room_id=room.pk, after_seq=cmd.after_seq, limit=gap)
-            messages: list[Message] = reads[key]
-            if _reply_bytes(messages) <= settings.PARLEY_REPLY_MAX_BYTES:
-                high = max([cmd.after_seq] + [m.seq for m in messages])
-                return room, messages, cmd.after_seq > 0, True, high, max(last_seq, high)
-        recovered = False
-    key = ("page", room.pk, cmd.limit)
-    if key not in reads:
-        reads[key] = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
-    messages, has_more = _fit(*reads[key])
+        recovered = False  # asked to resume, and cannot: a page instead
+    key = (room.pk, cmd.limit)
+    if key not in pages:
+        pages[key] = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
+    messages, has_more = _fit(*pages[key])
     # Not last_seq: a message committed after the page was read is still on its way to us as a
     # live event, and must not be dropped as "already seen".
     high = messages[-1].seq if messages else 0

@@ -133,6 +133,35 @@ def message_range(*, room_id: int, after_seq: int, limit: int, before: int | Non
     return _messages(room_id=room_id, after_seq=after_seq, before=before, limit=limit, newest_first=False)
 
 
+def messages_in_ranges(*, ranges: list[tuple[int, int, int]]) -> list[list[Message]]:
+    """For each (room id, after_seq, up_to) the room's messages with after_seq < seq <= up_to,
+    ascending, authors loaded: one query for all of them (the resuming joins of a batch,
+    chat.consumer_db), each row built once however many ranges include it."""
+    if not ranges:
+        return []
+    unique = list(dict.fromkeys(ranges))
+    message, author = cols(Message, "m"), cols(get_user_model(), "u")
+    by_room: dict[int, list[Message]] = {}
+    for row in fetch(_ranges_sql(connection.vendor, len(unique)), [v for r in unique for v in r]):
+        m = message.build_with(row, "author", author)
+        by_room.setdefault(m.room_id, []).append(m)  # type: ignore[attr-defined]
+    for messages in by_room.values():
+        messages.sort(key=_by_seq)
+    return [[m for m in by_room.get(room_id, ()) if after < m.seq <= up_to] for room_id, after, up_to in ranges]
+
+
+@functools.cache
+def _ranges_sql(vendor: str, n: int) -> Select:
+    User = get_user_model()
+    room, seq = _c("m", Message, "room"), _c("m", Message, "seq")
+    return select(
+        [cols(Message, "m"), cols(User, "u")],
+        f"FROM {qn(Message._meta.db_table)} {qn('m')} "
+        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
+        f"WHERE " + " OR ".join([f"({room} = %s AND {seq} > %s AND {seq} <= %s)"] * n),
+    )
+
+
 def _messages(*, room_id: int, after_seq: int | None, before: int | None, limit: int,
               newest_first: bool) -> list[Message]:
     """Messages of a room by seq, each with its author loaded (select_related, as plain SQL:

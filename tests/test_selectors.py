@@ -87,6 +87,14 @@ def test_message_page_and_range(world):
     assert [m.seq for m in selectors.message_range(room_id=lobby.pk, after_seq=5, limit=100, before=9)] == [6, 7, 8]
     assert selectors.message_range(room_id=lobby.pk, after_seq=25, limit=10) == []
 
+    ranges = [(lobby.pk, 20, 25), (secret.pk, 0, 1), (lobby.pk, 3, 6), (lobby.pk, 22, 23), (lobby.pk, 25, 25),
+              (lobby.pk, 20, 25)]
+    found = selectors.messages_in_ranges(ranges=ranges)
+    assert [[m.seq for m in read] for read in found] == [[21, 22, 23, 24, 25], [1], [4, 5, 6], [23], [], [21, 22, 23, 24, 25]]
+    assert found[1][0].text == "elsewhere" and found[0][0].author.username == "ada"
+    assert found[3][0] is found[0][2]  # a row inside two ranges is built once
+    assert selectors.messages_in_ranges(ranges=[]) == []
+
 
 def test_message_get_by_client_id(world):
     ada, bob, _, lobby, _ = world
