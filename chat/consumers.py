@@ -30,7 +30,7 @@ from chat.hub import get_hub, hub_enabled
 from chat.ingest import get_writer
 from chat.ordering import Subscription
 from chat.outbound import RAW_SEND_KEY, Outbound
-from chat.payloads import message_payload, room_payload, user_payload
+from chat.payloads import message_payload, room_payload, timestamp, user_payload
 from chat.presence import Member, get_presence
 from chat.protocol import ProtocolError
 
@@ -360,7 +360,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message, duplicate = result
         await self.send_frame(_with_ref({
             "type": "ack", "room": sub.slug, "client_id": message.client_id, "seq": message.seq,
-            "id": message.pk, "ts": message_payload(message, room_slug=sub.slug)["ts"], "duplicate": duplicate,
+            "id": message.pk, "ts": timestamp(message.created_at), "duplicate": duplicate,
         }, ref))
         if not duplicate:
             try:
