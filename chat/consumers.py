@@ -575,6 +575,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- the socket itself ------------------------------------------------------------------
 
     async def _close_socket(self, code: int) -> None:
+        if self.outbound is not None:
+            self.outbound.flush()  # what this pass wrote goes before the close frame
         await self.close(code=code)
 
     def _on_outbound_overflow(self) -> None:

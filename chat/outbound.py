@@ -117,8 +117,16 @@ class Outbound:
             self._frames = deque()
         return self._frames
 
+    def flush(self) -> None:
+        """Write the frames the direct writer holds for this pass of the event loop now: before
+        anything reaches the socket another way (the ASGI send, a close), so nothing overtakes
+        them."""
+        if self._direct is not None:
+            self._direct.flush()
+
     def _write_now(self, text: str) -> None:
         """Write through the ASGI send (no direct writer, or it declined)."""
+        self.flush()
         coro = self._send({"type": "websocket.send", "text": text})
         try:
             waiting_on = coro.send(None)  # type: ignore[attr-defined]
@@ -138,6 +146,7 @@ class Outbound:
             while self._frames:
                 item, size = self._frames.popleft()
                 self._bytes -= size
+                self.flush()
                 if item is _CLOSE:
                     self._frames = None
                     await self._close(size)

@@ -14,14 +14,26 @@ caller falls back to the ASGI `send`, which then behaves as it always does (wait
 ClientDisconnected). Under any other server (daphne, the test communicator, uvicorn's other
 implementations) only the ASGI `send` is used.
 
+Frames written this way in one pass of the event loop are held and written per socket with one
+`transport.write` when the pass ends (`_Tick`): a batch of commits reaches each socket of a room
+as several frames (a delivery per message, an ack), and each was a `send` syscall of its own —
+the biggest item of the event loop in the ingest profile (docs/benchmarks.md). Anything that
+writes to the socket another way (the ASGI send when the direct write declines, a close) flushes
+the held frames first (chat.outbound); frames still held when the connection has closed or
+started closing are dropped, as a write after close would be.
+
 PARLEY_PREPARED_FRAMES=0 turns this off (benchmarks run Parley both ways).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from django.conf import settings
+
+from chat.loops import per_loop
 
 try:  # the server scripts/serve runs; absent or renamed, only the ASGI send is used
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -53,19 +65,50 @@ def prepared(text: str) -> bytes:
     return data
 
 
+class _Tick:
+    """The DirectWriters holding frames in this pass of the event loop; one call_soon flushes
+    them all, after every callback already queued has run."""
+
+    __slots__ = ("_loop", "_writers")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._writers: list[DirectWriter] = []
+
+    def hold(self, writer: DirectWriter) -> None:
+        if not self._writers:
+            self._loop.call_soon(self.flush)
+        self._writers.append(writer)
+
+    def flush(self) -> None:
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            try:
+                writer.flush()
+            except Exception:  # one broken transport must not keep the others' frames back
+                log.exception("writing held frames failed")
+
+
+_tick = per_loop(_Tick)
+log = logging.getLogger(__name__)
+
+
 class DirectWriter:
     """Writes prepared frames straight to one uvicorn websockets-sansio connection's transport."""
 
-    __slots__ = ("_proto", "_conn", "_transport", "_writable")
+    __slots__ = ("_proto", "_conn", "_transport", "_writable", "_tick", "_held")
 
     def __init__(self, proto: Any) -> None:
         self._proto = proto
         self._conn = proto.conn
         self._transport = proto.transport
         self._writable = proto.writable
+        self._tick = _tick()
+        self._held: bytes | list[bytes] | None = None  # this pass's frames, not yet written
 
     def write(self, text: str) -> bool:
-        """Write the frame for `text` now and return True, or return False: use the ASGI send.
+        """Hold the frame for `text` until this pass of the event loop ends and return True, or
+        return False: use the ASGI send (after flush()).
 
         The checks are uvicorn's own before it writes a data frame (WebSocketsSansIOProtocol.send):
         transport not paused, handshake done, no close sent, not disconnected, connection OPEN.
@@ -84,8 +127,28 @@ class DirectWriter:
         ):
             return False
         last = _last  # prepared(text), inlined: this runs once per recipient
-        self._transport.write(last[1] if last[0] is text else prepared(text))
+        data = last[1] if last[0] is text else prepared(text)
+        held = self._held
+        if held is None:
+            self._held = data
+            self._tick.hold(self)
+        elif type(held) is list:
+            held.append(data)
+        else:
+            self._held = [held, data]  # type: ignore[list-item]
         return True
+
+    def flush(self) -> None:
+        """Write the held frames now, with one transport.write (dropped if the connection has
+        closed or started closing since: nothing may follow a close frame)."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        proto = self._proto
+        if proto.disconnected or proto.close_sent or self._conn.state is not OPEN:
+            return
+        self._transport.write(held if type(held) is bytes else b"".join(held))
 
 
 def direct_writer(send: Any) -> DirectWriter | None:

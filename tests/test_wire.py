@@ -70,6 +70,59 @@ def test_a_uvicorn_without_the_attributes_it_reads_gets_no_direct_writer(monkeyp
     assert wire.direct_writer(Renamed().send) is None
 
 
+# --- one write per socket per pass of the event loop -------------------------------------------
+
+class FakeConnection:
+    """What DirectWriter reads of a uvicorn websockets-sansio connection, with its writes logged."""
+
+    def __init__(self, log: list[Any]) -> None:
+        from websockets.protocol import OPEN
+
+        self.conn = type("Conn", (), {"state": OPEN, "expect_continuation_frame": False})()
+        self.transport = type("Transport", (), {"write": lambda _self, data: log.append(("transport", data))})()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.disconnected = self.close_sent = False
+        self.handshake_complete = True
+        self.initial_response = None
+
+
+async def test_the_frames_of_one_pass_leave_in_one_write_in_order():
+    log: list[Any] = []
+    proto = FakeConnection(log)
+    writer = wire.DirectWriter(proto)
+    assert writer.write("a") and writer.write("b") and writer.write("c")
+    assert log == []  # held until the pass ends
+    await asyncio.sleep(0)
+    assert log == [("transport", wire.text_frame("a") + wire.text_frame("b") + wire.text_frame("c"))]
+    assert writer.write("d")
+    writer.flush()  # at once, e.g. before a close
+    await asyncio.sleep(0)
+    assert log[1:] == [("transport", wire.text_frame("d"))]  # and not again when the pass ends
+    assert writer.write("e")
+    proto.close_sent = True  # a close frame went out meanwhile: nothing may follow it
+    await asyncio.sleep(0)
+    assert len(log) == 2
+
+
+async def test_held_frames_go_before_anything_the_asgi_send_writes():
+    from chat.outbound import Outbound
+
+    log: list[Any] = []
+    proto = FakeConnection(log)
+
+    async def asgi_send(message: dict[str, Any]) -> None:
+        log.append(("asgi", message["text"]))
+
+    out = Outbound(asgi_send, close=lambda code: asyncio.sleep(0), on_overflow=lambda: None)
+    out._direct = wire.DirectWriter(proto)  # as direct_writer() gives one under uvicorn
+    out.put("first")
+    proto.writable.clear()  # the transport paused: the next frame goes through the ASGI send
+    out.put("second")
+    await asyncio.sleep(0)
+    assert log == [("transport", wire.text_frame("first")), ("asgi", "second")]
+
+
 # --- a real uvicorn in this event loop ---------------------------------------------------------
 
 class PathCounter:
@@ -158,6 +211,7 @@ async def test_a_slow_reader_falls_back_to_the_asgi_send_and_still_gets_every_fr
             for _ in range(20):
                 seq += 1
                 await publish_fake(room, seq, f"{seq:05d} " + "x" * 60_000)
+            await asyncio.sleep(0.01)  # a pass of the loop: the held frames are written (wire._Tick)
             await eventually(lambda sent=seq: paths.direct + paths.fallback >= sent - 20, timeout=5)
         assert paths.fallback >= 1, "the transport never paused"
         got = await frames_until(ws, "message", seq)
