@@ -45,7 +45,7 @@ def rooms_get_visible(*, wanted: list[tuple[Any, str]]) -> list[Room | None]:
     by_slug: dict[str, Room] = {}
     if slugs:
         room = cols(Room, "r")
-        for row in fetch(_rooms_by_slug_sql(len(slugs)), slugs):
+        for row in fetch(_rooms_by_slug_sql(connection.vendor, len(slugs)), slugs):
             r = room.build(row)
             by_slug[r.slug] = r
     found = [(user, by_slug.get(slug)) for user, slug in wanted]
@@ -55,13 +55,9 @@ def rooms_get_visible(*, wanted: list[tuple[Any, str]]) -> list[Room | None]:
 
 
 @functools.cache
-def _rooms_by_slug_sql_for(vendor: str, n: int) -> Select:
+def _rooms_by_slug_sql(vendor: str, n: int) -> Select:
     return select([cols(Room, "r")], f"FROM {qn(Room._meta.db_table)} {qn('r')} "
                                       f"WHERE {_c('r', Room, 'slug')} IN ({', '.join(['%s'] * n)})")
-
-
-def _rooms_by_slug_sql(n: int) -> Select:
-    return _rooms_by_slug_sql_for(connection.vendor, n)
 
 
 def room_list_visible(*, user: Any) -> list[Room]:
@@ -152,14 +148,8 @@ def messages_in_ranges(*, ranges: list[tuple[int, int, int]]) -> list[list[Messa
 
 @functools.cache
 def _ranges_sql(vendor: str, n: int) -> Select:
-    User = get_user_model()
     room, seq = _c("m", Message, "room"), _c("m", Message, "seq")
-    return select(
-        [cols(Message, "m"), cols(User, "u")],
-        f"FROM {qn(Message._meta.db_table)} {qn('m')} "
-        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
-        f"WHERE " + " OR ".join([f"({room} = %s AND {seq} > %s AND {seq} <= %s)"] * n),
-    )
+    return _messages_select(" OR ".join([f"({room} = %s AND {seq} > %s AND {seq} <= %s)"] * n))
 
 
 def _messages(*, room_id: int, after_seq: int | None, before: int | None, limit: int,
@@ -185,16 +175,23 @@ def _by_seq(message: Message) -> int:
 
 @functools.cache
 def _messages_sql(vendor: str, after: bool, before: bool, newest_first: bool) -> Select:
-    User = get_user_model()
     seq = _c("m", Message, "seq")
+    return _messages_select(
+        f"{_c('m', Message, 'room')} = %s"
+        + (f" AND {seq} > %s" if after else "")
+        + (f" AND {seq} < %s" if before else "")
+        + f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s"
+    )
+
+
+def _messages_select(where: str) -> Select:
+    """Messages (alias m) with their authors (u) WHERE `where` (which may end in ORDER BY/LIMIT)."""
+    User = get_user_model()
     return select(
         [cols(Message, "m"), cols(User, "u")],
         f"FROM {qn(Message._meta.db_table)} {qn('m')} "
         f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
-        f"WHERE {_c('m', Message, 'room')} = %s"
-        + (f" AND {seq} > %s" if after else "")
-        + (f" AND {seq} < %s" if before else "")
-        + f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s",
+        f"WHERE {where}",
     )
 
 
@@ -273,14 +270,15 @@ def tokens_get_active(*, raws: list[str]) -> list[ApiToken | None]:
     unique = list(dict.fromkeys(hashes))
     token, user = cols(ApiToken, "t"), cols(get_user_model(), "u")
     found = {}
-    for row in fetch(_token_sql(len(unique)), [*unique, True]):
+    for row in fetch(_token_sql(connection.vendor, len(unique)), [*unique, True]):
         t = token.build_with(row, "user", user)
         found[t.key_hash] = t
     return [found.get(h) for h in hashes]
 
 
 @functools.cache
-def _token_sql_for(vendor: str, n: int) -> Select:
+def _token_sql(vendor: str, n: int) -> Select:
+    """Built once per vendor and number of secrets (at most chat.ws_auth's batch size)."""
     User = get_user_model()
     return select(
         [cols(ApiToken, "t"), cols(User, "u")],
@@ -290,7 +288,3 @@ def _token_sql_for(vendor: str, n: int) -> Select:
         f"AND {_c('t', ApiToken, 'revoked_at')} IS NULL AND {_c('u', User, 'is_active')} = %s",
     )
 
-
-def _token_sql(n: int) -> Select:
-    """Built once per vendor and number of secrets (at most chat.ws_auth's batch size)."""
-    return _token_sql_for(connection.vendor, n)
