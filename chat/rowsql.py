@@ -13,16 +13,23 @@ sqlite3 lets go of the GIL for every row it steps, and on the database thread, b
 loop that never lets go of it, each row then waited for the GIL to come back. `python -m
 bench.sqlite_gil` shows it: 400 rows in 0.7 ms beside an idle thread, 690 ms beside a busy one;
 as one JSON row 0.6 and 14 ms (its output in docs/benchmarks.md).
+
+On PostgreSQL the ingest batch's statements go through `fetch_together` and `execute_bound`:
+psycopg cursors with server-side binding, several reads in one pipeline. Django's cursor binds
+on the client, which for a batch means a new statement text for every batch size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
 
@@ -120,6 +127,74 @@ def select_exprs(exprs: Sequence[str], rest: str, *, json_ok: bool = True) -> Se
 def fetch(query: Select, params: Sequence[Any]) -> list[Sequence[Any]]:
     with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
         cursor.execute(query.sql, params)
-        if not query.json_rows:
-            return cursor.fetchall()
-        return orjson.loads(cursor.fetchone()[0])
+        return _rows(query, cursor)
+
+
+def fetch_together(queries: Sequence[tuple[Select, Sequence[Any]]]) -> list[list[Sequence[Any]]]:
+    """fetch() for each (query, params), the rows of each in order.
+
+    On PostgreSQL they leave in one psycopg pipeline (one round trip for all of them instead
+    of one each) with server-side binding (see `execute_bound`). The ingest batch reads this
+    way (chat.services): its PostgreSQL profile was mostly round trips, and each one, on the
+    database thread, also waits to get the GIL back from the event loop. Elsewhere (SQLite, in
+    process) they run one after another through Django's cursor.
+    """
+    if connections[DEFAULT_DB_ALIAS].vendor != "postgresql":
+        return [fetch(query, params) for query, params in queries]
+    with _bound_cursors(len(queries)) as (raw, cursors):
+        start = time.monotonic()
+        with raw.pipeline() if len(queries) > 1 else contextlib.nullcontext():
+            for cursor, (query, params) in zip(cursors, queries, strict=True):
+                cursor.execute(query.sql, params)
+        _log([query.sql for query, _ in queries], start)
+        return [cursor.fetchall() for cursor in cursors]
+
+
+def execute_bound(sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+    """PostgreSQL: run one statement with server-side binding and return its rows.
+
+    Django's psycopg cursor binds on the client: every statement is sent as text with its
+    values spelled in, so a batch of a different size is a different statement, which psycopg
+    splits and quotes value by value and PostgreSQL parses and plans anew (~1 ms of the
+    database thread and as much of PostgreSQL's for a batch of 50, docs/benchmarks.md).
+    Statements written for this one take arrays (`= ANY(%s)`, `unnest(%s::bigint[], …)`)
+    instead of a placeholder per value: one text whatever the batch size, which psycopg
+    prepares after a few runs (its prepare_threshold) and PostgreSQL then plans once.
+    """
+    with _bound_cursors(1) as (_, (cursor,)):
+        start = time.monotonic()
+        cursor.execute(sql, params)
+        _log([sql], start)
+        return cursor.fetchall()
+
+
+@contextlib.contextmanager
+def _bound_cursors(count: int) -> Iterator[tuple[Any, list[Any]]]:
+    """`count` server-side-binding psycopg cursors on Django's connection, after the checks
+    Django's own cursor makes (thread, health check, connect), with Django's error wrapping
+    (IntegrityError is django.db's, errors_occurred is set)."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    with conn.cursor() as django_cursor:
+        raw = django_cursor.cursor.connection
+        cursors = [psycopg.Cursor(raw) for _ in range(count)]
+        try:
+            with conn.wrap_database_errors:
+                yield raw, cursors
+        finally:
+            for cursor in cursors:
+                cursor.close()
+
+
+def _log(sqls: list[str], start: float) -> None:
+    """What Django's debug cursor would log (connection.queries, assertNumQueries); queries
+    that shared a round trip share its time."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.queries_logged:
+        took = f"{time.monotonic() - start:.3f}"
+        conn.queries_log.extend({"sql": sql, "time": took} for sql in sqls)
+
+
+def _rows(query: Select, cursor: Any) -> list[Sequence[Any]]:
+    if not query.json_rows:
+        return cursor.fetchall()
+    return orjson.loads(cursor.fetchone()[0])

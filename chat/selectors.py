@@ -11,7 +11,7 @@ from django.db import connection
 from django.db.models import Q
 
 from chat.models import SLUG_RE, ApiToken, Membership, Message, Room
-from chat.rowsql import Select, cols, fetch, qn, select, select_exprs
+from chat.rowsql import Select, cols, fetch, fetch_together, qn, select, select_exprs
 
 
 def room_visible_q(*, user: Any) -> Q:
@@ -37,7 +37,7 @@ def rooms_get_visible(*, wanted: list[tuple[Any, str]]) -> list[Room | None]:
     of users who do not see all, one for those users' memberships. The joins of a reconnect
     storm reach the database thread together and are answered together (chat.consumer_db).
 
-    The visibility rule is rooms_accessible's, the Python form of room_visible_q;
+    The visibility rule is message_send_checks's (_accessible), the Python form of room_visible_q;
     tests/test_selectors.py's test_visibility checks the two against the same rooms.
     """
     slugs = list(dict.fromkeys(slug for _, slug in wanted if SLUG_RE.match(slug)))
@@ -69,16 +69,83 @@ def room_user_can_access(*, user: Any, room_id: int) -> bool:
     return Room.objects.filter(room_visible_q(user=user), pk=room_id).exists()
 
 
-def rooms_accessible(*, pairs: list[tuple[Any, int]]) -> set[tuple[int, int]]:
-    """The (user id, room id) pairs of `pairs` whose user may use the room: the batch form of
-    room_user_can_access, in two queries whatever the number of pairs (chat.services' ingest)."""
+def message_send_checks(
+    *, pairs: list[tuple[Any, int]], keys: list[tuple[int, int, str]],
+) -> tuple[set[tuple[int, int]], dict[tuple[int, int, str], Message]]:
+    """What an ingest batch checks before it writes (chat.services), whatever the batch's size:
+
+    - the (user id, room id) pairs of `pairs` whose user may use the room (the batch form of
+      room_user_can_access: the rule of room_visible_q, applied in Python by _accessible);
+    - the stored messages by (room id, author id, client_id), for the keys of `keys` that are
+      retries of a stored send.
+
+    The first query of each leaves in one round trip (rowsql.fetch_together). A third runs only
+    for private rooms of users who do not see all (their memberships), a fourth only when some
+    keys are retries (their full rows).
+    """
     room_ids = list({room_id for _, room_id in pairs})
-    if not room_ids:
-        return set()
-    # As one JSON row on SQLite (chat.rowsql): this runs in every ingest batch.
-    query = select_exprs([qn("id"), qn("is_private")],
-                         f"FROM {qn(Room._meta.db_table)} WHERE {qn('id')} IN ({', '.join(['%s'] * len(room_ids))})")
-    return _accessible(pairs=pairs, is_private={room_id: bool(p) for room_id, p in fetch(query, room_ids)})
+    queries: list[tuple[Select, list[Any]]] = []
+    if room_ids:
+        queries.append(_rooms_privacy_query(room_ids))
+    wanted = set(keys)
+    if wanted:
+        queries.append(_client_id_query(wanted))
+    rows = fetch_together(queries)
+    allowed = _accessible(pairs=pairs, is_private={room_id: bool(p) for room_id, p in rows[0]}) if room_ids else set()
+    existing = _client_id_hits([pk for (pk,) in rows[-1]]) if wanted else {}
+    return allowed, existing
+
+
+def _rooms_privacy_query(room_ids: list[int]) -> tuple[Select, list[Any]]:
+    """The rooms' privacy: on PostgreSQL one array parameter (rowsql.execute_bound says why);
+    on SQLite as one JSON row (chat.rowsql): this runs in every ingest batch."""
+    if connection.vendor == "postgresql":
+        return _rooms_privacy_sql(connection.vendor, 0), [room_ids]
+    return _rooms_privacy_sql(connection.vendor, len(room_ids)), room_ids
+
+
+@functools.cache
+def _rooms_privacy_sql(vendor: str, n: int) -> Select:
+    where = "= ANY(%s::bigint[])" if vendor == "postgresql" else f"IN ({', '.join(['%s'] * n)})"
+    return select_exprs([qn("id"), qn("is_private")], f"FROM {qn(Room._meta.db_table)} WHERE {qn('id')} {where}")
+
+
+def _client_id_query(wanted: set[tuple[int, int, str]]) -> tuple[Select, list[Any]]:
+    """The idempotency lookup's light query and its params: the ids of the stored messages
+    whose keys are among `wanted` (the retries; usually none).
+
+    It asks for exactly the keys, as a join with them, which the (room, author, client_id)
+    unique index answers with one probe each (SQLite plans `(room, author, client_id) IN
+    (VALUES …)` as a scan of the whole index). History: it first asked for every room × author
+    × client_id of the batch (~1 M probes for a full batch of 256 sends, 9 ms on SQLite), then,
+    room by room, for that room's authors and client_ids. On PostgreSQL that form's plan
+    depends on the table's statistics: while the table grows faster than autovacuum analyzes
+    it (a benchmark's, a busy server's) it ANDs the room and author indexes and reads every
+    stored row of the batch's authors in their rooms, 7.3 ms for 50 keys against 80,000
+    messages and growing with the history; 0.74 ms after an ANALYZE. The join: 0.25 ms, either
+    way (`python -m bench.pg_batch`, docs/benchmarks.md).
+    """
+    keys = list(wanted)
+    if connection.vendor == "postgresql":  # the keys as three arrays (rowsql.execute_bound)
+        params: list[Any] = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+        return _client_id_sql(connection.vendor, 0), params
+    return _client_id_sql(connection.vendor, len(keys)), [v for key in keys for v in key]
+
+
+@functools.cache
+def _client_id_sql(vendor: str, n: int) -> Select:
+    k, m = qn("k"), qn("m")
+    names = ("room_id", "author_id", "client_id")
+    columns = ", ".join(_col(c) for c in names)
+    on = " AND ".join(f"{m}.{_col(c)} = {k}.{_col(c)}" for c in names)
+
+    def joined(keys: str) -> str:
+        return f"SELECT {m}.{_col('id')} FROM {keys} INNER JOIN {qn(Message._meta.db_table)} {m} ON {on}"
+
+    if vendor == "postgresql":
+        return Select(joined(f"unnest(%s::bigint[], %s::bigint[], %s::text[]) AS {k} ({columns})"), False)
+    # SQLite names a VALUES list's columns only in a WITH.
+    return Select(f"WITH {k} ({columns}) AS (VALUES {', '.join(['(%s, %s, %s)'] * n)}) {joined(k)}", False)
 
 
 def _accessible(*, pairs: list[tuple[Any, int]], is_private: dict[int, bool]) -> set[tuple[int, int]]:
@@ -208,35 +275,8 @@ def message_get_by_client_id(*, room_id: int, author_id: int, client_id: str) ->
     )
 
 
-def messages_by_client_id(*, keys: list[tuple[int, int, str]]) -> dict[tuple[int, int, str], Message]:
-    """Stored messages by (room id, author id, client_id), for the keys given.
-
-    One light query for the usual answer (no retries among them: no rows), and a second for
-    the full rows only when some are retries. The light query asks, room by room, for that
-    room's authors and client_ids: it used to ask for every room × every author × every
-    client_id of the batch, which the (room, author, client_id) index answers with one probe
-    per combination — ~1 M probes for a full batch of 256 sends, 9 ms on SQLite, and the cost
-    grew with the square of the batch exactly when a loaded server's batches grow
-    (docs/benchmarks.md). Grouped by room it is ~5× cheaper at that size.
-    """
-    if not keys:
-        return {}
-    wanted = set(keys)
-    by_room: dict[int, tuple[set[int], set[str]]] = {}
-    for room_id, author_id, client_id in wanted:
-        authors, client_ids = by_room.setdefault(room_id, (set(), set()))
-        authors.add(author_id)
-        client_ids.add(client_id)
-    clauses, params = [], []
-    for room_id, (authors, client_ids) in by_room.items():
-        clauses.append(f"({_col('room_id')} = %s AND {_col('author_id')} IN ({_marks(authors)}) "
-                       f"AND {_col('client_id')} IN ({_marks(client_ids)}))")
-        params += [room_id, *authors, *client_ids]
-    sql = (f"SELECT {_col('id')}, {_col('room_id')}, {_col('author_id')}, {_col('client_id')} "
-           f"FROM {connection.ops.quote_name(Message._meta.db_table)} WHERE {' OR '.join(clauses)}")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        hits = [pk for pk, *key in cursor.fetchall() if tuple(key) in wanted]
+def _client_id_hits(hits: list[int]) -> dict[tuple[int, int, str], Message]:
+    """The light query's hits as full rows, by key (a second query, only when some are retries)."""
     if not hits:
         return {}
     return {(m.room_id, m.author_id, m.client_id): m  # type: ignore[misc]
@@ -245,10 +285,6 @@ def messages_by_client_id(*, keys: list[tuple[int, int, str]]) -> dict[tuple[int
 
 def _col(name: str) -> str:
     return connection.ops.quote_name(name)
-
-
-def _marks(values: set[Any]) -> str:
-    return ", ".join(["%s"] * len(values))
 
 
 def token_hash(raw: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -13,12 +15,11 @@ from django.utils import timezone
 
 from chat import fanout
 from chat.models import ApiToken, Membership, Message, Room
-from chat.rowsql import fetch, qn, select_exprs
+from chat.rowsql import execute_bound, fetch, qn, select_exprs
 from chat.selectors import (
     message_get_by_client_id,
-    messages_by_client_id,
+    message_send_checks,
     room_user_can_access,
-    rooms_accessible,
     token_hash,
 )
 
@@ -89,32 +90,45 @@ def message_create(*, room_id: int, author: Any, text: str, client_id: str | Non
 
 
 def message_create_batch(*, items: list[tuple[Any, int, str, str | None]]) -> list[Any]:
-    """Store several (author, room_id, text, client_id) sends in one transaction (chat.ingest).
+    """Store several (author, room_id, text, client_id) sends together (chat.ingest).
 
     Each item gets what message_create returns, or None if its author may no longer use the room,
-    or the exception it raised. If the transaction itself cannot commit, the error propagates and
+    or the exception it raised. If the batch's write cannot commit, the error propagates and
     nothing is stored.
 
-    The batch is written with a fixed number of queries per batch and per room (access check,
-    idempotency lookup, one sequence reservation per room, one bulk INSERT): it used to be ~7
-    queries and a savepoint per message, and that — on the one database thread every consumer
-    shares — capped ingest at a few hundred messages a second (docs/benchmarks.md). If the batch
-    hits a constraint (a retry of one of its client_ids committed by another process since the
-    lookup) it is rolled back whole and stored item by item instead, where each item's savepoint
-    sorts the duplicate from the others.
+    The batch is written with a fixed number of queries (access check, idempotency lookup, seq
+    reservation, INSERT): it used to be ~7 queries and a savepoint per message, and that — on
+    the one database thread every consumer shares — capped ingest at a few hundred messages a
+    second (docs/benchmarks.md). On PostgreSQL the two reads share one round trip and the seq
+    reservation and the INSERT are one statement, which commits by itself: two round trips a
+    batch where there were six (BEGIN and COMMIT among them). If the batch hits a constraint
+    (a retry of one of its client_ids committed by another process since the lookup) nothing
+    of it is stored, and it is stored item by item instead, where each item's savepoint sorts
+    the duplicate from the others.
     """
     try:
-        with transaction.atomic():
+        with _batch_transaction():
             return _messages_create_together(items)
     except (IntegrityError, DataError):
         pass
     return _messages_create_each(items)
 
 
+def _batch_transaction() -> Any:
+    """The transaction around a batch's queries: none on PostgreSQL in autocommit, where the
+    batch's one write is a single statement (the reads before it are plain reads, which in
+    READ COMMITTED see the same committed rows inside a transaction as outside one);
+    a transaction (or a savepoint inside the caller's) everywhere else. On SQLite the write
+    is several statements, and its IMMEDIATE transaction holds the write lock they rely on."""
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        return nullcontext()
+    return transaction.atomic()
+
+
 def _messages_create_together(items: list[tuple[Any, int, str, str | None]]) -> list[Any]:
-    allowed = rooms_accessible(pairs=[(author, room_id) for author, room_id, _, _ in items])
-    existing = messages_by_client_id(
-        keys=[(room_id, author.pk, client_id) for author, room_id, _, client_id in items if client_id]
+    allowed, existing = message_send_checks(
+        pairs=[(author, room_id) for author, room_id, _, _ in items],
+        keys=[(room_id, author.pk, client_id) for author, room_id, _, client_id in items if client_id],
     )
     results: list[Any] = [None] * len(items)
     new: list[tuple[int, Message]] = []  # (index in items, unsaved message)
@@ -134,42 +148,104 @@ def _messages_create_together(items: list[tuple[Any, int, str, str | None]]) -> 
             new.append((i, message))
             if key is not None:
                 first_in_batch[key] = message
-    per_room: dict[int, list[Message]] = {}
-    for _, message in new:
-        per_room.setdefault(message.room_id, []).append(message)
-    if per_room:
-        lasts = rooms_reserve_seqs(counts={room_id: len(messages) for room_id, messages in per_room.items()})
-        for room_id, messages in per_room.items():
-            for seq, message in enumerate(messages, start=lasts[room_id] - len(messages) + 1):
-                message.seq = seq
-    _messages_insert([message for _, message in new])
+    _messages_store([message for _, message in new])
     for i, message in new:
-        results[i] = (message, False)
+        if message.pk is not None:  # else its room was deleted since the access check
+            results[i] = (message, False)
     for i, key in later_copies:
-        results[i] = (first_in_batch[key], True)
+        if first_in_batch[key].pk is not None:
+            results[i] = (first_in_batch[key], True)
     return results
+
+
+def _messages_store(messages: list[Message]) -> None:
+    """Number the messages (the next seqs of each room, in list order) and INSERT them. Each one
+    stored gets its seq and id; one whose room was deleted since the access check keeps no id."""
+    if not messages:
+        return
+    if connection.vendor == "postgresql":
+        _messages_insert_numbered(messages)
+        return
+    per_room: dict[int, list[Message]] = {}
+    for message in messages:
+        per_room.setdefault(message.room_id, []).append(message)
+    lasts = _seqs_reserve({room_id: len(ms) for room_id, ms in per_room.items()})
+    for room_id, ms in per_room.items():
+        for seq, message in enumerate(ms, start=lasts.get(room_id, 0) - len(ms) + 1):
+            message.seq = seq
+    _messages_insert([m for m in messages if m.room_id in lasts])
+
+
+def _messages_insert_numbered(messages: list[Message]) -> None:
+    """PostgreSQL: reserve the seqs and INSERT the messages in one statement (a data-modifying
+    WITH), so the batch's write is one round trip and commits by itself (the reservation's
+    row locks last for that statement only). The rows go as arrays, one per column, so the
+    statement's text is the same for every batch (rowsql.execute_bound: prepared once). Each
+    row carries how far below its room's new last_seq it is numbered (`back`). Sets seq and id
+    on the messages stored.
+    """
+    counts: dict[int, int] = {}
+    for m in messages:
+        counts[m.room_id] = counts.get(m.room_id, 0) + 1
+    left = dict(counts)
+    backs: list[int] = []
+    for m in messages:
+        left[m.room_id] -= 1
+        backs.append(left[m.room_id])
+    rows = execute_bound(_insert_numbered_sql(), [
+        *_seqs_update_params(counts),
+        [m.room_id for m in messages], backs, [m.author_id for m in messages], [m.text for m in messages],
+        [m.client_id for m in messages], [m.created_at for m in messages],
+    ])
+    ids: dict[tuple[int, int], int] = {}
+    lasts: dict[int, int] = {}  # each room's new last_seq: the seq of its row with back 0
+    for pk, room_id, seq in rows:
+        ids[(room_id, seq)] = pk
+        lasts[room_id] = max(seq, lasts.get(room_id, seq))
+    for m, back in zip(messages, backs, strict=True):
+        if m.room_id in lasts:  # else its room was deleted since the access check
+            m.seq = lasts[m.room_id] - back
+            m.pk = ids[(m.room_id, m.seq)]
+            m._state.adding = False
+            m._state.db = connection.alias
+
+
+@functools.cache
+def _insert_numbered_sql() -> str:
+    table = qn(Message._meta.db_table)
+    seqs, v = qn("seqs"), qn("v")
+    columns = ("room_id", "back", "author_id", "text", "client_id", "created_at")
+    types = ("bigint", "bigint", "bigint", "text", "text", "timestamp with time zone")
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    stored = ("room_id", "seq", "author_id", "text", "client_id", "created_at")
+    return (f"WITH {seqs} AS ({_seqs_update_sql()}) "
+            f"INSERT INTO {table} ({', '.join(qn(c) for c in stored)}) "
+            f"SELECT {v}.{qn('room_id')}, {seqs}.{qn('last_seq')} - {v}.{qn('back')}, {v}.{qn('author_id')}, "
+            f"{v}.{qn('text')}, {v}.{qn('client_id')}, {v}.{qn('created_at')} "
+            f"FROM unnest({arrays}) AS {v} ({', '.join(qn(c) for c in columns)}) "
+            f"INNER JOIN {seqs} ON {seqs}.{qn('id')} = {v}.{qn('room_id')} "
+            f"RETURNING {qn(Message._meta.pk.column)}, {qn('room_id')}, {qn('seq')}")
 
 
 def _messages_insert(messages: list[Message]) -> None:
     """INSERT new messages (their seqs set) and set their ids: bulk_create's work as plain SQL.
 
     bulk_create's compiler (a prepare_value per field per object) was ~15% of the database
-    thread in the SQLite ingest profile. PostgreSQL returns the ids from the INSERT. SQLite
-    would return them one row per step, and Python's sqlite3 lets go of the GIL for every step
-    (chat.rowsql says what that costs beside a busy event loop), so there the ids come back
-    from one JSON row read by (room, seq) — the seqs are this transaction's own.
+    thread in the SQLite ingest profile. SQLite would return the ids one row per step, and
+    Python's sqlite3 lets go of the GIL for every step (chat.rowsql says what that costs beside
+    a busy event loop), so the ids come back from one JSON row read by (room, seq) — the seqs
+    are this transaction's own. PostgreSQL has _messages_insert_numbered; another database
+    gets bulk_create.
     """
     if not messages:
+        return
+    if connection.vendor != "sqlite":
+        Message.objects.bulk_create(messages)
         return
     meta = Message._meta
     fields = [meta.get_field(name) for name in ("room", "seq", "author", "text", "client_id", "created_at")]
     created = fields[-1]
     adapted: dict[Any, Any] = {}  # a batch shares one created_at: adapt it once
-    sqlite = connection.vendor == "sqlite"
-    returning = not sqlite and connection.features.can_return_rows_from_bulk_insert
-    if not sqlite and not returning:
-        Message.objects.bulk_create(messages)
-        return
     head = (f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) VALUES ")
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     per_statement = max(1, (connection.features.max_query_params or 10_000) // len(fields))
@@ -181,26 +257,18 @@ def _messages_insert(messages: list[Message]) -> None:
                 if m.created_at not in adapted:
                     adapted[m.created_at] = created.get_db_prep_save(m.created_at, connection)
                 params += [m.room_id, m.seq, m.author_id, m.text, m.client_id, adapted[m.created_at]]
-            sql = head + ", ".join([row] * len(chunk))
-            if returning:
-                cursor.execute(sql + f" RETURNING {qn(meta.pk.column)}", params)
-                for m, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
-                    m.pk = pk
-            else:
-                cursor.execute(sql, params)
-    if sqlite:
-        ranges: dict[int, tuple[int, int]] = {}
-        for m in messages:
-            low, high = ranges.get(m.room_id, (m.seq, m.seq))
-            ranges[m.room_id] = (min(low, m.seq), max(high, m.seq))
-        room, seq = qn(fields[0].column), qn(fields[1].column)
-        where = " OR ".join([f"({room} = %s AND {seq} BETWEEN %s AND %s)"] * len(ranges))
-        query = select_exprs([room, seq, qn(meta.pk.column)], f"FROM {qn(meta.db_table)} WHERE {where}")
-        ids = {(room_id, seq): pk for room_id, seq, pk in
-               fetch(query, [v for room_id, (low, high) in ranges.items() for v in (room_id, low, high)])}
-        for m in messages:
-            m.pk = ids[(m.room_id, m.seq)]
+            cursor.execute(head + ", ".join([row] * len(chunk)), params)
+    ranges: dict[int, tuple[int, int]] = {}
     for m in messages:
+        low, high = ranges.get(m.room_id, (m.seq, m.seq))
+        ranges[m.room_id] = (min(low, m.seq), max(high, m.seq))
+    room, seq = qn(fields[0].column), qn(fields[1].column)
+    where = " OR ".join([f"({room} = %s AND {seq} BETWEEN %s AND %s)"] * len(ranges))
+    query = select_exprs([room, seq, qn(meta.pk.column)], f"FROM {qn(meta.db_table)} WHERE {where}")
+    ids = {(room_id, seq): pk for room_id, seq, pk in
+           fetch(query, [v for room_id, (low, high) in ranges.items() for v in (room_id, low, high)])}
+    for m in messages:
+        m.pk = ids[(m.room_id, m.seq)]
         m._state.adding = False
         m._state.db = connection.alias
 
@@ -231,39 +299,62 @@ def rooms_reserve_seqs(*, counts: dict[int, int]) -> dict[int, int]:
 
     One UPDATE for every room of a batch (it was one per room, and ingest paid for each round
     trip). It takes the rooms' row locks (PostgreSQL) or the database write lock (SQLite) until
-    commit, so concurrent writers get disjoint, consecutive ranges. On PostgreSQL, a batch of
-    several rooms first locks them in id order: two processes' batches over the same rooms then
-    queue instead of deadlocking (an UPDATE locks rows in whatever order its plan reads them).
+    commit, so concurrent writers get disjoint, consecutive ranges. Raises Room.DoesNotExist
+    if a room is missing.
     """
-    table = connection.ops.quote_name(Room._meta.db_table)
-    ids = sorted(counts)
-    placeholders = ", ".join(["%s"] * len(ids))
-    cases = " ".join(["WHEN %s THEN %s"] * len(ids))
-    params = [v for room_id in ids for v in (room_id, counts[room_id])] + ids
-    if len(ids) > 1 and connection.vendor == "postgresql":
-        # The ordered lock and the update in one statement (they were two round trips, and the
-        # PostgreSQL ingest profile is mostly round trips): the subquery's FOR UPDATE takes the
-        # row locks in id order before the UPDATE touches a row it has not locked yet.
-        sql = (f"UPDATE {table} SET last_seq = {table}.last_seq + CASE {table}.id {cases} END "
-               f"FROM (SELECT id FROM {table} WHERE id IN ({placeholders}) ORDER BY id FOR UPDATE) AS locked "
-               f"WHERE {table}.id = locked.id RETURNING {table}.id, {table}.last_seq")
-    else:
-        sql = (f"UPDATE {table} SET last_seq = last_seq + CASE id {cases} END "
-               f"WHERE id IN ({placeholders})")
-        if connection.vendor != "sqlite":
-            sql += " RETURNING id, last_seq"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = None if connection.vendor == "sqlite" else cursor.fetchall()
-    if rows is None:
-        # The new values as one JSON row instead of one row per room (one GIL hand-back per
-        # step; chat.rowsql). The write lock the UPDATE took keeps them this transaction's.
-        rows = fetch(select_exprs(["id", "last_seq"], f"FROM {table} WHERE id IN ({placeholders})"), ids)
-    lasts = {int(room_id): int(last) for room_id, last in rows}
-    missing = set(ids) - set(lasts)
+    lasts = _seqs_reserve(counts)
+    missing = set(counts) - set(lasts)
     if missing:
         raise Room.DoesNotExist(f"no room {sorted(missing)}")
     return lasts
+
+
+def _seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
+    """rooms_reserve_seqs for the rooms that exist (a missing one is absent from the answer)."""
+    ids = sorted(counts)
+    table = qn(Room._meta.db_table)
+    if connection.vendor == "postgresql":
+        sql, params = _seqs_update_sql(), _seqs_update_params(counts)
+    else:
+        cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+        sql = f"UPDATE {table} SET last_seq = last_seq + CASE id {cases} END WHERE id IN ({_marks(ids)})"
+        params = [v for room_id in ids for v in (room_id, counts[room_id])] + ids
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall() if connection.vendor == "postgresql" else None
+    if rows is None:
+        # The new values as one JSON row instead of one row per room (one GIL hand-back per
+        # step; chat.rowsql). The write lock the UPDATE took keeps them this transaction's.
+        rows = fetch(select_exprs(["id", "last_seq"], f"FROM {table} WHERE id IN ({_marks(ids)})"), ids)
+    return {int(room_id): int(last) for room_id, last in rows}
+
+
+@functools.cache
+def _seqs_update_sql() -> str:
+    """PostgreSQL's seq reservation: UPDATE … RETURNING id, last_seq (the new value), with the
+    rooms and their counts as arrays (_seqs_update_params).
+
+    The rooms' row locks are taken in id order first, by the subquery's FOR UPDATE: two
+    processes' batches over the same rooms then queue instead of deadlocking (an UPDATE alone
+    locks rows in whatever order its plan reads them). The lock and the update are one
+    statement (they were two round trips, and the PostgreSQL ingest profile is mostly round
+    trips); _messages_insert_numbered puts the INSERT in it too.
+    """
+    table, counts = qn(Room._meta.db_table), qn("counts")
+    return (f"UPDATE {table} SET last_seq = {table}.last_seq + {counts}.{qn('n')} "
+            f"FROM unnest(%s::bigint[], %s::bigint[]) AS {counts} ({qn('id')}, {qn('n')}), "
+            f"(SELECT id FROM {table} WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE) AS locked "
+            f"WHERE {table}.id = {counts}.{qn('id')} AND {table}.id = locked.id "
+            f"RETURNING {table}.id, {table}.last_seq")
+
+
+def _seqs_update_params(counts: dict[int, int]) -> list[Any]:
+    ids = sorted(counts)
+    return [ids, [counts[room_id] for room_id in ids], ids]
+
+
+def _marks(values: Any) -> str:
+    return ", ".join(["%s"] * len(values))
 
 
 def user_create(*, username: str, password: str | None = None) -> Any:

@@ -283,6 +283,62 @@ def test_batch_uses_a_fixed_number_of_queries(django_assert_max_num_queries):
     assert sorted(m.seq for m, _ in results) == sorted(list(range(1, 11)) * 2)
 
 
+@pytest.mark.django_db
+def test_batch_skips_a_room_deleted_since_the_access_check(monkeypatch):
+    """A room deleted between the batch's checks and its write: its sends get None (the room is
+    gone, as for a refused author), the other rooms' sends are stored, on either database."""
+    ada = services.user_create(username="ada", password=PASSWORD)
+    kept, gone = services.room_create(slug="kept", title="K"), services.room_create(slug="gone", title="G")
+    checks = services.message_send_checks
+
+    def checked_then_deleted(*, pairs, keys):
+        answer = checks(pairs=pairs, keys=keys)
+        Room.objects.filter(pk=gone.pk).delete()
+        return answer
+
+    monkeypatch.setattr(services, "message_send_checks", checked_then_deleted)
+    results = services.message_create_batch(items=[
+        (ada, gone.pk, "lost", "g1"), (ada, kept.pk, "one", "k1"), (ada, gone.pk, "lost", None), (ada, kept.pk, "two", None),
+    ])
+    assert results[0] is None and results[2] is None
+    assert [(m.seq, m.text, dup) for m, dup in results[1::2]] == [(1, "one", False), (2, "two", False)]
+    assert list(Message.objects.values_list("room_id", "seq")) == [(kept.pk, 1), (kept.pk, 2)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgresql_batch_is_two_round_trips_and_no_transaction(monkeypatch):
+    """On PostgreSQL in autocommit (the database thread's state) a batch is its two reads in one
+    pipeline and one write statement: no BEGIN, no COMMIT, whatever the batch's size."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite's batch is an IMMEDIATE transaction, in process")
+    import psycopg
+    from django.test.utils import CaptureQueriesContext
+
+    users = [services.user_create(username=f"u{i}", password=PASSWORD) for i in range(30)]
+    rooms = [services.room_create(slug=f"r{i}", title="R") for i in range(3)]
+    items = [(users[i], rooms[i % 3].pk, f"m{i}", f"c{i}") for i in range(30)]
+    entered = {"pipeline": 0, "commit": 0}
+    pipeline, commit = psycopg.Connection.pipeline, psycopg.Connection.commit
+
+    def counting(name, original):
+        def call(self, *args, **kwargs):
+            entered[name] += 1
+            return original(self, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(psycopg.Connection, "pipeline", counting("pipeline", pipeline))
+    monkeypatch.setattr(psycopg.Connection, "commit", counting("commit", commit))
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    with CaptureQueriesContext(connection) as queries:
+        results = services.message_create_batch(items=items)
+    *reads, write = [q["sql"] for q in queries.captured_queries]
+    assert len(reads) == 2 and not any("INSERT" in sql or "UPDATE" in sql for sql in reads)
+    assert "UPDATE" in write and "INSERT INTO" in write
+    assert entered == {"pipeline": 1, "commit": 0}
+    assert sorted((m.room_id, m.seq) for m, _ in results) == sorted((r.pk, s) for r in rooms for s in range(1, 11))
+    assert Message.objects.count() == 30 and not connection.in_atomic_block
+
+
 @pytest.mark.django_db(transaction=True)
 def test_batch_that_races_a_committed_retry_falls_back_and_reports_the_duplicate(monkeypatch):
     """Another process commits a retry of one of the batch's client_ids after the batch looked it
@@ -290,10 +346,11 @@ def test_batch_that_races_a_committed_retry_falls_back_and_reports_the_duplicate
     ada = services.user_create(username="ada", password=PASSWORD)
     room = services.room_create(slug="r", title="R")
     theirs, _ = services.message_create(room_id=room.pk, author=ada, text="raced", client_id="dup")
-    lookup = services.messages_by_client_id
-    monkeypatch.setattr(services, "messages_by_client_id", lambda *, keys: {})  # the lookup ran too early
+    checks = services.message_send_checks
+    # the idempotency lookup ran too early: it saw no stored send
+    monkeypatch.setattr(services, "message_send_checks", lambda *, pairs, keys: (checks(pairs=pairs, keys=[])[0], {}))
     results = services.message_create_batch(items=[(ada, room.pk, "mine", "c1"), (ada, room.pk, "raced", "dup")])
-    monkeypatch.setattr(services, "messages_by_client_id", lookup)
+    monkeypatch.setattr(services, "message_send_checks", checks)
     (mine, mine_dup), (raced, raced_dup) = results
     assert (mine.seq, mine_dup) == (2, False)
     assert (raced.pk, raced.seq, raced_dup) == (theirs.pk, 1, True)
