@@ -4,7 +4,8 @@ The measurement behind services.message_create_batch's PostgreSQL path (docs/ben
 in a scratch database with a message history, it stores batches of 1, 12 and 50 sends through
 the real function and prints, per batch, the wall time, the CPU time of this Python process and
 the CPU time of its PostgreSQL backend (from /proc, so it needs the server on this machine).
-Then it times the idempotency lookup alone in the form it had until 2026-12-01 (room by room,
+Then it times batches of 12 beside a thread that keeps the GIL busy, with the batch's two reads
+in one pipeline (as services does) and one after another. Then it times the idempotency lookup alone in the form it had until 2026-12-01 (room by room,
 `room = ? AND author IN (…) AND client_id IN (…)`) and in today's (a join with the keys), with
 EXPLAIN ANALYZE, before and after an ANALYZE of the table.
 
@@ -20,6 +21,7 @@ import argparse
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,28 @@ def _run(url: str, args: argparse.Namespace) -> None:
         print(f"  batch of {n:>2}: {(time.perf_counter() - wall) * per:6.2f} ms wall, "
               f"{(time.process_time() - cpu) * per:5.2f} ms Python CPU, "
               f"{(_cpu_secs(backend) - pg) * per:5.2f} ms PostgreSQL backend CPU")
+    print("beside a thread that keeps the GIL busy (as a loaded event loop does), per batch of 12:")
+    import chat.selectors
+    from chat.rowsql import fetch
+    pipelined = chat.selectors.fetch_together
+    spinning = threading.Event()
+    spinner = threading.Thread(target=_spin, args=(spinning,), daemon=True)
+    spinning.set()
+    spinner.start()
+    try:
+        for label, reads in (("reads in one pipeline (now)", pipelined),
+                             ("reads one after another", lambda queries: [fetch(q, p) for q, p in queries])):
+            chat.selectors.fetch_together = reads
+            for _ in range(20):
+                batch(12)
+            wall = time.perf_counter()
+            for _ in range(args.batches):
+                batch(12)
+            print(f"  {label:34}: {(time.perf_counter() - wall) * 1e3 / args.batches:6.2f} ms wall")
+    finally:
+        chat.selectors.fetch_together = pipelined
+        spinning.clear()
+        spinner.join()
     keys = [(rooms[(i % USERS) // 10].pk, users[i % USERS].pk, f"b{run}-{i}") for i in range(sent - 49, sent + 1)]
     for label in ("as the table grew (no ANALYZE)", "after ANALYZE"):
         print(f"idempotency lookup of 50 keys, {label}:")
@@ -145,6 +169,12 @@ def _explain(connection: Any, sql: str, params: list[Any]) -> str:
     scans = sorted({m.group(1) for line in plan
                     if (m := re.search(r"((?:Bitmap )?(?:Heap|Index Only|Index|Seq|Function|Values) Scan)", line))})
     return f"{execution.split(': ')[1]:>10}, rows read and dropped {removed:>6,}, {', '.join(scans)}"
+
+
+def _spin(running: threading.Event) -> None:
+    n = 0
+    while running.is_set():
+        n += 1
 
 
 def _cpu_secs(pid: int) -> float:

@@ -14,22 +14,18 @@ loop that never lets go of it, each row then waited for the GIL to come back. `p
 bench.sqlite_gil` shows it: 400 rows in 0.7 ms beside an idle thread, 690 ms beside a busy one;
 as one JSON row 0.6 and 14 ms (its output in docs/benchmarks.md).
 
-On PostgreSQL the ingest batch's statements go through `fetch_together` and `execute_bound`:
-psycopg cursors with server-side binding, several reads in one pipeline. Django's cursor binds
-on the client, which for a batch means a new statement text for every batch size.
+`fetch_together` sends several reads in one round trip on PostgreSQL (the ingest batch's).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
 
@@ -133,65 +129,35 @@ def fetch(query: Select, params: Sequence[Any]) -> list[Sequence[Any]]:
 def fetch_together(queries: Sequence[tuple[Select, Sequence[Any]]]) -> list[list[Sequence[Any]]]:
     """fetch() for each (query, params), the rows of each in order.
 
-    On PostgreSQL they leave in one psycopg pipeline (one round trip for all of them instead
-    of one each) with server-side binding (see `execute_bound`). The ingest batch reads this
-    way (chat.services): its PostgreSQL profile was mostly round trips, and each one, on the
-    database thread, also waits to get the GIL back from the event loop. Elsewhere (SQLite, in
-    process) they run one after another through Django's cursor.
+    On PostgreSQL they leave in one psycopg pipeline: one round trip for all of them instead of
+    one each. The ingest batch reads this way (chat.services): on the database thread every
+    round trip also waits to get the GIL back from the event loop. Elsewhere (SQLite, in
+    process) they run one after another.
+
+    Django's cursor wrapper runs only its checks here (thread, health check, connect) and its
+    error wrapping; the queries go through psycopg cursors of Django's own cursor class, and
+    are logged as its debug cursor would (connection.queries, assertNumQueries).
     """
-    if connections[DEFAULT_DB_ALIAS].vendor != "postgresql":
-        return [fetch(query, params) for query, params in queries]
-    with _bound_cursors(len(queries)) as (raw, cursors):
-        start = time.monotonic()
-        with raw.pipeline() if len(queries) > 1 else contextlib.nullcontext():
-            for cursor, (query, params) in zip(cursors, queries, strict=True):
-                cursor.execute(query.sql, params)
-        _log([query.sql for query, _ in queries], start)
-        return [cursor.fetchall() for cursor in cursors]
-
-
-def execute_bound(sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
-    """PostgreSQL: run one statement with server-side binding and return its rows.
-
-    Django's psycopg cursor binds on the client: every statement is sent as text with its
-    values spelled in, so a batch of a different size is a different statement, which psycopg
-    splits and quotes value by value and PostgreSQL parses and plans anew (~1 ms of the
-    database thread and as much of PostgreSQL's for a batch of 50, docs/benchmarks.md).
-    Statements written for this one take arrays (`= ANY(%s)`, `unnest(%s::bigint[], …)`)
-    instead of a placeholder per value: one text whatever the batch size, which psycopg
-    prepares after a few runs (its prepare_threshold) and PostgreSQL then plans once.
-    """
-    with _bound_cursors(1) as (_, (cursor,)):
-        start = time.monotonic()
-        cursor.execute(sql, params)
-        _log([sql], start)
-        return cursor.fetchall()
-
-
-@contextlib.contextmanager
-def _bound_cursors(count: int) -> Iterator[tuple[Any, list[Any]]]:
-    """`count` server-side-binding psycopg cursors on Django's connection, after the checks
-    Django's own cursor makes (thread, health check, connect), with Django's error wrapping
-    (IntegrityError is django.db's, errors_occurred is set)."""
     conn = connections[DEFAULT_DB_ALIAS]
-    with conn.cursor() as django_cursor:
-        raw = django_cursor.cursor.connection
-        cursors = [psycopg.Cursor(raw) for _ in range(count)]
+    if conn.vendor != "postgresql" or len(queries) < 2:
+        return [fetch(query, params) for query, params in queries]
+    with conn.cursor() as first:
+        raw = first.cursor.connection
+        cursors = [first.cursor, *(raw.cursor() for _ in queries[1:])]
+        start = time.monotonic()
         try:
             with conn.wrap_database_errors:
-                yield raw, cursors
+                with raw.pipeline():
+                    for cursor, (query, params) in zip(cursors, queries, strict=True):
+                        cursor.execute(query.sql, params)
+                results = [_rows(query, cursor) for cursor, (query, _) in zip(cursors, queries, strict=True)]
         finally:
-            for cursor in cursors:
+            for cursor in cursors[1:]:
                 cursor.close()
-
-
-def _log(sqls: list[str], start: float) -> None:
-    """What Django's debug cursor would log (connection.queries, assertNumQueries); queries
-    that shared a round trip share its time."""
-    conn = connections[DEFAULT_DB_ALIAS]
-    if conn.queries_logged:
-        took = f"{time.monotonic() - start:.3f}"
-        conn.queries_log.extend({"sql": sql, "time": took} for sql in sqls)
+        if conn.queries_logged:  # queries that shared a round trip share its time
+            took = f"{time.monotonic() - start:.3f}"
+            conn.queries_log.extend({"sql": query.sql, "time": took} for query, _ in queries)
+    return results
 
 
 def _rows(query: Select, cursor: Any) -> list[Sequence[Any]]:

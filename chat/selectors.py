@@ -97,8 +97,8 @@ def message_send_checks(
 
 
 def _rooms_privacy_query(room_ids: list[int]) -> tuple[Select, list[Any]]:
-    """The rooms' privacy: on PostgreSQL one array parameter (rowsql.execute_bound says why);
-    on SQLite as one JSON row (chat.rowsql): this runs in every ingest batch."""
+    """The rooms' privacy, in every ingest batch: on PostgreSQL with the ids as one array (one
+    statement text for every batch size), on SQLite as one JSON row (chat.rowsql)."""
     if connection.vendor == "postgresql":
         return _rooms_privacy_sql(connection.vendor, 0), [room_ids]
     return _rooms_privacy_sql(connection.vendor, len(room_ids)), room_ids
@@ -126,7 +126,7 @@ def _client_id_query(wanted: set[tuple[int, int, str]]) -> tuple[Select, list[An
     way (`python -m bench.pg_batch`, docs/benchmarks.md).
     """
     keys = list(wanted)
-    if connection.vendor == "postgresql":  # the keys as three arrays (rowsql.execute_bound)
+    if connection.vendor == "postgresql":  # the keys as three arrays: one text for every batch size
         params: list[Any] = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
         return _client_id_sql(connection.vendor, 0), params
     return _client_id_sql(connection.vendor, len(keys)), [v for key in keys for v in key]

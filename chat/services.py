@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from chat import fanout
 from chat.models import ApiToken, Membership, Message, Room
-from chat.rowsql import execute_bound, fetch, qn, select_exprs
+from chat.rowsql import fetch, qn, select_exprs
 from chat.selectors import (
     message_get_by_client_id,
     message_send_checks,
@@ -179,10 +179,9 @@ def _messages_store(messages: list[Message]) -> None:
 def _messages_insert_numbered(messages: list[Message]) -> None:
     """PostgreSQL: reserve the seqs and INSERT the messages in one statement (a data-modifying
     WITH), so the batch's write is one round trip and commits by itself (the reservation's
-    row locks last for that statement only). The rows go as arrays, one per column, so the
-    statement's text is the same for every batch (rowsql.execute_bound: prepared once). Each
-    row carries how far below its room's new last_seq it is numbered (`back`). Sets seq and id
-    on the messages stored.
+    row locks last for that statement only). The rows go as arrays, one per column: the
+    statement's text is built once, whatever the batch's size. Each row carries how far below
+    its room's new last_seq it is numbered (`back`). Sets seq and id on the messages stored.
     """
     counts: dict[int, int] = {}
     for m in messages:
@@ -192,11 +191,13 @@ def _messages_insert_numbered(messages: list[Message]) -> None:
     for m in messages:
         left[m.room_id] -= 1
         backs.append(left[m.room_id])
-    rows = execute_bound(_insert_numbered_sql(), [
-        *_seqs_update_params(counts),
-        [m.room_id for m in messages], backs, [m.author_id for m in messages], [m.text for m in messages],
-        [m.client_id for m in messages], [m.created_at for m in messages],
-    ])
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_numbered_sql(), [
+            *_seqs_update_params(counts),
+            [m.room_id for m in messages], backs, [m.author_id for m in messages], [m.text for m in messages],
+            [m.client_id for m in messages], [m.created_at for m in messages],
+        ])
+        rows = cursor.fetchall()
     ids: dict[tuple[int, int], int] = {}
     lasts: dict[int, int] = {}  # each room's new last_seq: the seq of its row with back 0
     for pk, room_id, seq in rows:

@@ -224,16 +224,19 @@ def test_batch_numbers_each_room_consecutively_in_item_order():
 
 @pytest.mark.django_db
 def test_batch_messages_are_the_stored_rows(monkeypatch):
-    """The batch's INSERT is plain SQL (services._messages_insert), in several statements when
-    the database's parameter limit says so: each returned message must be its stored row field
-    for field, id included, and count as saved."""
+    """The batch's INSERT is plain SQL (services._messages_insert, in several statements when
+    the database's parameter limit says so; on PostgreSQL _messages_insert_numbered, the rows as
+    arrays): each returned message must be its stored row field for field, id and awkward text
+    included, and count as saved."""
     from django.db import connection
 
     monkeypatch.setattr(connection.features, "max_query_params", 6 * 4)  # four rows a statement
     users = [services.user_create(username=f"u{i}", password=PASSWORD) for i in range(3)]
     rooms = [services.room_create(slug=f"r{i}", title="R") for i in range(3)]
     services.message_create(room_id=rooms[1].pk, author=users[0], text="before", client_id=None)
-    items = [(users[i % 3], rooms[i % 3].pk, f"m{i} ✓", f"c{i}" if i % 2 else None) for i in range(11)]
+    awkward = ['say "hi"', "it's", "back\\slash", "{a,b}", "NULL", "comma, and ) paren", "tab\tnew\nline", "✓ ünï"]
+    items = [(users[i % 3], rooms[i % 3].pk, f"m{i} {awkward[i % len(awkward)]}", f"c{i}" if i % 2 else None)
+             for i in range(11)]
     results = services.message_create_batch(items=items)
     for message, duplicate in results:
         stored = Message.objects.get(pk=message.pk)
