@@ -171,8 +171,9 @@ def _messages_store(messages: list[Message]) -> None:
         per_room.setdefault(message.room_id, []).append(message)
     lasts = _seqs_reserve({room_id: len(ms) for room_id, ms in per_room.items()})
     for room_id, ms in per_room.items():
-        for seq, message in enumerate(ms, start=lasts.get(room_id, 0) - len(ms) + 1):
-            message.seq = seq
+        if room_id in lasts:
+            for seq, message in enumerate(ms, start=lasts[room_id] - len(ms) + 1):
+                message.seq = seq
     _messages_insert([m for m in messages if m.room_id in lasts])
 
 
