@@ -113,8 +113,11 @@ def targets(res: dict[str, Any]) -> list[str]:
     if parley and tut:
         base = max(tut["best_deliveries_per_s"], tut["peak_deliveries_per_s"])
         r = ratio(parley["best_deliveries_per_s"], base)
+        # The issue derives this from "≥ 0.8× bare" and its own figures (bare ~27× the tutorial);
+        # bare's ratio in the same run says what the ASGI server allowed that hour.
+        ceiling = f"; the bare ASGI app: {fmt_ratio(ratio(bare['best_deliveries_per_s'], base))}" if bare else ""
         lines.append(target_line("fan-out ≥ 25× tutorial (vs its peak, any latency)", r is not None and r >= 25,
-                                 f"{fmt_num(parley['best_deliveries_per_s'])} vs {fmt_num(base)} = {fmt_ratio(r)}"))
+                                 f"{fmt_num(parley['best_deliveries_per_s'])} vs {fmt_num(base)} = {fmt_ratio(r)}{ceiling}"))
     idle = _by(res.get("idle") or [], "parley")
     if idle:
         kb = idle["rss_per_conn_kb"]

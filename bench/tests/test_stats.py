@@ -131,6 +131,7 @@ def test_fanout_ratios_and_targets():
     lines = targets(res)
     assert lines[0].startswith("PASS") and "0.80×" in lines[0]
     assert lines[1].startswith("PASS") and "25×" in lines[1]  # 48,000 / 1,900 = 25.3
+    assert lines[1].endswith("the bare ASGI app: 32×")        # 60,000 / 1,900 = 31.6: the hour's ceiling
     res["fanout"][0]["best_deliveries_per_s"] = 47000
     assert targets(res)[0].startswith("MISS")
 
