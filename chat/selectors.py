@@ -136,11 +136,11 @@ def _client_id_query(wanted: set[tuple[int, int, str]]) -> tuple[Select, list[An
 def _client_id_sql(vendor: str, n: int) -> Select:
     k, m = qn("k"), qn("m")
     names = ("room_id", "author_id", "client_id")
-    columns = ", ".join(_col(c) for c in names)
-    on = " AND ".join(f"{m}.{_col(c)} = {k}.{_col(c)}" for c in names)
+    columns = ", ".join(qn(c) for c in names)
+    on = " AND ".join(f"{m}.{qn(c)} = {k}.{qn(c)}" for c in names)
 
     def joined(keys: str) -> str:
-        return f"SELECT {m}.{_col('id')} FROM {keys} INNER JOIN {qn(Message._meta.db_table)} {m} ON {on}"
+        return f"SELECT {m}.{qn('id')} FROM {keys} INNER JOIN {qn(Message._meta.db_table)} {m} ON {on}"
 
     if vendor == "postgresql":
         return Select(joined(f"unnest(%s::bigint[], %s::bigint[], %s::text[]) AS {k} ({columns})"), False)
