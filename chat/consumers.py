@@ -84,6 +84,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.watched = False  # watched for revocation (chat.hub / credential groups)
         self.frame_bucket = limits.TokenBucket(limits.FRAMES_PER_SEC.value, limits.FRAMES_BURST.value)
         self.strikes = limits.Strikes()
+        self.refusal_quiet_until = 0.0  # frame-budget refusals before this go unanswered
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Called by the ASGI server (via the routing) for the socket's whole life: dispatches
@@ -224,29 +225,55 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """Called for every frame the client sends; answers with a reply or one error frame."""
+        """Called for every frame the client sends; answers with a reply or one error frame.
+
+        Every frame is charged to the socket's frame bucket before anything else is done with
+        it, valid or not: a flood of garbage must cost the server no more than a flood of pings
+        (docs/protocol.md §6).
+        """
         ref = None
         self.last_frame_at = time.monotonic()
         if self.outbound is None or self.outbound.closed:
             return  # closing (too many sockets, abuse, slow reader): ignore what is in flight
+        wait = self.frame_bucket.take()
+        if wait:
+            self._refuse_frame(text_data, wait)
+            return
         try:
             frame = protocol.decode_frame(text_data, bytes_data)
             ref = protocol.frame_ref(frame)
-            wait = self.frame_bucket.take()
-            if wait:
-                raise ProtocolError(protocol.RATE_LIMITED, "too many frames; slow down",
-                                    retry_after_ms=_ms(wait))
             command = protocol.parse_command(frame)
             await self._handlers[type(command)](self, command, ref)
         except ProtocolError as err:
             await self.send_frame(err.to_frame(ref))
             if err.code == protocol.RATE_LIMITED and self.strikes.add():
-                log.warning("closing socket of user %s: kept flooding after rate limiting", self.user.pk)
-                self.outbound.close_after_flush(protocol.CLOSE_RATE_LIMIT)
+                self._close_for_flooding()
         except Exception:
             log.exception("unexpected error handling a frame from user %s", self.user.pk)
             err = ProtocolError(protocol.INTERNAL_ERROR, "unexpected server error")
             await self.send_frame(err.to_frame(ref))
+
+    def _refuse_frame(self, text_data: str | None, wait: float) -> None:
+        """A frame over the socket's frame budget: dropped, and one strike towards 4429.
+
+        The refusals are bounded too: one `rate_limited` per refill interval (1 / frames_per_sec)
+        at most, the others go unanswered, so a flood's replies cost no more than its frames
+        allowed within the budget. Only an answered frame is read at all, for its `ref`.
+        """
+        if self.strikes.add():
+            self._close_for_flooding()
+            return
+        now = time.monotonic()
+        if now < self.refusal_quiet_until:
+            return
+        self.refusal_quiet_until = now + 1 / max(limits.FRAMES_PER_SEC.value, 1e-9)
+        err = ProtocolError(protocol.RATE_LIMITED, "too many frames; slow down", retry_after_ms=_ms(wait))
+        self._put(*protocol.encode_sized(err.to_frame(protocol.peek_ref(text_data))))
+
+    def _close_for_flooding(self) -> None:
+        log.warning("closing socket of user %s: kept flooding after rate limiting", self.user.pk)
+        if self.outbound is not None:
+            self.outbound.close_after_flush(protocol.CLOSE_RATE_LIMIT)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Queue one reply or event for this socket (chat.outbound bounds the queue)."""

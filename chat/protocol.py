@@ -55,13 +55,15 @@ class ProtocolError(Exception):
     """A request the server refuses; becomes one `error` frame, and the socket stays open."""
 
     def __init__(self, code: str, message: str, *, field: str | None = None,
-                 room: str | None = None, retry_after_ms: int | None = None) -> None:
+                 room: str | None = None, retry_after_ms: int | None = None,
+                 ref: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.room = room
         self.retry_after_ms = retry_after_ms
+        self.ref = ref  # the frame's ref when known before the caller could read it (bad_frame)
 
     def to_frame(self, ref: str | None) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
@@ -69,6 +71,8 @@ class ProtocolError(Exception):
             value = getattr(self, key)
             if value is not None:
                 frame[key] = value
+        if ref is None:
+            ref = self.ref
         if ref is not None:
             frame["ref"] = ref
         return frame
@@ -142,8 +146,19 @@ def decode_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, A
     if not isinstance(frame, dict):
         raise ProtocolError(BAD_FRAME, "a frame must be a JSON object")
     if not isinstance(frame.get("type"), str):
-        raise ProtocolError(BAD_FRAME, "a frame needs a string field 'type'", field="type")
+        # An object: its ref can be read, and answering with it tells the client which frame.
+        raise ProtocolError(BAD_FRAME, "a frame needs a string field 'type'", field="type",
+                            ref=frame_ref(frame))
     return frame
+
+
+def peek_ref(text_data: str | None) -> str | None:
+    """The ref of a frame if it decodes to an object with a valid one, else None; never raises.
+    For answering a frame that is refused, not handled (a rate-limited one)."""
+    try:
+        return frame_ref(decode_frame(text_data, None))
+    except ProtocolError as err:
+        return err.ref
 
 
 def frame_ref(frame: dict[str, Any]) -> str | None:

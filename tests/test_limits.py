@@ -71,6 +71,61 @@ async def test_frame_flood_is_refused_then_cut_off(connect):
     assert await next_close(c) == 4429
 
 
+async def raw_frames(client, frames: list[str | bytes]) -> None:
+    for frame in frames:
+        key = "bytes" if isinstance(frame, bytes) else "text"
+        await client.ws.send_input({"type": "websocket.receive", key: frame})
+
+
+async def frames_until_close(client, timeout: float = 3) -> tuple[list[dict], int | None]:
+    """Every frame the server sends until it closes (or falls silent for `timeout`), and the code."""
+    import json
+
+    got: list[dict] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                out = await client.ws.output_queue.get()
+                if out["type"] == "websocket.close":
+                    return got, out.get("code", 1000)
+                got.append(json.loads(out["text"]))
+    except TimeoutError:
+        return got, None
+
+
+@override_settings(PARLEY_FRAMES_PER_SEC=1, PARLEY_FRAMES_BURST=3, PARLEY_RATE_LIMIT_STRIKES=4)
+async def test_garbage_frames_are_charged_and_strike_like_any_other(connect):
+    """protocol.md §6: every frame — not JSON, not an object, binary, too large — takes a token
+    from the socket's frame bucket before it is read, and a refused one is a strike."""
+    c = await connect(await make_user("garbage"))
+    await raw_frames(c, ["{", "[]", b"\x00"])  # within the burst: each answered with its error
+    assert [(await c.recv())["code"] for _ in range(3)] == ["bad_json", "bad_frame", "binary_not_supported"]
+    await raw_frames(c, ["{"])
+    refused = await c.recv()
+    assert refused["code"] == "rate_limited" and refused["retry_after_ms"] > 0
+    await raw_frames(c, ["{", "x" * 70_000, b"\x01"])  # strikes 2-4: the socket is closed
+    frames, code = await frames_until_close(c)
+    assert code == 4429 and all(f["code"] == "rate_limited" for f in frames), frames
+
+
+@override_settings(PARLEY_FRAMES_PER_SEC=1, PARLEY_FRAMES_BURST=2, PARLEY_RATE_LIMIT_STRIKES=1000)
+async def test_refused_frames_get_one_rate_limited_per_refill_interval(connect):
+    """The refusals are bounded too: while the bucket is empty the server answers one refused
+    frame per refill interval (1 / frames_per_sec, here 1 s) and drops the rest unanswered."""
+    c = await connect(await make_user("hammer"))
+    assert (await c.request({"type": "ping"}))["type"] == "pong"
+    assert (await c.request({"type": "ping"}))["type"] == "pong"
+    await raw_frames(c, ['{"type": "ping", "ref": "first"}'] + ["{"] * 50)
+    frames, code = await frames_until_close(c, timeout=0.5)
+    assert code is None
+    assert frames == [{"type": "error", "code": "rate_limited", "message": frames[0]["message"],
+                       "retry_after_ms": frames[0]["retry_after_ms"], "ref": "first"}], frames
+    await asyncio.sleep(1.05)  # a token again, and the interval is over
+    assert (await c.request({"type": "ping"}))["type"] == "pong"
+    await raw_frames(c, ['{"type": "ping", "ref": "again"}'])
+    assert (await c.recv())["ref"] == "again"  # refused, and answered: a new interval
+
+
 @override_settings(PARLEY_MESSAGES_PER_SEC=1, PARLEY_MESSAGES_BURST=2)
 async def test_message_rate_is_per_user_across_sockets(connect):
     await make_room("lobby")
