@@ -16,6 +16,7 @@ from django.conf import settings
 from chat import protocol, selectors
 from chat.dbthread import Batched, database_thread
 from chat.models import Message, Room
+from chat.payloads import fit_page, messages_bytes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -90,7 +91,8 @@ def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
     last_seq = room.last_seq
     recovered: bool | None = None
     if missed is not None and cmd.after_seq is not None:
-        if _reply_bytes(missed) <= settings.PARLEY_REPLY_MAX_BYTES:
+        # Measured as encoded (JSON escapes included), like the page below: the reply is one frame.
+        if messages_bytes(missed, room_slug=room.slug) <= settings.PARLEY_REPLY_MAX_BYTES:
             high = max([cmd.after_seq] + [m.seq for m in missed])
             return room, missed, cmd.after_seq > 0, True, high, max(last_seq, high)
     if cmd.after_seq is not None:
@@ -98,40 +100,25 @@ def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
     key = (room.pk, cmd.limit)
     if key not in pages:
         pages[key] = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
-    messages, has_more = _fit(*pages[key])
+    messages, has_more = _fit(*pages[key], room.slug)
     # Not last_seq: a message committed after the page was read is still on its way to us as a
     # live event, and must not be dropped as "already seen".
     high = messages[-1].seq if messages else 0
     return room, messages, has_more, recovered, high, max(last_seq, high)
 
 
-def _message_bytes(message: Message) -> int:
-    """Roughly what one message adds to a reply frame: its text plus ~200 bytes of fields."""
-    return len(message.text.encode()) + 200
-
-
-def _reply_bytes(messages: list[Message]) -> int:
-    return sum(_message_bytes(m) for m in messages)
-
-
-def _fit(messages: list[Message], has_more: bool) -> tuple[list[Message], bool]:
-    """Cut an ascending page from its oldest end to PARLEY_REPLY_MAX_BYTES (then has_more)."""
-    budget, kept = settings.PARLEY_REPLY_MAX_BYTES, 0
-    for message in reversed(messages):
-        budget -= _message_bytes(message)
-        if budget < 0:
-            break
-        kept += 1
-    if kept == len(messages):
-        return messages, has_more
-    return messages[len(messages) - max(kept, 1):], True
+def _fit(messages: list[Message], has_more: bool, room_slug: str) -> tuple[list[Message], bool]:
+    """Cut an ascending page from its oldest end until its encoded messages fit
+    PARLEY_REPLY_MAX_BYTES (then has_more): the frame stays within what a client accepts."""
+    return fit_page(messages, has_more, room_slug=room_slug, budget_bytes=settings.PARLEY_REPLY_MAX_BYTES)
 
 
 @db_call
-def history(user: Any, room_id: int, before: int | None, limit: int) -> tuple[list[Message], bool] | None:
+def history(user: Any, room_id: int, room_slug: str, before: int | None,
+            limit: int) -> tuple[list[Message], bool] | None:
     if not selectors.room_user_can_access(user=user, room_id=room_id):
         return None
-    return _fit(*selectors.message_page(room_id=room_id, before=before, limit=limit))
+    return _fit(*selectors.message_page(room_id=room_id, before=before, limit=limit), room_slug)
 
 
 @db_call

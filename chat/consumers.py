@@ -308,15 +308,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise _room_not_found(cmd.room)
         room, messages, has_more, recovered, high, last_seq = found
         members = await self._presence_join(room.pk, room.slug, first_join, sub)
-        reply = {
+        reply = _with_ref({
             "type": "joined",
             "room": room_payload(room, last_seq=last_seq),
             "messages": [message_payload(m, room_slug=room.slug) for m in messages],
             "has_more": has_more,
             "members": [{"id": m.id, "username": m.username} for m in members],
             "recovered": recovered,
-        }
-        await self.send_frame(_with_ref(reply, ref))
+        }, ref)
+        text, size = protocol.encode_sized(reply)
+        if size > protocol.max_server_frame_bytes():
+            # The messages fit their budget already (consumer_db): only a room with thousands of
+            # users online gets here, and its member list gives way so the frame stays one a
+            # client accepts (protocol.md §3).
+            reply["members"] = _members_that_fit(reply["members"])
+            text, size = protocol.encode_sized(reply)
+        self._put(text, size)
         if sub.start(high, self.send_message):
             self._schedule_gap_fill(sub)
 
@@ -399,7 +406,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def do_history(self, cmd: protocol.History, ref: str | None) -> None:
         sub = self._joined(cmd.room)
-        result = await db.history(self.user, sub.room_id, cmd.before, cmd.limit)
+        result = await db.history(self.user, sub.room_id, sub.slug, cmd.before, cmd.limit)
         if result is None:
             await self._unsubscribe(sub)
             raise _room_not_found(cmd.room)
@@ -632,6 +639,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000 + 0.999))
+
+
+def _members_that_fit(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first members whose encoded list fits what a joined reply leaves them."""
+    budget = protocol.REPLY_ENVELOPE_MAX_BYTES - protocol.REPLY_ENVELOPE_FIXED_BYTES
+    used, kept = 2, 0
+    for member in members:
+        used += protocol.encode_sized(member)[1] + 1
+        if used > budget:
+            break
+        kept += 1
+    return members[:kept]
 
 
 def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:

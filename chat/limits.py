@@ -57,11 +57,12 @@ HISTORY_PAGE_MAX = Limit("history page", "PARLEY_HISTORY_PAGE_MAX", 100, "messag
                          "largest join/history page")
 RESUME_MAX_GAP = Limit("resume window", "PARLEY_RESUME_MAX_GAP", 1000, "messages",
                        "largest gap a join replays; beyond it recovered=false")
-# A reply must fit one frame a client accepts (websockets' default max is 1 MiB) and the
-# socket's outbound budget.
-REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 512 * 1024, "bytes",
-                        "message text one joined/history reply carries; a resume beyond it is "
-                        "recovered=false, a page beyond it is cut short (has_more)")
+# A reply must fit one frame a client accepts: this plus protocol.REPLY_ENVELOPE_MAX_BYTES
+# (256 KiB) is 1 MiB, websockets' default max_size. 768 KiB holds a full resume window of
+# ordinary messages (1,000 of 400 characters encode to about 0.6 MB).
+REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 768 * 1024, "bytes",
+                        "encoded messages (JSON, as sent) of one joined/history reply or HTTP page; "
+                        "a resume beyond it is recovered=false, a page beyond it is cut short")
 TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
                                "typing events relayed per socket and room at most this often")
 

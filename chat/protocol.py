@@ -50,6 +50,18 @@ MAX_SLUG_CHARS = 50
 MAX_EPOCH_CHARS = 64
 MAX_SEQ = 2**53  # stays exact in JavaScript numbers
 
+# The largest frame the server sends is a joined/history reply: its messages take at most
+# PARLEY_REPLY_MAX_BYTES encoded, and everything else in it (room, members, ref) at most this,
+# so by default no server frame exceeds 1 MiB, websockets' default max_size (docs/protocol.md §1).
+REPLY_ENVELOPE_MAX_BYTES = 256 * 1024
+# Of that, what the room, ref and keys of a joined reply may take; members get the rest.
+REPLY_ENVELOPE_FIXED_BYTES = 4 * 1024
+
+
+def max_server_frame_bytes() -> int:
+    """The largest frame a client must accept (protocol.md §1): 1 MiB with default settings."""
+    return settings.PARLEY_REPLY_MAX_BYTES + REPLY_ENVELOPE_MAX_BYTES
+
 
 class ProtocolError(Exception):
     """A request the server refuses; becomes one `error` frame, and the socket stays open."""
@@ -218,8 +230,15 @@ def _room(frame: dict[str, Any]) -> str:
 
 
 def _limit(frame: dict[str, Any]) -> int:
+    limit = _integer(frame, "limit", 1, MAX_SEQ)
+    return page_limit(limit)
+
+
+def page_limit(limit: int | None) -> int:
+    """A page's size: the default if none was asked for, and never more than
+    PARLEY_HISTORY_PAGE_MAX (a larger one is clamped, not refused: a client need not know the
+    server's setting). The one rule of the WebSocket and of GET /api/rooms/<slug>/messages."""
     page_max = settings.PARLEY_HISTORY_PAGE_MAX
-    limit = _integer(frame, "limit", 1, page_max)
     return min(settings.PARLEY_HISTORY_PAGE_DEFAULT if limit is None else limit, page_max)
 
 

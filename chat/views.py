@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, Literal
 
+import orjson
+from django.conf import settings
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
@@ -16,9 +18,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from chat import selectors, services
+from chat import protocol, selectors, services
 from chat.http_auth import api_error
-from chat.payloads import message_payload, room_payload, timestamp, user_payload
+from chat.payloads import fit_page, message_payload, room_payload, timestamp, user_payload
 
 
 @login_required
@@ -98,19 +100,37 @@ def rooms(request: HttpRequest) -> JsonResponse:
 
 
 @api
-def room_messages(request: HttpRequest, slug: str) -> JsonResponse:
+def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
+    """A page of history, by the WebSocket `history` rules: the same range for `before` and
+    `limit` (a limit above the page maximum is clamped), the same byte budget for the page.
+
+    Encoded with orjson, as WebSocket frames are (UTF-8, not \\u-escaped): what
+    PARLEY_REPLY_MAX_BYTES measures is then exactly what the body holds.
+    """
     room = selectors.room_get_visible(user=request.user, slug=slug)
     if room is None:
         return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    before = _query_int(request, "before", 1)
+    limit = _query_int(request, "limit", 1)
+    if before is False or limit is False:
+        return api_error(400, "bad_field", f"'before' and 'limit' must be integers from 1 to {protocol.MAX_SEQ}")
+    page = selectors.message_page(room_id=room.pk, before=before, limit=protocol.page_limit(limit))
+    messages, has_more = fit_page(*page, room_slug=room.slug, budget_bytes=settings.PARLEY_REPLY_MAX_BYTES)
+    body = {"messages": [message_payload(m, room_slug=room.slug) for m in messages], "has_more": has_more}
+    return HttpResponse(orjson.dumps(body), content_type="application/json")
+
+
+def _query_int(request: HttpRequest, name: str, low: int) -> int | None | Literal[False]:
+    """The query parameter as an integer from `low` to 2^53, None if absent or empty, False if
+    it is anything else."""
+    raw = request.GET.get(name)
+    if not raw:
+        return None
     try:
-        before = int(request.GET["before"]) if request.GET.get("before") else None
-        limit = int(request.GET.get("limit", 50))
+        value = int(raw)
     except ValueError:
-        return api_error(400, "bad_field", "'before' and 'limit' must be integers")
-    limit = max(1, min(limit, 100))
-    messages, has_more = selectors.message_page(room_id=room.pk, before=before, limit=limit)
-    return JsonResponse({"messages": [message_payload(m, room_slug=room.slug) for m in messages],
-                         "has_more": has_more})
+        return False
+    return value if low <= value <= protocol.MAX_SEQ else False
 
 
 def _token_payload(token: Any) -> dict[str, Any]:

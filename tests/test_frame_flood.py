@@ -1,6 +1,6 @@
 """A real server (uvicorn over TCP, production limits) against frames that are not requests:
 garbage is charged to the frame budget like anything else, the flooders are cut off (4429),
-and everyone else keeps chatting on time.
+and everyone else keeps chatting on time. Also: the largest frame.
 """
 
 from __future__ import annotations  # noqa: I001  (tests.support before websockets users)
@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from tests.support.fixtures import *  # noqa: F403
-from tests.support.fixtures import make_room, make_user_token
+from tests.support.fixtures import closing_db, make_room, make_user_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -140,4 +140,43 @@ async def test_garbage_flood_is_cut_off_while_a_victim_pair_keeps_chatting(serve
     assert handshake_secs and handshake_secs[0] <= HANDSHAKE_SECS, handshake_secs
     for ws in pair:
         await ws.close()
+
+
+@closing_db
+def _bulk_messages(slug: str, usernames: list[str], per_user: int, text: str) -> None:
+    """Messages straight through the ORM of the test database, round-robin over the authors."""
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from django.utils import timezone
+
+    from chat.models import Message, Room
+
+    authors = [get_user_model().objects.get(username=u) for u in usernames]
+    with transaction.atomic():
+        room = Room.objects.select_for_update().get(slug=slug)
+        now, rows = timezone.now(), []
+        for i in range(per_user * len(authors)):
+            rows.append(Message(room=room, seq=room.last_seq + i + 1, author=authors[i % len(authors)],
+                                text=text, client_id=f"bulk-{i}", created_at=now))
+        Message.objects.bulk_create(rows)
+        Room.objects.filter(pk=room.pk).update(last_seq=room.last_seq + len(rows))
+
+
+async def test_a_client_with_websockets_default_max_size_can_join(servers: Any) -> None:
+    """Ten users post 100 messages of 4,000 × U+0001 (24,000 bytes each as JSON): the default
+    join was a 1.2 MB frame, and websockets' default client (max_size 1 MiB, the §9 client)
+    was closed 1009 on it, every time it tried to enter the room."""
+    server = servers()
+    await make_room(ROOM)
+    names = [(await make_user_token(f"poster{i}"))[0] for i in range(10)]
+    _, token = await make_user_token("reader")
+    await _bulk_messages(ROOM, names, 10, "\x01" * 4000)
+    async with websockets.connect(server.ws_url, **headers(token)) as ws:  # default max_size
+        json.loads(await ws.recv())
+        joined = await request(ws, {"type": "join", "room": ROOM, "ref": "j"})
+        assert joined["type"] == "joined" and joined["has_more"] is True
+        assert joined["messages"][-1]["seq"] == 100
+        page = await request(ws, {"type": "history", "room": ROOM, "ref": "h", "limit": 100,
+                                  "before": joined["messages"][0]["seq"]})
+        assert page["type"] == "history" and page["messages"]
 

@@ -118,7 +118,6 @@ def test_missing_field(frame, field):
     ({"type": "join", "room": "r", "epoch": 1}, "epoch"),
     ({"type": "join", "room": "r", "epoch": "e" * 65}, "epoch"),
     ({"type": "join", "room": "r", "limit": 0}, "limit"),
-    ({"type": "join", "room": "r", "limit": 101}, "limit"),
     ({"type": "join", "room": "r", "limit": True}, "limit"),
     ({"type": "history", "room": "r", "before": 0}, "before"),
     ({"type": "history", "room": "r", "before": True}, "before"),
@@ -189,3 +188,15 @@ def test_error_codes_match_the_documentation():
     assert documented <= defined
     assert (protocol.CLOSE_CREDENTIALS_REVOKED, protocol.CLOSE_HEARTBEAT_TIMEOUT) == (4401, 4408)
     assert protocol.PROTOCOL_VERSION == 1
+
+
+def test_a_limit_above_the_page_maximum_is_clamped(settings):
+    """One rule for the WebSocket and GET …/messages (security.md): above the max, clamped;
+    below 1 or not an integer, bad_field."""
+    settings.PARLEY_HISTORY_PAGE_MAX = 100
+    assert parse({"type": "join", "room": "r", "limit": 101}).limit == 100
+    assert parse({"type": "history", "room": "r", "limit": 2**53}).limit == 100
+    assert parse({"type": "history", "room": "r", "limit": 100}).limit == 100
+    for bad in (0, -1, 2**53 + 1, 1.5, "5", True):
+        err = error({"type": "history", "room": "r", "limit": bad})
+        assert (err.code, err.field) == ("bad_field", "limit"), bad
