@@ -183,7 +183,7 @@ def frame_ref(frame: dict[str, Any]) -> str | None:
 
 def parse_command(frame: dict[str, Any]) -> Command:
     """Validate a decoded frame against its type's fields (docs/protocol.md §3)."""
-    if "ref" in frame and frame_ref(frame) is None:
+    if frame.get("ref") is not None and frame_ref(frame) is None:  # null is absent, as everywhere
         raise ProtocolError(BAD_FIELD, f"'ref' must be a string of 1-{MAX_REF_CHARS} characters", field="ref")
     kind = frame["type"]
     parser = _PARSERS.get(kind)

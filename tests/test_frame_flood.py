@@ -1,13 +1,15 @@
 """A real server (uvicorn over TCP, production limits) against frames that are not requests:
 garbage is charged to the frame budget like anything else, the flooders are cut off (4429),
-and everyone else keeps chatting on time. Also: the largest frame.
+and everyone else keeps chatting on time. Also: the largest frame and the §9 minimal client.
 """
 
 from __future__ import annotations  # noqa: I001  (tests.support before websockets users)
 
 import asyncio
 import json
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,3 +182,27 @@ async def test_a_client_with_websockets_default_max_size_can_join(servers: Any) 
                                   "before": joined["messages"][0]["seq"]})
         assert page["type"] == "history" and page["messages"]
 
+
+def _minimal_client_source() -> str:
+    """The Python code block of docs/protocol.md §9, without its `asyncio.run(...)` line."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("## 9."):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return "\n".join(line for line in code.splitlines() if not line.startswith("asyncio.run("))
+
+
+async def test_the_minimal_client_of_protocol_md_stays_connected(servers: Any, capsys: Any) -> None:
+    """§9's example, run as written against a real server with heartbeat_secs 1 (close 4408
+    after 2 × 1 + 5 = 7 s of silence): it must still be connected after 9 s, having joined,
+    sent, and got its pongs. The old example never pinged and was closed 4408."""
+    server = servers(extra_env={"PARLEY_HEARTBEAT_INTERVAL_SECS": "1"})
+    await make_room(ROOM)
+    _, token = await make_user_token("minimal")
+    source = _minimal_client_source().replace("ws://127.0.0.1:8000/ws/chat/", server.ws_url)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "protocol.md §9", "exec"), namespace)  # noqa: S102
+    with pytest.raises(TimeoutError):  # still running: nobody closed the socket
+        await asyncio.wait_for(namespace["main"](token), 9)
+    printed = capsys.readouterr().out
+    assert "'type': 'hello'" in printed and "'type': 'joined'" in printed and "'type': 'ack'" in printed
+    assert printed.count("'type': 'pong'") >= 5, printed[-500:]

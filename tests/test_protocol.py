@@ -129,7 +129,6 @@ def test_missing_field(frame, field):
     ({"type": "ping", "ref": 1}, "ref"),
     ({"type": "ping", "ref": ""}, "ref"),
     ({"type": "ping", "ref": "r" * 65}, "ref"),
-    ({"type": "ping", "ref": None}, "ref"),
 ])
 def test_bad_field(frame, field):
     err = error(frame)
@@ -190,6 +189,32 @@ def test_error_codes_match_the_documentation():
     assert protocol.PROTOCOL_VERSION == 1
 
 
+# --- rules a client needs from protocol.md §2-§3: null, ranges, limit, bad_frame's ref ---------
+
+def test_null_is_the_same_as_absent(settings):
+    """protocol.md §2: a field whose value is null counts as absent, ref included."""
+    page = settings.PARLEY_HISTORY_PAGE_DEFAULT
+    assert parse({"type": "join", "room": "r", "after_seq": None, "epoch": None, "limit": None,
+                  "ref": None}) == Join("r", None, None, page)
+    assert parse({"type": "history", "room": "r", "before": None, "limit": None}) == History("r", None, page)
+    assert parse({"type": "send", "room": "r", "text": "x", "client_id": None}) == Send("r", "x", None)
+    assert parse({"type": "ping", "ref": None}) == Ping()
+    # a required field that is null is missing, as if absent
+    assert (error({"type": "send", "room": None, "text": "x"}).code,
+            error({"type": "send", "room": "r", "text": None}).code) == ("missing_field", "missing_field")
+
+
+def test_seq_fields_range_up_to_2_to_the_53():
+    assert parse({"type": "join", "room": "r", "after_seq": 2**53}).after_seq == 2**53
+    assert parse({"type": "history", "room": "r", "before": 2**53}).before == 2**53
+    assert parse({"type": "join", "room": "r", "after_seq": 0}).after_seq == 0
+    for frame, field in [({"type": "join", "room": "r", "after_seq": 2**53 + 1}, "after_seq"),
+                         ({"type": "history", "room": "r", "before": 2**53 + 1}, "before"),
+                         ({"type": "history", "room": "r", "before": 0}, "before")]:
+        err = error(frame)
+        assert (err.code, err.field) == ("bad_field", field)
+
+
 def test_a_limit_above_the_page_maximum_is_clamped(settings):
     """One rule for the WebSocket and GET …/messages (security.md): above the max, clamped;
     below 1 or not an integer, bad_field."""
@@ -200,3 +225,21 @@ def test_a_limit_above_the_page_maximum_is_clamped(settings):
     for bad in (0, -1, 2**53 + 1, 1.5, "5", True):
         err = error({"type": "history", "room": "r", "limit": bad})
         assert (err.code, err.field) == ("bad_field", "limit"), bad
+
+
+@pytest.mark.parametrize("frame", [{"ref": "x1"}, {"type": None, "ref": "x1"}, {"type": 7, "ref": "x1"}])
+def test_bad_frame_keeps_a_valid_ref(frame):
+    import json
+
+    with pytest.raises(ProtocolError) as caught:
+        decode_frame(json.dumps(frame), None)
+    assert caught.value.code == "bad_frame"
+    assert caught.value.to_frame(None)["ref"] == "x1"
+
+
+def test_peek_ref_never_raises():
+    from chat.protocol import peek_ref
+
+    assert peek_ref('{"type": "ping", "ref": "a"}') == "a"
+    assert peek_ref('{"ref": "b"}') == "b"  # bad_frame, but its ref is readable
+    assert peek_ref("{") is None and peek_ref(None) is None and peek_ref('{"ref": 5}') is None
