@@ -33,6 +33,7 @@ from chat.outbound import RAW_SEND_KEY, Outbound
 from chat.payloads import message_payload, room_payload, timestamp, user_payload
 from chat.presence import Member, get_presence
 from chat.protocol import ProtocolError
+from chat.revocation import CredentialsRevoked
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         super().__init__(*args, **kwargs)
         self.channel_name = f"hub.{uuid.uuid4().hex}"  # replaced by the layer's channel if any
         self.user: Any = None
+        self.token_id: int | None = None  # the API token the socket was opened with (None: a session)
         self.subs_by_id: dict[int, Subscription] = {}
         self.subs_by_slug: dict[str, Subscription] = {}
         self.last_frame_at = time.monotonic()
@@ -140,6 +142,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.user = user
+        self.token_id = self.scope.get("token_id")
         self.member = Member(user.pk, user.get_username())
         await self.accept()
         # Chat frames skip the middleware's send wrappers (chat.outbound.RAW_SEND_KEY).
@@ -158,6 +161,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 if hub_enabled():
                     await get_hub().watch(credential, self)
                 else:
+                    get_hub().watch_local(credential, self)  # for the periodic check (chat.revocation)
                     await self.channel_layer.group_add(fanout.credential_group(credential), self.channel_name)
         except (RedisError, OSError):
             # Degrade, don't refuse: the credentials are valid now; revoking them still blocks
@@ -199,9 +203,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.watched = False
             try:
                 for credential in self._credentials():
-                    if hub_enabled():
-                        get_hub().unwatch(credential, self)
-                    else:
+                    get_hub().unwatch(credential, self)
+                    if not hub_enabled():
                         await self.channel_layer.group_discard(fanout.credential_group(credential), self.channel_name)
             except (RedisError, OSError):
                 # As in connect(): Redis being away must not stop the rooms below being left
@@ -243,6 +246,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if err.code == protocol.RATE_LIMITED and self.strikes.add():
                 log.warning("closing socket of user %s: kept flooding after rate limiting", self.user.pk)
                 self.outbound.close_after_flush(protocol.CLOSE_RATE_LIMIT)
+        except CredentialsRevoked as lost:
+            self._close_revoked(lost.credentials)
         except Exception:
             log.exception("unexpected error handling a frame from user %s", self.user.pk)
             err = ProtocolError(protocol.INTERNAL_ERROR, "unexpected server error")
@@ -270,7 +275,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Read after subscribing: whatever commits after the read is then certain to arrive
             # live, and whatever the read saw is dropped by seq when it arrives. The same hop
             # checks that the user may see the room.
-            found = await db.join_snapshot(self.user, cmd)
+            found = await db.join_snapshot(self.user, cmd, self.token_id)
             if found is not None and found[0].pk == sub.room_id:
                 break
             await self._unsubscribe(sub)
@@ -349,7 +354,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                                 room=sub.slug, retry_after_ms=_ms(wait))
         try:
             result = await get_writer().submit(user=self.user, room_id=sub.room_id, text=cmd.text,
-                                               client_id=cmd.client_id)
+                                               client_id=cmd.client_id, token_id=self.token_id)
         except DatabaseError:
             log.exception("could not store a message in room %s", sub.slug)
             raise ProtocolError(protocol.COMMIT_FAILED, "the message was not stored; retry with the same client_id",
@@ -372,7 +377,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def do_history(self, cmd: protocol.History, ref: str | None) -> None:
         sub = self._joined(cmd.room)
-        result = await db.history(self.user, sub.room_id, cmd.before, cmd.limit)
+        result = await db.history(self.user, sub.room_id, cmd.before, cmd.limit, self.token_id)
         if result is None:
             await self._unsubscribe(sub)
             raise _room_not_found(cmd.room)
@@ -388,7 +393,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if (now - sub.typing_at) * 1000 < limits.TYPING_MIN_INTERVAL_MS.value:
             return  # relayed one a moment ago; peers show "typing" for seconds anyway
         sub.typing_at = now
-        if not await db.can_access(self.user, sub.room_id):
+        if not await db.can_access(self.user, sub.room_id, self.token_id):
             await self._unsubscribe(sub)
             raise _room_not_found(cmd.room)
         await fanout.broadcast_typing(room_id=sub.room_id, room_slug=sub.slug, user=self.user)
@@ -477,9 +482,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Called by chat.hub when this socket's API token is revoked or its user deactivated."""
         asyncio.ensure_future(self.auth_revoked({"type": "auth.revoked"}))
 
+    def _close_revoked(self, lost: frozenset[tuple[str, int]]) -> None:
+        """A command found the socket's user or API token no longer valid (and did nothing):
+        close this socket with 4401, and every other socket of this process resting on the
+        same credentials, as a revocation announced by chat.hub would."""
+        log.info("closing a socket of user %s: its credentials are no longer valid", self.user.pk)
+        if self.outbound is not None:
+            self.outbound.close_after_flush(protocol.CLOSE_CREDENTIALS_REVOKED)
+        hub = get_hub()
+        for credential in lost:
+            hub.close_local(credential)
+
     def _credentials(self) -> list[tuple[str, int]]:
         """What this socket's right to stay open rests on: its user, and its API token if any."""
-        token_id = self.scope.get("token_id")
+        token_id = self.token_id
         return [("user", self.user.pk)] + ([("token", token_id)] if token_id is not None else [])
 
     # --- delivery ---------------------------------------------------------------------------
