@@ -80,6 +80,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.subs_by_id: dict[int, Subscription] = {}
         self.subs_by_slug: dict[str, Subscription] = {}
         self.last_frame_at = time.monotonic()
+        self.presence_due = 0.0  # monotonic time from which a frame touches presence again
+        self.presence_task: asyncio.Future[None] | None = None
         self.watchdog: asyncio.TimerHandle | None = None
         self.outbound: Outbound | None = None
         self.counted = False  # in _sockets_per_user
@@ -230,6 +232,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Called for every frame the client sends; answers with a reply or one error frame."""
         ref = None
         self.last_frame_at = time.monotonic()
+        self._keep_presence_alive()
         if self.outbound is None or self.outbound.closed:
             return  # closing (too many sockets, abuse, slow reader): ignore what is in flight
         try:
@@ -399,17 +402,48 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await fanout.broadcast_typing(room_id=sub.room_id, room_slug=sub.slug, user=self.user)
 
     async def do_ping(self, cmd: protocol.Ping, ref: str | None) -> None:
-        now = time.monotonic()
-        presence = get_presence()
-        for sub in self.subs_by_id.values():
-            # Heartbeats keep this socket's presence entries from expiring (chat/presence.py).
-            if now - sub.presence_touched >= settings.PARLEY_HEARTBEAT_INTERVAL_SECS / 2:
-                sub.presence_touched = now
-                try:
-                    await presence.touch(sub.room_id, self.channel_name, self.member)
-                except (RedisError, OSError):
-                    log.warning("presence heartbeat failed (Redis unavailable)")
+        # Presence was kept alive by receive(), as for every frame (_keep_presence_alive).
         await self.send_frame(_with_ref({"type": "pong"}, ref))
+
+    def _keep_presence_alive(self) -> None:
+        """Called for every client frame: any frame, not only a ping, keeps the socket's
+        presence entries from expiring (chat.presence), since a client pings only when it has
+        sent nothing else. Each joined room's entry is touched at most once per half
+        heartbeat, by a task: a frame never waits on Redis for it."""
+        now = self.last_frame_at
+        if now < self.presence_due or not self.subs_by_id:
+            return
+        half = settings.PARLEY_HEARTBEAT_INTERVAL_SECS / 2
+        self.presence_due = now + half
+        if self.presence_task is not None and not self.presence_task.done():
+            return  # the last touch is still on its way (Redis slow): the next frame retries
+        # Only completed joins: a join in progress adds its entry itself (_presence_join).
+        due = [sub for sub in self.subs_by_id.values() if sub.ready and now - sub.presence_touched >= half]
+        if due:
+            for sub in due:
+                sub.presence_touched = now
+            self.presence_task = asyncio.ensure_future(self._touch_presence(due))
+
+    async def _touch_presence(self, subs: list[Subscription]) -> None:
+        presence = get_presence()
+        try:
+            for sub in subs:
+                if self.subs_by_id.get(sub.room_id) is not sub:
+                    continue
+                revived = await presence.touch(sub.room_id, self.channel_name, self.member)
+                if self.subs_by_id.get(sub.room_id) is not sub:
+                    # The room was left while the touch was on its way: take back what it wrote.
+                    await presence.remove(sub.room_id, self.channel_name, self.user.pk)
+                elif revived:
+                    # The user had vanished from the room's presence (a Redis restart lost it):
+                    # back now, and the others hear it as they hear a join.
+                    count = len(await presence.members(sub.room_id))
+                    await fanout.broadcast_presence(room_id=sub.room_id, room_slug=sub.slug, event="join",
+                                                    user=self.user, members=count, origin=self.channel_name)
+        except (RedisError, OSError):
+            log.warning("presence heartbeat failed (Redis unavailable)")
+        except Exception:
+            log.exception("presence heartbeat failed")
 
     _handlers = {
         protocol.Join: do_join,
