@@ -17,6 +17,8 @@ from chat import protocol, selectors
 from chat.dbthread import Batched, database_thread
 from chat.models import Message, Room
 from chat.payloads import fit_page, messages_bytes
+from chat.revocation import CredentialsRevoked
+from chat.selectors import Credential
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,30 +52,55 @@ _load_rooms: Batched[tuple[Any, str], Room | None] = Batched(
     lambda wanted: selectors.rooms_get_visible(wanted=wanted))
 
 
-def join_snapshot(user: Any, cmd: protocol.Join) -> Awaitable[Snapshot | None]:
+async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = None) -> Snapshot | None:
     """(room, messages, has_more, recovered, high_seq, last_seq) for a join, or None if the user
-    may not see the room. Read after subscribing (ChatConsumer.do_join).
+    may not see the room. Read after subscribing (ChatConsumer.do_join). Raises
+    CredentialsRevoked if the user, or the socket's API token `token_id`, no longer holds.
 
     Joins that reach the database thread together are read together (join_snapshots): in a
     reconnect storm, each socket's join used to be one hop and two queries of its own.
     """
-    return _join_snapshots((user, cmd))
+    found = await _join_snapshots((user, cmd, token_id))
+    if isinstance(found, CredentialsRevoked):
+        raise found
+    return found
 
 
-def join_snapshots(items: list[tuple[Any, protocol.Join]]) -> list[Snapshot | None]:
-    """join_snapshot for each (user, join): one query for all their rooms, one for the
-    messages of every resuming join (the ten members of a room that resume after the same seq
-    share the rows), and each distinct page read once."""
-    rooms = selectors.rooms_get_visible(wanted=[(user, cmd.room) for user, cmd in items])
+def join_snapshots(items: list[tuple[Any, protocol.Join]],
+                   tokens: list[int | None] | None = None) -> list[Snapshot | CredentialsRevoked | None]:
+    """join_snapshot for each (user, join), `tokens` the API token of each join's socket: one
+    query for all their rooms (and with it, in the same round trip on PostgreSQL, one for
+    whether their users and tokens still hold), one for the messages of every resuming join
+    (the ten members of a room that resume after the same seq share the rows), and each
+    distinct page read once. A join whose credentials were lost gets CredentialsRevoked."""
+    tokens = tokens if tokens is not None else [None] * len(items)
+    credentials = [("user", user.pk) for user, _ in items] + [("token", t) for t in tokens if t is not None]
+    rooms, lost = selectors.rooms_get_visible_checked(wanted=[(user, cmd.room) for user, cmd in items],
+                                                      credentials=credentials)
+    refused = [_refused(user, token_id, lost) for (user, _), token_id in zip(items, tokens, strict=True)]
+    rooms = [None if no else room for room, no in zip(rooms, refused, strict=True)]
     resumes = {i: (room.pk, cmd.after_seq, room.last_seq) for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))
                if room is not None and _resumable(room, cmd)}
     ranges = dict(zip(resumes, selectors.messages_in_ranges(ranges=list(resumes.values())), strict=True))
     pages: dict[tuple[int, int], tuple[list[Message], bool]] = {}
-    return [_snapshot(room, cmd, ranges.get(i), pages) if room is not None else None
-            for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))]
+    return [no or (_snapshot(room, cmd, ranges.get(i), pages) if room is not None else None)
+            for i, (room, (_, cmd), no) in enumerate(zip(rooms, items, refused, strict=True))]
 
 
-_join_snapshots: Batched[tuple[Any, protocol.Join], Snapshot | None] = Batched(join_snapshots)
+_join_snapshots: Batched[tuple[Any, protocol.Join, int | None], Snapshot | CredentialsRevoked | None] = Batched(
+    lambda items: join_snapshots([(user, cmd) for user, cmd, _ in items], [t for _, _, t in items]))
+
+
+def _refused(user: Any, token_id: int | None, lost: set[Credential]) -> CredentialsRevoked | None:
+    mine = {c for c in (("user", user.pk), ("token", token_id)) if c in lost}
+    return CredentialsRevoked(mine) if mine else None
+
+
+def _check(allowed: bool, lost: set[Credential]) -> bool:
+    """room_user_can_use's answer: whether the room may be used; raises if credentials were lost."""
+    if lost:
+        raise CredentialsRevoked(lost)
+    return allowed
 
 
 def _resumable(room: Room, cmd: protocol.Join) -> bool:
@@ -114,16 +141,20 @@ def _fit(messages: list[Message], has_more: bool, room_slug: str) -> tuple[list[
 
 
 @db_call
-def history(user: Any, room_id: int, room_slug: str, before: int | None,
-            limit: int) -> tuple[list[Message], bool] | None:
-    if not selectors.room_user_can_access(user=user, room_id=room_id):
+def history(user: Any, room_id: int, room_slug: str, before: int | None, limit: int,
+            token_id: int | None = None) -> tuple[list[Message], bool] | None:
+    """A page of the room's history, None if the user may not see it; CredentialsRevoked if
+    the user or the socket's API token no longer holds."""
+    if not _check(*selectors.room_user_can_use(user=user, room_id=room_id, token_id=token_id)):
         return None
     return _fit(*selectors.message_page(room_id=room_id, before=before, limit=limit), room_slug)
 
 
 @db_call
-def can_access(user: Any, room_id: int) -> bool:
-    return selectors.room_user_can_access(user=user, room_id=room_id)
+def can_access(user: Any, room_id: int, token_id: int | None = None) -> bool:
+    """Whether the user may use the room; CredentialsRevoked if the user or the socket's API
+    token no longer holds."""
+    return _check(*selectors.room_user_can_use(user=user, room_id=room_id, token_id=token_id))
 
 
 @db_call

@@ -33,6 +33,7 @@ from chat.outbound import RAW_SEND_KEY, Outbound
 from chat.payloads import message_payload, room_payload, timestamp, user_payload
 from chat.presence import Member, get_presence
 from chat.protocol import ProtocolError
+from chat.revocation import CredentialsRevoked
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         super().__init__(*args, **kwargs)
         self.channel_name = f"hub.{uuid.uuid4().hex}"  # replaced by the layer's channel if any
         self.user: Any = None
+        self.token_id: int | None = None  # the API token the socket was opened with (None: a session)
         self.subs_by_id: dict[int, Subscription] = {}
         self.subs_by_slug: dict[str, Subscription] = {}
         self.last_frame_at = time.monotonic()
+        self.presence_due = 0.0  # monotonic time from which a frame touches presence again
+        self.presence_task: asyncio.Future[None] | None = None
         self.watchdog: asyncio.TimerHandle | None = None
         self.outbound: Outbound | None = None
         self.counted = False  # in _sockets_per_user
@@ -141,6 +145,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.user = user
+        self.token_id = self.scope.get("token_id")
         self.member = Member(user.pk, user.get_username())
         await self.accept()
         # Chat frames skip the middleware's send wrappers (chat.outbound.RAW_SEND_KEY).
@@ -159,6 +164,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 if hub_enabled():
                     await get_hub().watch(credential, self)
                 else:
+                    get_hub().watch_local(credential, self)  # for the periodic check (chat.revocation)
                     await self.channel_layer.group_add(fanout.credential_group(credential), self.channel_name)
         except (RedisError, OSError):
             # Degrade, don't refuse: the credentials are valid now; revoking them still blocks
@@ -200,9 +206,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.watched = False
             try:
                 for credential in self._credentials():
-                    if hub_enabled():
-                        get_hub().unwatch(credential, self)
-                    else:
+                    get_hub().unwatch(credential, self)
+                    if not hub_enabled():
                         await self.channel_layer.group_discard(fanout.credential_group(credential), self.channel_name)
             except (RedisError, OSError):
                 # As in connect(): Redis being away must not stop the rooms below being left
@@ -239,6 +244,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if wait:
             self._refuse_frame(text_data, wait)
             return
+        self._keep_presence_alive()
         try:
             frame = protocol.decode_frame(text_data, bytes_data)
             ref = protocol.frame_ref(frame)
@@ -248,6 +254,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_frame(err.to_frame(ref))
             if err.code == protocol.RATE_LIMITED and self.strikes.add():
                 self._close_for_flooding()
+        except CredentialsRevoked as lost:
+            self._close_revoked(lost.credentials)
         except Exception:
             log.exception("unexpected error handling a frame from user %s", self.user.pk)
             err = ProtocolError(protocol.INTERNAL_ERROR, "unexpected server error")
@@ -297,7 +305,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Read after subscribing: whatever commits after the read is then certain to arrive
             # live, and whatever the read saw is dropped by seq when it arrives. The same hop
             # checks that the user may see the room.
-            found = await db.join_snapshot(self.user, cmd)
+            found = await db.join_snapshot(self.user, cmd, self.token_id)
             if found is not None and found[0].pk == sub.room_id:
                 break
             await self._unsubscribe(sub)
@@ -383,7 +391,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                                 room=sub.slug, retry_after_ms=_ms(wait))
         try:
             result = await get_writer().submit(user=self.user, room_id=sub.room_id, text=cmd.text,
-                                               client_id=cmd.client_id)
+                                               client_id=cmd.client_id, token_id=self.token_id)
         except DatabaseError:
             log.exception("could not store a message in room %s", sub.slug)
             raise ProtocolError(protocol.COMMIT_FAILED, "the message was not stored; retry with the same client_id",
@@ -406,7 +414,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def do_history(self, cmd: protocol.History, ref: str | None) -> None:
         sub = self._joined(cmd.room)
-        result = await db.history(self.user, sub.room_id, sub.slug, cmd.before, cmd.limit)
+        result = await db.history(self.user, sub.room_id, sub.slug, cmd.before, cmd.limit, self.token_id)
         if result is None:
             await self._unsubscribe(sub)
             raise _room_not_found(cmd.room)
@@ -422,23 +430,54 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if (now - sub.typing_at) * 1000 < limits.TYPING_MIN_INTERVAL_MS.value:
             return  # relayed one a moment ago; peers show "typing" for seconds anyway
         sub.typing_at = now
-        if not await db.can_access(self.user, sub.room_id):
+        if not await db.can_access(self.user, sub.room_id, self.token_id):
             await self._unsubscribe(sub)
             raise _room_not_found(cmd.room)
         await fanout.broadcast_typing(room_id=sub.room_id, room_slug=sub.slug, user=self.user)
 
     async def do_ping(self, cmd: protocol.Ping, ref: str | None) -> None:
-        now = time.monotonic()
-        presence = get_presence()
-        for sub in self.subs_by_id.values():
-            # Heartbeats keep this socket's presence entries from expiring (chat/presence.py).
-            if now - sub.presence_touched >= settings.PARLEY_HEARTBEAT_INTERVAL_SECS / 2:
-                sub.presence_touched = now
-                try:
-                    await presence.touch(sub.room_id, self.channel_name, self.member)
-                except (RedisError, OSError):
-                    log.warning("presence heartbeat failed (Redis unavailable)")
+        # Presence was kept alive by receive(), as for every frame (_keep_presence_alive).
         await self.send_frame(_with_ref({"type": "pong"}, ref))
+
+    def _keep_presence_alive(self) -> None:
+        """Called for every client frame: any frame, not only a ping, keeps the socket's
+        presence entries from expiring (chat.presence), since a client pings only when it has
+        sent nothing else. Each joined room's entry is touched at most once per half
+        heartbeat, by a task: a frame never waits on Redis for it."""
+        now = self.last_frame_at
+        if now < self.presence_due or not self.subs_by_id:
+            return
+        half = settings.PARLEY_HEARTBEAT_INTERVAL_SECS / 2
+        self.presence_due = now + half
+        if self.presence_task is not None and not self.presence_task.done():
+            return  # the last touch is still on its way (Redis slow): the next frame retries
+        # Only completed joins: a join in progress adds its entry itself (_presence_join).
+        due = [sub for sub in self.subs_by_id.values() if sub.ready and now - sub.presence_touched >= half]
+        if due:
+            for sub in due:
+                sub.presence_touched = now
+            self.presence_task = asyncio.ensure_future(self._touch_presence(due))
+
+    async def _touch_presence(self, subs: list[Subscription]) -> None:
+        presence = get_presence()
+        try:
+            for sub in subs:
+                if self.subs_by_id.get(sub.room_id) is not sub:
+                    continue
+                revived = await presence.touch(sub.room_id, self.channel_name, self.member)
+                if self.subs_by_id.get(sub.room_id) is not sub:
+                    # The room was left while the touch was on its way: take back what it wrote.
+                    await presence.remove(sub.room_id, self.channel_name, self.user.pk)
+                elif revived:
+                    # The user had vanished from the room's presence (a Redis restart lost it):
+                    # back now, and the others hear it as they hear a join.
+                    count = len(await presence.members(sub.room_id))
+                    await fanout.broadcast_presence(room_id=sub.room_id, room_slug=sub.slug, event="join",
+                                                    user=self.user, members=count, origin=self.channel_name)
+        except (RedisError, OSError):
+            log.warning("presence heartbeat failed (Redis unavailable)")
+        except Exception:
+            log.exception("presence heartbeat failed")
 
     _handlers = {
         protocol.Join: do_join,
@@ -511,9 +550,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Called by chat.hub when this socket's API token is revoked or its user deactivated."""
         asyncio.ensure_future(self.auth_revoked({"type": "auth.revoked"}))
 
+    def _close_revoked(self, lost: frozenset[tuple[str, int]]) -> None:
+        """A command found the socket's user or API token no longer valid (and did nothing):
+        close this socket with 4401, and every other socket of this process resting on the
+        same credentials, as a revocation announced by chat.hub would."""
+        log.info("closing a socket of user %s: its credentials are no longer valid", self.user.pk)
+        if self.outbound is not None:
+            self.outbound.close_after_flush(protocol.CLOSE_CREDENTIALS_REVOKED)
+        hub = get_hub()
+        for credential in lost:
+            hub.close_local(credential)
+
     def _credentials(self) -> list[tuple[str, int]]:
         """What this socket's right to stay open rests on: its user, and its API token if any."""
-        token_id = self.scope.get("token_id")
+        token_id = self.token_id
         return [("user", self.user.pk)] + ([("token", token_id)] if token_id is not None else [])
 
     # --- delivery ---------------------------------------------------------------------------

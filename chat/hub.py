@@ -53,11 +53,14 @@ class LocalHub:
     user closes them (`revoke`). That used to be a channel-layer group per token, which gave
     every socket a channel of its own — a queue, a receive task and, on Redis, a blocking pop
     shared through channels_redis's receive lock — for an event that almost never happens.
+    The same map is what chat.revocation's periodic check asks the database about, so that a
+    revocation made in another process (without Redis) or without a signal closes them too.
     """
 
     def __init__(self) -> None:
         self.rooms: dict[int, set[Receiver]] = {}
         self.credentials: dict[Credential, set[Receiver]] = {}
+        self._revocation_check: Any = None
 
     async def subscribe(self, room_id: int, receiver: Receiver) -> None:
         self.rooms.setdefault(room_id, set()).add(receiver)
@@ -74,7 +77,17 @@ class LocalHub:
         pass
 
     async def watch(self, credential: Credential, receiver: Receiver) -> None:
+        self.watch_local(credential, receiver)
+
+    def watch_local(self, credential: Credential, receiver: Receiver) -> None:
+        """Record the socket under its credential, for close_local and the periodic check
+        (which this starts if it is not running)."""
         self.credentials.setdefault(credential, set()).add(receiver)
+        if self._revocation_check is None:
+            from chat.revocation import RevocationCheck  # (it reads the database: not at import)
+
+            self._revocation_check = RevocationCheck(self)
+        self._revocation_check.ensure_running()
 
     def unwatch(self, credential: Credential, receiver: Receiver) -> None:
         sockets = self.credentials.get(credential)
@@ -84,7 +97,9 @@ class LocalHub:
                 del self.credentials[credential]
 
     async def revoke(self, credential: Credential) -> None:
-        """Close the sockets opened with this token (or by this user), in every process."""
+        """Close the sockets opened with this token (or by this user): at once in this process
+        (RedisHub: in every process). Other processes without Redis notice within
+        PARLEY_REVOCATION_CHECK_SECS (chat.revocation)."""
         self.close_local(credential)
 
     def close_local(self, credential: Credential) -> None:

@@ -41,6 +41,7 @@ class _Send:
     room_id: int
     text: str
     client_id: str | None
+    token_id: int | None  # the API token of the sender's socket (None: a session)
     future: asyncio.Future[tuple[Message, bool] | None]
 
 
@@ -52,7 +53,8 @@ def _store(batch: list[_Send]) -> list[Any]:
             and time.monotonic() - _last_commit[1] < WRITER_HEALTH_CHECK_IDLE_SECS):
         connection.health_check_done = True
     results = services.message_create_batch(
-        items=[(item.user, item.room_id, item.text, item.client_id) for item in batch]
+        items=[(item.user, item.room_id, item.text, item.client_id) for item in batch],
+        tokens=[item.token_id for item in batch],
     )
     _last_commit = (id(connection.connection), time.monotonic())
     return results
@@ -63,13 +65,16 @@ class MessageWriter:
         self._queue: list[_Send] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, *, user: Any, room_id: int, text: str, client_id: str | None) -> tuple[Message, bool] | None:
+    async def submit(self, *, user: Any, room_id: int, text: str, client_id: str | None,
+                     token_id: int | None = None) -> tuple[Message, bool] | None:
         """Store one message; (message, duplicate), or None if the user may no longer use the room.
 
-        Raises the database's error if the transaction could not commit (nothing was stored).
+        Raises chat.revocation.CredentialsRevoked (nothing stored) if the user was deactivated or
+        deleted, or the API token `token_id` revoked; the database's error if the transaction
+        could not commit (nothing was stored).
         """
         future: asyncio.Future[tuple[Message, bool] | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Send(user, room_id, text, client_id, future))
+        self._queue.append(_Send(user, room_id, text, client_id, token_id, future))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         return await future

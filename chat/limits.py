@@ -66,6 +66,13 @@ REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 768 * 1024, "byt
 TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
                                "typing events relayed per socket and room at most this often")
 
+# --- Revocation (issue 12, item 6): how soon a revocation nobody announced closes sockets ------
+# Each process asks the database this often which of its sockets' users and tokens are no
+# longer valid (chat.revocation), in one query; 0 turns the check off.
+REVOCATION_CHECK_SECS = Limit("revocation check", "PARLEY_REVOCATION_CHECK_SECS", 5, "s",
+                              "a deactivated user's or revoked token's open sockets close (4401) "
+                              "within this, whoever revoked it and however")
+
 ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
 
 STRIKE_WINDOW_SECS = 10.0

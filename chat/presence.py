@@ -2,8 +2,9 @@
 
 Two stores with one interface. Without Redis there is one server process, so a dict in it is the
 truth. With Redis (REDIS_URL) every process shares one hash per room. Each entry carries an expiry
-that the socket's heartbeats push forward, so a process that dies (SIGKILL) cannot leave ghosts
-for longer than PRESENCE_TTL_SECS.
+that the socket's frames — any frame, pings included — push forward, so a process that dies
+(SIGKILL) cannot leave ghosts for longer than presence_ttl_secs(), and an entry that Redis lost
+comes back with the socket's next frame.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class PresenceStore(Protocol):
     async def remove(self, room_id: int, channel: str, user_id: int) -> bool:
         """Forget a socket; True if the user has no live socket left in the room."""
 
-    async def touch(self, room_id: int, channel: str, member: Member) -> None:
-        """Push the socket's expiry forward (called on heartbeats)."""
+    async def touch(self, room_id: int, channel: str, member: Member) -> bool:
+        """Push the socket's expiry forward (every frame of the socket does, at most once per
+        half heartbeat), re-creating the entry if it is gone (Redis restarted or was flushed);
+        True if that brought the user back: no live entry of theirs was left in the room."""
 
     async def members(self, room_id: int) -> list[Member]:
         """Online users, each once, ordered by username."""
@@ -70,10 +73,14 @@ class MemoryPresence:
             self._rooms.pop(room_id, None)
         return last
 
-    async def touch(self, room_id: int, channel: str, member: Member) -> None:
-        sockets = self._rooms.get(room_id)
-        if sockets is not None and channel in sockets:
-            sockets[channel] = (member, time.monotonic() + presence_ttl_secs())
+    async def touch(self, room_id: int, channel: str, member: Member) -> bool:
+        now = time.monotonic()
+        sockets = self._rooms.setdefault(room_id, {})
+        mine = sockets.get(channel)
+        revived = (mine is None or mine[1] <= now) and not any(
+            m.id == member.id and exp > now for m, exp in sockets.values())
+        sockets[channel] = (member, now + presence_ttl_secs())
+        return revived
 
     async def members(self, room_id: int) -> list[Member]:
         return _distinct(list(self._rooms.get(room_id, {}).values()), time.monotonic())
@@ -106,7 +113,7 @@ class RedisPresence:
         now = time.time()
         entries = await self._entries(room_id)
         first = not any(m.id == member.id and exp > now and ch != channel for ch, m, exp in entries)
-        await self.touch(room_id, channel, member)
+        await self._write(room_id, channel, member)
         return first
 
     async def remove(self, room_id: int, channel: str, user_id: int) -> bool:
@@ -118,10 +125,25 @@ class RedisPresence:
             await self._redis.hdel(self._key(room_id), *expired)
         return not any(m.id == user_id and exp > now for _, m, exp in entries)
 
-    async def touch(self, room_id: int, channel: str, member: Member) -> None:
-        value = orjson.dumps([member.id, member.username, time.time() + presence_ttl_secs()])
-        await self._redis.hset(self._key(room_id), channel, value)
-        await self._redis.expire(self._key(room_id), presence_ttl_secs() * 2)
+    async def touch(self, room_id: int, channel: str, member: Member) -> bool:
+        now = time.time()
+        old = await self._write(room_id, channel, member)
+        if old is not None and orjson.loads(old)[2] > now:
+            return False  # the usual case: one round trip
+        entries = await self._entries(room_id)
+        return not any(m.id == member.id and exp > now and ch != channel for ch, m, exp in entries)
+
+    async def _write(self, room_id: int, channel: str, member: Member) -> bytes | None:
+        """Write the socket's entry with a fresh expiry; what it held before (None: absent).
+        HSET re-creates an entry, and the hash, that a Redis restart or flush lost."""
+        key, ttl = self._key(room_id), presence_ttl_secs()
+        value = orjson.dumps([member.id, member.username, time.time() + ttl])
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(key, channel)
+            pipe.hset(key, channel, value)
+            pipe.expire(key, ttl * 2)
+            old, _, _ = await pipe.execute()
+        return old
 
     async def members(self, room_id: int) -> list[Member]:
         return _distinct([(m, exp) for _, m, exp in await self._entries(room_id)], time.time())

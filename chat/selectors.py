@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Q
 
 from chat.models import SLUG_RE, ApiToken, Membership, Message, Room
 from chat.rowsql import Select, cols, fetch, fetch_together, qn, select, select_exprs
+
+# ("user", id) or ("token", ApiToken id): what a socket's right to stay open rests on (chat.hub).
+Credential = tuple[str, int]
 
 
 def room_visible_q(*, user: Any) -> Q:
@@ -31,6 +36,14 @@ def room_get_visible(*, user: Any, slug: str) -> Room | None:
     return rooms_get_visible(wanted=[(user, slug)])[0]
 
 
+def rooms_get_visible_checked(
+    *, wanted: list[tuple[Any, str]], credentials: Iterable[Credential],
+) -> tuple[list[Room | None], set[Credential]]:
+    """rooms_get_visible, and which of `credentials` no longer hold (credentials_lost): the
+    rooms' query and the credentials' leave in one round trip (rowsql.fetch_together)."""
+    return _rooms_visible(wanted, credentials)
+
+
 def rooms_get_visible(*, wanted: list[tuple[Any, str]]) -> list[Room | None]:
     """room_get_visible for each (user, slug) of `wanted`, in one query for the rooms (plain SQL:
     every join runs it, chat.rowsql says why) and, only when some of them are private rooms
@@ -40,18 +53,31 @@ def rooms_get_visible(*, wanted: list[tuple[Any, str]]) -> list[Room | None]:
     The visibility rule is message_send_checks's (_accessible), the Python form of room_visible_q;
     tests/test_selectors.py's test_visibility checks the two against the same rooms.
     """
+    return _rooms_visible(wanted, ())[0]
+
+
+def _rooms_visible(wanted: list[tuple[Any, str]],
+                   credentials: Iterable[Credential]) -> tuple[list[Room | None], set[Credential]]:
     slugs = list(dict.fromkeys(slug for _, slug in wanted if SLUG_RE.match(slug)))
     # (A slug that cannot exist is never sent: PostgreSQL refuses some such strings, NUL, outright.)
+    users, tokens = _credential_ids(c for c in credentials if c[1] is not None)
+    queries: list[tuple[Select, list[Any]]] = []
+    if slugs:
+        queries.append((_rooms_by_slug_sql(connection.vendor, len(slugs)), slugs))
+    if users or tokens:
+        queries.append(_credentials_lost_query(users, tokens))
+    rows = fetch_together(queries)
     by_slug: dict[str, Room] = {}
     if slugs:
         room = cols(Room, "r")
-        for row in fetch(_rooms_by_slug_sql(connection.vendor, len(slugs)), slugs):
+        for row in rows[0]:
             r = room.build(row)
             by_slug[r.slug] = r
+    lost = _lost(rows[-1]) if users or tokens else set()
     found = [(user, by_slug.get(slug)) for user, slug in wanted]
     allowed = _accessible(pairs=[(user, r.pk) for user, r in found if r is not None],
                           is_private={r.pk: r.is_private for r in by_slug.values()})
-    return [r if r is not None and (user.pk, r.pk) in allowed else None for user, r in found]
+    return [r if r is not None and (user.pk, r.pk) in allowed else None for user, r in found], lost
 
 
 @functools.cache
@@ -69,45 +95,127 @@ def room_user_can_access(*, user: Any, room_id: int) -> bool:
     return Room.objects.filter(room_visible_q(user=user), pk=room_id).exists()
 
 
+def room_user_can_use(*, user: Any, room_id: int, token_id: int | None) -> tuple[bool, set[Credential]]:
+    """What a socket's command (history, typing) checks: (whether the user may use the room,
+    the socket's credentials that no longer hold). One query, as room_user_can_access is; a
+    second only for a private room of a user who does not see all (the membership)."""
+    allowed, _, lost = message_send_checks(pairs=[(user, room_id)], keys=[], tokens=[token_id])
+    return (user.pk, room_id) in allowed, lost
+
+
+def credentials_lost(*, credentials: Iterable[Credential]) -> set[Credential]:
+    """Which of these credentials — ("user", id), ("token", id) — no longer hold: the user is
+    inactive or deleted, the API token revoked or deleted. One query however many there are
+    (chat.revocation asks for every socket of the process at once), and its rows are only the
+    lost ones: usually none."""
+    users, tokens = _credential_ids(credentials)
+    if not users and not tokens:
+        return set()
+    query, params = _credentials_lost_query(users, tokens)
+    return _lost(fetch(query, params))
+
+
+def _credential_ids(credentials: Iterable[Credential]) -> tuple[list[int], list[int]]:
+    users: set[int] = set()
+    tokens: set[int] = set()
+    for kind, ident in credentials:
+        (users if kind == "user" else tokens).add(ident)
+    return sorted(users), sorted(tokens)
+
+
+def _lost(rows: Iterable[Sequence[Any]]) -> set[Credential]:
+    return {(_CREDENTIAL_KINDS[kind], int(ident)) for kind, ident, *_ in rows if kind in _CREDENTIAL_KINDS}
+
+
+# The rows of the access-facts query (_access_facts_sql): 0 a room's privacy, 1 a lost user,
+# 2 a lost token.
+_ROOM_ROW, _USER_ROW, _TOKEN_ROW = 0, 1, 2
+_CREDENTIAL_KINDS = {_USER_ROW: "user", _TOKEN_ROW: "token"}
+
+
+def _credentials_lost_query(users: list[int], tokens: list[int]) -> tuple[Select, list[Any]]:
+    return _access_facts_sql(connection.vendor, None), _id_list_params(users) + _id_list_params(tokens)
+
+
+def _id_list_params(ids: list[int]) -> list[Any]:
+    """One parameter for a whole list of ids: an array on PostgreSQL, a JSON array on SQLite
+    (json_each): one statement text whatever the number of ids."""
+    return [ids] if connection.vendor == "postgresql" else [orjson.dumps(ids).decode()]
+
+
+@functools.lru_cache(maxsize=512)
+def _access_facts_sql(vendor: str, rooms: int | None) -> Select:
+    """The rows (kind, id, flag): each room's privacy (kind 0; without rooms=None), then each
+    user of the list that is inactive or gone (kind 1) and each API token that is revoked or
+    gone (kind 2). The credential lists are one parameter each (_id_list_params) and probe
+    the primary keys: a missing row is a lost credential too."""
+    User = get_user_model()
+    v, x = qn("v"), qn("x")
+    if vendor == "postgresql":
+        ids, value, false = f"unnest(%s::bigint[]) AS {v} ({x})", f"{v}.{x}", "false"
+    else:
+        ids, value, false = f"json_each(%s) AS {v}", f"{v}.{qn('value')}", "0"
+
+    def lost(kind: int, table: str, alias: str, gone: str) -> str:
+        a = qn(alias)
+        return (f"SELECT {kind}, {value}, {false} FROM {ids} LEFT JOIN {qn(table)} {a} ON {a}.{qn('id')} = {value} "
+                f"WHERE {a}.{qn('id')} IS NULL OR {gone}")
+
+    users = lost(_USER_ROW, User._meta.db_table, "u", f"NOT {_c('u', User, 'is_active')}")
+    tokens = lost(_TOKEN_ROW, ApiToken._meta.db_table, "t", f"{_c('t', ApiToken, 'revoked_at')} IS NOT NULL")
+    credentials = f"{users} UNION ALL {tokens}"
+    if rooms is None:
+        return Select(credentials, False)
+    where = "= ANY(%s::bigint[])" if vendor == "postgresql" else f"IN ({', '.join(['%s'] * rooms)})"
+    return select_exprs([str(_ROOM_ROW), qn("id"), qn("is_private")],
+                        f"FROM {qn(Room._meta.db_table)} WHERE {qn('id')} {where} UNION ALL {credentials}")
+
+
 def message_send_checks(
-    *, pairs: list[tuple[Any, int]], keys: list[tuple[int, int, str]],
-) -> tuple[set[tuple[int, int]], dict[tuple[int, int, str], Message]]:
+    *, pairs: list[tuple[Any, int]], keys: list[tuple[int, int, str]], tokens: Iterable[int | None] = (),
+) -> tuple[set[tuple[int, int]], dict[tuple[int, int, str], Message], set[Credential]]:
     """What an ingest batch checks before it writes (chat.services), whatever the batch's size:
 
     - the (user id, room id) pairs of `pairs` whose user may use the room (the batch form of
       room_user_can_access: the rule of room_visible_q, applied in Python by _accessible);
     - the stored messages by (room id, author id, client_id), for the keys of `keys` that are
-      retries of a stored send.
+      retries of a stored send;
+    - the credentials that no longer hold (credentials_lost): the users of `pairs` that are
+      inactive or deleted, the API tokens of `tokens` (the senders' sockets') revoked or
+      deleted. Their sends must not be stored, and their sockets close (4401).
 
-    The first query of each leaves in one round trip (rowsql.fetch_together). A third runs only
-    for private rooms of users who do not see all (their memberships), a fourth only when some
-    keys are retries (their full rows).
+    The rooms' privacy and the lost credentials are one statement (_access_facts_sql), which
+    leaves with the idempotency lookup in one round trip (rowsql.fetch_together): checking the
+    credentials on every batch costs no query of its own. A third runs only for private rooms
+    of users who do not see all (their memberships), a fourth only when some keys are retries
+    (their full rows).
     """
     room_ids = list({room_id for _, room_id in pairs})
+    users = sorted({user.pk for user, _ in pairs if user.pk is not None})
+    token_ids = sorted({t for t in tokens if t is not None})
     queries: list[tuple[Select, list[Any]]] = []
-    if room_ids:
-        queries.append(_rooms_privacy_query(room_ids))
+    if room_ids or users or token_ids:
+        queries.append(_access_facts_query(room_ids, users, token_ids))
     wanted = set(keys)
     if wanted:
         queries.append(_client_id_query(wanted))
     rows = fetch_together(queries)
-    allowed = _accessible(pairs=pairs, is_private={room_id: bool(p) for room_id, p in rows[0]}) if room_ids else set()
+    facts = rows[0] if queries and (room_ids or users or token_ids) else []
+    lost = _lost(facts)
+    is_private = {room_id: bool(p) for kind, room_id, p in facts if kind == _ROOM_ROW}
+    allowed = _accessible(pairs=pairs, is_private=is_private) if room_ids else set()
     existing = _client_id_hits([pk for (pk,) in rows[-1]]) if wanted else {}
-    return allowed, existing
+    return allowed, existing, lost
 
 
-def _rooms_privacy_query(room_ids: list[int]) -> tuple[Select, list[Any]]:
-    """The rooms' privacy, in every ingest batch: on PostgreSQL with the ids as one array (one
-    statement text for every batch size), on SQLite as one JSON row (chat.rowsql)."""
+def _access_facts_query(room_ids: list[int], users: list[int], tokens: list[int]) -> tuple[Select, list[Any]]:
+    """The rooms' privacy and the lost credentials (_access_facts_sql), in every ingest batch:
+    on PostgreSQL with the ids as arrays (one statement text for every batch size), on SQLite
+    as one JSON row (chat.rowsql)."""
     if connection.vendor == "postgresql":
-        return _rooms_privacy_sql(connection.vendor, 0), [room_ids]
-    return _rooms_privacy_sql(connection.vendor, len(room_ids)), room_ids
-
-
-@functools.cache
-def _rooms_privacy_sql(vendor: str, n: int) -> Select:
-    where = "= ANY(%s::bigint[])" if vendor == "postgresql" else f"IN ({', '.join(['%s'] * n)})"
-    return select_exprs([qn("id"), qn("is_private")], f"FROM {qn(Room._meta.db_table)} WHERE {qn('id')} {where}")
+        return _access_facts_sql(connection.vendor, 0), [room_ids, users, tokens]
+    return (_access_facts_sql(connection.vendor, len(room_ids)),
+            [*room_ids, *_id_list_params(users), *_id_list_params(tokens)])
 
 
 def _client_id_query(wanted: set[tuple[int, int, str]]) -> tuple[Select, list[Any]]:

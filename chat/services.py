@@ -15,8 +15,10 @@ from django.utils import timezone
 
 from chat import fanout
 from chat.models import ApiToken, Membership, Message, Room
+from chat.revocation import CredentialsRevoked
 from chat.rowsql import fetch, qn, select_exprs
 from chat.selectors import (
+    credentials_lost,
     message_get_by_client_id,
     message_send_checks,
     room_user_can_access,
@@ -89,12 +91,15 @@ def message_create(*, room_id: int, author: Any, text: str, client_id: str | Non
     return message, False
 
 
-def message_create_batch(*, items: list[tuple[Any, int, str, str | None]]) -> list[Any]:
+def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
+                         tokens: list[int | None] | None = None) -> list[Any]:
     """Store several (author, room_id, text, client_id) sends together (chat.ingest).
 
-    Each item gets what message_create returns, or None if its author may no longer use the room,
-    or the exception it raised. If the batch's write cannot commit, the error propagates and
-    nothing is stored.
+    `tokens` holds, item by item, the id of the API token the send's socket was opened with
+    (None: a session). Each item gets what message_create returns, or None if its author may no
+    longer use the room, or the exception it raised: CredentialsRevoked (not stored) if its
+    author is inactive or deleted or its token revoked since the socket opened. If the batch's
+    write cannot commit, the error propagates and nothing is stored.
 
     The batch is written with a fixed number of queries (access check, idempotency lookup, seq
     reservation, INSERT): it used to be ~7 queries and a savepoint per message, and that — on
@@ -106,12 +111,19 @@ def message_create_batch(*, items: list[tuple[Any, int, str, str | None]]) -> li
     of it is stored, and it is stored item by item instead, where each item's savepoint sorts
     the duplicate from the others.
     """
+    token_ids = tokens if tokens is not None else [None] * len(items)
     try:
         with _batch_transaction():
-            return _messages_create_together(items)
+            return _messages_create_together(items, token_ids)
     except (IntegrityError, DataError):
         pass
-    return _messages_create_each(items)
+    return _messages_create_each(items, token_ids)
+
+
+def _revoked(author: Any, token_id: int | None, lost: set[tuple[str, int]]) -> CredentialsRevoked | None:
+    """The refusal of a send whose author or token is among the lost credentials, else None."""
+    mine = {c for c in (("user", author.pk), ("token", token_id)) if c in lost}
+    return CredentialsRevoked(mine) if mine else None
 
 
 def _batch_transaction() -> Any:
@@ -125,10 +137,11 @@ def _batch_transaction() -> Any:
     return transaction.atomic()
 
 
-def _messages_create_together(items: list[tuple[Any, int, str, str | None]]) -> list[Any]:
-    allowed, existing = message_send_checks(
+def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None]) -> list[Any]:
+    allowed, existing, lost = message_send_checks(
         pairs=[(author, room_id) for author, room_id, _, _ in items],
         keys=[(room_id, author.pk, client_id) for author, room_id, _, client_id in items if client_id],
+        tokens=tokens,
     )
     results: list[Any] = [None] * len(items)
     new: list[tuple[int, Message]] = []  # (index in items, unsaved message)
@@ -136,6 +149,9 @@ def _messages_create_together(items: list[tuple[Any, int, str, str | None]]) -> 
     later_copies: list[tuple[int, tuple[int, int, str]]] = []
     now = timezone.now()
     for i, (author, room_id, text, client_id) in enumerate(items):
+        if lost and (refused := _revoked(author, tokens[i], lost)) is not None:
+            results[i] = refused  # not even a duplicate's ack: the socket closes (4401)
+            continue
         if (author.pk, room_id) not in allowed:
             continue
         key = (room_id, author.pk, client_id) if client_id else None
@@ -275,11 +291,16 @@ def _messages_insert(messages: list[Message]) -> None:
         m._state.db = connection.alias
 
 
-def _messages_create_each(items: list[tuple[Any, int, str, str | None]]) -> list[Any]:
+def _messages_create_each(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None]) -> list[Any]:
     """The careful path: one savepoint per item, so one item's error leaves the others stored."""
     results: list[Any] = []
     with transaction.atomic():
-        for author, room_id, text, client_id in items:
+        lost = credentials_lost(credentials=[("user", author.pk) for author, *_ in items]
+                                + [("token", t) for t in tokens if t is not None])
+        for (author, room_id, text, client_id), token_id in zip(items, tokens, strict=True):
+            if lost and (refused := _revoked(author, token_id, lost)) is not None:
+                results.append(refused)
+                continue
             try:
                 with transaction.atomic():
                     if not room_user_can_access(user=author, room_id=room_id):

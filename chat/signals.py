@@ -1,9 +1,13 @@
-"""Model signals: a user deactivated (or deleted) anywhere — the admin, a shell, a service — has
-their open sockets closed with 4401, in every server process.
+"""Model signals: a user deactivated (or deleted) through the model — the admin, a shell, a
+service — has their open sockets closed with 4401 at once: in the process that saved it, and
+with Redis in every server process (chat.hub's control channel).
 
 A signal rather than a service function because the admin's user form saves the model itself;
 the handshake already refuses inactive users (chat.selectors.token_get_active, Django's session
-auth), and this closes the sockets they opened before.
+auth), and this closes the sockets they opened before. It is the fast path only: a change no
+signal announces (`QuerySet.update`, SQL) or one made in a process that shares no Redis with
+the servers (a shell beside the embedded default) is caught by chat.revocation's periodic
+check within PARLEY_REVOCATION_CHECK_SECS, and by the next command of each socket.
 """
 
 from __future__ import annotations

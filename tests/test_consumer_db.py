@@ -58,8 +58,9 @@ def test_joins_read_together_answer_each_join_as_alone(django_assert_num_queries
               (users[0], Join(room="secret", after_seq=None, epoch=None, limit=50)),
               (outsider, Join(room="secret", after_seq=None, epoch=None, limit=50)),
               (users[2], Join(room="nope", after_seq=None, epoch=None, limit=50))]
-    # rooms; the private room's memberships; every resume's messages; the lobby page; the secret page
-    with django_assert_num_queries(5):
+    # rooms; whether the users still hold; the private room's memberships; every resume's
+    # messages; the lobby page; the secret page
+    with django_assert_num_queries(6):
         together = db.join_snapshots(items)
     alone = [db.join_snapshots([item])[0] for item in items]
 

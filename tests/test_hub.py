@@ -75,6 +75,44 @@ async def test_revoking_credentials_reaches_only_their_sockets_once():
     assert hub.credentials == {("token", 2): {b}, ("user", 1): {b}}
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_the_periodic_check_closes_what_the_database_no_longer_vouches_for(settings):
+    """chat.revocation over the hub's watched credentials: one query names the lost ones —
+    an inactive user, a revoked token, rows that do not exist — and only their receivers are
+    closed; the check stops by itself once nothing is watched."""
+    from channels.db import database_sync_to_async
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from chat import services
+    from chat.models import ApiToken
+
+    @database_sync_to_async
+    def world():
+        ada = services.user_create(username="ada")
+        bob = services.user_create(username="bob")
+        ada_token, _ = services.token_create(user=ada)
+        bob_token, _ = services.token_create(user=bob)
+        get_user_model().objects.filter(pk=bob.pk).update(is_active=False)
+        ApiToken.objects.filter(pk=ada_token.pk).update(revoked_at=timezone.now())
+        return ada, bob, ada_token, bob_token
+
+    settings.PARLEY_REVOCATION_CHECK_SECS = 0.2
+    ada, bob, ada_token, bob_token = await world()
+    hub = LocalHub()
+    watched = {("user", ada.pk): Recorder(), ("user", bob.pk): Recorder(), ("token", ada_token.pk): Recorder(),
+               ("token", bob_token.pk): Recorder(), ("user", 10**9): Recorder(), ("token", 10**9): Recorder()}
+    for credential, receiver in watched.items():
+        await hub.watch(credential, receiver)
+    lost = {("user", bob.pk), ("token", ada_token.pk), ("user", 10**9), ("token", 10**9)}
+    await wait_for(lambda: all(watched[c].revoked == 1 for c in lost))
+    assert {c for c, r in watched.items() if r.revoked} == lost
+    assert set(hub.credentials) == {("user", ada.pk), ("token", bob_token.pk)}
+    for credential in list(hub.credentials):
+        hub.unwatch(credential, watched[credential])
+    await wait_for(lambda: hub._revocation_check.task.done())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

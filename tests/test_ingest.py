@@ -18,9 +18,9 @@ async def test_concurrent_sends_share_transactions_and_get_consecutive_seqs(monk
     batches = []
     original = services.message_create_batch
 
-    def counting(*, items):
+    def counting(*, items, **kwargs):
         batches.append(len(items))
-        return original(items=items)
+        return original(items=items, **kwargs)
 
     monkeypatch.setattr(services, "message_create_batch", counting)
     writer = ingest.MessageWriter()
@@ -40,7 +40,7 @@ async def test_one_failing_item_does_not_spoil_its_batch(monkeypatch):
     room, user = await make_room("lobby"), await make_user("ada")
     original = services.message_create
 
-    def conflict(items):
+    def conflict(items, tokens):
         raise IntegrityError("a retry of one of these client_ids committed elsewhere")
 
     def flaky(*, room_id, author, text, client_id):
@@ -63,7 +63,7 @@ async def test_one_failing_item_does_not_spoil_its_batch(monkeypatch):
 async def test_a_failed_commit_fails_every_send_in_it(monkeypatch):
     room, user = await make_room("lobby"), await make_user("ada")
 
-    def broken(*, items):
+    def broken(*, items, **kwargs):
         raise DatabaseError("commit failed")
 
     monkeypatch.setattr(services, "message_create_batch", broken)

@@ -94,7 +94,7 @@ async def test_entries_expire_without_heartbeats(store, monkeypatch):
 async def test_touch_of_unknown_socket(store):
     await store.touch(4, "never-added", ADA)
     members = await store.members(4)
-    assert members in ([], [ADA])  # memory ignores it; Redis records it; neither crashes
+    assert members == [ADA]  # recorded: an entry lost (Redis restarted) comes back this way
 
 
 def test_ttl_is_three_heartbeats(settings):
@@ -107,3 +107,69 @@ async def test_get_presence_picks_the_backend_and_is_per_loop():
     assert store is get_presence()
     expected = RedisPresence if settings.REDIS_URL else MemoryPresence
     assert isinstance(store, expected)
+
+
+# --- Any frame keeps presence alive (the consumer) ----------------------------------------------
+
+HEARTBEAT_SECS = 1  # presence entries then live 3 s; a silent socket is closed after 7 s
+
+
+async def _chatter(client, room: str, seconds: float, tag: str) -> None:
+    """Send a message every 0.25 s for `seconds`, and never a ping."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    i = 0
+    while asyncio.get_running_loop().time() < deadline:
+        i += 1
+        await client.say(room, f"{tag} {i}", client_id=f"{tag}-{i}")
+        await asyncio.sleep(0.25)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_busy_sender_who_never_pings_stays_in_members(connect, settings):
+    from tests.conftest import make_room, make_user
+
+    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = HEARTBEAT_SECS
+    ada, bob = await make_user("ada"), await make_user("bob")
+    await make_room("lobby")
+    a = await connect(ada)
+    await a.join("lobby")
+    await _chatter(a, "lobby", 4.5 * HEARTBEAT_SECS, "a")  # past 3 heartbeats: the entry's life
+    b = await connect(bob)
+    joined = await b.join("lobby")
+    assert [m["username"] for m in joined["members"]] == ["ada", "bob"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_busy_sender_comes_back_after_redis_lost_the_presence(connect, settings):
+    """Redis restarted (here: the room's presence hash deleted, on the shared Redis only this
+    run's key): the sender's next frames write the entry again, and the room hears a join."""
+    import redis.asyncio as aioredis
+
+    from tests.conftest import make_room, make_user
+
+    require_redis()
+    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = HEARTBEAT_SECS
+    ada, bob, carol = await make_user("ada"), await make_user("bob"), await make_user("carol")
+    room = await make_room("lobby")
+    a, b = await connect(ada), await connect(bob)
+    await a.join("lobby")
+    await b.join("lobby")
+    key = f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}:presence:{room.pk}"
+    r = aioredis.Redis.from_url(settings.REDIS_URL)
+    try:
+        assert await r.delete(key) == 1
+    finally:
+        await r.aclose()
+    await _chatter(a, "lobby", 2 * HEARTBEAT_SECS, "a")
+    back = await b.recv_type("presence", timeout=3)
+    assert (back["event"], back["user"]["username"]) == ("join", "ada")
+    c = await connect(carol)
+    joined = await c.join("lobby")
+    assert "ada" in [m["username"] for m in joined["members"]]
+
+
+async def test_touch_re_creates_a_lost_entry_and_says_the_user_is_back(store):
+    assert await store.touch(5, "ch-a", ADA) is True  # nothing was there: back
+    assert await store.touch(5, "ch-a", ADA) is False  # alive: just pushed forward
+    assert await store.touch(5, "ch-a2", ADA) is False  # another socket of a user still there
+    assert [m.username for m in await store.members(5)] == ["ada"]

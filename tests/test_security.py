@@ -5,10 +5,12 @@ import logging
 
 import pytest
 from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
 from django.test import Client as HttpClient
+from django.utils import timezone
 
 from chat import services
-from chat.models import ApiToken, Membership
+from chat.models import ApiToken, Membership, Message
 from tests.conftest import make_room, make_token, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,6 +61,47 @@ async def test_saving_an_active_user_closes_nothing(connect):
     socket = await connect(ada)
     await database_sync_to_async(ada.save)()
     assert (await socket.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_a_send_after_a_deactivation_without_signal_is_refused(connect, settings):
+    """`QuerySet.update` sends no signal, and the periodic check is off: the send's own access
+    check (the ingest batch's query) sees the user inactive, stores nothing, closes 4401."""
+    settings.PARLEY_REVOCATION_CHECK_SECS = 0
+    ada, bob = await make_user("ada"), await make_user("bob")
+    await make_room("lobby")
+    a, b = await connect(ada), await connect(bob)
+    await a.join("lobby")
+    await b.join("lobby")
+    await database_sync_to_async(get_user_model().objects.filter(pk=ada.pk).update)(is_active=False)
+    await a.send({"type": "send", "ref": "s", "room": "lobby", "text": "too late", "client_id": "c"})
+    assert await close_code(a) == 4401
+    assert await b.nothing("message")
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    assert (await b.say("lobby", "bob is fine"))["seq"] == 1
+
+
+async def test_history_join_and_typing_check_the_token(connect, settings):
+    settings.PARLEY_REVOCATION_CHECK_SECS = 0
+    ada = await make_user("ada")
+    await make_room("lobby")
+    socks = [await connect(ada) for _ in range(3)]
+    for sock in socks[:2]:
+        await sock.join("lobby")
+    await database_sync_to_async(ApiToken.objects.filter(user=ada).update)(revoked_at=timezone.now())
+    await socks[0].send({"type": "history", "room": "lobby"})
+    await socks[1].send({"type": "typing", "room": "lobby"})
+    await socks[2].send({"type": "join", "room": "lobby"})
+    assert [await close_code(sock) for sock in socks] == [4401, 4401, 4401]
+
+
+async def test_the_periodic_check_closes_idle_sockets_of_a_silent_revocation(connect, settings):
+    settings.PARLEY_REVOCATION_CHECK_SECS = 1
+    ada, bob, carol = await make_user("ada"), await make_user("bob"), await make_user("carol")
+    a, b, c = await connect(ada), await connect(bob), await connect(carol)
+    await database_sync_to_async(get_user_model().objects.filter(pk=ada.pk).update)(is_active=False)
+    await database_sync_to_async(ApiToken.objects.filter(user=bob).update)(revoked_at=timezone.now())
+    assert await close_code(a, timeout=4) == 4401 and await close_code(b, timeout=4) == 4401
+    assert (await c.request({"type": "ping"}))["type"] == "pong"
 
 
 async def test_revoked_token_is_refused_at_the_next_handshake(connect):

@@ -145,12 +145,12 @@ def test_message_send_checks_finds_exact_client_id_keys_only(world):
     m1, _ = services.message_create(room_id=lobby.pk, author=ada, text="a", client_id="c1")
     m2, _ = services.message_create(room_id=secret.pk, author=bob, text="b", client_id="c2")
     services.message_create(room_id=lobby.pk, author=bob, text="c", client_id="c2")  # a cross-combination
-    _, found = selectors.message_send_checks(pairs=[], keys=[
+    _, found, _ = selectors.message_send_checks(pairs=[], keys=[
         (lobby.pk, ada.pk, "c1"), (secret.pk, bob.pk, "c2"), (secret.pk, ada.pk, "c1"), (lobby.pk, ada.pk, "new"),
     ])
     assert found == {(lobby.pk, ada.pk, "c1"): m1, (secret.pk, bob.pk, "c2"): m2}
     assert found[(lobby.pk, ada.pk, "c1")].author.username == "ada"  # full rows, author loaded
-    assert selectors.message_send_checks(pairs=[], keys=[]) == (set(), {})
+    assert selectors.message_send_checks(pairs=[], keys=[]) == (set(), {}, set())
 
 
 def test_message_send_checks_access_is_room_user_can_access_for_each_pair(world, django_assert_num_queries):
@@ -161,13 +161,14 @@ def test_message_send_checks_access_is_room_user_can_access_for_each_pair(world,
     carol = services.user_create(username="carol", password=PASSWORD)
     services.membership_add(room=secret, user=carol)
     pairs = [(u, room_id) for u in (ada, bob, root, carol) for room_id in (lobby.pk, secret.pk, secret.pk + 1000)]
-    allowed, existing = selectors.message_send_checks(pairs=pairs, keys=[(lobby.pk, ada.pk, "none")])
+    allowed, existing, lost = selectors.message_send_checks(pairs=pairs, keys=[(lobby.pk, ada.pk, "none")])
+    assert lost == set()
     assert existing == {}
     assert allowed == {(u.pk, room_id) for u, room_id in pairs
                        if selectors.room_user_can_access(user=u, room_id=room_id)}
     assert (bob.pk, secret.pk) not in allowed and (carol.pk, secret.pk) in allowed
     with django_assert_num_queries(2):  # rooms + idempotency; no membership query for public rooms
-        allowed, _ = selectors.message_send_checks(pairs=[(bob, lobby.pk)], keys=[(lobby.pk, bob.pk, "c")])
+        allowed, _, _ = selectors.message_send_checks(pairs=[(bob, lobby.pk)], keys=[(lobby.pk, bob.pk, "c")])
     assert allowed == {(bob.pk, lobby.pk)}
 
 
