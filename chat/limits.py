@@ -65,7 +65,9 @@ REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 512 * 1024, "byt
 TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
                                "typing events relayed per socket and room at most this often")
 
-ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
+# type(), not isinstance(): isinstance() asks the lazy `settings` for its class, which loads the
+# settings (config/serve.py imports this module in processes that may have none).
+ALL = [v for v in list(globals().values()) if type(v) is Limit]
 
 STRIKE_WINDOW_SECS = 10.0
 

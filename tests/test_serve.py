@@ -202,3 +202,14 @@ def test_a_bad_setting_is_reported_as_itself_not_as_an_unknown_command(data_dir)
     assert "PARLEY_FANOUT='sideways'" in out.stderr, out.stderr
     assert "Unknown command" not in out.stdout + out.stderr
 
+
+def test_serve_says_the_port_is_taken_instead_of_running(data_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([str(SERVE)], cwd=ROOT, env=fresh_env(data_dir, PORT=str(port)),
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert f"port {port} on 127.0.0.1 is in use" in out.stderr, out.stderr
+    assert "is running" not in out.stdout + out.stderr
