@@ -11,20 +11,20 @@ app under the same flags (the benchmark's baselines). Reads `.env` like every en
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 import sys
 
 import click
 from uvicorn.main import main as uvicorn_main
 
-from chat import limits
+from chat import edge, limits
 from config.env import env_int, env_str, load_dotenv
 
 APP = "config.asgi:application"
-
-
-def env_limit(limit: limits.Limit) -> int:
-    return env_int(limit.setting, int(limit.default))
+# File descriptors kept beyond PARLEY_MAX_CONNECTIONS: database and Redis connections, log
+# files, the listening socket.
+FD_HEADROOM = 1024
 
 
 def production_args() -> list[str]:
@@ -32,8 +32,10 @@ def production_args() -> list[str]:
     return [
         "--host", env_str("HOST", "127.0.0.1"), "--port", str(env_int("PORT", 8000)),
         "--loop", "uvloop",
-        "--http", "httptools", "--ws", "websockets-sansio",
-        "--ws-max-size", str(env_limit(limits.MAX_FRAME_BYTES)),
+        # uvicorn's httptools and websockets-sansio, with Parley's connection limits and
+        # shutdown (chat/edge.py).
+        "--http", "chat.edge:ParleyHttpProtocol", "--ws", "chat.edge:ParleyWebSocketProtocol",
+        "--ws-max-size", str(edge.env_limit(limits.MAX_FRAME_BYTES)),
         # Deflate keeps one compression context per connection, so a broadcast would be
         # compressed again for every recipient; chat frames are small, and fan-out speed comes
         # from encoding each message once (docs/benchmarks.md).
@@ -44,8 +46,10 @@ def production_args() -> list[str]:
         # (docs/benchmarks.md). The kernel caps it at net.core.somaxconn.
         "--backlog", str(env_int("PARLEY_LISTEN_BACKLOG", 8192)),
         "--lifespan", "off",
+        # Off by default; with --access-log on, chat.edge strips query strings from it.
         "--no-access-log",
-        "--timeout-graceful-shutdown", env_str("PARLEY_SHUTDOWN_GRACE_SECS", "10"),
+        # SIGTERM: sockets answer what they received and close with 1001 within this (chat/edge.py).
+        "--timeout-graceful-shutdown", str(edge.env_limit(limits.SHUTDOWN_GRACE_SECS)),
     ]
 
 
@@ -68,6 +72,18 @@ def port_in_use(host: str, port: int) -> bool:
                 if exc.errno == errno.EADDRINUSE:
                     return True
     return False
+
+
+def raise_open_file_limit() -> None:
+    """Make room for PARLEY_MAX_CONNECTIONS: the soft limit is often 1,024."""
+    wanted = edge.env_limit(limits.MAX_CONNECTIONS) + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        say(f"warning: {soft} open files allowed (ulimit -n), PARLEY_MAX_CONNECTIONS needs "
+            f"{wanted}: lower PARLEY_MAX_CONNECTIONS or raise the limit")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         shown = f"[{host}]" if ":" in host else host
         say(f"Parley is running at http://{shown}:{port}/  (Ctrl-C to stop)")
+    raise_open_file_limit()
     with ctx:
         uvicorn_main.invoke(ctx)
 
