@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, shorter and fewer ramp steps")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
     ap.add_argument("--targets", help="fanout: comma-separated subset of the fan-out targets (e.g. parley,bare)")
-    ap.add_argument("--ws", default="auto", help="uvicorn --ws for every server (auto = websockets-sansio, as scripts/serve)")
+    ap.add_argument("--ws", default="auto", help="uvicorn --ws for every server (auto = what scripts/serve runs, config/serve.py)")
     # --no-sansio chose, before uvicorn's default became websockets-sansio, whether to add a
     # "parley@sansio" fan-out row; it is accepted (and ignored) so older commands still run.
     ap.add_argument("--no-sansio", action="store_true", help=argparse.SUPPRESS)

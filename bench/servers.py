@@ -1,5 +1,5 @@
 """Server subprocesses for the benchmark: Parley (own temp data dir, secret, Redis prefix,
-scratch PostgreSQL database) and the baselines, all under the same uvicorn command line."""
+scratch PostgreSQL database) and the baselines, all under the same launcher (config/serve.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ UNTHROTTLED = {
     "PARLEY_MESSAGES_PER_SEC": "1000000", "PARLEY_MESSAGES_BURST": "1000000",
     "PARLEY_HANDSHAKES_PER_IP_PER_MIN": "100000000", "PARLEY_MAX_SOCKETS_PER_USER": "100000",
 }
+# Every client of the benchmark comes from 127.0.0.1, thousands at once: the connection caps of
+# chat/edge.py (per address, per process) are off for every target, the baselines included.
+UNCAPPED_CONNECTIONS = {"PARLEY_MAX_CONNECTIONS_PER_IP": "0", "PARLEY_MAX_CONNECTIONS": "0"}
+UNTHROTTLED.update(UNCAPPED_CONNECTIONS)
+PARLEY_APP = "config.asgi:application"
 
 
 def free_port() -> int:
@@ -37,17 +42,21 @@ def free_port() -> int:
 
 
 def uvicorn_cmd(app: str, port: int, ws: str = "auto") -> list[str]:
-    """The server command for every target. "auto" is what scripts/serve runs: uvicorn's own
-    default WebSocket implementation (websockets-sansio in uvicorn 0.54) without deflate.
+    """The server command for every target: Parley's launcher (config/serve.py, what
+    scripts/serve runs), so each target gets the production uvicorn flags and protocols.
+    "auto" is the production WebSocket implementation: for Parley chat.edge's subclass of
+    websockets-sansio; for the baselines websockets-sansio itself, whose frames go out the same way
+    (the subclass differs only in shutdown, which the baselines' apps do not speak).
 
     BENCH_SERVER=daphne runs every target under daphne instead, to compare ASGI servers."""
     if os.environ.get("BENCH_SERVER") == "daphne":
         return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--websocket-max-message-size",
                 "65536", app]
-    cmd = [PY, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
-           "--no-access-log", "--ws-max-size", "65536", "--loop", "uvloop", "--http", "httptools",
-           "--ws-per-message-deflate", "false", "--backlog", "8192"]  # as scripts/serve
-    cmd += ["--ws", "websockets-sansio" if ws == "auto" else ws]
+    cmd = [PY, "-m", "config.serve", "--app", app, "--host", "127.0.0.1", "--port", str(port)]
+    if ws != "auto":
+        cmd += ["--ws", ws]
+    elif app != PARLEY_APP:
+        cmd += ["--ws", "websockets-sansio"]
     return cmd
 
 
@@ -172,7 +181,7 @@ class ParleyEnv:
         return json.loads(out.read_text())
 
     def start(self, nproc: int = 1, ws: str = "auto", name: str = "parley") -> Server:
-        return start_processes(name, "config.asgi:application", self.env, nproc, self.dir, ws)
+        return start_processes(name, PARLEY_APP, self.env, nproc, self.dir, ws)
 
     def cleanup(self) -> None:
         if self.pg_name:
@@ -197,6 +206,7 @@ def start_baseline(kind: str, workdir: Path, nproc: int = 1, ws: str = "auto") -
     """kind: bare | tutorial-memory | tutorial-redis. Returns (server, redis prefix to delete)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "REDIS_URL")}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(UNCAPPED_CONNECTIONS)
     prefix = None
     if kind == "bare":
         app = "bench.baselines.bare_asgi:app"

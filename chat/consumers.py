@@ -283,6 +283,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.outbound is not None:
             self.outbound.close_after_flush(protocol.CLOSE_RATE_LIMIT)
 
+    async def websocket_shutdown(self, message: dict[str, Any]) -> None:
+        """Called when the server shuts down (SIGTERM; chat.edge queues the event behind every
+        frame the socket had received, and reads no more): those frames have all been handled,
+        so close with 1001 once their replies are written."""
+        if self.outbound is not None:
+            self.outbound.close_after_flush(protocol.CLOSE_GOING_AWAY)
+        else:
+            await self.close(code=protocol.CLOSE_GOING_AWAY)
+
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Queue one reply or event for this socket (chat.outbound bounds the queue)."""
         self._put(*protocol.encode_sized(frame))

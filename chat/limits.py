@@ -73,7 +73,28 @@ REVOCATION_CHECK_SECS = Limit("revocation check", "PARLEY_REVOCATION_CHECK_SECS"
                               "a deactivated user's or revoked token's open sockets close (4401) "
                               "within this, whoever revoked it and however")
 
-ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
+# --- The connection edge (chat/edge.py: uvicorn's HTTP and WebSocket protocols, config/serve.py).
+# Enforced before a byte reaches the ASGI app, so they cost an attacker's connection, not the app.
+# `0` turns the two connection caps off (e.g. behind a proxy that enforces its own).
+HEADER_TIMEOUT_SECS = Limit("header timeout", "PARLEY_HEADER_TIMEOUT_SECS", 10, "s",
+                            "time a connection has to send a request's line and headers (a "
+                            "WebSocket handshake too); then 408, or a silent close if nothing came")
+MAX_HEADER_BYTES = Limit("request header size", "PARLEY_MAX_HEADER_BYTES", 16 * 1024, "bytes",
+                         "request line + headers of one HTTP request or WebSocket handshake; "
+                         "above it 431 and close")
+MAX_CONNECTIONS_PER_IP = Limit("connections per address", "PARLEY_MAX_CONNECTIONS_PER_IP", 256,
+                               "connections", "open connections from one client address (IPv6: "
+                               "one /64) per process; more are closed at once")
+MAX_CONNECTIONS = Limit("connections", "PARLEY_MAX_CONNECTIONS", 10_000, "connections",
+                        "open connections per process, keeping file descriptors for the database "
+                        "and Redis; more are closed at once")
+SHUTDOWN_GRACE_SECS = Limit("shutdown grace", "PARLEY_SHUTDOWN_GRACE_SECS", 10, "s",
+                            "on SIGTERM: time to answer the frames already received and close "
+                            "every socket with 1001")
+
+# type(), not isinstance(): isinstance() asks the lazy `settings` for its class, which loads the
+# settings (config/serve.py imports this module in processes that may have none).
+ALL = [v for v in list(globals().values()) if type(v) is Limit]
 
 STRIKE_WINDOW_SECS = 10.0
 

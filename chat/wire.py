@@ -156,8 +156,9 @@ def direct_writer(send: Any) -> DirectWriter | None:
     if WebSocketsSansIOProtocol is None or not settings.PARLEY_PREPARED_FRAMES:
         return None
     proto = getattr(send, "__self__", None)
-    # The exact class and its bound `send`: a subclass or a wrapper may do more per frame.
-    if type(proto) is not WebSocketsSansIOProtocol or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
+    # uvicorn's class (or chat.edge's subclass, which changes shutdown and connection accounting
+    # only) with uvicorn's own `send`: a wrapper or an overriding send may do more per frame.
+    if not isinstance(proto, WebSocketsSansIOProtocol) or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
         return None
     # Everything write() reads, present on this uvicorn version? (pinned in requirements; a
     # renamed attribute must mean "use the ASGI send", not an error in the middle of a fan-out)

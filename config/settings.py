@@ -12,17 +12,27 @@ from django.core.exceptions import ImproperlyConfigured
 
 from chat.limits import ALL as PARLEY_LIMITS
 from chat.redis_options import redis_client_options
-from config.env import env_bool, env_int, env_list, env_str
+from config.env import (
+    data_dir,
+    env_bool,
+    env_int,
+    env_list,
+    env_str,
+    generated_secret_key,
+    load_dotenv,
+)
+
+# The same .env for every entry point (the server, manage.py, scripts/serve); the environment wins.
+load_dotenv()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(env_str("PARLEY_DATA_DIR", str(BASE_DIR / "var")))
+DATA_DIR = data_dir()
+DATA_DIR.mkdir(parents=True, exist_ok=True)  # the SQLite file and the generated key live here
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_str("SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off (see .env.example)")
-    SECRET_KEY = "insecure-dev-only-key-set-SECRET_KEY-in-production"
+# Unset: the key generated once into DATA_DIR/secret_key, which the server and manage.py share.
+# A deployment with several machines sets SECRET_KEY itself (each machine would make its own).
+SECRET_KEY = env_str("SECRET_KEY") or generated_secret_key(DATA_DIR)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 HOST = env_str("HOST", "127.0.0.1")

@@ -2,7 +2,10 @@
 
 import os
 
-# Production settings refuse to start without SECRET_KEY; tests are not production.
+# A developer's .env (config/env.py) must not redirect the suite to their database.
+os.environ.setdefault("PARLEY_ENV_FILE", "")
+
+# A fixed key rather than one generated into the data dir (config/env.py).
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("PARLEY_DATA_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "var", "test"))
 os.makedirs(os.environ["PARLEY_DATA_DIR"], exist_ok=True)

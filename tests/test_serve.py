@@ -1,5 +1,6 @@
 """scripts/serve on a fresh machine: first-run setup (SQLite, migrations, lobby, secret key), a
-no-op second run, and a real uvicorn server that a `websockets` client can chat through."""
+no-op second run, a real uvicorn server that a `websockets` client can chat through, and
+manage.py seeing the same configuration (.env, the generated key) as the server."""
 
 from __future__ import annotations
 
@@ -113,10 +114,10 @@ def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir, tmp_p
                 time.sleep(0.2)
         assert health == (200, {"ok": True})
 
-        # A token minted the documented way, against the same data dir (and the generated key).
-        token_env = {**env, "SECRET_KEY": (data_dir / "secret_key").read_text().strip()}
+        # A token minted the README's way, with nothing exported: manage.py finds the data dir's
+        # generated key and database as the server did.
         minted = subprocess.run([str(PY), "manage.py", "create_token", "x", "--create-user"], cwd=ROOT,
-                                env=token_env, capture_output=True, text=True, timeout=60)
+                                env=env, capture_output=True, text=True, timeout=60)
         assert minted.returncode == 0, minted.stderr
         token = minted.stdout.splitlines()[-1]
         asyncio.run(_chat(port, token))
@@ -152,3 +153,63 @@ async def _chat(port: int, token: str) -> None:
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/"):
             pass
     assert refused.value.response.status_code == 403
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(PY), "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def tokens_in(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM chat_apitoken").fetchone()[0]
+
+
+def test_manage_py_uses_the_key_and_database_setup_made(data_dir):
+    env = fresh_env(data_dir)  # no SECRET_KEY anywhere
+    assert setup_only(env).returncode == 0
+    minted = manage(env, "create_token", "ada", "--create-user")
+    assert minted.returncode == 0, minted.stdout + minted.stderr
+    assert minted.stdout.splitlines()[-1].startswith("prl_")
+    assert tokens_in(data_dir / "parley.sqlite3") == 1
+    su = manage({**env, "DJANGO_SUPERUSER_PASSWORD": "a-long-admin-password"}, "createsuperuser",
+                "--noinput", "--username", "root", "--email", "root@example.com")
+    assert su.returncode == 0, su.stdout + su.stderr
+
+
+def test_manage_py_reads_the_dotenv_file(tmp_path, data_dir):
+    other_db = tmp_path / "from-dotenv.sqlite3"
+    dotenv = tmp_path / "dotenv"
+    dotenv.write_text(f"# as .env.example\nSECRET_KEY=\nDATABASE_URL=sqlite:///{other_db}\n"
+                      f"PARLEY_DATA_DIR={data_dir}\n")
+    env = fresh_env(data_dir, PARLEY_ENV_FILE=str(dotenv))
+    del env["PARLEY_DATA_DIR"]  # from the file too
+    assert manage(env, "migrate", "--noinput", "-v", "0").returncode == 0
+    minted = manage(env, "create_token", "ada", "--create-user")
+    assert minted.returncode == 0, minted.stdout + minted.stderr
+    assert tokens_in(other_db) == 1  # the database .env names, not the default SQLite file
+    assert not (data_dir / "parley.sqlite3").exists()
+    assert (data_dir / "secret_key").is_file()  # the data dir .env names
+    # The environment wins over the file.
+    env_db = tmp_path / "from-env.sqlite3"
+    assert manage({**env, "DATABASE_URL": f"sqlite:///{env_db}"}, "migrate", "-v", "0").returncode == 0
+    assert env_db.is_file()
+
+
+def test_a_bad_setting_is_reported_as_itself_not_as_an_unknown_command(data_dir):
+    out = manage(fresh_env(data_dir, PARLEY_FANOUT="sideways"), "create_token", "ada", "--create-user")
+    assert out.returncode != 0
+    assert "PARLEY_FANOUT='sideways'" in out.stderr, out.stderr
+    assert "Unknown command" not in out.stdout + out.stderr
+
+
+def test_serve_says_the_port_is_taken_instead_of_running(data_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([str(SERVE)], cwd=ROOT, env=fresh_env(data_dir, PORT=str(port)),
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert f"port {port} on 127.0.0.1 is in use" in out.stderr, out.stderr
+    assert "is running" not in out.stdout + out.stderr

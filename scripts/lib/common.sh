@@ -37,11 +37,3 @@ ensure_python_env() {
     "$TOOLS/bin/uv" pip install --quiet --python "$VENV/bin/python" --require-hashes -r "$lock"
     echo "$want" > "$stamp"
 }
-
-# Load .env (KEY=value lines) if the user made one from .env.example.
-load_dotenv() {
-    if [ -f "$ROOT/.env" ]; then
-        set -a; # shellcheck disable=SC1091
-        . "$ROOT/.env"; set +a
-    fi
-}

@@ -1,7 +1,7 @@
 """Real Parley server processes (and private Redis servers) for tests, benchmarks and drills.
 
     server = ServerProcess(database_url=..., redis_url=..., extra_env={"PARLEY_RESUME_MAX_GAP": "5"})
-    server.start()            # uvicorn config.asgi:application on a free port; waits for /healthz
+    server.start()            # python -m config.serve on a free port; waits for /healthz
     server.kill()             # SIGKILL, no cleanup (the port stays the same for start())
     server.start()            # same port again
     server.stop()             # SIGTERM, then SIGKILL after a grace period
@@ -70,7 +70,8 @@ def redis_url_for_tests() -> str:
 
 
 class ServerProcess:
-    """One `uvicorn config.asgi:application` subprocess with its own data dir and port."""
+    """One `python -m config.serve` (uvicorn, production flags) subprocess with its own data dir
+    and port."""
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class ServerProcess:
         data_dir: str | Path | None = None,
         secret_key: str = "test-only-secret-key",
         log_level: str = "WARNING",
+        server_args: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
@@ -93,6 +95,7 @@ class ServerProcess:
         self.extra_env = dict(extra_env or {})
         self.secret_key = secret_key
         self.log_level = log_level
+        self.server_args = list(server_args or [])  # more uvicorn options, e.g. ["--access-log"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "server.log"
         self.starts = 0
@@ -112,6 +115,10 @@ class ServerProcess:
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "LOG_LEVEL": self.log_level,
             "PYTHONUNBUFFERED": "1",
+            # Hermetic: a developer's .env must not reach the servers tests start.
+            "PARLEY_ENV_FILE": "",
+            # Tests stop many servers; production waits PARLEY_SHUTDOWN_GRACE_SECS' default.
+            "PARLEY_SHUTDOWN_GRACE_SECS": "1",
         })
         env.update(self.extra_env)
         return env
@@ -148,9 +155,9 @@ class ServerProcess:
             return self
         if not self.database_url and not self._migrated:
             self.migrate()  # a private SQLite file: fresh, so migrate it
-        cmd = [PYTHON, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-               "--port", str(self.port), "--lifespan", "off", "--no-access-log", "--timeout-graceful-shutdown", "1",
-               "--log-level", self.log_level.lower()]
+        # The production launcher (config/serve.py): the flags under test are the flags served.
+        cmd = [PYTHON, "-m", "config.serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--log-level", self.log_level.lower(), *self.server_args]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         log.write(f"\n--- start {self.starts + 1} ---\n".encode())
         log.flush()

@@ -1,0 +1,119 @@
+"""Run Parley's server: `python -m config.serve [uvicorn options…]`.
+
+scripts/serve, the tests' ServerProcess (tests/support/server.py) and the benchmark
+(bench/servers.py) all start the server through this, so the flags the tests run are the flags
+production runs. Options on the command line go to uvicorn after Parley's own, so they win
+(`--port 9000`, `--access-log`, `--log-level debug`); `--app MODULE:ATTR` serves another ASGI
+app under the same flags (the benchmark's baselines). Reads `.env` like every entry point
+(config/env.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+import socket
+import sys
+
+import click
+from uvicorn.main import main as uvicorn_main
+
+from chat import edge, limits
+from config.env import env_int, env_str, load_dotenv
+
+APP = "config.asgi:application"
+# File descriptors kept beyond PARLEY_MAX_CONNECTIONS: database and Redis connections, log
+# files, the listening socket.
+FD_HEADROOM = 1024
+
+
+def production_args() -> list[str]:
+    """uvicorn's options for Parley, from the environment (HOST, PORT and the limits)."""
+    return [
+        "--host", env_str("HOST", "127.0.0.1"), "--port", str(env_int("PORT", 8000)),
+        "--loop", "uvloop",
+        # uvicorn's httptools and websockets-sansio, with Parley's connection limits and
+        # shutdown (chat/edge.py).
+        "--http", "chat.edge:ParleyHttpProtocol", "--ws", "chat.edge:ParleyWebSocketProtocol",
+        "--ws-max-size", str(edge.env_limit(limits.MAX_FRAME_BYTES)),
+        # Deflate keeps one compression context per connection, so a broadcast would be
+        # compressed again for every recipient; chat frames are small, and fan-out speed comes
+        # from encoding each message once (docs/benchmarks.md).
+        "--ws-per-message-deflate", "false",
+        # After a network blip every client reconnects at once. uvicorn's default listen backlog
+        # (2048) overflowed in the 5,000-client reconnect storm, and every dropped handshake
+        # waited for TCP's retransmit (1 s, then 3 s, ...) while the server sat idle
+        # (docs/benchmarks.md). The kernel caps it at net.core.somaxconn.
+        "--backlog", str(env_int("PARLEY_LISTEN_BACKLOG", 8192)),
+        "--lifespan", "off",
+        # Off by default; with --access-log on, chat.edge strips query strings from it.
+        "--no-access-log",
+        # SIGTERM: sockets answer what they received and close with 1001 within this (chat/edge.py).
+        "--timeout-graceful-shutdown", str(edge.env_limit(limits.SHUTDOWN_GRACE_SECS)),
+    ]
+
+
+def say(text: str) -> None:
+    print(f"[parley] {text}", file=sys.stderr, flush=True)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when another process listens on host:port (tried the way uvicorn binds)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False  # uvicorn reports a bad host itself
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+def raise_open_file_limit() -> None:
+    """Make room for PARLEY_MAX_CONNECTIONS: the soft limit is often 1,024."""
+    wanted = edge.env_limit(limits.MAX_CONNECTIONS) + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        say(f"warning: {soft} open files allowed (ulimit -n), PARLEY_MAX_CONNECTIONS needs "
+            f"{wanted}: lower PARLEY_MAX_CONNECTIONS or raise the limit")
+
+
+def main(argv: list[str] | None = None) -> None:
+    load_dotenv()
+    args = list(sys.argv[1:] if argv is None else argv)
+    app = APP
+    if "--app" in args:
+        at = args.index("--app")
+        app = args[at + 1]
+        del args[at:at + 2]
+    try:
+        ctx = uvicorn_main.make_context("python -m config.serve", [app, *production_args(), *args])
+    except click.exceptions.Exit as exc:  # --help
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    params = ctx.params
+    if params.get("fd") is None and params.get("uds") is None:
+        host, port = params["host"], params["port"]
+        if port_in_use(host, port):
+            say(f"cannot start: port {port} on {host} is in use (another server?). Stop it, or "
+                f"pick another port: PORT=… scripts/serve, or --port …")
+            sys.exit(1)
+        shown = f"[{host}]" if ":" in host else host
+        say(f"Parley is running at http://{shown}:{port}/  (Ctrl-C to stop)")
+    raise_open_file_limit()
+    with ctx:
+        uvicorn_main.invoke(ctx)
+
+
+if __name__ == "__main__":
+    main()
