@@ -88,7 +88,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.watched = False  # watched for revocation (chat.hub / credential groups)
         self.frame_bucket = limits.TokenBucket(limits.FRAMES_PER_SEC.value, limits.FRAMES_BURST.value)
         self.strikes = limits.Strikes()
-        self.refusal_quiet_until = 0.0  # frame-budget refusals before this go unanswered
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Called by the ASGI server (via the routing) for the socket's whole life: dispatches
@@ -262,19 +261,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_frame(err.to_frame(ref))
 
     def _refuse_frame(self, text_data: str | None, wait: float) -> None:
-        """A frame over the socket's frame budget: dropped, and one strike towards 4429.
+        """A frame over the socket's frame budget: dropped, answered `rate_limited`, one strike.
 
-        The refusals are bounded too: one `rate_limited` per refill interval (1 / frames_per_sec)
-        at most, the others go unanswered, so a flood's replies cost no more than its frames
-        allowed within the budget. Only an answered frame is read at all, for its `ref`.
+        Every refusal is answered (with the frame's ref when it has a valid one), so a client
+        that waits on a reply learns to retry instead of hanging; the replies stay bounded
+        because the strikes are: PARLEY_RATE_LIMIT_STRIKES refusals within 10 s close the socket
+        (4429). Only for that ref is a refused frame read at all.
         """
         if self.strikes.add():
             self._close_for_flooding()
             return
-        now = time.monotonic()
-        if now < self.refusal_quiet_until:
-            return
-        self.refusal_quiet_until = now + 1 / max(limits.FRAMES_PER_SEC.value, 1e-9)
         err = ProtocolError(protocol.RATE_LIMITED, "too many frames; slow down", retry_after_ms=_ms(wait))
         self._put(*protocol.encode_sized(err.to_frame(protocol.peek_ref(text_data))))
 
