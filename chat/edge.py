@@ -29,7 +29,8 @@ what the app was still answering. ParleyWebSocketProtocol.shutdown() instead sto
 the socket and queues a `websocket.shutdown` event behind the frames already received; the chat
 consumer handles those frames first (acks, errors), then closes with 1001 once its replies are
 written (ChatConsumer.websocket_shutdown). uvicorn waits up to --timeout-graceful-shutdown
-(PARLEY_SHUTDOWN_GRACE_SECS) for that.
+(PARLEY_SHUTDOWN_GRACE_SECS) for that. `websocket.shutdown` is Parley's, not ASGI's: an app that
+does not handle it is served with `--ws websockets-sansio` (the benchmark's baselines are).
 
 The limits are read from the environment, as config/settings.py reads them, but without Django
 settings: the same protocols serve the benchmark's bare ASGI baselines, which have none.

@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"pick another port: PORT=… scripts/serve, or --port …")
             sys.exit(1)
         shown = f"[{host}]" if ":" in host else host
-        say(f"Parley is running at http://{shown}:{port}/  (Ctrl-C to stop)")
+        what = "Parley is running" if app == APP else f"serving {app}"
+        say(f"{what} at http://{shown}:{port}/  (Ctrl-C to stop)")
     raise_open_file_limit()
     with ctx:
         uvicorn_main.invoke(ctx)

@@ -123,6 +123,15 @@ def test_one_address_cannot_hoard_connections_and_half_sent_heads_time_out():
                 sock.close()
 
 
+def test_the_per_address_cap_counts_an_ipv6_host_by_its_64():
+    from chat.edge import address_key
+
+    assert address_key(("2001:db8:1:2::1", 1)) == address_key(("2001:db8:1:2:ffff::9", 2)) == "2001:db8:1:2::/64"
+    assert address_key(("2001:db8:1:3::1", 1)) != address_key(("2001:db8:1:2::1", 1))
+    assert address_key(("::ffff:192.0.2.7", 1)) == address_key(("192.0.2.7", 1)) == "192.0.2.7"
+    assert address_key(None) is None  # a Unix socket
+
+
 def test_connections_beyond_the_process_cap_are_closed_at_once():
     env = {"PARLEY_MAX_CONNECTIONS": "40", "PARLEY_MAX_CONNECTIONS_PER_IP": "0"}
     with ServerProcess(extra_env=env, log_level="INFO") as server:
