@@ -46,7 +46,8 @@ MAX_ROOMS_PER_SOCKET = Limit("rooms per socket", "PARLEY_MAX_ROOMS_PER_SOCKET", 
 MAX_SOCKETS_PER_USER = Limit("sockets per user", "PARLEY_MAX_SOCKETS_PER_USER", 20, "sockets",
                              "open sockets per user per server process")
 HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "PARLEY_HANDSHAKES_PER_IP_PER_MIN", 120,
-                                  "handshakes/min per IP", "WebSocket handshakes per client address")
+                                  "refused handshakes/min per IP",
+                                  "WebSocket handshakes per client address that end refused")
 OUTBOUND_MAX_MESSAGES = Limit("outbound queue (messages)", "PARLEY_OUTBOUND_MAX_MESSAGES", 1000,
                               "frames", "frames waiting to be written to one socket")
 OUTBOUND_MAX_BYTES = Limit("outbound queue (bytes)", "PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024,
@@ -64,6 +65,11 @@ REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 512 * 1024, "byt
                         "recovered=false, a page beyond it is cut short (has_more)")
 TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
                                "typing events relayed per socket and room at most this often")
+
+# --- HTTP, accounts and handshakes (issue 12: origin, login/signup, API errors, rooms) ---
+HANDSHAKES_PER_USER_PER_MIN = Limit("handshake rate per user", "PARLEY_HANDSHAKES_PER_USER_PER_MIN",
+                                    120, "handshakes/min per user",
+                                    "authenticated WebSocket handshakes per user (token bucket)")
 
 ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
 
@@ -119,6 +125,21 @@ class BucketMap:
         else:
             bucket.rate, bucket.burst = rate, burst
         return bucket.take()
+
+    def wait(self, key: object) -> float:
+        """Seconds until a take() for `key` would succeed (0.0: now), without taking."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        rate = self._rate.value / self._per
+        tokens = min(bucket.burst, bucket.tokens + (time.monotonic() - bucket.stamp) * rate)
+        if tokens >= 1.0:
+            return 0.0
+        return (1.0 - tokens) / rate if rate > 0 else float("inf")
+
+    def forget(self, key: object) -> None:
+        """Drop `key`'s bucket: its next take() starts from a full burst."""
+        self._buckets.pop(key, None)
 
 
 class Strikes:

@@ -129,6 +129,15 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:app"
 LOGOUT_REDIRECT_URL = "login"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Pages, besides the server's own origin, that may open a WebSocket with the user's cookie
+# (chat/ws_auth.py OriginGuard): full origins, `https://chat.example.com` or
+# `https://*.example.com`. CSRF_TRUSTED_ORIGINS count too: a page trusted to POST with the
+# session (and so to make API tokens) gains nothing by being refused the socket.
+PARLEY_ALLOWED_ORIGINS = env_list("PARLEY_ALLOWED_ORIGINS", [])
+for _origin in PARLEY_ALLOWED_ORIGINS:
+    if not _origin.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(
+            f"PARLEY_ALLOWED_ORIGINS: {_origin!r} is not an origin like https://chat.example.com")
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True
