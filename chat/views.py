@@ -14,6 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from chat import selectors, services
@@ -45,16 +47,81 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 # --- JSON API -------------------------------------------------------------------------------
 
-def api(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
-    """JSON API views: a signed-in user (session or bearer token) or a 401 in JSON."""
+MAX_BEFORE_SEQ = 2**53  # sequence numbers stay exact in JavaScript (as on the WebSocket)
 
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-        if not request.user.is_authenticated:
-            return api_error(401, "unauthenticated", "sign in or send Authorization: Bearer <token>")
-        return view(request, *args, **kwargs)
 
-    return wrapper
+def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., JsonResponse]]:
+    """JSON API views taking `methods` (GET brings HEAD). Checked in this order, each answered in
+    JSON: a signed-in user, by session or bearer token (401 `unauthenticated`); the method (405
+    `method_not_allowed`, with Allow); for a session request that writes, Django's CSRF check
+    (403 `csrf_failed`). Authentication comes before CSRF so that a client without credentials
+    is told so, rather than handed Django's CSRF page."""
+    allowed = {*methods, "HEAD"} if "GET" in methods else set(methods)
+    allow_header = ", ".join(sorted(allowed))
+
+    def decorate(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+        checked = csrf_protect(view)
+
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            if not request.user.is_authenticated:
+                return api_error(401, "unauthenticated", "sign in or send Authorization: Bearer <token>")
+            if request.method not in allowed:
+                response = api_error(405, "method_not_allowed",
+                                     f"{request.method} is not allowed here; use {allow_header}")
+                response["Allow"] = allow_header
+                return response
+            return checked(request, *args, **kwargs)
+
+        # The middleware's CSRF check would run before the view, ahead of the 401 above.
+        return csrf_exempt(wrapper)
+
+    return decorate
+
+
+def is_api(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/")
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    return api_error(404, "not_found", "no such API endpoint (docs/protocol.md §8)")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """settings.CSRF_FAILURE_VIEW: JSON on the API, Django's page elsewhere."""
+    if is_api(request):
+        return api_error(403, "csrf_failed",
+                         f"CSRF check failed ({reason}): send the csrftoken cookie's value as X-CSRFToken")
+    return csrf.csrf_failure(request, reason=reason)
+
+
+# handler400/403/404/500 (config/urls.py): the API answers its errors in JSON, whatever raised
+# them (a body over DATA_UPLOAD_MAX_MEMORY_SIZE is a 400 from Django itself, for one).
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api(request):
+        return api_error(400, "bad_request", "the request could not be read")
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api(request):
+        return api_error(403, "forbidden", "not allowed")
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api(request):
+        return api_not_found(request)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if is_api(request):
+        return api_error(500, "internal_error", "an unexpected server error; nothing was changed "
+                                                "unless the error says so")
+    return defaults.server_error(request)
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any] | None:
@@ -62,20 +129,19 @@ def _json_body(request: HttpRequest) -> dict[str, Any] | None:
     cannot store or even compare them."""
     try:
         body = json.loads(request.body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
         return None
     if not isinstance(body, dict) or any(isinstance(v, str) and "\x00" in v for v in body.values()):
         return None
     return body
 
 
-@api
+@api("GET")
 def me(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"user": user_payload(request.user)})
 
 
-@api
-@require_http_methods(["GET", "POST"])
+@api("GET", "POST")
 def rooms(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
         return JsonResponse({"rooms": [room_payload(r) for r in selectors.room_list_visible(user=request.user)]})
@@ -97,13 +163,22 @@ def rooms(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"room": room_payload(room)}, status=201)
 
 
-@api
+@api("GET")
 def room_messages(request: HttpRequest, slug: str) -> JsonResponse:
     room = selectors.room_get_visible(user=request.user, slug=slug)
     if room is None:
         return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    raw_before = request.GET.get("before")
+    before = None
+    if raw_before:
+        # Digits only (int() would take " 7", "+7", "7_0"); the range check keeps an integer
+        # beyond 64 bits away from the database (SQLite raised OverflowError: a 500).
+        digits = raw_before.isascii() and raw_before.isdigit() and len(raw_before) <= 16
+        before = int(raw_before) if digits else 0
+        if not 1 <= before <= MAX_BEFORE_SEQ:
+            return api_error(400, "bad_field", "'before' must be an integer from 1 to 2^53",
+                             field="before")
     try:
-        before = int(request.GET["before"]) if request.GET.get("before") else None
         limit = int(request.GET.get("limit", 50))
     except ValueError:
         return api_error(400, "bad_field", "'before' and 'limit' must be integers")
@@ -120,23 +195,23 @@ def _token_payload(token: Any) -> dict[str, Any]:
             "revoked": token.revoked_at is not None}
 
 
-@api
-@require_http_methods(["GET", "POST"])
+@api("GET", "POST")
 def tokens(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
         return JsonResponse({"tokens": [_token_payload(t) for t in selectors.token_list(user=request.user)]})
     if getattr(request, "auth_token", None) is not None:
         return api_error(403, "session_required", "tokens are made from a signed-in browser session")
     body = _json_body(request)
-    name = (body or {}).get("name", "")
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
+    name = body.get("name", "")
     if not isinstance(name, str) or len(name) > 100:
         return api_error(400, "bad_field", "'name' must be a string of at most 100 characters")
     token, raw = services.token_create(user=request.user, name=name)
     return JsonResponse({"token": raw, "id": token.pk}, status=201)
 
 
-@api
-@require_http_methods(["DELETE"])
+@api("DELETE")
 def token_detail(request: HttpRequest, token_id: int) -> JsonResponse:
     """Revoke one of your tokens; sockets opened with it close with 4401."""
     token = next((t for t in selectors.token_list(user=request.user) if t.pk == token_id), None)
@@ -157,8 +232,7 @@ def _managed_room(request: HttpRequest, slug: str) -> Any:
     return room
 
 
-@api
-@require_http_methods(["GET", "POST"])
+@api("GET", "POST")
 def room_members(request: HttpRequest, slug: str) -> JsonResponse:
     """List (any member) or add (owner/admin) the members of a private room."""
     if request.method == "GET":
@@ -170,7 +244,9 @@ def room_members(request: HttpRequest, slug: str) -> JsonResponse:
     room = _managed_room(request, slug)
     if isinstance(room, JsonResponse):
         return room
-    body = _json_body(request) or {}
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
     user = get_user_model().objects.filter(username=body.get("username") or "").first()
     if user is None:
         return api_error(404, "user_not_found", "no such user")
@@ -178,8 +254,7 @@ def room_members(request: HttpRequest, slug: str) -> JsonResponse:
     return JsonResponse({"member": {**user_payload(user), "role": membership.role}}, status=201)
 
 
-@api
-@require_http_methods(["DELETE"])
+@api("DELETE")
 def room_member_detail(request: HttpRequest, slug: str, username: str) -> JsonResponse:
     """Remove a member (owner/admin); their open sockets leave the room at once."""
     room = _managed_room(request, slug)

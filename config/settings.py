@@ -129,6 +129,7 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:app"
 LOGOUT_REDIRECT_URL = "login"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+CSRF_FAILURE_VIEW = "chat.views.csrf_failure"  # JSON 403 on the API, Django's page elsewhere
 # Pages, besides the server's own origin, that may open a WebSocket with the user's cookie
 # (chat/ws_auth.py OriginGuard): full origins, `https://chat.example.com` or
 # `https://*.example.com`. CSRF_TRUSTED_ORIGINS count too: a page trusted to POST with the

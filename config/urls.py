@@ -9,3 +9,9 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("chat.urls")),
 ]
+
+# The API's errors are JSON whatever raised them; other pages keep Django's.
+handler400 = "chat.views.bad_request"
+handler403 = "chat.views.permission_denied"
+handler404 = "chat.views.page_not_found"
+handler500 = "chat.views.server_error"

@@ -73,7 +73,116 @@ def test_api_unauthenticated_is_json_401():
         assert response.status_code == 401, path
         assert response.json()["error"]["code"] == "unauthenticated"
     response = post_json(Client(), "/api/tokens", {"name": "x"})
-    assert response.status_code in (401, 403)
+    assert response.status_code == 401
+
+
+# --- errors: the documented JSON, in the documented order (docs/protocol.md §8) ---------------
+
+WRITES = [("post", "/api/rooms"), ("post", "/api/tokens"), ("delete", "/api/tokens/{token}"),
+          ("post", "/api/rooms/secret/members"), ("delete", "/api/rooms/secret/members/bob")]
+
+
+def call(client: Client, method: str, path: str, **kwargs: Any) -> Any:
+    if method in ("post", "put"):
+        return getattr(client, method)(path, data=json.dumps({"slug": "x", "title": "X", "name": "n",
+                                                               "username": "bob"}),
+                                       content_type="application/json", **kwargs)
+    return getattr(client, method)(path, **kwargs)
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    assert response["Content-Type"] == "application/json", response.content[:300]
+    error = response.json()["error"]
+    assert error["code"] == code and isinstance(error["message"], str) and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(("method", "path"), WRITES)
+def test_unauthenticated_writes_are_401_json_not_the_csrf_page(method, path):
+    """Authentication is checked before CSRF: no credentials is a 401, as for reads."""
+    assert_error(call(Client(enforce_csrf_checks=True), method, path.format(token=1)), 401,
+                 "unauthenticated")
+
+
+@pytest.mark.parametrize(("method", "path"), WRITES)
+def test_session_writes_without_the_csrf_token_are_403_json(method, path):
+    ada, bob = user("ada"), user("bob")
+    secret = services.room_create(slug="secret", title="S", owner=ada, is_private=True)
+    services.membership_add(room=secret, user=bob)
+    path = path.format(token=services.token_create(user=ada, name="t")[0].pk)
+    client = logged_in("ada", csrf=True)
+    error = assert_error(call(client, method, path), 403, "csrf_failed")
+    assert "X-CSRFToken" in error["message"]
+    assert Room.objects.count() == 1 and ApiToken.objects.filter(revoked_at=None).count() == 1
+    assert secret.memberships.count() == 2
+    # with the token the same request goes through
+    response = call(client, method, path, headers={"X-CSRFToken": csrf_token(client)})
+    assert response.status_code in (200, 201), response.content
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("post", "/api/me", "GET, HEAD"),
+    ("delete", "/api/me", "GET, HEAD"),
+    ("delete", "/api/rooms", "GET, HEAD, POST"),
+    ("put", "/api/rooms/lobby/messages", "GET, HEAD"),
+    ("post", "/api/rooms/lobby/messages", "GET, HEAD"),
+    ("put", "/api/tokens", "GET, HEAD, POST"),
+    ("get", "/api/tokens/1", "DELETE"),
+    ("put", "/api/rooms/lobby/members", "GET, HEAD, POST"),
+    ("get", "/api/rooms/lobby/members/ada", "DELETE"),
+])
+def test_other_methods_are_405_json(method, path, allow):
+    ada = user("ada")
+    services.room_create(slug="lobby", title="Lobby")
+    for client, kwargs in ((Client(), {"headers": auth(token(ada))}), (logged_in("ada", csrf=True), {})):
+        response = call(client, method, path, **kwargs)
+        assert_error(response, 405, "method_not_allowed")
+        assert response["Allow"] == allow
+    assert Room.objects.count() == 1
+
+
+def test_head_is_served_where_get_is():
+    user("ada")
+    assert logged_in("ada").head("/api/me").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/", "/api/nope", "/api/rooms/", "/api/rooms/lobby",
+                                  "/api/rooms/lobby/messages/", "/api/tokens/x", "/api/me/"])
+def test_unknown_api_paths_are_404_json(path):
+    ada = user("ada")
+    for client, kwargs in ((Client(), {}), (Client(), {"headers": auth(token(ada))}),
+                           (logged_in("ada", csrf=True), {})):
+        assert_error(client.get(path, **kwargs), 404, "not_found")
+        assert_error(call(client, "post", path, **kwargs), 404, "not_found")
+
+
+def test_an_unexpected_error_is_500_json(monkeypatch):
+    ada = user("ada")
+
+    def broken(**kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("chat.selectors.room_list_visible", broken)
+    response = Client(raise_request_exception=False).get("/api/rooms", headers=auth(token(ada)))
+    assert_error(response, 500, "internal_error")
+
+
+def test_a_body_over_djangos_size_cap_is_400_json(settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    ada = user("ada")
+    response = post_json(Client(), "/api/rooms", {"slug": "big", "title": "t" * 2000}, headers=auth(token(ada)))
+    assert_error(response, 400, "bad_request")
+
+
+@pytest.mark.parametrize("path", ["/api/rooms", "/api/tokens", "/api/rooms/secret/members"])
+@pytest.mark.parametrize("raw", ["[" * 100_000, '{"a":' * 100_000, "not json", "[1]"])
+def test_bad_json_bodies_are_400_bad_json(path, raw):
+    ada = user("ada")  # a session: POST /api/tokens takes no bearer token
+    services.room_create(slug="secret", title="S", owner=ada, is_private=True)
+    response = logged_in("ada").post(path, data=raw, content_type="application/json")
+    assert_error(response, 400, "bad_json")
+    assert Room.objects.count() == 1 and ApiToken.objects.count() == 0
 
 
 # --- /api/rooms -------------------------------------------------------------------------------
@@ -157,13 +266,13 @@ def test_create_room_bad_json(raw):
 
 def test_rooms_other_methods_are_refused():
     ada = user("ada")
-    assert Client().delete("/api/rooms", headers=auth(token(ada))).status_code == 405
+    assert_error(Client().delete("/api/rooms", headers=auth(token(ada))), 405, "method_not_allowed")
 
 
 def test_create_room_with_session_needs_csrf():
     user("ada")
     client = logged_in("ada", csrf=True)
-    assert post_json(client, "/api/rooms", {"slug": "a", "title": "A"}).status_code == 403
+    assert_error(post_json(client, "/api/rooms", {"slug": "a", "title": "A"}), 403, "csrf_failed")
     csrf = csrf_token(client)
     response = post_json(client, "/api/rooms", {"slug": "a", "title": "A"}, headers={"X-CSRFToken": csrf})
     assert response.status_code == 201
@@ -198,9 +307,17 @@ def test_messages_paging():
     assert len(page["messages"]) == 1
     page = c.get("/api/rooms/lobby/messages?before=1", headers=h).json()
     assert page == {"messages": [], "has_more": False}
+    page = c.get(f"/api/rooms/lobby/messages?before={2**53}&limit=2", headers=h).json()
+    assert [m["seq"] for m in page["messages"]] == [119, 120]
 
 
-@pytest.mark.parametrize("query", ["?before=x", "?limit=ten", "?before=1.5"])
+@pytest.mark.parametrize("query", [
+    "?before=x", "?limit=ten", "?before=1.5",
+    # beyond 64 bits (SQLite raised OverflowError: a 500), beyond 2^53, and not plain digits
+    "?before=18446744073709551616", "?before=9223372036854775808", f"?before={2**53 + 1}",
+    f"?before={'9' * 5000}", "?before=0", "?before=-1", "?before=%2B5", "?before=%205", "?before=1_0",
+    "?before=%D9%A3",
+])
 def test_messages_bad_query(query):
     ada = user("ada")
     services.room_create(slug="lobby", title="Lobby")
