@@ -70,6 +70,16 @@ TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS
 HANDSHAKES_PER_USER_PER_MIN = Limit("handshake rate per user", "PARLEY_HANDSHAKES_PER_USER_PER_MIN",
                                     120, "handshakes/min per user",
                                     "authenticated WebSocket handshakes per user (token bucket)")
+LOGIN_FAILURES_PER_IP_PER_HOUR = Limit("login failures per address",
+                                       "PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR", 30,
+                                       "failures/hour per address",
+                                       "failed sign-ins from one address before it must wait")
+LOGIN_FAILURES_PER_USERNAME_PER_HOUR = Limit("login failures per username",
+                                             "PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR", 10,
+                                             "failures/hour per username",
+                                             "failed sign-ins as one username before it must wait")
+SIGNUPS_PER_IP_PER_HOUR = Limit("signups per address", "PARLEY_SIGNUPS_PER_IP_PER_HOUR", 10,
+                                "accounts/hour per address", "accounts created from one address")
 
 ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
 

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.contrib import admin
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.views import LoginView
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -18,7 +20,7 @@ from django.views import csrf, defaults
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from chat import selectors, services
+from chat import selectors, services, throttles
 from chat.http_auth import api_error
 from chat.payloads import message_payload, room_payload, timestamp, user_payload
 
@@ -29,16 +31,30 @@ def app(request: HttpRequest) -> HttpResponse:
     return render(request, "chat/app.html", {"me": user_payload(request.user)})
 
 
+@throttles.throttled_status
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("chat:app")
     form = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("chat:app")
+        # Charged only for an account that would be made: a mistyped form costs nothing.
+        refusal = throttles.signup_refusal(request)
+        if refusal is None:
+            user = form.save()
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("chat:app")
+        form.add_error(None, refusal)
     return render(request, "registration/signup.html", {"form": form})
+
+
+# Django's sign-in pages, with chat/throttles.py's limits on failed attempts.
+login_page = throttles.throttled_status(LoginView.as_view(authentication_form=throttles.LoginForm))
+
+
+@throttles.throttled_status
+def admin_login(request: HttpRequest) -> HttpResponse:
+    return admin.site.login(request)  # its form is throttles.AdminLoginForm (chat/admin.py)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -124,6 +124,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    # The sign-up form keeps a password's spaces (strip=False), so eight spaces passed the
+    # length check.
+    {"NAME": "chat.passwords.NonSpaceLengthValidator", "OPTIONS": {"min_length": 8}},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:app"

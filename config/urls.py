@@ -1,10 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from chat.views import signup
+from chat.views import admin_login, login_page, signup
 
 urlpatterns = [
+    # Both sign-in pages ahead of the stock ones, for their failed-attempt limits.
+    path("admin/login/", admin_login),
     path("admin/", admin.site.urls),
+    path("accounts/login/", login_page, name="login"),
     path("accounts/signup/", signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("chat.urls")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -421,6 +422,101 @@ def test_login_with_wrong_password_stays_on_the_page():
     response = client.post("/accounts/login/", {"username": "ada", "password": "wrong"})
     assert response.status_code == 200
     assert client.get("/api/me").status_code == 401
+
+
+# --- sign-in and sign-up limits (chat/throttles.py) -------------------------------------------
+
+def sign_in(username: str, password: str, address: str, path: str = "/accounts/login/") -> Any:
+    client = Client()
+    response = client.post(path, {"username": username, "password": password}, REMOTE_ADDR=address)
+    response.signed_in = client.get("/api/me").status_code == 200
+    return response
+
+
+def assert_throttled(response: Any, max_wait_secs: float) -> None:
+    assert response.status_code == 429, response.status_code
+    assert 0 < int(response["Retry-After"]) <= max_wait_secs
+    assert b"Too many" in response.content and b"Try again in" in response.content
+    assert not response.signed_in
+
+
+def test_login_failures_per_username_lock_the_username_from_every_address(settings):
+    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3
+    user("carol_u")
+    for i in range(3):
+        response = sign_in("carol_u", f"wrong-{i}", "203.0.113.1")
+        assert response.status_code == 200 and not response.signed_in
+    assert_throttled(sign_in("carol_u", "wrong-3", "203.0.113.1"), 1200)
+    assert_throttled(sign_in("carol_u", PASSWORD, "203.0.113.1"), 1200)  # even the right one
+    assert_throttled(sign_in("CAROL_U", PASSWORD, "203.0.113.2"), 1200)  # and from elsewhere
+    user("dave_u")
+    assert sign_in("dave_u", PASSWORD, "203.0.113.1").signed_in  # the address is not blamed
+    # the bucket refills: at 3,600 an hour one more attempt is allowed a second later
+    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3600
+    time.sleep(1.1)
+    assert sign_in("carol_u", PASSWORD, "203.0.113.1").signed_in
+
+
+def test_login_failures_per_address_lock_the_address(settings):
+    settings.PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR = 3
+    user("erin_a")
+    for name in ("nobody_a1", "nobody_a2", "erin_a"):
+        assert sign_in(name, "wrong-password", "203.0.113.3").status_code == 200
+    assert_throttled(sign_in("erin_a", PASSWORD, "203.0.113.3"), 1200)
+    assert_throttled(sign_in("nobody_a3", "x", "203.0.113.3"), 1200)
+    assert sign_in("erin_a", PASSWORD, "203.0.113.4").signed_in
+
+
+def test_a_successful_login_forgives_the_usernames_failures(settings):
+    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3
+    user("frank_s")
+    for _ in range(2):
+        assert sign_in("frank_s", "wrong-password", "203.0.113.5").status_code == 200
+    assert sign_in("frank_s", PASSWORD, "203.0.113.5").signed_in
+    for _ in range(3):
+        assert sign_in("frank_s", "wrong-password", "203.0.113.5").status_code == 200
+    assert_throttled(sign_in("frank_s", "wrong-password", "203.0.113.5"), 1200)
+
+
+def test_admin_login_failures_are_limited_too(settings):
+    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 2
+    get_user_model().objects.create_superuser("root_t", "root@example.com", PASSWORD)
+    for _ in range(2):
+        response = sign_in("root_t", "wrong-password", "203.0.113.6", path="/admin/login/")
+        assert response.status_code == 200
+    response = sign_in("root_t", PASSWORD, "203.0.113.6", path="/admin/login/")
+    assert_throttled(response, 1800)
+    assert int(response["Retry-After"]) > 1700  # 2 an hour: one every 30 minutes
+
+
+def signup_post(username: str, address: str, password: str = "a-Str0ng-passphrase!",
+                again: str | None = None) -> Any:
+    return Client().post("/accounts/signup/", {"username": username, "password1": password,
+                                               "password2": again or password}, REMOTE_ADDR=address)
+
+
+def test_signups_per_address_are_limited(settings):
+    settings.PARLEY_SIGNUPS_PER_IP_PER_HOUR = 2
+    assert signup_post("s_one", "203.0.113.7", again="mismatch-passphrase!").status_code == 200  # free
+    assert signup_post("s_one", "203.0.113.7").status_code == 302
+    assert signup_post("s_two", "203.0.113.7").status_code == 302
+    response = signup_post("s_three", "203.0.113.7")
+    assert response.status_code == 429 and 1700 < int(response["Retry-After"]) <= 1800
+    assert b"Too many accounts" in response.content
+    assert not get_user_model().objects.filter(username="s_three").exists()
+    assert signup_post("s_three", "203.0.113.8").status_code == 302
+
+
+@pytest.mark.parametrize("password", ["86753091234567", " " * 12, "\t" * 10, "a" + " " * 11,
+                                      "ab  cd  ef  g"])
+def test_signup_refuses_numeric_and_mostly_blank_passwords(password):
+    response = signup_post("weak", "203.0.113.9", password=password)
+    assert response.status_code == 200
+    assert not get_user_model().objects.filter(username="weak").exists()
+
+
+def test_signup_accepts_a_passphrase_with_spaces():
+    assert signup_post("phrase", "203.0.113.10", password="  purple otter ladder  ").status_code == 302
 
 
 def test_signup_when_logged_in_redirects():
