@@ -80,6 +80,12 @@ LOGIN_FAILURES_PER_USERNAME_PER_HOUR = Limit("login failures per username",
                                              "failed sign-ins as one username before it must wait")
 SIGNUPS_PER_IP_PER_HOUR = Limit("signups per address", "PARLEY_SIGNUPS_PER_IP_PER_HOUR", 10,
                                 "accounts/hour per address", "accounts created from one address")
+ROOMS_CREATED_PER_USER_PER_HOUR = Limit("room creation rate",
+                                        "PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR", 20,
+                                        "requests/hour per user",
+                                        "POST /api/rooms requests per user, refused ones included")
+MAX_ROOMS_OWNED_PER_USER = Limit("rooms owned per user", "PARLEY_MAX_ROOMS_OWNED_PER_USER", 50,
+                                 "rooms", "rooms one user may own")
 
 ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -13,14 +14,13 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views import csrf, defaults
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from chat import selectors, services, throttles
+from chat import limits, selectors, services, throttles
 from chat.http_auth import api_error
 from chat.payloads import message_payload, room_payload, timestamp, user_payload
 
@@ -64,6 +64,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
 # --- JSON API -------------------------------------------------------------------------------
 
 MAX_BEFORE_SEQ = 2**53  # sequence numbers stay exact in JavaScript (as on the WebSocket)
+
+_room_creations = limits.BucketMap(limits.ROOMS_CREATED_PER_USER_PER_HOUR, per=3600.0)
+
+
+def rate_limited(wait_secs: float, message: str) -> JsonResponse:
+    response = api_error(429, "rate_limited", message, retry_after_ms=math.ceil(wait_secs * 1000))
+    response["Retry-After"] = str(math.ceil(wait_secs))
+    return response
 
 
 def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., JsonResponse]]:
@@ -161,21 +169,32 @@ def me(request: HttpRequest) -> JsonResponse:
 def rooms(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
         return JsonResponse({"rooms": [room_payload(r) for r in selectors.room_list_visible(user=request.user)]})
+    # Charged first, refused requests too: that also bounds how fast one account can probe
+    # which slugs are taken (private rooms' among them).
+    wait = _room_creations.take(request.user.pk)
+    if wait:
+        return rate_limited(wait, "too many rooms created; wait before creating another")
     body = _json_body(request)
     if body is None:
         return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
     slug, title, private = body.get("slug"), body.get("title"), body.get("private", False)
     if not isinstance(slug, str) or not isinstance(title, str) or not isinstance(private, bool):
         return api_error(400, "bad_field", "need string 'slug' and 'title', boolean 'private'")
+    slug = slug.strip().lower()
     try:
-        room = services.room_create(slug=slug.strip().lower(), title=title.strip(), owner=request.user,
+        room = services.room_create(slug=slug, title=title.strip(), owner=request.user,
                                     is_private=private)
-    except ValidationError as exc:
-        if "slug" in exc.message_dict and any("already exists" in m for m in exc.message_dict["slug"]):
+    except services.RoomSlugTaken:
+        # A room the caller may see is named; any other taken slug — a private room of others,
+        # or a reserved one — gets one answer, so it does not tell which.
+        if selectors.room_get_visible(user=request.user, slug=slug) is not None:
             return api_error(409, "room_exists", f"a room {slug!r} already exists")
+        return api_error(409, "slug_unavailable", f"the slug {slug!r} is not available; choose another")
+    except services.RoomsOwnedLimit:
+        return api_error(403, "too_many_rooms_owned",
+                         f"you own {limits.MAX_ROOMS_OWNED_PER_USER.value:.0f} rooms, the most allowed")
+    except ValidationError as exc:
         return api_error(400, "bad_field", "invalid room", fields=exc.message_dict)
-    except IntegrityError:
-        return api_error(409, "room_exists", f"a room {slug!r} already exists")
     return JsonResponse({"room": room_payload(room)}, status=201)
 
 

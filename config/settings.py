@@ -169,6 +169,9 @@ WHITENOISE_USE_FINDERS = True
 for _limit in PARLEY_LIMITS:
     globals()[_limit.setting] = env_int(_limit.setting, int(_limit.default))
 PARLEY_HISTORY_PAGE_DEFAULT = env_int("PARLEY_HISTORY_PAGE_DEFAULT", 50)
+# Room slugs nobody may create (POST /api/rooms answers slug_unavailable, as for a private
+# room's slug the caller cannot see).
+PARLEY_RESERVED_SLUGS = env_list("PARLEY_RESERVED_SLUGS", [])
 # How long a socket waits for a missing sequence number before reading it from the database.
 PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
 # "hub": chat.hub, the per-process fast path (default). "layer": stock group_send, for comparison.

@@ -235,6 +235,76 @@ def test_create_duplicate_room_is_409():
     assert Room.objects.count() == 1
 
 
+def test_a_taken_slug_says_room_exists_only_for_a_room_the_caller_can_see(settings):
+    """Others' private rooms and reserved slugs get one answer, so it cannot tell them apart."""
+    settings.PARLEY_RESERVED_SLUGS = ["reserved"]
+    ada, bob, carol = user("ada"), user("bob"), user("carol")
+    services.room_create(slug="lobby", title="Lobby")
+    shared = services.room_create(slug="shared", title="S", owner=bob, is_private=True)
+    services.membership_add(room=shared, user=ada)
+    services.room_create(slug="hidden", title="H", owner=bob, is_private=True)
+    h = auth(token(ada))
+    answers = {slug: post_json(Client(), "/api/rooms", {"slug": slug, "title": "Mine", "private": private},
+                               headers=h)
+               for slug, private in (("lobby", False), ("shared", True), ("hidden", False),
+                                     ("reserved", False))}
+    for slug in ("lobby", "shared"):
+        assert_error(answers[slug], 409, "room_exists")
+    hidden, reserved = (assert_error(answers[s], 409, "slug_unavailable") for s in ("hidden", "reserved"))
+    assert hidden == {**reserved, "message": reserved["message"].replace("reserved", "hidden")}
+    assert "private" not in hidden["message"] and "exists" not in hidden["message"]
+    assert Room.objects.count() == 3
+    # the room's owner, and a member, are told it exists
+    assert_error(post_json(Client(), "/api/rooms", {"slug": "hidden", "title": "X"}, headers=auth(token(bob))),
+                 409, "room_exists")
+    assert_error(post_json(Client(), "/api/rooms", {"slug": "hidden", "title": "X"}, headers=auth(token(carol))),
+                 409, "slug_unavailable")
+
+
+@pytest.fixture
+def room_buckets() -> Any:
+    """Forgets the room-creation buckets a test drained: user ids come round again."""
+    from chat import views
+
+    used: list[int] = []
+    yield used.append
+    for pk in used:
+        views._room_creations.forget(pk)
+
+
+def test_room_creation_is_rate_limited_per_user(settings, room_buckets):
+    settings.PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR = 3
+    ada, bob = user("ada"), user("bob")
+    room_buckets(ada.pk)
+    room_buckets(bob.pk)
+    services.room_create(slug="lobby", title="Lobby")
+    h = auth(token(ada))
+    assert post_json(Client(), "/api/rooms", {"slug": "lobby", "title": "X"}, headers=h).status_code == 409
+    assert post_json(Client(), "/api/rooms", {"slug": "bad slug", "title": "X"}, headers=h).status_code == 400
+    assert post_json(Client(), "/api/rooms", {"slug": "r1", "title": "X"}, headers=h).status_code == 201
+    response = post_json(Client(), "/api/rooms", {"slug": "r2", "title": "X"}, headers=h)
+    error = assert_error(response, 429, "rate_limited")
+    assert 1_100_000 < error["retry_after_ms"] <= 1_200_000  # 3 an hour: one every 20 minutes
+    assert 1100 < int(response["Retry-After"]) <= 1200
+    assert not Room.objects.filter(slug="r2").exists()
+    assert Client().get("/api/rooms", headers=h).status_code == 200  # listing is not charged
+    assert post_json(Client(), "/api/rooms", {"slug": "r2", "title": "X"}, headers=auth(token(bob))).status_code == 201
+
+
+def test_rooms_owned_per_user_are_capped(settings):
+    settings.PARLEY_MAX_ROOMS_OWNED_PER_USER = 2
+    ada, bob = user("ada"), user("bob")
+    h = auth(token(ada))
+    for slug in ("a1", "a2"):
+        assert post_json(Client(), "/api/rooms", {"slug": slug, "title": "A", "private": True}, headers=h).status_code == 201
+    assert_error(post_json(Client(), "/api/rooms", {"slug": "a3", "title": "A"}, headers=h), 403,
+                 "too_many_rooms_owned")
+    assert not Room.objects.filter(slug="a3").exists()
+    assert post_json(Client(), "/api/rooms", {"slug": "b1", "title": "B"}, headers=auth(token(bob))).status_code == 201
+    Room.objects.filter(slug="a1").delete()  # a deleted room frees its place
+    assert post_json(Client(), "/api/rooms", {"slug": "a3", "title": "A"}, headers=h).status_code == 201
+
+
 @pytest.mark.parametrize("body", [
     {"slug": "", "title": "x"},
     {"slug": "has space", "title": "x"},
