@@ -101,7 +101,7 @@ class HandshakeRateLimit:
         # Not `async def` on purpose (also OriginGuard, HandshakeBudget): returning the inner
         # application's awaitable keeps no coroutine frame of this layer alive for as long as
         # the socket is open — memory every idle socket would pay (docs/benchmarks.md).
-        if not has_credentials(scope) and _refused_by_address.wait(client_address(scope)):
+        if _refused_by_address.wait(client_address(scope)) and not has_credentials(scope):
             # Not logged: the refusals that spent the budget were, one line each.
             return WebsocketDenier()(scope, receive, send)
         return self.application(scope, receive, send)

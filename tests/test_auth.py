@@ -364,3 +364,39 @@ def test_http_no_credentials_is_401():
     response = DjangoClient().get("/api/me")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthenticated"
+
+
+# --- through a real uvicorn -------------------------------------------------------------------
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+@pytest.mark.slow
+def test_malformed_origin_and_api_errors_through_uvicorn():
+    """What the wire shows: a 403 for `Origin: http://[` (it was a ValueError and a 500), and a
+    JSON 401 where Django's CSRF page was."""
+    from tests.support.server import ServerProcess
+
+    with ServerProcess() as server:
+        token = server.create_token("ada")
+        for origin in (b"http://[", b"http://127.0.0.1:1", b"http://127.0.0.1:99999"):
+            reply = raw_exchange(server.port, b"GET /ws/chat/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                                 b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: %s\r\n"
+                                 b"Authorization: Bearer %s\r\n\r\n" % (server.port, origin, token.encode()))
+            assert reply.startswith(b"HTTP/1.1 403"), (origin, reply[:200])
+        reply = raw_exchange(server.port, b"POST /api/rooms HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        assert reply.startswith(b"HTTP/1.1 401") and b"application/json" in reply, reply[:300]
+        assert "ValueError" not in server.log_tail(200)
