@@ -5,7 +5,7 @@ bearer token itself and hands any other handshake to AuthMiddlewareStack (the se
 → HandshakeBudget, which refuses unauthenticated handshakes and charges authenticated ones to
 their user. The consumer checks scope["user"] again.
 
-Which budget a handshake spends (docs/security.md, "Handshakes"): one that ends refused (no or bad
+Which budget a handshake spends (docs/security.md, "Handshake floods from a shared address"): one that ends refused (no or bad
 credentials, a missing or foreign Origin) spends its address's; one that authenticates spends
 its user's, never the address's, so people sharing an address (NAT) are not locked out by
 someone else's failures.
@@ -136,13 +136,14 @@ Origin = tuple[str, str, int]  # (scheme, host, port), lower case, IPv6 without 
 
 def parse_origin(value: str) -> Origin | None:
     """An `Origin` value (or a configured origin) as (scheme, host, port); None if it is not an
-    http(s) origin or is malformed (`null`, `http://[`, a port out of range …)."""
+    http(s) origin or is malformed (`null`, `http://[`, a port out of range, a path or user …)."""
     try:
         parts = urlsplit(value.strip())
         scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
     except ValueError:
         return None
-    if scheme not in DEFAULT_PORTS or not host:
+    if scheme not in DEFAULT_PORTS or not host or "@" in parts.netloc or parts.path or parts.query \
+            or parts.fragment:
         return None
     return scheme, host, port if port is not None else DEFAULT_PORTS[scheme]
 
@@ -168,6 +169,7 @@ def _configured(entries: tuple[str, ...]) -> tuple[frozenset[Origin], tuple[Orig
     """Configured origins, split into exact ones and `scheme://*.domain[:port]` patterns."""
     exact, patterns = set(), []
     for entry in entries:
+        entry = entry.rstrip("/")  # "https://chat.example.com/" is a common way to write it
         wildcard = "://*." in entry
         parsed = parse_origin(entry.replace("://*.", "://", 1) if wildcard else entry)
         if parsed is None:

@@ -200,6 +200,8 @@ CROSS_ORIGIN = [
     (b"null", b"localhost", "ws"),
     (b"file://", b"localhost", "ws"),
     (b"ws://localhost", b"localhost", "ws"),
+    (b"http://evil.example@localhost", b"localhost", "ws"),
+    (b"http://localhost/", b"localhost", "ws"),
 ]
 
 
@@ -221,7 +223,9 @@ async def test_malformed_origin_is_refused_not_an_error(origin):
 
 
 @pytest.mark.parametrize("value", ["http://[", "http://a:99999", "http://a:x", "null", "", "ftp://a",
-                                   "http://", "//localhost", "localhost"])
+                                   "http://", "//localhost", "localhost", "http://localhost/",
+                                   "http://localhost/x", "http://u@localhost", "http://localhost?q",
+                                   "http://localhost#f"])
 def test_parse_origin_refuses_what_is_not_an_origin(value):
     assert ws_auth.parse_origin(value) is None
 
@@ -232,7 +236,7 @@ def test_parse_origin_normalizes():
     assert ws_auth.parse_origin("http://a.example:8080") == ("http", "a.example", 8080)
 
 
-@override_settings(PARLEY_ALLOWED_ORIGINS=["https://chat.example.com", "https://*.apps.example.com:8443"],
+@override_settings(PARLEY_ALLOWED_ORIGINS=["https://chat.example.com/", "https://*.apps.example.com:8443"],
                    CSRF_TRUSTED_ORIGINS=["https://admin.example.org"])
 @pytest.mark.parametrize(("origin", "accepted"), [
     (b"https://chat.example.com", True),
