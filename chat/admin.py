@@ -2,6 +2,9 @@ from django.contrib import admin
 
 from chat.models import ApiToken, Membership, Message, Room
 from chat.services import membership_remove, token_revoke
+from chat.throttles import AdminLoginForm
+
+admin.site.login_form = AdminLoginForm  # failed sign-ins are limited here too (chat/throttles.py)
 
 
 class MembershipInline(admin.TabularInline):

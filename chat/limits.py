@@ -46,7 +46,8 @@ MAX_ROOMS_PER_SOCKET = Limit("rooms per socket", "PARLEY_MAX_ROOMS_PER_SOCKET", 
 MAX_SOCKETS_PER_USER = Limit("sockets per user", "PARLEY_MAX_SOCKETS_PER_USER", 20, "sockets",
                              "open sockets per user per server process")
 HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "PARLEY_HANDSHAKES_PER_IP_PER_MIN", 120,
-                                  "handshakes/min per IP", "WebSocket handshakes per client address")
+                                  "refused handshakes/min per IP",
+                                  "WebSocket handshakes per client address that end refused")
 OUTBOUND_MAX_MESSAGES = Limit("outbound queue (messages)", "PARLEY_OUTBOUND_MAX_MESSAGES", 1000,
                               "frames", "frames waiting to be written to one socket")
 OUTBOUND_MAX_BYTES = Limit("outbound queue (bytes)", "PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024,
@@ -91,6 +92,27 @@ MAX_CONNECTIONS = Limit("connections", "PARLEY_MAX_CONNECTIONS", 10_000, "connec
 SHUTDOWN_GRACE_SECS = Limit("shutdown grace", "PARLEY_SHUTDOWN_GRACE_SECS", 10, "s",
                             "on SIGTERM: time to answer the frames already received and close "
                             "every socket with 1001")
+
+# --- HTTP, accounts and handshakes (issue 12: origin, login/signup, API errors, rooms) ---
+HANDSHAKES_PER_USER_PER_MIN = Limit("handshake rate per user", "PARLEY_HANDSHAKES_PER_USER_PER_MIN",
+                                    120, "handshakes/min per user",
+                                    "authenticated WebSocket handshakes per user (token bucket)")
+LOGIN_FAILURES_PER_IP_PER_HOUR = Limit("login failures per address",
+                                       "PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR", 30,
+                                       "failures/hour per address",
+                                       "failed sign-ins from one address before it must wait")
+LOGIN_FAILURES_PER_USERNAME_PER_HOUR = Limit("login failures per username",
+                                             "PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR", 10,
+                                             "failures/hour per username",
+                                             "failed sign-ins as one username before it must wait")
+SIGNUPS_PER_IP_PER_HOUR = Limit("signups per address", "PARLEY_SIGNUPS_PER_IP_PER_HOUR", 10,
+                                "accounts/hour per address", "accounts created from one address")
+ROOMS_CREATED_PER_USER_PER_HOUR = Limit("room creation rate",
+                                        "PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR", 20,
+                                        "requests/hour per user",
+                                        "POST /api/rooms requests per user, refused ones included")
+MAX_ROOMS_OWNED_PER_USER = Limit("rooms owned per user", "PARLEY_MAX_ROOMS_OWNED_PER_USER", 50,
+                                 "rooms", "rooms one user may own")
 
 # type(), not isinstance(): isinstance() asks the lazy `settings` for its class, which loads the
 # settings (config/serve.py imports this module in processes that may have none).
@@ -148,6 +170,21 @@ class BucketMap:
         else:
             bucket.rate, bucket.burst = rate, burst
         return bucket.take()
+
+    def wait(self, key: object) -> float:
+        """Seconds until a take() for `key` would succeed (0.0: now), without taking."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        rate = self._rate.value / self._per
+        tokens = min(bucket.burst, bucket.tokens + (time.monotonic() - bucket.stamp) * rate)
+        if tokens >= 1.0:
+            return 0.0
+        return (1.0 - tokens) / rate if rate > 0 else float("inf")
+
+    def forget(self, key: object) -> None:
+        """Drop `key`'s bucket: its next take() starts from a full burst."""
+        self._buckets.pop(key, None)
 
 
 class Strikes:

@@ -9,11 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from chat import fanout
+from chat import fanout, limits
 from chat.models import ApiToken, Membership, Message, Room
 from chat.revocation import CredentialsRevoked
 from chat.rowsql import fetch, qn, select_exprs
@@ -28,13 +30,40 @@ from chat.selectors import (
 TOKEN_LAST_USED_RESOLUTION_SECS = 60  # don't write last_used_at on every request
 
 
+class RoomSlugTaken(ValidationError):
+    """The slug is another room's, or reserved (settings.PARLEY_RESERVED_SLUGS). Says nothing of
+    which: the caller decides what its user may learn (chat/views.py rooms)."""
+
+    def __init__(self, slug: str) -> None:
+        super().__init__({"slug": [f"the slug {slug!r} is not available"]}, code="unavailable")
+        self.slug = slug
+
+
+class RoomsOwnedLimit(Exception):
+    """The owner already owns PARLEY_MAX_ROOMS_OWNED_PER_USER rooms."""
+
+
 def room_create(*, slug: str, title: str, owner: Any = None, is_private: bool = False) -> Room:
+    """A new room, and its owner's membership. With an owner, at most MAX_ROOMS_OWNED_PER_USER
+    rooms each (RoomsOwnedLimit): the count and the insert run under a lock on the owner's row,
+    so concurrent requests cannot both take the last place."""
     room = Room(slug=slug, title=title, owner=owner, is_private=is_private)
-    room.full_clean()
-    with transaction.atomic():
-        room.save()
-        if owner is not None:
-            Membership.objects.create(room=room, user=owner, role=Membership.Role.OWNER)
+    room.full_clean(validate_unique=False)
+    if slug in getattr(settings, "PARLEY_RESERVED_SLUGS", ()):
+        raise RoomSlugTaken(slug)
+    try:
+        with transaction.atomic():
+            if owner is not None:
+                list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
+                if Room.objects.filter(owner=owner).count() >= limits.MAX_ROOMS_OWNED_PER_USER.value:
+                    raise RoomsOwnedLimit()
+            room.save()
+            if owner is not None:
+                Membership.objects.create(room=room, user=owner, role=Membership.Role.OWNER)
+    except IntegrityError as exc:
+        if Room.objects.filter(slug=slug).exists():
+            raise RoomSlugTaken(slug) from exc
+        raise
     return room
 
 

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from chat import views
 
@@ -14,4 +14,6 @@ urlpatterns = [
     path("api/rooms/<str:slug>/members/<str:username>", views.room_member_detail, name="api-room-member"),
     path("api/tokens", views.tokens, name="api-tokens"),
     path("api/tokens/<int:token_id>", views.token_detail, name="api-token"),
+    # Last: any other /api/ path is a JSON 404 (DEBUG's HTML 404 page included).
+    re_path(r"^api/", views.api_not_found, name="api-not-found"),
 ]

@@ -4,7 +4,8 @@ Run with `uvicorn config.asgi:application` (scripts/serve does). The WebSocket s
 HandshakeRateLimit refuses addresses that reconnect too fast; OriginGuard refuses foreign Origins;
 BearerTokenAuth resolves `Authorization: Bearer`, or hands the handshake to AuthMiddlewareStack,
 which resolves the session cookie (either way it keeps the server's own send for chat frames,
-chat/outbound.py); URLRouter picks the consumer.
+chat/outbound.py); HandshakeBudget refuses the unauthenticated and charges the rest to their
+user; URLRouter picks the consumer.
 """
 
 import os
@@ -19,14 +20,21 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 
 from chat.frameless import FramelessProtocolTypeRouter, FramelessURLRouter  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from chat.ws_auth import BearerTokenAuth, HandshakeRateLimit, OriginGuard  # noqa: E402
+from chat.ws_auth import (  # noqa: E402
+    BearerTokenAuth,
+    HandshakeBudget,
+    HandshakeRateLimit,
+    OriginGuard,
+)
 
 # Channels' URLRouter and ProtocolTypeRouter, minus a coroutine frame each per open socket
 # (chat/frameless.py).
 router = FramelessURLRouter(websocket_urlpatterns)
+authenticated = HandshakeBudget(router)
 application = FramelessProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": HandshakeRateLimit(OriginGuard(BearerTokenAuth(router, fallback=AuthMiddlewareStack(router)))),
+        "websocket": HandshakeRateLimit(OriginGuard(
+            BearerTokenAuth(authenticated, fallback=AuthMiddlewareStack(authenticated)))),
     }
 )

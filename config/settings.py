@@ -134,11 +134,25 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    # The sign-up form keeps a password's spaces (strip=False), so eight spaces passed the
+    # length check.
+    {"NAME": "chat.passwords.NonSpaceLengthValidator", "OPTIONS": {"min_length": 8}},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:app"
 LOGOUT_REDIRECT_URL = "login"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+CSRF_FAILURE_VIEW = "chat.views.csrf_failure"  # JSON 403 on the API, Django's page elsewhere
+# Pages, besides the server's own origin, that may open a WebSocket with the user's cookie
+# (chat/ws_auth.py OriginGuard): full origins, `https://chat.example.com` or
+# `https://*.example.com`. CSRF_TRUSTED_ORIGINS count too: a page trusted to POST with the
+# session (and so to make API tokens) gains nothing by being refused the socket.
+PARLEY_ALLOWED_ORIGINS = env_list("PARLEY_ALLOWED_ORIGINS", [])
+for _origin in PARLEY_ALLOWED_ORIGINS:
+    if not _origin.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(
+            f"PARLEY_ALLOWED_ORIGINS: {_origin!r} is not an origin like https://chat.example.com")
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -165,6 +179,9 @@ WHITENOISE_USE_FINDERS = True
 for _limit in PARLEY_LIMITS:
     globals()[_limit.setting] = env_int(_limit.setting, int(_limit.default))
 PARLEY_HISTORY_PAGE_DEFAULT = env_int("PARLEY_HISTORY_PAGE_DEFAULT", 50)
+# Room slugs nobody may create (POST /api/rooms answers slug_unavailable, as for a private
+# room's slug the caller cannot see).
+PARLEY_RESERVED_SLUGS = env_list("PARLEY_RESERVED_SLUGS", [])
 # How long a socket waits for a missing sequence number before reading it from the database.
 PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
 # "hub": chat.hub, the per-process fast path (default). "layer": stock group_send, for comparison.

@@ -13,6 +13,9 @@ os.makedirs(os.environ["PARLEY_DATA_DIR"], exist_ok=True)
 # Rate limits are tested on purpose by tests/test_limits.py (with override_settings); everywhere
 # else a test sends as fast as it likes. Server subprocesses started by tests inherit these.
 for _name in ("PARLEY_FRAMES_PER_SEC", "PARLEY_FRAMES_BURST", "PARLEY_MESSAGES_PER_SEC",
-              "PARLEY_MESSAGES_BURST", "PARLEY_HANDSHAKES_PER_IP_PER_MIN"):
+              "PARLEY_MESSAGES_BURST", "PARLEY_HANDSHAKES_PER_IP_PER_MIN",
+              "PARLEY_HANDSHAKES_PER_USER_PER_MIN", "PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR",
+              "PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR", "PARLEY_SIGNUPS_PER_IP_PER_HOUR",
+              "PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR", "PARLEY_MAX_ROOMS_OWNED_PER_USER"):
     os.environ.setdefault(_name, "100000")
 os.environ.setdefault("PARLEY_MAX_SOCKETS_PER_USER", "10000")

@@ -21,6 +21,7 @@ from chat import services
 from config.asgi import application
 
 ORIGIN = b"http://localhost"
+HOST = b"localhost"  # the Host header every real client sends; ORIGIN is same-origin with it
 REQUIRE_SERVICES = os.environ.get("PARLEY_REQUIRE_SERVICES") == "1"
 
 
@@ -137,6 +138,9 @@ class Client:
 
 
 async def open_socket(*, headers: list[tuple[bytes, bytes]]) -> tuple[bool, WebsocketCommunicator]:
+    """A handshake with these headers, plus `Host: localhost` unless they name a host."""
+    if not any(name == b"host" for name, _ in headers):
+        headers = [*headers, (b"host", HOST)]
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     return connected, communicator

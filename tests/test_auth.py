@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.test import Client as DjangoClient
+from django.test import override_settings
 
-from chat import services
+from chat import services, ws_auth
 from chat.models import ApiToken
+from config.asgi import application
 from tests.conftest import ORIGIN, Client, make_room, make_token, make_user, open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -142,26 +145,116 @@ async def test_handshakes_at_once_each_get_their_own_token_user(monkeypatch):
 
 # --- Origin -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("origin", [b"http://evil.example", b"https://localhost.evil.example",
-                                    b"http://evil.example:80", b"null", b"file://"])
-async def test_foreign_origin_is_refused_and_logged(caplog, origin):
+async def origin_handshake(origin: bytes | None, host: bytes | None = b"localhost", *,
+                           scheme: str | None = None, cookie_of: str | None = None,
+                           token_of: Any = None) -> bool:
+    """A handshake with exactly these Origin and Host headers (either may be absent), as the
+    user's session cookie (cookie_of) or bearer token (token_of)."""
+    headers = []
+    if origin is not None:
+        headers.append((b"origin", origin))
+    if host is not None:
+        headers.append((b"host", host))
+    if cookie_of is not None:
+        headers.append((b"cookie", f"sessionid={await session_cookie(cookie_of)}".encode()))
+    if token_of is not None:
+        headers.append(bearer(await make_token(token_of)))
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    if scheme is not None:
+        communicator.scope["scheme"] = scheme
+    connected, _ = await communicator.connect(timeout=5)
+    if connected:
+        assert (await communicator.receive_json_from(timeout=3))["type"] == "hello"
+        await communicator.disconnect()
+    return connected
+
+
+SAME_ORIGIN = [  # (Origin, Host, the ASGI scope's scheme)
+    (b"http://localhost", b"localhost", "ws"),
+    (b"http://localhost:80", b"localhost", "ws"),
+    (b"http://LOCALHOST", b"localhost:80", "ws"),
+    (b"http://127.0.0.1:8000", b"127.0.0.1:8000", "ws"),
+    (b"http://[::1]:8000", b"[::1]:8000", "ws"),
+    (b"https://localhost:4443", b"localhost:4443", "wss"),
+    (b"https://localhost", b"localhost", "wss"),
+]
+
+
+@pytest.mark.parametrize(("origin", "host", "scheme"), SAME_ORIGIN)
+async def test_same_origin_is_accepted_with_the_session_cookie(origin, host, scheme):
+    await make_user("ada")
+    assert await origin_handshake(origin, host, scheme=scheme, cookie_of="ada")
+
+
+CROSS_ORIGIN = [
+    (b"http://127.0.0.1:18250", b"127.0.0.1:8000", "ws"),  # another port of the same host
+    (b"http://localhost:8000", b"localhost", "ws"),
+    (b"https://localhost", b"localhost", "ws"),  # another scheme
+    (b"http://localhost", b"localhost", "wss"),  # an http page must not use the wss socket
+    (b"https://localhost:443", b"localhost:443", "ws"),
+    (b"http://127.0.0.1:8000", b"localhost:8000", "ws"),  # another host name
+    (b"http://evil.example", b"evil.example", "ws"),  # Host not in ALLOWED_HOSTS (DNS rebinding)
+    (b"http://localhost", None, "ws"),  # no Host: no own origin to compare with
+    (b"http://evil.example", b"localhost", "ws"),
+    (b"https://localhost.evil.example", b"localhost", "ws"),
+    (b"null", b"localhost", "ws"),
+    (b"file://", b"localhost", "ws"),
+    (b"ws://localhost", b"localhost", "ws"),
+    (b"http://evil.example@localhost", b"localhost", "ws"),
+    (b"http://localhost/", b"localhost", "ws"),
+]
+
+
+@pytest.mark.parametrize(("origin", "host", "scheme"), CROSS_ORIGIN)
+async def test_cross_origin_is_refused_and_logged(caplog, origin, host, scheme):
     ada = await make_user("ada")
-    token = await make_token(ada)
     with caplog.at_level(logging.WARNING, logger="parley.security"):
-        ok, _ = await handshake([bearer(token), (b"origin", origin)])
-    assert not ok
-    records = [r for r in caplog.records if r.name == "parley.security"]
-    assert records, "the refusal was not logged"
-    assert any("origin" in r.getMessage().lower() for r in records)
+        assert not await origin_handshake(origin, host, scheme=scheme, cookie_of="ada")
+        assert not await origin_handshake(origin, host, scheme=scheme, token_of=ada)
+    assert any("origin" in r.getMessage().lower() for r in caplog.records if r.name == "parley.security")
 
 
-@pytest.mark.parametrize("origin", [b"http://localhost", b"http://127.0.0.1:8000", b"https://localhost:4443",
-                                    b"http://[::1]:8000"])
-async def test_allowed_origins(origin):
+@pytest.mark.parametrize("origin", [b"http://[", b"http://[::1", b"http://localhost:99999",
+                                    b"http://localhost:port", b"http://", b"\xff\xfe", b"", b" "])
+async def test_malformed_origin_is_refused_not_an_error(origin):
     ada = await make_user("ada")
-    ok, client = await handshake([bearer(await make_token(ada)), (b"origin", origin)])
-    assert ok
-    await client.close()
+    assert not await origin_handshake(origin, cookie_of="ada")
+    assert not await origin_handshake(origin, token_of=ada)
+
+
+@pytest.mark.parametrize("value", ["http://[", "http://a:99999", "http://a:x", "null", "", "ftp://a",
+                                   "http://", "//localhost", "localhost", "http://localhost/",
+                                   "http://localhost/x", "http://u@localhost", "http://localhost?q",
+                                   "http://localhost#f"])
+def test_parse_origin_refuses_what_is_not_an_origin(value):
+    assert ws_auth.parse_origin(value) is None
+
+
+def test_parse_origin_normalizes():
+    assert ws_auth.parse_origin("HTTP://LocalHost") == ("http", "localhost", 80)
+    assert ws_auth.parse_origin("https://[::1]") == ("https", "::1", 443)
+    assert ws_auth.parse_origin("http://a.example:8080") == ("http", "a.example", 8080)
+
+
+@override_settings(PARLEY_ALLOWED_ORIGINS=["https://chat.example.com/", "https://*.apps.example.com:8443"],
+                   CSRF_TRUSTED_ORIGINS=["https://admin.example.org"])
+@pytest.mark.parametrize(("origin", "accepted"), [
+    (b"https://chat.example.com", True),
+    (b"https://chat.example.com:443", True),
+    (b"https://admin.example.org", True),  # CSRF_TRUSTED_ORIGINS count too
+    (b"https://apps.example.com:8443", True),
+    (b"https://a.apps.example.com:8443", True),
+    (b"http://chat.example.com", False),
+    (b"https://chat.example.com:8443", False),
+    (b"https://a.apps.example.com", False),
+    (b"https://badapps.example.com:8443", False),
+    (b"https://example.com", False),
+])
+async def test_configured_origins(origin, accepted):
+    """Behind a proxy that sends its own Host (or terminates TLS without X-Forwarded-Proto) the
+    public origin is configured: only it, exactly, is accepted."""
+    await make_user("ada")
+    assert await origin_handshake(origin, b"127.0.0.1:8000", cookie_of="ada") is accepted
 
 
 async def test_no_origin_with_token_is_accepted():
@@ -275,3 +368,39 @@ def test_http_no_credentials_is_401():
     response = DjangoClient().get("/api/me")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthenticated"
+
+
+# --- through a real uvicorn -------------------------------------------------------------------
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+@pytest.mark.slow
+def test_malformed_origin_and_api_errors_through_uvicorn():
+    """What the wire shows: a 403 for `Origin: http://[` (it was a ValueError and a 500), and a
+    JSON 401 where Django's CSRF page was."""
+    from tests.support.server import ServerProcess
+
+    with ServerProcess() as server:
+        token = server.create_token("ada")
+        for origin in (b"http://[", b"http://127.0.0.1:1", b"http://127.0.0.1:99999"):
+            reply = raw_exchange(server.port, b"GET /ws/chat/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                                 b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: %s\r\n"
+                                 b"Authorization: Bearer %s\r\n\r\n" % (server.port, origin, token.encode()))
+            assert reply.startswith(b"HTTP/1.1 403"), (origin, reply[:200])
+        reply = raw_exchange(server.port, b"POST /api/rooms HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        assert reply.startswith(b"HTTP/1.1 401") and b"application/json" in reply, reply[:300]
+        assert "ValueError" not in server.log_tail(200)

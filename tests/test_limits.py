@@ -1,6 +1,7 @@
 """chat.limits and the limits the consumer enforces: each limit's error or close code, tested."""
 
 import asyncio
+import logging
 
 import pytest
 from channels.db import database_sync_to_async
@@ -10,7 +11,7 @@ from django.test import override_settings
 from chat import limits
 from chat.models import Message
 from config.asgi import application
-from tests.conftest import ORIGIN, make_room, make_token, make_user
+from tests.conftest import HOST, ORIGIN, make_room, make_token, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,7 +161,8 @@ async def test_sockets_per_user(connect):
     first, _second = await connect(user), await connect(user)
     token = await make_token(user)
     third = WebsocketCommunicator(application, "/ws/chat/",
-                                  headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN)])
+                                  headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN),
+                                          (b"host", HOST)])
     connected, _ = await third.connect()
     assert connected
     assert (await third.receive_json_from())["code"] == "too_many_sockets"
@@ -171,20 +173,60 @@ async def test_sockets_per_user(connect):
     assert fourth.hello["type"] == "hello"
 
 
-async def test_handshake_rate_per_address(settings):
-    settings.PARLEY_HANDSHAKES_PER_IP_PER_MIN = 2
-    user = await make_user("reconnector")
-    token = await make_token(user)
-    results = []
-    for _ in range(3):
-        ws = WebsocketCommunicator(application, "/ws/chat/",
-                                   headers=[(b"authorization", f"Bearer {token}".encode())])
-        ws.scope["client"] = ("198.51.100.7", 5555)  # read by the app when it starts running
-        connected, _ = await ws.connect()
-        results.append(connected)
-        if connected:
-            await ws.disconnect()
+async def handshake_from(address: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    ws = WebsocketCommunicator(application, "/ws/chat/", headers=[*headers, (b"host", HOST)])
+    ws.scope["client"] = (address, 5555)  # read by the app when it starts running
+    connected, _ = await ws.connect()
+    if connected:
+        await ws.disconnect()
+    return connected
+
+
+def session_cookie(username: str) -> tuple[bytes, bytes]:
+    from django.test import Client as HttpClient
+
+    client = HttpClient()
+    assert client.login(username=username, password="correct-horse-battery")
+    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+
+async def test_refused_handshakes_spend_the_address_budget_not_its_users(settings, caplog):
+    """Someone behind the same address (NAT) failing handshakes must not lock the others out."""
+    settings.PARLEY_HANDSHAKES_PER_IP_PER_MIN = 3
+    address = "198.51.100.7"
+    ada = await make_user("ada")
+    token = await make_token(ada)
+    cookie = await database_sync_to_async(session_cookie)("ada")
+    anonymous = [[(b"origin", ORIGIN)], [], [(b"origin", b"http://evil.example"), (b"authorization", b"Bearer x")],
+                 [(b"origin", ORIGIN), (b"cookie", b"sessionid=made-up")]]
+    assert [await handshake_from(address, h) for h in anonymous] == [False] * 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="parley.security"):
+        # spent: a handshake without credentials is refused before any check (and not logged) …
+        assert not await handshake_from(address, [(b"origin", ORIGIN)])
+    assert not [r for r in caplog.records if r.name == "parley.security"]
+    # … while real users at the address still get in, by token and by cookie, again and again
+    for _ in range(5):
+        assert await handshake_from(address, [(b"authorization", f"Bearer {token}".encode())])
+        assert await handshake_from(address, [(b"origin", ORIGIN), cookie])
+    assert await handshake_from("198.51.100.8", [(b"origin", ORIGIN)]) is False  # another address
+
+
+async def test_authenticated_handshakes_spend_their_users_budget(settings, caplog):
+    settings.PARLEY_HANDSHAKES_PER_USER_PER_MIN = 2
+    ada, bob = await make_user("ada"), await make_user("bob")
+    ada_token, bob_token = await make_token(ada), await make_token(bob)
+    address = "198.51.100.9"
+    with caplog.at_level(logging.WARNING, logger="parley.security"):
+        results = [await handshake_from(address, [(b"authorization", f"Bearer {ada_token}".encode())])
+                   for _ in range(3)]
     assert results == [True, True, False]
+    assert any("handshake rate limit" in r.getMessage() for r in caplog.records)
+    # the address is not blamed: another user there, and ada from elsewhere, carry on
+    assert await handshake_from(address, [(b"authorization", f"Bearer {bob_token}".encode())])
+    settings.PARLEY_HANDSHAKES_PER_USER_PER_MIN = 60  # one a second: ada waits ~1 s, no minute
+    await asyncio.sleep(1.1)
+    assert await handshake_from("198.51.100.10", [(b"authorization", f"Bearer {ada_token}".encode())])
 
 
 @override_settings(PARLEY_OUTBOUND_MAX_MESSAGES=5)
@@ -204,7 +246,8 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connec
     await fast.join("lobby")
     token = await make_token(await make_user("slow"))
     slow = WebsocketCommunicator(slow_network, "/ws/chat/",
-                                 headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN)])
+                                 headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN),
+                                          (b"host", HOST)])
     assert (await slow.connect())[0]
     await slow.send_json_to({"type": "join", "room": "lobby"})
     for i in range(12):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -73,7 +74,121 @@ def test_api_unauthenticated_is_json_401():
         assert response.status_code == 401, path
         assert response.json()["error"]["code"] == "unauthenticated"
     response = post_json(Client(), "/api/tokens", {"name": "x"})
-    assert response.status_code in (401, 403)
+    assert response.status_code == 401
+
+
+# --- errors: the documented JSON, in the documented order (docs/protocol.md §8) ---------------
+
+WRITES = [("post", "/api/rooms"), ("post", "/api/tokens"), ("delete", "/api/tokens/{token}"),
+          ("post", "/api/rooms/secret/members"), ("delete", "/api/rooms/secret/members/bob")]
+
+
+def call(client: Client, method: str, path: str, **kwargs: Any) -> Any:
+    if method in ("post", "put"):
+        return getattr(client, method)(path, data=json.dumps({"slug": "x", "title": "X", "name": "n",
+                                                               "username": "bob"}),
+                                       content_type="application/json", **kwargs)
+    return getattr(client, method)(path, **kwargs)
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    assert response["Content-Type"] == "application/json", response.content[:300]
+    error = response.json()["error"]
+    assert error["code"] == code and isinstance(error["message"], str) and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(("method", "path"), WRITES)
+def test_unauthenticated_writes_are_401_json_not_the_csrf_page(method, path):
+    """Authentication is checked before CSRF: no credentials is a 401, as for reads."""
+    assert_error(call(Client(enforce_csrf_checks=True), method, path.format(token=1)), 401,
+                 "unauthenticated")
+
+
+@pytest.mark.parametrize(("method", "path"), WRITES)
+def test_session_writes_without_the_csrf_token_are_403_json(method, path):
+    ada, bob = user("ada"), user("bob")
+    secret = services.room_create(slug="secret", title="S", owner=ada, is_private=True)
+    services.membership_add(room=secret, user=bob)
+    path = path.format(token=services.token_create(user=ada, name="t")[0].pk)
+    client = logged_in("ada", csrf=True)
+    error = assert_error(call(client, method, path), 403, "csrf_failed")
+    assert "X-CSRFToken" in error["message"]
+    assert Room.objects.count() == 1 and ApiToken.objects.filter(revoked_at=None).count() == 1
+    assert secret.memberships.count() == 2
+    # with the token the same request goes through
+    response = call(client, method, path, headers={"X-CSRFToken": csrf_token(client)})
+    assert response.status_code in (200, 201), response.content
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("post", "/api/me", "GET"),
+    ("delete", "/api/me", "GET"),
+    ("delete", "/api/rooms", "GET, POST"),
+    ("put", "/api/rooms/lobby/messages", "GET"),
+    ("post", "/api/rooms/lobby/messages", "GET"),
+    ("put", "/api/tokens", "GET, POST"),
+    ("get", "/api/tokens/1", "DELETE"),
+    ("put", "/api/rooms/lobby/members", "GET, POST"),
+    ("get", "/api/rooms/lobby/members/ada", "DELETE"),
+])
+def test_other_methods_are_405_json(method, path, allow):
+    ada = user("ada")
+    services.room_create(slug="lobby", title="Lobby")
+    for client, kwargs in ((Client(), {"headers": auth(token(ada))}), (logged_in("ada", csrf=True), {})):
+        response = call(client, method, path, **kwargs)
+        assert_error(response, 405, "method_not_allowed")
+        assert response["Allow"] == allow
+    assert Room.objects.count() == 1
+
+
+def test_head_is_not_taken_for_a_write():
+    """HEAD is refused, not served: the views would take any method but GET for a write."""
+    user("ada")
+    client = logged_in("ada")
+    for path in ("/api/me", "/api/rooms", "/api/tokens"):
+        response = client.head(path)  # (the test client drops a HEAD answer's body)
+        assert response.status_code == 405 and "HEAD" not in response["Allow"]
+    assert not Room.objects.exists() and not ApiToken.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["/api/", "/api/nope", "/api/rooms/", "/api/rooms/lobby",
+                                  "/api/rooms/lobby/messages/", "/api/tokens/x", "/api/me/"])
+def test_unknown_api_paths_are_404_json(path):
+    ada = user("ada")
+    for client, kwargs in ((Client(), {}), (Client(), {"headers": auth(token(ada))}),
+                           (logged_in("ada", csrf=True), {})):
+        assert_error(client.get(path, **kwargs), 404, "not_found")
+        assert_error(call(client, "post", path, **kwargs), 404, "not_found")
+
+
+def test_an_unexpected_error_is_500_json(monkeypatch):
+    ada = user("ada")
+
+    def broken(**kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("chat.selectors.room_list_visible", broken)
+    response = Client(raise_request_exception=False).get("/api/rooms", headers=auth(token(ada)))
+    assert_error(response, 500, "internal_error")
+
+
+def test_a_body_over_djangos_size_cap_is_400_json(settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    ada = user("ada")
+    response = post_json(Client(), "/api/rooms", {"slug": "big", "title": "t" * 2000}, headers=auth(token(ada)))
+    assert_error(response, 400, "bad_request")
+
+
+@pytest.mark.parametrize("path", ["/api/rooms", "/api/tokens", "/api/rooms/secret/members"])
+@pytest.mark.parametrize("raw", ["[" * 100_000, '{"a":' * 100_000, "not json", "[1]"])
+def test_bad_json_bodies_are_400_bad_json(path, raw):
+    ada = user("ada")  # a session: POST /api/tokens takes no bearer token
+    services.room_create(slug="secret", title="S", owner=ada, is_private=True)
+    response = logged_in("ada").post(path, data=raw, content_type="application/json")
+    assert_error(response, 400, "bad_json")
+    assert Room.objects.count() == 1 and ApiToken.objects.count() == 0
 
 
 # --- /api/rooms -------------------------------------------------------------------------------
@@ -125,6 +240,76 @@ def test_create_duplicate_room_is_409():
     assert Room.objects.count() == 1
 
 
+def test_a_taken_slug_says_room_exists_only_for_a_room_the_caller_can_see(settings):
+    """Others' private rooms and reserved slugs get one answer, so it cannot tell them apart."""
+    settings.PARLEY_RESERVED_SLUGS = ["reserved"]
+    ada, bob, carol = user("ada"), user("bob"), user("carol")
+    services.room_create(slug="lobby", title="Lobby")
+    shared = services.room_create(slug="shared", title="S", owner=bob, is_private=True)
+    services.membership_add(room=shared, user=ada)
+    services.room_create(slug="hidden", title="H", owner=bob, is_private=True)
+    h = auth(token(ada))
+    answers = {slug: post_json(Client(), "/api/rooms", {"slug": slug, "title": "Mine", "private": private},
+                               headers=h)
+               for slug, private in (("lobby", False), ("shared", True), ("hidden", False),
+                                     ("reserved", False))}
+    for slug in ("lobby", "shared"):
+        assert_error(answers[slug], 409, "room_exists")
+    hidden, reserved = (assert_error(answers[s], 409, "slug_unavailable") for s in ("hidden", "reserved"))
+    assert hidden == {**reserved, "message": reserved["message"].replace("reserved", "hidden")}
+    assert "private" not in hidden["message"] and "exists" not in hidden["message"]
+    assert Room.objects.count() == 3
+    # the room's owner, and a member, are told it exists
+    assert_error(post_json(Client(), "/api/rooms", {"slug": "hidden", "title": "X"}, headers=auth(token(bob))),
+                 409, "room_exists")
+    assert_error(post_json(Client(), "/api/rooms", {"slug": "hidden", "title": "X"}, headers=auth(token(carol))),
+                 409, "slug_unavailable")
+
+
+@pytest.fixture
+def room_buckets() -> Any:
+    """Forgets the room-creation buckets a test drained: user ids come round again."""
+    from chat import views
+
+    used: list[int] = []
+    yield used.append
+    for pk in used:
+        views._room_creations.forget(pk)
+
+
+def test_room_creation_is_rate_limited_per_user(settings, room_buckets):
+    settings.PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR = 3
+    ada, bob = user("ada"), user("bob")
+    room_buckets(ada.pk)
+    room_buckets(bob.pk)
+    services.room_create(slug="lobby", title="Lobby")
+    h = auth(token(ada))
+    assert post_json(Client(), "/api/rooms", {"slug": "lobby", "title": "X"}, headers=h).status_code == 409
+    assert post_json(Client(), "/api/rooms", {"slug": "bad slug", "title": "X"}, headers=h).status_code == 400
+    assert post_json(Client(), "/api/rooms", {"slug": "r1", "title": "X"}, headers=h).status_code == 201
+    response = post_json(Client(), "/api/rooms", {"slug": "r2", "title": "X"}, headers=h)
+    error = assert_error(response, 429, "rate_limited")
+    assert 1_100_000 < error["retry_after_ms"] <= 1_200_000  # 3 an hour: one every 20 minutes
+    assert 1100 < int(response["Retry-After"]) <= 1200
+    assert not Room.objects.filter(slug="r2").exists()
+    assert Client().get("/api/rooms", headers=h).status_code == 200  # listing is not charged
+    assert post_json(Client(), "/api/rooms", {"slug": "r2", "title": "X"}, headers=auth(token(bob))).status_code == 201
+
+
+def test_rooms_owned_per_user_are_capped(settings):
+    settings.PARLEY_MAX_ROOMS_OWNED_PER_USER = 2
+    ada, bob = user("ada"), user("bob")
+    h = auth(token(ada))
+    for slug in ("a1", "a2"):
+        assert post_json(Client(), "/api/rooms", {"slug": slug, "title": "A", "private": True}, headers=h).status_code == 201
+    assert_error(post_json(Client(), "/api/rooms", {"slug": "a3", "title": "A"}, headers=h), 403,
+                 "too_many_rooms_owned")
+    assert not Room.objects.filter(slug="a3").exists()
+    assert post_json(Client(), "/api/rooms", {"slug": "b1", "title": "B"}, headers=auth(token(bob))).status_code == 201
+    Room.objects.filter(slug="a1").delete()  # a deleted room frees its place
+    assert post_json(Client(), "/api/rooms", {"slug": "a3", "title": "A"}, headers=h).status_code == 201
+
+
 @pytest.mark.parametrize("body", [
     {"slug": "", "title": "x"},
     {"slug": "has space", "title": "x"},
@@ -157,13 +342,13 @@ def test_create_room_bad_json(raw):
 
 def test_rooms_other_methods_are_refused():
     ada = user("ada")
-    assert Client().delete("/api/rooms", headers=auth(token(ada))).status_code == 405
+    assert_error(Client().delete("/api/rooms", headers=auth(token(ada))), 405, "method_not_allowed")
 
 
 def test_create_room_with_session_needs_csrf():
     user("ada")
     client = logged_in("ada", csrf=True)
-    assert post_json(client, "/api/rooms", {"slug": "a", "title": "A"}).status_code == 403
+    assert_error(post_json(client, "/api/rooms", {"slug": "a", "title": "A"}), 403, "csrf_failed")
     csrf = csrf_token(client)
     response = post_json(client, "/api/rooms", {"slug": "a", "title": "A"}, headers={"X-CSRFToken": csrf})
     assert response.status_code == 201
@@ -196,10 +381,17 @@ def test_messages_paging():
     assert len(page["messages"]) == 100  # clamped to the page maximum
     page = c.get("/api/rooms/lobby/messages?before=1", headers=h).json()
     assert page == {"messages": [], "has_more": False}
+    page = c.get(f"/api/rooms/lobby/messages?before={2**53}&limit=2", headers=h).json()
+    assert [m["seq"] for m in page["messages"]] == [119, 120]
 
 
-@pytest.mark.parametrize("query", ["?before=x", "?limit=ten", "?before=1.5", "?limit=0", "?limit=-3",
-                                   "?before=0", f"?before={2**53 + 1}", f"?before={2**64}", f"?limit={10**30}"])
+@pytest.mark.parametrize("query", [
+    "?before=x", "?limit=ten", "?before=1.5", "?limit=0", "?limit=-3", f"?limit={10**30}",
+    # beyond 64 bits (SQLite raised OverflowError: a 500), beyond 2^53, and not plain digits
+    "?before=18446744073709551616", "?before=9223372036854775808", f"?before={2**53 + 1}",
+    f"?before={'9' * 5000}", "?before=0", "?before=-1", "?before=%2B5", "?before=%205", "?before=1_0",
+    "?before=%D9%A3",
+])
 def test_messages_bad_query(query):
     ada = user("ada")
     services.room_create(slug="lobby", title="Lobby")
@@ -303,6 +495,101 @@ def test_login_with_wrong_password_stays_on_the_page():
     response = client.post("/accounts/login/", {"username": "ada", "password": "wrong"})
     assert response.status_code == 200
     assert client.get("/api/me").status_code == 401
+
+
+# --- sign-in and sign-up limits (chat/throttles.py) -------------------------------------------
+
+def sign_in(username: str, password: str, address: str, path: str = "/accounts/login/") -> Any:
+    client = Client()
+    response = client.post(path, {"username": username, "password": password}, REMOTE_ADDR=address)
+    response.signed_in = client.get("/api/me").status_code == 200
+    return response
+
+
+def assert_throttled(response: Any, max_wait_secs: float) -> None:
+    assert response.status_code == 429, response.status_code
+    assert 0 < int(response["Retry-After"]) <= max_wait_secs
+    assert b"Too many" in response.content and b"Try again in" in response.content
+    assert not response.signed_in
+
+
+def test_login_failures_per_username_lock_the_username_from_every_address(settings):
+    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3
+    user("carol_u")
+    for i in range(3):
+        response = sign_in("carol_u", f"wrong-{i}", "203.0.113.1")
+        assert response.status_code == 200 and not response.signed_in
+    assert_throttled(sign_in("carol_u", "wrong-3", "203.0.113.1"), 1200)
+    assert_throttled(sign_in("carol_u", PASSWORD, "203.0.113.1"), 1200)  # even the right one
+    assert_throttled(sign_in("CAROL_U", PASSWORD, "203.0.113.2"), 1200)  # and from elsewhere
+    user("dave_u")
+    assert sign_in("dave_u", PASSWORD, "203.0.113.1").signed_in  # the address is not blamed
+    # the bucket refills: at 3,600 an hour one more attempt is allowed a second later
+    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3600
+    time.sleep(1.1)
+    assert sign_in("carol_u", PASSWORD, "203.0.113.1").signed_in
+
+
+def test_login_failures_per_address_lock_the_address(settings):
+    settings.PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR = 3
+    user("erin_a")
+    for name in ("nobody_a1", "nobody_a2", "erin_a"):
+        assert sign_in(name, "wrong-password", "203.0.113.3").status_code == 200
+    assert_throttled(sign_in("erin_a", PASSWORD, "203.0.113.3"), 1200)
+    assert_throttled(sign_in("nobody_a3", "x", "203.0.113.3"), 1200)
+    assert sign_in("erin_a", PASSWORD, "203.0.113.4").signed_in
+
+
+def test_a_successful_login_forgives_the_usernames_failures(settings):
+    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3
+    user("frank_s")
+    for _ in range(2):
+        assert sign_in("frank_s", "wrong-password", "203.0.113.5").status_code == 200
+    assert sign_in("frank_s", PASSWORD, "203.0.113.5").signed_in
+    for _ in range(3):
+        assert sign_in("frank_s", "wrong-password", "203.0.113.5").status_code == 200
+    assert_throttled(sign_in("frank_s", "wrong-password", "203.0.113.5"), 1200)
+
+
+def test_admin_login_failures_are_limited_too(settings):
+    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 2
+    get_user_model().objects.create_superuser("root_t", "root@example.com", PASSWORD)
+    for _ in range(2):
+        response = sign_in("root_t", "wrong-password", "203.0.113.6", path="/admin/login/")
+        assert response.status_code == 200
+    response = sign_in("root_t", PASSWORD, "203.0.113.6", path="/admin/login/")
+    assert_throttled(response, 1800)
+    assert int(response["Retry-After"]) > 1700  # 2 an hour: one every 30 minutes
+
+
+def signup_post(username: str, address: str, password: str = "a-Str0ng-passphrase!",
+                again: str | None = None) -> Any:
+    return Client().post("/accounts/signup/", {"username": username, "password1": password,
+                                               "password2": again or password}, REMOTE_ADDR=address)
+
+
+def test_signups_per_address_are_limited(settings):
+    settings.PARLEY_SIGNUPS_PER_IP_PER_HOUR = 2
+    assert signup_post("s_one", "203.0.113.7", again="mismatch-passphrase!").status_code == 200  # free
+    assert signup_post("s_one", "203.0.113.7").status_code == 302
+    assert signup_post("s_two", "203.0.113.7").status_code == 302
+    response = signup_post("s_three", "203.0.113.7")
+    assert response.status_code == 429 and 1700 < int(response["Retry-After"]) <= 1800
+    assert b"Too many accounts" in response.content
+    assert not get_user_model().objects.filter(username="s_three").exists()
+    assert signup_post("s_three", "203.0.113.8").status_code == 302
+
+
+@pytest.mark.parametrize("password", ["86753091234567", " " * 12, "\t" * 10, "a" + " " * 11,
+                                      "ab  cd  ef  g"])
+def test_signup_refuses_numeric_and_mostly_blank_passwords(password):
+    response = signup_post("weak", "203.0.113.9", password=password)
+    assert response.status_code == 200
+    assert not get_user_model().objects.filter(username="weak").exists()
+
+
+def test_signup_accepts_a_passphrase_with_spaces():
+    assert signup_post("phrase", "203.0.113.10", password="  purple otter ladder  ").status_code == 302
 
 
 def test_signup_when_logged_in_redirects():
