@@ -10,8 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
 
-from chat import limits, protocol
-from chat.ws_auth import HandshakeRateLimit
+from chat import limits, protocol, ws_auth
 from tests.conftest import make_room, make_token, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -146,21 +145,24 @@ async def test_an_admin_is_staff_or_superuser(connect, flags):
     assert (await plain.request({"type": "join", "room": "secret"}))["code"] == "room_not_found"
 
 
-def test_the_handshake_limit_is_a_token_bucket(monkeypatch, settings):
-    """§7: PARLEY_HANDSHAKES_PER_IP_PER_MIN tokens per address, refilled continuously at that
-    many per minute: neither a fixed nor a sliding window."""
-    settings.PARLEY_HANDSHAKES_PER_IP_PER_MIN = 120
+@pytest.mark.parametrize("bucket_map", ["_refused_by_address", "_by_user"])
+def test_the_handshake_limits_are_token_buckets(monkeypatch, settings, bucket_map):
+    """§7: PARLEY_HANDSHAKES_PER_IP_PER_MIN (refused handshakes per address) and
+    PARLEY_HANDSHAKES_PER_USER_PER_MIN are that many tokens per key, refilled continuously at
+    that many per minute: neither a fixed nor a sliding window."""
+    settings.PARLEY_HANDSHAKES_PER_IP_PER_MIN = settings.PARLEY_HANDSHAKES_PER_USER_PER_MIN = 120
     clock = [1000.0]
     monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
-    guard = HandshakeRateLimit(lambda *a: None)
-    assert all(guard.buckets.take("203.0.113.9") == 0 for _ in range(120))  # the whole burst at once
-    assert guard.buckets.take("203.0.113.9") == pytest.approx(0.5)  # then one every 60/120 s
+    buckets = getattr(ws_auth, bucket_map)
+    monkeypatch.setattr(buckets, "_buckets", {})
+    assert all(buckets.take("k1") == 0 for _ in range(120))  # the whole burst at once
+    assert buckets.take("k1") == pytest.approx(0.5)  # then one every 60/120 s
     clock[0] += 0.5
-    assert guard.buckets.take("203.0.113.9") == 0
-    assert guard.buckets.take("203.0.113.9") > 0
+    assert buckets.take("k1") == 0
+    assert buckets.take("k1") > 0
     clock[0] += 30  # half a minute refills 60, not a window's worth
-    assert sum(guard.buckets.take("203.0.113.9") == 0 for _ in range(100)) == 60
-    assert guard.buckets.take("198.51.100.1") == 0  # per address
+    assert sum(buckets.take("k1") == 0 for _ in range(100)) == 60
+    assert buckets.take("k2") == 0  # per key
 
 
 def test_protocol_max_seq_is_two_to_the_53():
