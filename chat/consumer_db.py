@@ -1,8 +1,9 @@
-"""The consumer's database work: one hop to the database thread (chat.dbthread) per command.
+"""The consumer's database work: one hop to the read thread (chat.dbthread) per command.
 
 Each function bundles the authorization check with the read it guards, so checking access on
 every command — not only at join — costs no extra round trip to the thread pool. Sends go
-through chat.ingest instead, which batches them into shared transactions.
+through chat.ingest instead, which batches them into shared transactions on the other thread
+(chat.dbthread says why reads and writes have a lane each).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 from django.conf import settings
 
 from chat import protocol, selectors
-from chat.dbthread import Batched, database_thread
+from chat.dbthread import Batched, read_thread
 from chat.models import Message, Room
 
 P = ParamSpec("P")
@@ -22,7 +23,7 @@ R = TypeVar("R")
 
 
 def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """fn, run on the database thread (chat.dbthread); the caller awaits its result.
+    """fn, run on the read thread (chat.dbthread); the caller awaits its result.
 
     It used to be database_sync_to_async in a child task: asgiref copies the thread's context
     variables back into the caller's context after every call, re-homing the storage of each
@@ -32,7 +33,7 @@ def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-        return database_thread.submit(fn, *args, **kwargs)
+        return read_thread.submit(fn, *args, **kwargs)
 
     return call
 
@@ -46,7 +47,7 @@ def load_room(user: Any, slug: str) -> Awaitable[Room | None]:
 
 
 _load_rooms: Batched[tuple[Any, str], Room | None] = Batched(
-    lambda wanted: selectors.rooms_get_visible(wanted=wanted))
+    lambda wanted: selectors.rooms_get_visible(wanted=wanted), thread=read_thread)
 
 
 def join_snapshot(user: Any, cmd: protocol.Join) -> Awaitable[Snapshot | None]:
@@ -72,7 +73,7 @@ def join_snapshots(items: list[tuple[Any, protocol.Join]]) -> list[Snapshot | No
             for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))]
 
 
-_join_snapshots: Batched[tuple[Any, protocol.Join], Snapshot | None] = Batched(join_snapshots)
+_join_snapshots: Batched[tuple[Any, protocol.Join], Snapshot | None] = Batched(join_snapshots, thread=read_thread)
 
 
 def _resumable(room: Room, cmd: protocol.Join) -> bool:
@@ -125,6 +126,19 @@ def _fit(messages: list[Message], has_more: bool) -> tuple[list[Message], bool]:
     if kept == len(messages):
         return messages, has_more
     return messages[len(messages) - max(kept, 1):], True
+
+
+# What a history request costs before its page is read (chat.limits.ByteBudget): at most its
+# reply frame's bytes. A message adds at most its text (4 bytes per character in UTF-8) and its
+# fields; the page is cut to PARLEY_REPLY_MAX_BYTES. The read is then charged what it sent.
+MESSAGE_FIELDS_BYTES = 256
+HISTORY_MIN_COST_BYTES = 1024  # even an empty page is a query and a frame
+
+
+def history_reserve_bytes(limit: int) -> int:
+    """The most a `history` reply of `limit` messages can cost (reserved before the read)."""
+    per_message = 4 * settings.PARLEY_MAX_TEXT_CHARS + MESSAGE_FIELDS_BYTES
+    return HISTORY_MIN_COST_BYTES + min(limit * per_message, settings.PARLEY_REPLY_MAX_BYTES)
 
 
 @db_call

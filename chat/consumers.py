@@ -44,6 +44,8 @@ _sockets_per_user: dict[int, int] = {}
 _room_ids: dict[str, int] = {}
 ROOM_ID_CACHE_MAX = 100_000
 _user_message_buckets = limits.BucketMap(limits.MESSAGES_PER_SEC, limits.MESSAGES_BURST)
+_history_budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
+                                    limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
 
 
 def heartbeat_timeout_secs() -> float:
@@ -372,15 +374,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def do_history(self, cmd: protocol.History, ref: str | None) -> None:
         sub = self._joined(cmd.room)
-        result = await db.history(self.user, sub.room_id, cmd.before, cmd.limit)
-        if result is None:
-            await self._unsubscribe(sub)
-            raise _room_not_found(cmd.room)
-        messages, has_more = result
-        await self.send_frame(_with_ref({
-            "type": "history", "room": sub.slug, "has_more": has_more,
-            "messages": [message_payload(m, room_slug=sub.slug) for m in messages],
-        }, ref))
+        # Charged before the read, for the largest reply it could give; settled to the reply's
+        # real size after (chat.limits.ByteBudget).
+        wait, reserved = _history_budget.reserve(self.user.pk, db.history_reserve_bytes(cmd.limit))
+        if wait:
+            raise ProtocolError(protocol.RATE_LIMITED, "too much history read; retry later",
+                                room=sub.slug, retry_after_ms=_ms(wait))
+        used = db.HISTORY_MIN_COST_BYTES
+        try:
+            result = await db.history(self.user, sub.room_id, cmd.before, cmd.limit)
+            if result is None:
+                await self._unsubscribe(sub)
+                raise _room_not_found(cmd.room)
+            messages, has_more = result
+            text, size = protocol.encode_sized(_with_ref({
+                "type": "history", "room": sub.slug, "has_more": has_more,
+                "messages": [message_payload(m, room_slug=sub.slug) for m in messages],
+            }, ref))
+            used = max(used, size)
+            self._put(text, size)
+        finally:
+            _history_budget.settle(self.user.pk, reserved, used)
 
     async def do_typing(self, cmd: protocol.Typing, ref: str | None) -> None:
         sub = self._joined(cmd.room)

@@ -65,6 +65,21 @@ REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 512 * 1024, "byt
 TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
                                "typing events relayed per socket and room at most this often")
 
+# --- database reads and slow readers (issue 12, items 4 and 5) ---
+# A history page is charged in bytes of its reply frame: a page of 100 4,000-character messages
+# costs the database thread and the event loop ~2,000 times what a page of one short message does.
+HISTORY_BYTES_PER_SEC = Limit("history read rate", "PARLEY_HISTORY_BYTES_PER_SEC", 1024 * 1024,
+                              "bytes/s per user", "bytes of history replies per user, all their "
+                              "sockets in a process together (token bucket)")
+HISTORY_BURST_BYTES = Limit("history read burst", "PARLEY_HISTORY_BURST_BYTES", 4 * 1024 * 1024,
+                            "bytes", "history reply bytes a user may read at once before the rate applies")
+HISTORY_PROCESS_BYTES_PER_SEC = Limit("history read rate (process)", "PARLEY_HISTORY_PROCESS_BYTES_PER_SEC",
+                                      16 * 1024 * 1024, "bytes/s per process",
+                                      "bytes of history replies per server process, all users together")
+HISTORY_PROCESS_BURST_BYTES = Limit("history read burst (process)", "PARLEY_HISTORY_PROCESS_BURST_BYTES",
+                                    16 * 1024 * 1024, "bytes",
+                                    "history reply bytes a process may serve at once before its rate applies")
+
 ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
 
 STRIKE_WINDOW_SECS = 10.0
@@ -90,6 +105,13 @@ class TokenBucket:
             self.tokens -= cost
             return 0.0
         return (cost - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+    def give(self, amount: float) -> None:
+        """Put `amount` tokens back (a refund), or take them if negative, even below zero (a
+        debt that later takes wait out)."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate + amount)
+        self.stamp = now
 
     @property
     def full(self) -> bool:
@@ -134,3 +156,56 @@ class Strikes:
         self.times = [t for t in self.times if now - t < STRIKE_WINDOW_SECS]
         self.times.append(now)
         return len(self.times) >= RATE_STRIKES.value
+
+
+class ByteBudget:
+    """A cost budget in bytes, per key (a user) and for the whole process, each a token bucket.
+
+    Charged before the work: `reserve` takes the request's largest possible cost from both
+    buckets, or takes nothing and says how long to wait. `settle` then gives back what the work
+    did not use (or takes the excess: a bucket may go into debt, and refuses until it is repaid).
+    Reserving the worst case also bounds the work in flight at once: requests that queue for
+    the database hold their reservations until answered.
+    """
+
+    def __init__(self, rate: Limit, burst: Limit, total_rate: Limit, total_burst: Limit) -> None:
+        self._rate, self._burst, self._total_rate, self._total_burst = rate, burst, total_rate, total_burst
+        self._buckets: dict[object, TokenBucket] = {}
+        self._total: TokenBucket | None = None
+
+    def reserve(self, key: object, cost: float) -> tuple[float, float]:
+        """(0.0, amount reserved) if allowed, else (seconds until it would be, 0.0)."""
+        user, total = self._bucket(key), self._total_bucket()
+        cost = min(cost, user.burst, total.burst)  # else a request could never pass
+        wait = user.take(cost)
+        if wait:
+            return wait, 0.0
+        wait = total.take(cost)
+        if wait:
+            user.give(cost)
+            return wait, 0.0
+        return 0.0, cost
+
+    def settle(self, key: object, reserved: float, used: float) -> None:
+        """The reserved work is done and cost `used`: give back the rest (or take the excess)."""
+        self._bucket(key).give(reserved - used)
+        self._total_bucket().give(reserved - used)
+
+    def _bucket(self, key: object) -> TokenBucket:
+        rate, burst = self._rate.value, self._burst.value
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 10_000:
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full}
+            bucket = self._buckets[key] = TokenBucket(rate, burst)
+        else:
+            bucket.rate, bucket.burst = rate, burst
+        return bucket
+
+    def _total_bucket(self) -> TokenBucket:
+        rate, burst = self._total_rate.value, self._total_burst.value
+        if self._total is None:
+            self._total = TokenBucket(rate, burst)
+        else:
+            self._total.rate, self._total.burst = rate, burst
+        return self._total
