@@ -190,13 +190,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.watchdog.cancel()
         if self.outbound is not None:
             self.outbound.stop()
-        if self.counted:
-            self.counted = False
-            left = _sockets_per_user.get(self.user.pk, 1) - 1
-            if left > 0:
-                _sockets_per_user[self.user.pk] = left
-            else:
-                _sockets_per_user.pop(self.user.pk, None)
+        self._release_slot()
         if self.watched:
             self.watched = False
             try:
@@ -588,14 +582,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- the socket itself ------------------------------------------------------------------
 
+    def _release_slot(self) -> None:
+        """Give the user's socket slot (PARLEY_MAX_SOCKETS_PER_USER) back: once, at the close."""
+        if self.counted:
+            self.counted = False
+            left = _sockets_per_user.get(self.user.pk, 1) - 1
+            if left > 0:
+                _sockets_per_user[self.user.pk] = left
+            else:
+                _sockets_per_user.pop(self.user.pk, None)
+
+    def _close_now(self, code: int) -> bool:
+        """Close without waiting on the client: the close frame goes out at once, the user's
+        socket slot is free at once, and the connection is reset if still open
+        PARLEY_CLOSE_GRACE_SECS later (chat.outbound.Outbound.close_now). False if the server
+        cannot do that (not uvicorn's websockets-sansio): the caller closes through ASGI."""
+        self._release_slot()
+        return self.outbound is not None and self.outbound.close_now(code)
+
     async def _close_socket(self, code: int) -> None:
-        if self.outbound is not None:
-            self.outbound.flush()  # what this pass wrote goes before the close frame
-        await self.close(code=code)
+        """The outbound queue's close, once what was queued before it is written (or the grace
+        for that is over)."""
+        if not self._close_now(code):  # (which wrote this pass's frames first)
+            await self.close(code=code)
 
     def _on_outbound_overflow(self) -> None:
         log.warning("closing socket of user %s: it stopped reading (outbound queue over budget)", self.user.pk)
-        asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_READER))
+        if not self._close_now(protocol.CLOSE_SLOW_READER):
+            asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_READER))
 
     def _arm_watchdog(self, delay: float) -> None:
         self.watchdog = asyncio.get_running_loop().call_later(delay, self._check_heartbeat)
@@ -614,7 +628,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.watchdog = None
         log.info("closing a silent socket of user %s after %.0f s", self.user.pk, idle)
-        asyncio.ensure_future(self.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT))
+        if not self._close_now(protocol.CLOSE_HEARTBEAT_TIMEOUT):  # silent may mean not reading
+            asyncio.ensure_future(self.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT))
 
 
 def _ms(seconds: float) -> int:

@@ -50,7 +50,8 @@ HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "PARLEY_HANDSHAKES_PER_IP_PE
 OUTBOUND_MAX_MESSAGES = Limit("outbound queue (messages)", "PARLEY_OUTBOUND_MAX_MESSAGES", 1000,
                               "frames", "frames waiting to be written to one socket")
 OUTBOUND_MAX_BYTES = Limit("outbound queue (bytes)", "PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024,
-                           "bytes", "bytes waiting to be written to one socket")
+                           "bytes", "bytes waiting to be written to one socket, with what its "
+                           "transport buffer and kernel send queue hold once it falls behind")
 HEARTBEAT_INTERVAL_SECS = Limit("heartbeat interval", "PARLEY_HEARTBEAT_INTERVAL_SECS", 25, "s",
                                 "client ping period; silent for 2x + 5 s closes with 4408")
 HISTORY_PAGE_MAX = Limit("history page", "PARLEY_HISTORY_PAGE_MAX", 100, "messages",
@@ -79,6 +80,11 @@ HISTORY_PROCESS_BYTES_PER_SEC = Limit("history read rate (process)", "PARLEY_HIS
 HISTORY_PROCESS_BURST_BYTES = Limit("history read burst (process)", "PARLEY_HISTORY_PROCESS_BURST_BYTES",
                                     16 * 1024 * 1024, "bytes",
                                     "history reply bytes a process may serve at once before its rate applies")
+# A socket the server closes (4413, 4429, 4408 ...) is reset this long after its close frame if
+# the connection is still open: a client that does not read must not hold it, its kernel send
+# queue and its user's socket slot.
+CLOSE_GRACE_SECS = Limit("close grace", "PARLEY_CLOSE_GRACE_SECS", 2, "s",
+                         "after the server's close frame, the TCP connection is reset if it is still open")
 
 ALL = [v for v in list(globals().values()) if isinstance(v, Limit)]
 
