@@ -74,11 +74,13 @@ HISTORY_BYTES_PER_SEC = Limit("history read rate", "PARLEY_HISTORY_BYTES_PER_SEC
                               "sockets in a process together (token bucket)")
 HISTORY_BURST_BYTES = Limit("history read burst", "PARLEY_HISTORY_BURST_BYTES", 4 * 1024 * 1024,
                             "bytes", "history reply bytes a user may read at once before the rate applies")
+# The process's own ceiling (signup is free, so per-user budgets multiply): a history flood at
+# full tilt produced ~45 MB/s of replies and starved everyone; 8 MiB/s is well under that.
 HISTORY_PROCESS_BYTES_PER_SEC = Limit("history read rate (process)", "PARLEY_HISTORY_PROCESS_BYTES_PER_SEC",
-                                      16 * 1024 * 1024, "bytes/s per process",
+                                      8 * 1024 * 1024, "bytes/s per process",
                                       "bytes of history replies per server process, all users together")
 HISTORY_PROCESS_BURST_BYTES = Limit("history read burst (process)", "PARLEY_HISTORY_PROCESS_BURST_BYTES",
-                                    16 * 1024 * 1024, "bytes",
+                                    8 * 1024 * 1024, "bytes",
                                     "history reply bytes a process may serve at once before its rate applies")
 # A socket the server closes (4413, 4429, 4408 ...) is reset this long after its close frame if
 # the connection is still open: a client that does not read must not hold it, its kernel send
