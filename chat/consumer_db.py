@@ -28,7 +28,7 @@ def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     It used to be database_sync_to_async in a child task: asgiref copies the thread's context
     variables back into the caller's context after every call, re-homing the storage of each
     asgiref Local it finds, and called from a socket's task that left ~0.6 KB in every open
-    socket's context. The database thread touches no context at all.
+    socket's context. The read thread touches no context at all.
     """
 
     @functools.wraps(fn)
@@ -42,7 +42,7 @@ Snapshot = tuple[Room, list[Message], bool, bool | None, int, int]
 
 
 def load_room(user: Any, slug: str) -> Awaitable[Room | None]:
-    """The room if this user may see it (selectors.room_get_visible), on the database thread."""
+    """The room if this user may see it (selectors.room_get_visible), on the read thread."""
     return _load_rooms((user, slug))
 
 
@@ -54,7 +54,7 @@ def join_snapshot(user: Any, cmd: protocol.Join) -> Awaitable[Snapshot | None]:
     """(room, messages, has_more, recovered, high_seq, last_seq) for a join, or None if the user
     may not see the room. Read after subscribing (ChatConsumer.do_join).
 
-    Joins that reach the database thread together are read together (join_snapshots): in a
+    Joins that reach the read thread together are read together (join_snapshots): in a
     reconnect storm, each socket's join used to be one hop and two queries of its own.
     """
     return _join_snapshots((user, cmd))
