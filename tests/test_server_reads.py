@@ -181,6 +181,9 @@ async def test_history_flood_from_several_accounts_does_not_starve_others_acks_o
     await ben.close()
 
     assert stats.get("pages", 0) > 0, stats  # the flood did read history
+    # … within its budget: each account's rate (1 MiB/s) over the flood, plus its burst (4 MiB),
+    # with slack for connecting.
+    assert stats["bytes"] <= FLOODERS * ((FLOOD_SECS + 3) * 2**20 + 4 * 2**20), stats
     assert len(ack_latency) == CHAT_MESSAGES, f"{len(ack_latency)} of {CHAT_MESSAGES} acks"
     assert delivered == [f"ann-{i}" for i in range(CHAT_MESSAGES)]  # every message, in order
     report = (f"ack p99 {p99(ack_latency) * 1000:.0f} ms, delivery p99 {p99(delivery_latency) * 1000:.0f} ms, "
