@@ -1,8 +1,9 @@
-"""The consumer's database work: one hop to the database thread (chat.dbthread) per command.
+"""The consumer's database work: one hop to the read thread (chat.dbthread) per command.
 
 Each function bundles the authorization check with the read it guards, so checking access on
 every command — not only at join — costs no extra round trip to the thread pool. Sends go
-through chat.ingest instead, which batches them into shared transactions.
+through chat.ingest instead, which batches them into shared transactions on the other thread
+(chat.dbthread says why reads and writes have a lane each).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 from django.conf import settings
 
 from chat import protocol, selectors
-from chat.dbthread import Batched, database_thread
+from chat.dbthread import Batched, read_thread
 from chat.models import Message, Room
 from chat.payloads import fit_page, messages_bytes
 from chat.revocation import CredentialsRevoked
@@ -25,17 +26,17 @@ R = TypeVar("R")
 
 
 def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """fn, run on the database thread (chat.dbthread); the caller awaits its result.
+    """fn, run on the read thread (chat.dbthread); the caller awaits its result.
 
     It used to be database_sync_to_async in a child task: asgiref copies the thread's context
     variables back into the caller's context after every call, re-homing the storage of each
     asgiref Local it finds, and called from a socket's task that left ~0.6 KB in every open
-    socket's context. The database thread touches no context at all.
+    socket's context. The read thread touches no context at all.
     """
 
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-        return database_thread.submit(fn, *args, **kwargs)
+        return read_thread.submit(fn, *args, **kwargs)
 
     return call
 
@@ -44,12 +45,12 @@ Snapshot = tuple[Room, list[Message], bool, bool | None, int, int]
 
 
 def load_room(user: Any, slug: str) -> Awaitable[Room | None]:
-    """The room if this user may see it (selectors.room_get_visible), on the database thread."""
+    """The room if this user may see it (selectors.room_get_visible), on the read thread."""
     return _load_rooms((user, slug))
 
 
 _load_rooms: Batched[tuple[Any, str], Room | None] = Batched(
-    lambda wanted: selectors.rooms_get_visible(wanted=wanted))
+    lambda wanted: selectors.rooms_get_visible(wanted=wanted), thread=read_thread)
 
 
 async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = None) -> Snapshot | None:
@@ -57,7 +58,7 @@ async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = No
     may not see the room. Read after subscribing (ChatConsumer.do_join). Raises
     CredentialsRevoked if the user, or the socket's API token `token_id`, no longer holds.
 
-    Joins that reach the database thread together are read together (join_snapshots): in a
+    Joins that reach the read thread together are read together (join_snapshots): in a
     reconnect storm, each socket's join used to be one hop and two queries of its own.
     """
     found = await _join_snapshots((user, cmd, token_id))
@@ -88,7 +89,8 @@ def join_snapshots(items: list[tuple[Any, protocol.Join]],
 
 
 _join_snapshots: Batched[tuple[Any, protocol.Join, int | None], Snapshot | CredentialsRevoked | None] = Batched(
-    lambda items: join_snapshots([(user, cmd) for user, cmd, _ in items], [t for _, _, t in items]))
+    lambda items: join_snapshots([(user, cmd) for user, cmd, _ in items], [t for _, _, t in items]),
+    thread=read_thread)
 
 
 def _refused(user: Any, token_id: int | None, lost: set[Credential]) -> CredentialsRevoked | None:
@@ -138,6 +140,19 @@ def _fit(messages: list[Message], has_more: bool, room_slug: str) -> tuple[list[
     """Cut an ascending page from its oldest end until its encoded messages fit
     PARLEY_REPLY_MAX_BYTES (then has_more): the frame stays within what a client accepts."""
     return fit_page(messages, has_more, room_slug=room_slug, budget_bytes=settings.PARLEY_REPLY_MAX_BYTES)
+
+
+# What a history request costs before its page is read (chat.limits.ByteBudget): at most its
+# reply frame's bytes. A message adds at most its text (4 bytes per character in UTF-8) and its
+# fields; the page is cut to PARLEY_REPLY_MAX_BYTES. The read is then charged what it sent.
+MESSAGE_FIELDS_BYTES = 256
+HISTORY_MIN_COST_BYTES = 1024  # even an empty page is a query and a frame
+
+
+def history_reserve_bytes(limit: int) -> int:
+    """The most a `history` reply of `limit` messages can cost (reserved before the read)."""
+    per_message = 4 * settings.PARLEY_MAX_TEXT_CHARS + MESSAGE_FIELDS_BYTES
+    return HISTORY_MIN_COST_BYTES + min(limit * per_message, settings.PARLEY_REPLY_MAX_BYTES)
 
 
 @db_call

@@ -45,6 +45,8 @@ _sockets_per_user: dict[int, int] = {}
 _room_ids: dict[str, int] = {}
 ROOM_ID_CACHE_MAX = 100_000
 _user_message_buckets = limits.BucketMap(limits.MESSAGES_PER_SEC, limits.MESSAGES_BURST)
+_history_budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
+                                    limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
 
 
 def heartbeat_timeout_secs() -> float:
@@ -194,13 +196,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.watchdog.cancel()
         if self.outbound is not None:
             self.outbound.stop()
-        if self.counted:
-            self.counted = False
-            left = _sockets_per_user.get(self.user.pk, 1) - 1
-            if left > 0:
-                _sockets_per_user[self.user.pk] = left
-            else:
-                _sockets_per_user.pop(self.user.pk, None)
+        self._release_slot()
         if self.watched:
             self.watched = False
             try:
@@ -419,15 +415,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def do_history(self, cmd: protocol.History, ref: str | None) -> None:
         sub = self._joined(cmd.room)
-        result = await db.history(self.user, sub.room_id, sub.slug, cmd.before, cmd.limit, self.token_id)
-        if result is None:
-            await self._unsubscribe(sub)
-            raise _room_not_found(cmd.room)
-        messages, has_more = result
-        await self.send_frame(_with_ref({
-            "type": "history", "room": sub.slug, "has_more": has_more,
-            "messages": [message_payload(m, room_slug=sub.slug) for m in messages],
-        }, ref))
+        # Charged before the read, for the largest reply it could give; settled to the reply's
+        # real size after (chat.limits.ByteBudget).
+        wait, reserved = _history_budget.reserve(self.user.pk, db.history_reserve_bytes(cmd.limit))
+        if wait:
+            raise ProtocolError(protocol.RATE_LIMITED, "too much history read; retry later",
+                                room=sub.slug, retry_after_ms=_ms(wait))
+        used = db.HISTORY_MIN_COST_BYTES
+        try:
+            result = await db.history(self.user, sub.room_id, sub.slug, cmd.before, cmd.limit, self.token_id)
+            if result is None:
+                await self._unsubscribe(sub)
+                raise _room_not_found(cmd.room)
+            messages, has_more = result
+            text, size = protocol.encode_sized(_with_ref({
+                "type": "history", "room": sub.slug, "has_more": has_more,
+                "messages": [message_payload(m, room_slug=sub.slug) for m in messages],
+            }, ref))
+            used = max(used, size)
+            self._put(text, size)
+        finally:
+            _history_budget.settle(self.user.pk, reserved, used)
 
     async def do_typing(self, cmd: protocol.Typing, ref: str | None) -> None:
         sub = self._joined(cmd.room)
@@ -663,14 +671,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- the socket itself ------------------------------------------------------------------
 
+    def _release_slot(self) -> None:
+        """Give the user's socket slot (PARLEY_MAX_SOCKETS_PER_USER) back: once, at the close."""
+        if self.counted:
+            self.counted = False
+            left = _sockets_per_user.get(self.user.pk, 1) - 1
+            if left > 0:
+                _sockets_per_user[self.user.pk] = left
+            else:
+                _sockets_per_user.pop(self.user.pk, None)
+
+    def _close_now(self, code: int) -> bool:
+        """Close without waiting on the client: the close frame goes out at once, the user's
+        socket slot is free at once, and the connection is reset if still open
+        PARLEY_CLOSE_GRACE_SECS later (chat.outbound.Outbound.close_now). False if the server
+        cannot do that (not uvicorn's websockets-sansio): the caller closes through ASGI."""
+        self._release_slot()
+        return self.outbound is not None and self.outbound.close_now(code)
+
     async def _close_socket(self, code: int) -> None:
-        if self.outbound is not None:
-            self.outbound.flush()  # what this pass wrote goes before the close frame
-        await self.close(code=code)
+        """The outbound queue's close, once what was queued before it is written (or the grace
+        for that is over)."""
+        if not self._close_now(code):  # (which wrote this pass's frames first)
+            await self.close(code=code)
 
     def _on_outbound_overflow(self) -> None:
         log.warning("closing socket of user %s: it stopped reading (outbound queue over budget)", self.user.pk)
-        asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_READER))
+        if not self._close_now(protocol.CLOSE_SLOW_READER):
+            asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_READER))
 
     def _arm_watchdog(self, delay: float) -> None:
         self.watchdog = asyncio.get_running_loop().call_later(delay, self._check_heartbeat)
@@ -689,7 +717,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.watchdog = None
         log.info("closing a silent socket of user %s after %.0f s", self.user.pk, idle)
-        asyncio.ensure_future(self.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT))
+        if not self._close_now(protocol.CLOSE_HEARTBEAT_TIMEOUT):  # silent may mean not reading
+            asyncio.ensure_future(self.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT))
 
 
 def _ms(seconds: float) -> int:

@@ -14,6 +14,18 @@ not overlapping), and stale connections are closed before and after each call
 (close_old_connections, as Channels does; CONN_HEALTH_CHECKS then checks before the next query).
 HTTP views still run through Django's own handler threads.
 
+Two such threads, two lanes: `database_thread` runs the group commit (chat.ingest) and the
+bearer-token lookup of a handshake (which also writes: it stamps the token's last use), and
+`read_thread` runs the consumers' reads (chat.consumer_db: joins, history, access checks, gap
+fills). With one FIFO thread for both, every send's commit (and so its ack and its delivery)
+queued behind whatever reads were ahead of it: 100 sockets paging history full of 4,000-character
+messages pushed other users' ack p99 from a few ms to seconds. Each thread has its own database
+connection (Django's are per thread): on SQLite, WAL lets the reader run beside the writer; on
+PostgreSQL the writer's pipelined batches (chat.rowsql.fetch_together) keep their connection to
+themselves. What each lane reads is committed data in autocommit, so neither depends on the
+other's order: a send is acked after its commit, and any read that starts afterwards sees it.
+How much reading a user and the process may do is bounded separately (chat.limits.ByteBudget).
+
 Reads that many sockets make at once (the bearer-token lookup of a handshake, the snapshot of
 a join) go through `Batched`: the calls made while the thread is busy ride in one job, which
 answers them all with one query where the read allows it (docs/benchmarks.md, "Connect path").
@@ -116,7 +128,8 @@ def _settle(future: Any, outcome: tuple[bool, Any]) -> None:
         future.set_exception(value)
 
 
-database_thread = DatabaseThread()
+database_thread = DatabaseThread()  # writes: the group commit, the token lookup
+read_thread = DatabaseThread("parley-db-read")  # the consumers' reads
 
 
 class Batched(Generic[T, R]):

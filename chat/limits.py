@@ -51,7 +51,8 @@ HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "PARLEY_HANDSHAKES_PER_IP_PE
 OUTBOUND_MAX_MESSAGES = Limit("outbound queue (messages)", "PARLEY_OUTBOUND_MAX_MESSAGES", 1000,
                               "frames", "frames waiting to be written to one socket")
 OUTBOUND_MAX_BYTES = Limit("outbound queue (bytes)", "PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024,
-                           "bytes", "bytes waiting to be written to one socket")
+                           "bytes", "bytes waiting to be written to one socket, with what its "
+                           "transport buffer and kernel send queue hold once it falls behind")
 HEARTBEAT_INTERVAL_SECS = Limit("heartbeat interval", "PARLEY_HEARTBEAT_INTERVAL_SECS", 25, "s",
                                 "client ping period; silent for 2x + 5 s closes with 4408")
 HISTORY_PAGE_MAX = Limit("history page", "PARLEY_HISTORY_PAGE_MAX", 100, "messages",
@@ -114,6 +115,28 @@ ROOMS_CREATED_PER_USER_PER_HOUR = Limit("room creation rate",
 MAX_ROOMS_OWNED_PER_USER = Limit("rooms owned per user", "PARLEY_MAX_ROOMS_OWNED_PER_USER", 50,
                                  "rooms", "rooms one user may own")
 
+# --- database reads and slow readers (issue 12, items 4 and 5) ---
+# A history page is charged in bytes of its reply frame: a page of 100 4,000-character messages
+# costs the database thread and the event loop ~2,000 times what a page of one short message does.
+HISTORY_BYTES_PER_SEC = Limit("history read rate", "PARLEY_HISTORY_BYTES_PER_SEC", 1024 * 1024,
+                              "bytes/s per user", "bytes of history replies per user, all their "
+                              "sockets in a process together (token bucket)")
+HISTORY_BURST_BYTES = Limit("history read burst", "PARLEY_HISTORY_BURST_BYTES", 4 * 1024 * 1024,
+                            "bytes", "history reply bytes a user may read at once before the rate applies")
+# The process's own ceiling (signup is free, so per-user budgets multiply): a history flood at
+# full tilt produced ~45 MB/s of replies and starved everyone; 8 MiB/s is well under that.
+HISTORY_PROCESS_BYTES_PER_SEC = Limit("history read rate (process)", "PARLEY_HISTORY_PROCESS_BYTES_PER_SEC",
+                                      8 * 1024 * 1024, "bytes/s per process",
+                                      "bytes of history replies per server process, all users together")
+HISTORY_PROCESS_BURST_BYTES = Limit("history read burst (process)", "PARLEY_HISTORY_PROCESS_BURST_BYTES",
+                                    8 * 1024 * 1024, "bytes",
+                                    "history reply bytes a process may serve at once before its rate applies")
+# A socket the server closes (4413, 4429, 4408 ...) is reset this long after its close frame if
+# the connection is still open: a client that does not read must not hold it, its kernel send
+# queue and its user's socket slot.
+CLOSE_GRACE_SECS = Limit("close grace", "PARLEY_CLOSE_GRACE_SECS", 2, "s",
+                         "after the server's close frame, the TCP connection is reset if it is still open")
+
 # type(), not isinstance(): isinstance() asks the lazy `settings` for its class, which loads the
 # settings (config/serve.py imports this module in processes that may have none).
 ALL = [v for v in list(globals().values()) if type(v) is Limit]
@@ -141,6 +164,13 @@ class TokenBucket:
             self.tokens -= cost
             return 0.0
         return (cost - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+    def give(self, amount: float) -> None:
+        """Put `amount` tokens back (a refund), or take them if negative, even below zero (a
+        debt that later takes wait out)."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate + amount)
+        self.stamp = now
 
     @property
     def full(self) -> bool:
@@ -200,3 +230,56 @@ class Strikes:
         self.times = [t for t in self.times if now - t < STRIKE_WINDOW_SECS]
         self.times.append(now)
         return len(self.times) >= RATE_STRIKES.value
+
+
+class ByteBudget:
+    """A cost budget in bytes, per key (a user) and for the whole process, each a token bucket.
+
+    Charged before the work: `reserve` takes the request's largest possible cost from both
+    buckets, or takes nothing and says how long to wait. `settle` then gives back what the work
+    did not use (or takes the excess: a bucket may go into debt, and refuses until it is repaid).
+    Reserving the worst case also bounds the work in flight at once: requests that queue for
+    the database hold their reservations until answered.
+    """
+
+    def __init__(self, rate: Limit, burst: Limit, total_rate: Limit, total_burst: Limit) -> None:
+        self._rate, self._burst, self._total_rate, self._total_burst = rate, burst, total_rate, total_burst
+        self._buckets: dict[object, TokenBucket] = {}
+        self._total: TokenBucket | None = None
+
+    def reserve(self, key: object, cost: float) -> tuple[float, float]:
+        """(0.0, amount reserved) if allowed, else (seconds until it would be, 0.0)."""
+        user, total = self._bucket(key), self._total_bucket()
+        cost = min(cost, user.burst, total.burst)  # else a request could never pass
+        wait = user.take(cost)
+        if wait:
+            return wait, 0.0
+        wait = total.take(cost)
+        if wait:
+            user.give(cost)
+            return wait, 0.0
+        return 0.0, cost
+
+    def settle(self, key: object, reserved: float, used: float) -> None:
+        """The reserved work is done and cost `used`: give back the rest (or take the excess)."""
+        self._bucket(key).give(reserved - used)
+        self._total_bucket().give(reserved - used)
+
+    def _bucket(self, key: object) -> TokenBucket:
+        rate, burst = self._rate.value, self._burst.value
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 10_000:
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full}
+            bucket = self._buckets[key] = TokenBucket(rate, burst)
+        else:
+            bucket.rate, bucket.burst = rate, burst
+        return bucket
+
+    def _total_bucket(self) -> TokenBucket:
+        rate, burst = self._total_rate.value, self._total_burst.value
+        if self._total is None:
+            self._total = TokenBucket(rate, burst)
+        else:
+            self._total.rate, self._total.burst = rate, burst
+        return self._total

@@ -5,7 +5,14 @@ reading stalls its consumer, its channel-layer queue fills, and every broadcast 
 dropped while its memory grows in the ASGI server. Here the consumer only hands frames to this
 object (never blocks). A client that falls more than PARLEY_OUTBOUND_MAX_MESSAGES frames or
 PARLEY_OUTBOUND_MAX_BYTES behind is cut off (close 4413), as Centrifugo does, so the server's
-memory stays flat whatever clients do.
+memory stays flat whatever clients do. The bytes count what the server holds for the socket below
+the queue too (its transport buffer and kernel send queue, chat.wire.unsent_bytes): a socket
+falls behind only once those are full, and on loopback the kernel alone held ~2.7 MB of it.
+
+Closing does not wait on the client either (chat.wire.close_now, under uvicorn's
+websockets-sansio): uvicorn's own close waits for a writable transport, which for a client that
+does not read is never, and the socket kept its kernel buffers and its user's socket slot. A close
+queued behind frames (close_after_flush) waits for them at most PARLEY_CLOSE_GRACE_SECS.
 
 Why "at once": uvicorn's (and the test communicator's) ASGI `send` for a WebSocket frame
 finishes without suspending unless the socket's transport is paused (its kernel buffer is full:
@@ -50,7 +57,7 @@ RAW_SEND_KEY = "parley.raw_send"
 class Outbound:
     # One per open socket: no per-instance __dict__ (idle memory, docs/benchmarks.md).
     __slots__ = ("_send", "_close", "_on_overflow", "_frames", "_bytes", "_max_frames", "_max_bytes",
-                 "_writer", "_direct", "closed")
+                 "_writer", "_direct", "_proto", "_deadline", "closed")
 
     def __init__(self, send: Send, close: Callable[[int], Awaitable[None]], on_overflow: Callable[[], None]) -> None:
         self._send = send  # the ASGI send
@@ -65,6 +72,10 @@ class Outbound:
         self._writer: asyncio.Task[None] | None = None  # only while the socket is behind
         # uvicorn websockets-sansio: write prepared frame bytes directly (chat.wire), else None.
         self._direct = wire.direct_writer(send)
+        # uvicorn websockets-sansio: what the server holds below the ASGI send, and a close that
+        # does not wait on the peer (chat.wire), else None.
+        self._proto = wire.server_protocol(send)
+        self._deadline: asyncio.TimerHandle | None = None  # close_after_flush's grace
         self.closed = False
 
     @property
@@ -88,29 +99,66 @@ class Outbound:
         frames = self._queue()
         frames.append((text, size))
         self._bytes += size
-        if len(frames) > self._max_frames or self._bytes > self._max_bytes:
+        # Behind: the transport's buffer and the kernel's send queue are full too, and count
+        # (chat.wire.unsent_bytes, one ioctl, only on this path).
+        if len(frames) > self._max_frames or self._bytes + self._unsent() > self._max_bytes:
             # Drop the backlog now: holding it for a client that does not read is the leak.
             frames.clear()
             self._bytes = 0
             self.closed = True
             self._on_overflow()
 
+    @property
+    def unsent(self) -> int:
+        """Bytes the server holds for this socket below the ASGI send (0 if it cannot tell)."""
+        return self._unsent()
+
+    def _unsent(self) -> int:
+        return wire.unsent_bytes(self._proto) if self._proto is not None else 0
+
     def close_after_flush(self, code: int) -> None:
-        """Close the socket once every frame queued so far is written (e.g. an error, then 4429)."""
+        """Close the socket once every frame queued so far is written (e.g. an error, then 4429),
+        or without them if the client has not taken them within PARLEY_CLOSE_GRACE_SECS."""
         if self.closed:
             return
         self.closed = True
         self._queue().append((_CLOSE, code))
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._drain())
+        self._deadline = asyncio.get_running_loop().call_later(
+            limits.CLOSE_GRACE_SECS.value, self._close_late, code)
+
+    def _close_late(self, code: int) -> None:
+        self._deadline = None
+        if self._writer is not None:  # still waiting on the client to read
+            asyncio.ensure_future(self._close(code))
+
+    def close_now(self, code: int) -> bool:
+        """Drop whatever waits, write the close frame now and reset the connection if it is
+        still open after PARLEY_CLOSE_GRACE_SECS (chat.wire.close_now). False when the server
+        is not one chat.wire knows: use the ASGI close."""
+        self.flush()  # what this pass wrote goes before the close frame
+        self._stop_writing()
+        if self._proto is None:
+            return False
+        wire.close_now(self._proto, code, limits.CLOSE_GRACE_SECS.value)
+        return True
 
     def stop(self) -> None:
         """Stop writing (the socket is gone)."""
+        self._stop_writing()
+
+    def _stop_writing(self) -> None:
         self.closed = True
         self._frames = None
         self._bytes = 0
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            self._writer = None
+            writer.cancel()
 
     def _queue(self) -> deque[tuple[object, int]]:
         if self._frames is None:

@@ -23,12 +23,31 @@ the held frames first (chat.outbound); frames still held when the connection has
 started closing are dropped, as a write after close would be.
 
 PARLEY_PREPARED_FRAMES=0 turns this off (benchmarks run Parley both ways).
+
+Two more things only the connection itself can do, used by chat.outbound whatever that
+setting (`server_protocol`):
+
+- `unsent_bytes`: what the server holds for the peer below the ASGI send — the transport's write
+  buffer and the kernel's send queue (SIOCOUTQ). A socket whose client stopped reading held
+  ~2.7 MB in the kernel on loopback beyond the outbound queue's own budget.
+- `close_now`: uvicorn's `send` of `websocket.close` first waits for the transport to be writable,
+  which for a client that stopped reading is never: 40 such sockets were still open 12 s after
+  their 4413, holding 107 MiB of kernel send queue and their users' socket slots. Here the close
+  frame is written at once (behind what the transport holds: the peer may never see it), the
+  app is told the socket is gone, as uvicorn's own close does, and the connection is reset
+  (SO_LINGER 0, then abort: the kernel frees the send queue at once, where a plain close would
+  keep an orphaned socket retrying against a zero window) if the client has not answered the
+  close within PARLEY_CLOSE_GRACE_SECS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import socket
+import struct
+import termios
 from typing import Any
 
 from django.conf import settings
@@ -173,3 +192,91 @@ def direct_writer(send: Any) -> DirectWriter | None:
 
 _PROTOCOL_ATTRS = ("conn", "transport", "writable", "disconnected", "close_sent", "handshake_complete",
                    "initial_response")
+
+
+# Linux's SIOCOUTQ (bytes in a TCP socket's send queue, not yet acknowledged by the peer) is
+# the terminal ioctl TIOCOUTQ; elsewhere only the transport's own buffer is counted.
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
+_CLOSE_ATTRS = ("conn", "transport", "loop", "queue", "writable", "disconnected", "close_sent",
+                "close_timer", "read_paused", "handshake_complete")
+
+
+def server_protocol(send: Any) -> Any | None:
+    """uvicorn's websockets-sansio connection behind this ASGI `send` (for unsent_bytes and
+    close_now), or None under any other server."""
+    if WebSocketsSansIOProtocol is None:
+        return None
+    proto = getattr(send, "__self__", None)
+    if type(proto) is not WebSocketsSansIOProtocol or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
+        return None
+    if not all(hasattr(proto, name) for name in _CLOSE_ATTRS) or not hasattr(proto.conn, "state"):
+        return None
+    return proto
+
+
+def unsent_bytes(proto: Any) -> int:
+    """Bytes written to this connection that its peer has not taken yet: the transport's write
+    buffer plus the kernel's send queue."""
+    transport = proto.transport
+    if proto.disconnected or transport is None:
+        return 0
+    held = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if _SIOCOUTQ is not None and sock is not None:
+        try:
+            held += struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            pass  # closed meanwhile, or not a TCP socket
+    return held
+
+
+def close_now(proto: Any, code: int, grace_secs: float) -> None:
+    """Send the close frame without waiting for the peer to read, tell the app the socket is
+    gone, and reset the connection unless the peer completes the close within grace_secs.
+
+    What uvicorn's `send` of `websocket.close` does, minus its wait for a writable transport:
+    the close frame, `close_sent`, the app's `websocket.disconnect`, reading resumed so that the
+    peer's close reply is seen, and `close_timer`: uvicorn cancels it and closes the transport
+    cleanly when the reply comes, and does not close the transport itself while it is set (a
+    clean close of a connection whose peer does not read leaves the kernel an orphaned socket
+    with the whole send queue, retrying against a zero window). The timer resets instead. A
+    peer whose transport is paused is not reading: its connection is set to reset on any close
+    from now on, even one that follows a close reply it sent without reading.
+    """
+    if proto.disconnected:
+        return
+    conn = proto.conn
+    transport = proto.transport
+    if not proto.close_sent and proto.handshake_complete and conn.state is OPEN and not transport.is_closing():
+        proto.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
+        conn.send_close(code, "")
+        transport.write(b"".join(conn.data_to_send()))
+        proto.close_sent = True
+        if proto.read_paused:
+            proto.read_paused = False
+            transport.resume_reading()
+    if not proto.writable.is_set():
+        _linger_reset(transport)
+    if proto.close_timer is not None:
+        proto.close_timer.cancel()
+    proto.close_timer = proto.loop.call_later(grace_secs, reset, proto)
+
+
+def _linger_reset(transport: Any) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+
+
+def reset(proto: Any) -> None:
+    """Drop the connection now, and what the kernel still holds for it (TCP RST)."""
+    proto.close_timer = None
+    transport = proto.transport
+    if proto.disconnected or transport is None:
+        return
+    _linger_reset(transport)
+    transport.abort()

@@ -120,3 +120,40 @@ async def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_work
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
         await wrong(1)
     assert await thread.submit(lambda: "still here") == "still here"
+
+
+# --- two lanes: the writer's thread and the readers' ------------------------------------------
+
+async def test_the_read_thread_reads_beside_an_open_write_transaction_on_its_own_connection():
+    """The consumers' reads (read_thread) must not wait for the group commit (database_thread):
+    each thread has its own connection, and a read sees the last commit while a write
+    transaction is open (SQLite: WAL; PostgreSQL: MVCC)."""
+    from django.db import transaction
+
+    from chat import services
+    from chat.dbthread import read_thread
+    from chat.models import Message
+
+    room = await make_room("lobby")
+    author = await database_thread.submit(services.user_create, username="ada", password="correct-horse-battery")
+    writing, release = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with transaction.atomic():  # IMMEDIATE on SQLite: holds the write lock until the end
+            services.message_create(room_id=room.pk, author=author, text="uncommitted", client_id=None)
+            writing.set()
+            release.wait(10)
+
+    written = database_thread.submit(write)
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, writing.wait, 5)
+        started = time.monotonic()
+        count = await asyncio.wait_for(read_thread.submit(lambda: Message.objects.filter(room_id=room.pk).count()), 5)
+        assert count == 0 and time.monotonic() - started < 1.0
+        mine = await read_thread.submit(lambda: (connection.ensure_connection(), connection.connection))
+    finally:
+        release.set()
+    await written
+    theirs = await database_thread.submit(lambda: (connection.ensure_connection(), connection.connection))
+    assert mine[1] is not theirs[1]
+    assert await read_thread.submit(lambda: Message.objects.filter(room_id=room.pk).count()) == 1

@@ -131,7 +131,9 @@ async def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_flat():
                     frames += 1
             except websockets.ConnectionClosed as closed:
                 code = closed.rcvd.code if closed.rcvd else None
-            assert code == 4413, (code, frames)
+            # 4413 if its close frame was read within PARLEY_CLOSE_GRACE_SECS, else the
+            # connection was reset (no close frame): either way the server cut it.
+            assert code in (4413, None), (code, frames)
             assert frames < 3000  # it was cut off, not served the whole backlog
             # The backlog was dropped when the reader was cut off; what remains is allocator noise.
             assert grown < 40 * 1024 * 1024, f"server RSS grew by {grown / 2**20:.1f} MiB"

@@ -1,0 +1,140 @@
+"""History reads are charged to a byte budget, and the group commit never waits behind a read.
+
+tests/test_server_reads.py shows the effect in a real server process under a flood; these tests
+pin each rule down on the ASGI app itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat import consumer_db, consumers, limits, selectors, services
+from tests.conftest import make_room, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_budget(monkeypatch):
+    """A budget of the test's own: buckets are per process and must not carry between tests."""
+    monkeypatch.setattr(consumers, "_history_budget", limits.ByteBudget(
+        limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
+        limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES))
+
+
+@database_sync_to_async
+def fill(room, author, count: int, chars: int) -> None:
+    for i in range(count):
+        services.message_create(room_id=room.pk, author=author, text=(f"{i} " + "x" * chars)[:chars],
+                                client_id=None)
+
+
+def test_byte_budget_reserves_first_then_settles_per_user_and_for_the_process(monkeypatch, settings):
+    clock = [100.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+    settings.PARLEY_HISTORY_BYTES_PER_SEC, settings.PARLEY_HISTORY_BURST_BYTES = 1000, 3000
+    settings.PARLEY_HISTORY_PROCESS_BYTES_PER_SEC, settings.PARLEY_HISTORY_PROCESS_BURST_BYTES = 2000, 5000
+    budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
+                               limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
+    assert budget.reserve("ann", 2000) == (0.0, 2000)
+    assert budget.reserve("ann", 2000) == (pytest.approx(1.0), 0.0)  # 1,000 left: wait 1 s
+    budget.settle("ann", 2000, 100)  # the page was small: the rest comes back
+    assert budget.reserve("ann", 2000) == (0.0, 2000)
+    budget.settle("ann", 2000, 2900)  # bigger than reserved: the excess is taken (900 → 0)
+    assert budget.reserve("ann", 100) == (pytest.approx(0.1), 0.0)
+    # The process's bucket is shared: ann's reads left 2,000 of its 5,000 for everyone.
+    assert budget.reserve("ben", 3000) == (pytest.approx(0.5), 0.0)
+    clock[0] += 10  # everything refills, up to each burst
+    assert budget.reserve("ann", 10**9) == (0.0, 3000)  # a cost above a burst is cut to it
+    assert budget.reserve("ben", 3000) == (pytest.approx(0.5), 0.0)
+
+
+async def test_history_is_refused_with_retry_after_once_the_users_byte_budget_is_spent(connect, settings):
+    settings.PARLEY_HISTORY_BYTES_PER_SEC = 1  # no refill worth speaking of within the test
+    settings.PARLEY_HISTORY_BURST_BYTES = 600_000
+    ada, bob = await make_user("ada"), await make_user("bob")
+    room = await make_room("lobby")
+    await fill(room, ada, 100, 4000)
+    client = await connect(ada)
+    await client.join("lobby", limit=1)
+    pages = 0
+    for _ in range(10):
+        reply = await client.request({"type": "history", "room": "lobby", "limit": 100})
+        if reply["type"] == "error":
+            break
+        pages += 1
+    # 600,000 bytes of budget; a page of 100 × 4,000 characters is ~410 KB, and a request
+    # reserves the most its reply can be (PARLEY_REPLY_MAX_BYTES) before reading.
+    assert pages == 1
+    assert reply["code"] == "rate_limited" and reply["room"] == "lobby" and reply["retry_after_ms"] > 1000
+    # Small pages cost what they carry: the budget left still buys a good number of them.
+    small = 0
+    for _ in range(5):
+        reply = await client.request({"type": "history", "room": "lobby", "limit": 1})
+        small += reply["type"] == "history"
+    assert small == 5
+    # Per user: another user's budget is untouched.
+    other = await connect(bob)
+    await other.join("lobby", limit=1)
+    assert (await other.request({"type": "history", "room": "lobby", "limit": 100}))["type"] == "history"
+
+
+async def test_history_is_refused_once_the_process_budget_is_spent(connect, settings):
+    settings.PARLEY_HISTORY_PROCESS_BYTES_PER_SEC = 1
+    settings.PARLEY_HISTORY_PROCESS_BURST_BYTES = 1_000_000
+    users = [await make_user(f"u{i}") for i in range(3)]
+    room = await make_room("lobby")
+    await fill(room, users[0], 100, 4000)
+    outcomes = []
+    for user in users:
+        client = await connect(user)
+        await client.join("lobby", limit=1)
+        outcomes.append((await client.request({"type": "history", "room": "lobby", "limit": 100}))["type"])
+    assert outcomes == ["history", "history", "error"]  # ~410 KB each out of 1 MB for everyone
+
+
+def test_a_history_request_reserves_the_largest_reply_it_could_get(settings):
+    settings.PARLEY_MAX_TEXT_CHARS, settings.PARLEY_REPLY_MAX_BYTES = 4000, 512 * 1024
+    per_message = 4 * 4000 + consumer_db.MESSAGE_FIELDS_BYTES
+    assert consumer_db.history_reserve_bytes(1) == consumer_db.HISTORY_MIN_COST_BYTES + per_message
+    assert consumer_db.history_reserve_bytes(100) == consumer_db.HISTORY_MIN_COST_BYTES + 512 * 1024
+
+
+async def test_a_send_is_committed_and_acked_while_a_read_is_stuck(connect, monkeypatch):
+    """The group commit has its own thread: a read that takes long (here: held on an Event)
+    delays other reads, never a send's commit, its ack or its delivery."""
+    ada, bob = await make_user("ada"), await make_user("bob")
+    await make_room("lobby")
+    reader, sender = await connect(ada), await connect(bob)
+    await reader.join("lobby")
+    await sender.join("lobby")
+    release, entered = threading.Event(), threading.Event()
+    page = selectors.message_page
+
+    def slow_page(**kwargs):
+        entered.set()
+        release.wait(10)
+        return page(**kwargs)
+
+    monkeypatch.setattr(selectors, "message_page", slow_page)
+    await reader.send({"type": "history", "ref": "slow", "room": "lobby"})
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+        assert entered.is_set()
+        ack = await sender.say("lobby", "not behind the read")  # times out (3 s) if it queues behind
+        assert ack["seq"] == 1
+        assert (await reader.recv_type("message"))["message"]["text"] == "not behind the read"
+    finally:
+        release.set()
+    assert (await reader.recv_type("history"))["ref"] == "slow"
+
+
+def test_reads_and_writes_have_a_thread_each():
+    from chat.dbthread import database_thread, read_thread
+
+    assert read_thread.run(lambda: threading.current_thread().name, timeout=5) == "parley-db-read"
+    assert database_thread.run(lambda: threading.current_thread().name, timeout=5) == "parley-db"
