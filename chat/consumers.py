@@ -297,6 +297,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return sub
 
     async def do_join(self, cmd: protocol.Join, ref: str | None) -> None:
+        # A join reads a page as history does, so its reply is charged to the user's history
+        # budget too, after the read (its size is known only then), into debt if need be; a
+        # join while in debt is refused. Not to the process budget: a reconnect storm's joins
+        # must not be refused because of everyone else's.
+        wait = _history_budget.debt_wait(self.user.pk)
+        if wait:
+            raise ProtocolError(protocol.RATE_LIMITED, "too much history read; retry the join later",
+                                room=cmd.room, retry_after_ms=_ms(wait))
         for _attempt in range(2):
             sub = self.subs_by_slug.get(cmd.room)
             first_join = sub is None
@@ -332,6 +340,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # client accepts (protocol.md §3).
             reply["members"] = _members_that_fit(reply["members"])
             text, size = protocol.encode_sized(reply)
+        _history_budget.charge_after(self.user.pk, size)
         self._put(text, size)
         if sub.start(high, self.send_message):
             self._schedule_gap_fill(sub)

@@ -260,6 +260,17 @@ class ByteBudget:
             return wait, 0.0
         return 0.0, cost
 
+    def debt_wait(self, key: object) -> float:
+        """Seconds until `key`'s own bucket is out of debt; 0.0 when it is not in debt."""
+        bucket = self._bucket(key)
+        bucket.give(0.0)  # refill up to now
+        return -bucket.tokens / bucket.rate if bucket.tokens < 0 and bucket.rate > 0 else 0.0
+
+    def charge_after(self, key: object, used: float) -> None:
+        """Take `used` from `key`'s own bucket after the work, into debt if need be; the process
+        bucket is not charged (for work that must not be refused by other users' load)."""
+        self._bucket(key).give(-used)
+
     def settle(self, key: object, reserved: float, used: float) -> None:
         """The reserved work is done and cost `used`: give back the rest (or take the excess)."""
         self._bucket(key).give(reserved - used)

@@ -55,7 +55,7 @@ def test_byte_budget_reserves_first_then_settles_per_user_and_for_the_process(mo
 
 async def test_history_is_refused_with_retry_after_once_the_users_byte_budget_is_spent(connect, settings):
     settings.PARLEY_HISTORY_BYTES_PER_SEC = 1  # no refill worth speaking of within the test
-    settings.PARLEY_HISTORY_BURST_BYTES = 600_000
+    settings.PARLEY_HISTORY_BURST_BYTES = 800_000
     ada, bob = await make_user("ada"), await make_user("bob")
     room = await make_room("lobby")
     await fill(room, ada, 100, 4000)
@@ -67,8 +67,9 @@ async def test_history_is_refused_with_retry_after_once_the_users_byte_budget_is
         if reply["type"] == "error":
             break
         pages += 1
-    # 600,000 bytes of budget; a page of 100 × 4,000 characters is ~410 KB, and a request
-    # reserves the most its reply can be (PARLEY_REPLY_MAX_BYTES) before reading.
+    # 800,000 bytes of budget, less the join's small page; a page of 100 × 4,000 characters is
+    # ~410 KB, and a request reserves the most its reply can be (~787 KB: 1 KiB +
+    # PARLEY_REPLY_MAX_BYTES) before reading.
     assert pages == 1
     assert reply["code"] == "rate_limited" and reply["room"] == "lobby" and reply["retry_after_ms"] > 1000
     # Small pages cost what they carry: the budget left still buys a good number of them.
@@ -83,9 +84,31 @@ async def test_history_is_refused_with_retry_after_once_the_users_byte_budget_is
     assert (await other.request({"type": "history", "room": "lobby", "limit": 100}))["type"] == "history"
 
 
+async def test_joins_are_charged_to_the_users_budget_and_refused_while_it_is_in_debt(connect, settings):
+    """protocol.md §3 `history`: a join reads a page too, so its reply is charged to the user's
+    budget after the read (into debt if need be); a join while in debt is refused with
+    rate_limited, and nothing was subscribed. Another user's joins are not affected."""
+    settings.PARLEY_HISTORY_BYTES_PER_SEC = 1  # no refill worth speaking of within the test
+    settings.PARLEY_HISTORY_BURST_BYTES = 500_000
+    ada, bob = await make_user("ada"), await make_user("bob")
+    room = await make_room("lobby")
+    await fill(room, ada, 100, 4000)
+    client = await connect(ada)
+    joined = []
+    for _ in range(4):  # a join/leave loop: each join is a page of 100 × 4,000 characters
+        reply = await client.request({"type": "join", "room": "lobby", "limit": 100})
+        joined.append(reply["type"])
+        if reply["type"] == "joined":
+            await client.request({"type": "leave", "room": "lobby"})
+    assert joined == ["joined", "joined", "error", "error"]  # ~410 KB each: the 2nd went into debt
+    assert reply["code"] == "rate_limited" and reply["room"] == "lobby" and reply["retry_after_ms"] > 1000
+    other = await connect(bob)
+    assert (await other.request({"type": "join", "room": "lobby", "limit": 100}))["type"] == "joined"
+
+
 async def test_history_is_refused_once_the_process_budget_is_spent(connect, settings):
     settings.PARLEY_HISTORY_PROCESS_BYTES_PER_SEC = 1
-    settings.PARLEY_HISTORY_PROCESS_BURST_BYTES = 1_000_000
+    settings.PARLEY_HISTORY_PROCESS_BURST_BYTES = 1_300_000
     users = [await make_user(f"u{i}") for i in range(3)]
     room = await make_room("lobby")
     await fill(room, users[0], 100, 4000)
@@ -94,7 +117,8 @@ async def test_history_is_refused_once_the_process_budget_is_spent(connect, sett
         client = await connect(user)
         await client.join("lobby", limit=1)
         outcomes.append((await client.request({"type": "history", "room": "lobby", "limit": 100}))["type"])
-    assert outcomes == ["history", "history", "error"]  # ~410 KB each out of 1 MB for everyone
+    # Each reserves ~787 KB and is settled to ~410 KB: two fit in 1.3 MB for everyone, a third not.
+    assert outcomes == ["history", "history", "error"]
 
 
 def test_a_history_request_reserves_the_largest_reply_it_could_get(settings):
