@@ -208,7 +208,9 @@ def server_protocol(send: Any) -> Any | None:
     if WebSocketsSansIOProtocol is None:
         return None
     proto = getattr(send, "__self__", None)
-    if type(proto) is not WebSocketsSansIOProtocol or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
+    # isinstance: Parley serves with a subclass (chat.edge.ParleyWebSocketProtocol) whose `send`
+    # is uvicorn's own, which the second check makes sure of.
+    if not isinstance(proto, WebSocketsSansIOProtocol) or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
         return None
     if not all(hasattr(proto, name) for name in _CLOSE_ATTRS) or not hasattr(proto.conn, "state"):
         return None
