@@ -14,14 +14,13 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import textwrap
 import time
 
 import pytest
 import websockets
-from websockets.frames import Frame, Opcode
 
+from tests.support.rawws import stalled_client
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -42,25 +41,6 @@ def tokens_for(server: ServerProcess, usernames: list[str]) -> dict[str, str]:
     """)
     out = server.manage("shell", "-c", code)
     return json.loads(out.split("TOKENS", 1)[1].strip().splitlines()[0])
-
-
-def stalled_client(port: int, token: str) -> socket.socket:
-    """A TCP socket that shakes hands, joins the lobby, and from then on reads nothing. Its small
-    receive buffer stops Linux autotuning it up to megabytes on loopback."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws/chat/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                  f"Authorization: Bearer {token}\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    join = json.dumps({"type": "join", "room": "lobby", "limit": 1}).encode()
-    sock.sendall(Frame(Opcode.TEXT, join).serialize(mask=True, extensions=[]))
-    return sock
 
 
 def server_side(port: int, client_ports: set[int]) -> dict[int, tuple[int, int]]:

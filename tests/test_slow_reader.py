@@ -8,19 +8,16 @@ runs the same against a server process with many such clients in a busy room.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import os
 import socket
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.test import override_settings
-from websockets.frames import Frame, Opcode
 
 from chat import consumers, wire
 from tests.conftest import make_room, make_token, make_user
+from tests.support import rawws
 from tests.support.inprocess import *  # noqa: F403  (the `server` fixture)
 from tests.test_wire import publish_fake
 
@@ -32,29 +29,7 @@ def port_of(url: str) -> int:
 
 
 async def stalled_client(url: str, token: str, room: str) -> socket.socket:
-    """Handshake, join `room`, then never read. A small receive buffer keeps the kernel from
-    absorbing the backlog on the client's side."""
-    def connect() -> socket.socket:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        sock.connect(("127.0.0.1", port_of(url)))
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall((f"GET /ws/chat/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                      f"Authorization: Bearer {token}\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return sock
-
-    sock = await asyncio.to_thread(connect)
-    send_frame(sock, {"type": "join", "room": room, "limit": 1})
-    return sock
-
-
-def send_frame(sock: socket.socket, frame: dict[str, Any]) -> None:
-    sock.sendall(Frame(Opcode.TEXT, json.dumps(frame).encode()).serialize(mask=True, extensions=[]))
+    return await asyncio.to_thread(rawws.stalled_client, port_of(url), token, room)
 
 
 def server_end(server_port: int, client_port: int) -> tuple[int, int] | None:
@@ -170,7 +145,7 @@ async def test_a_close_queued_behind_a_backlog_the_client_never_reads_does_not_w
     await fill(room, lambda: False, most=20)
     try:
         for _ in range(6):  # beyond the frame rate: rate_limited, three strikes, 4429
-            send_frame(sock, {"type": "ping"})
+            rawws.send_frame(sock, {"type": "ping"})
         await asyncio.sleep(0.3)
         assert consumers._sockets_per_user.get(alice.pk) is None or await gone(server_port, client_port, 3)
         assert await gone(server_port, client_port, timeout=4), server_end(server_port, client_port)
