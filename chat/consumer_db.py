@@ -1,4 +1,4 @@
-"""The consumer's database work: one hop to the read thread (chat.dbthread) per command.
+"""The consumer's database work: one hop to the database thread's read lane (chat.dbthread) per command.
 
 Each function bundles the authorization check with the read it guards, so checking access on
 every command — not only at join — costs no extra round trip to the thread pool. Sends go
@@ -26,12 +26,12 @@ R = TypeVar("R")
 
 
 def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """fn, run on the read thread (chat.dbthread); the caller awaits its result.
+    """fn, run in the database thread's read lane (chat.dbthread); the caller awaits its result.
 
     It used to be database_sync_to_async in a child task: asgiref copies the thread's context
     variables back into the caller's context after every call, re-homing the storage of each
     asgiref Local it finds, and called from a socket's task that left ~0.6 KB in every open
-    socket's context. The read thread touches no context at all.
+    socket's context. The database thread touches no context at all.
     """
 
     @functools.wraps(fn)
@@ -45,7 +45,7 @@ Snapshot = tuple[Room, list[Message], bool, bool | None, int, int]
 
 
 def load_room(user: Any, slug: str) -> Awaitable[Room | None]:
-    """The room if this user may see it (selectors.room_get_visible), on the read thread."""
+    """The room if this user may see it (selectors.room_get_visible), in the read lane."""
     return _load_rooms((user, slug))
 
 
@@ -58,7 +58,7 @@ async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = No
     may not see the room. Read after subscribing (ChatConsumer.do_join). Raises
     CredentialsRevoked if the user, or the socket's API token `token_id`, no longer holds.
 
-    Joins that reach the read thread together are read together (join_snapshots): in a
+    Joins that reach the read lane together are read together (join_snapshots): in a
     reconnect storm, each socket's join used to be one hop and two queries of its own.
     """
     found = await _join_snapshots((user, cmd, token_id))

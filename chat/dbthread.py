@@ -14,17 +14,18 @@ not overlapping), and stale connections are closed before and after each call
 (close_old_connections, as Channels does; CONN_HEALTH_CHECKS then checks before the next query).
 HTTP views still run through Django's own handler threads.
 
-Two such threads, two lanes: `database_thread` runs the group commit (chat.ingest) and the
-bearer-token lookup of a handshake (which also writes: it stamps the token's last use), and
-`read_thread` runs the consumers' reads (chat.consumer_db: joins, history, access checks, gap
-fills). With one FIFO thread for both, every send's commit (and so its ack and its delivery)
-queued behind whatever reads were ahead of it: 100 sockets paging history full of 4,000-character
-messages pushed other users' ack p99 from a few ms to seconds. Each thread has its own database
-connection (Django's are per thread): on SQLite, WAL lets the reader run beside the writer; on
-PostgreSQL the writer's pipelined batches (chat.rowsql.fetch_together) keep their connection to
-themselves. What each lane reads is committed data in autocommit, so neither depends on the
-other's order: a send is acked after its commit, and any read that starts afterwards sees it.
-How much reading a user and the process may do is bounded separately (chat.limits.ByteBudget).
+One thread, two lanes: `database_thread` takes the writes — the group commit (chat.ingest)
+and the bearer-token lookup of a handshake (which stamps the token's last use) — before any read
+waiting in `read_thread`'s lane (chat.consumer_db: joins, history, access checks, gap fills).
+With one FIFO for both, every send's commit (and so its ack and its delivery) queued behind
+whatever reads were ahead of it: 100 sockets paging history full of 4,000-character messages
+pushed other users' ack p99 from a few ms to seconds. Now a write waits at most for the one read
+already running. The lanes share the thread, and so one database connection: a read of a
+separate connection beside the writer (a thread of its own, tried first) left reconnect storms
+with gaps on SQLite (`python -m bench --only reconnect`: gaps in 2 runs of 3 against none in 3
+on the single connection), and the join's "subscribe, then read" rule needs every read to see
+each commit whose broadcast came before it. Within a lane the order is FIFO. How much reading a
+user and the process may do is bounded separately (chat.limits.ByteBudget).
 
 Reads that many sockets make at once (the bearer-token lookup of a handshake, the snapshot of
 a join) go through `Batched`: the calls made while the thread is busy ride in one job, which
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import itertools
 import logging
 import queue
 import threading
@@ -52,7 +54,9 @@ log = logging.getLogger(__name__)
 class DatabaseThread:
     def __init__(self, name: str = "parley-db") -> None:
         self._name = name
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Any, Any]] = queue.SimpleQueue()
+        # (lane, order, job, loop, future): lane 0 (writes) before lane 1 (reads), FIFO in each.
+        self._jobs: queue.PriorityQueue[tuple[int, int, Callable[[], Any], Any, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -73,18 +77,18 @@ class DatabaseThread:
         self._put(functools.partial(fn, *args), None, future)
         return future.result(timeout)
 
-    def _put(self, job: Callable[[], Any], loop: Any, future: Any) -> None:
+    def _put(self, job: Callable[[], Any], loop: Any, future: Any, lane: int = 0) -> None:
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:
                     thread = threading.Thread(target=self._work, name=self._name, daemon=True)
                     thread.start()
                     self._thread = thread
-        self._jobs.put((job, loop, future))
+        self._jobs.put((lane, next(self._order), job, loop, future))
 
     def _work(self) -> None:
         while True:
-            job, loop, future = self._jobs.get()
+            _lane, _order, job, loop, future = self._jobs.get()
             try:
                 _close_stale()
                 outcome = (True, job())
@@ -128,8 +132,32 @@ def _settle(future: Any, outcome: tuple[bool, Any]) -> None:
         future.set_exception(value)
 
 
-database_thread = DatabaseThread()  # writes: the group commit, the token lookup
-read_thread = DatabaseThread("parley-db-read")  # the consumers' reads
+class ReadLane:
+    """The read lane of a DatabaseThread: the same calls (submit, run, and Batched's thread=),
+    on the same thread and connection, taken only when no write is waiting."""
+
+    LANE = 1
+
+    def __init__(self, thread: DatabaseThread) -> None:
+        self._thread = thread
+
+    def submit(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> asyncio.Future[R]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._put(functools.partial(fn, *args, **kwargs), loop, future)
+        return future
+
+    def run(self, fn: Callable[..., R], *args: Any, timeout: float | None = None) -> R:
+        future: concurrent.futures.Future[R] = concurrent.futures.Future()
+        self._put(functools.partial(fn, *args), None, future)
+        return future.result(timeout)
+
+    def _put(self, job: Callable[[], Any], loop: Any, future: Any, lane: int = LANE) -> None:
+        self._thread._put(job, loop, future, lane)
+
+
+database_thread = DatabaseThread()  # the writes' lane: the group commit, the token lookup
+read_thread = ReadLane(database_thread)  # the consumers' reads, after any waiting write
 
 
 class Batched(Generic[T, R]):
@@ -146,7 +174,7 @@ class Batched(Generic[T, R]):
     """
 
     def __init__(self, many: Callable[[list[T]], list[R]], *, max_items: int = 256,
-                 thread: DatabaseThread | None = None) -> None:
+                 thread: DatabaseThread | ReadLane | None = None) -> None:
         self.many = many
         self.max_items = max_items  # one statement's bound parameters stay well under SQLite's limit
         self._thread = thread

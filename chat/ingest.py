@@ -1,8 +1,8 @@
 """Group commit: sends that arrive while a commit is in flight share the next transaction.
 
-Every send's commit runs on one thread (chat.dbthread's writer: the consumers' reads have a
-thread of their own), and a commit costs more than the inserts in it; one message per transaction capped a process at roughly the
-inverse of the commit time. The writer keeps one batch in flight at a time: the first send goes
+Every send's commit runs on one thread (chat.dbthread, in its write lane, ahead of the
+consumers' reads), and a commit costs more than the inserts in it; one message per transaction
+capped a process at roughly the inverse of the commit time. The writer keeps one batch in flight at a time: the first send goes
 straight to the database (no added latency when idle), and whatever queues up meanwhile goes in
 the next transaction together, each item in its own savepoint (chat.services).
 """

@@ -177,7 +177,7 @@ async def connect() -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture(autouse=True)
 def _close_worker_connection() -> Any:
     """After each test, close the DB connections of asgiref's shared sync thread and of
-    Parley's database threads (chat.dbthread's two, and chat.revocation's periodic check).
+    Parley's database threads (chat.dbthread's, and chat.revocation's periodic check).
 
     database_sync_to_async (the tests' own ORM calls) and the consumers run ORM calls on those
     threads, and their connections otherwise outlive the run: PostgreSQL then refuses to
@@ -187,13 +187,12 @@ def _close_worker_connection() -> Any:
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    from chat.dbthread import database_thread, read_thread
+    from chat.dbthread import database_thread
     from chat.revocation import revocation_thread
 
     try:
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
         database_thread.run(connections.close_all, timeout=10)
         revocation_thread.run(connections.close_all, timeout=10)
-        read_thread.run(connections.close_all, timeout=10)
     except Exception:  # noqa: BLE001  (best effort: cleanup never fails a test)
         pass

@@ -122,38 +122,27 @@ async def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_work
     assert await thread.submit(lambda: "still here") == "still here"
 
 
-# --- two lanes: the writer's thread and the readers' ------------------------------------------
+# --- two lanes on one thread: writes first ---------------------------------------------------
 
-async def test_the_read_thread_reads_beside_an_open_write_transaction_on_its_own_connection():
-    """The consumers' reads (read_thread) must not wait for the group commit (database_thread):
-    each thread has its own connection, and a read sees the last commit while a write
-    transaction is open (SQLite: WAL; PostgreSQL: MVCC)."""
-    from django.db import transaction
+async def test_writes_are_taken_before_waiting_reads_and_each_lane_is_fifo():
+    """A write queued behind reads runs as soon as the job running now ends; the reads then run
+    in the order they came (chat.dbthread.ReadLane)."""
+    from chat.dbthread import DatabaseThread, ReadLane
 
-    from chat import services
-    from chat.dbthread import read_thread
-    from chat.models import Message
+    thread = DatabaseThread("parley-db-lanes")
+    reads = ReadLane(thread)
+    ran: list[str] = []
+    entered, release = threading.Event(), threading.Event()
 
-    room = await make_room("lobby")
-    author = await database_thread.submit(services.user_create, username="ada", password="correct-horse-battery")
-    writing, release = threading.Event(), threading.Event()
+    def blocker() -> None:
+        entered.set()
+        release.wait(10)
+        ran.append("running")
 
-    def write() -> None:
-        with transaction.atomic():  # IMMEDIATE on SQLite: holds the write lock until the end
-            services.message_create(room_id=room.pk, author=author, text="uncommitted", client_id=None)
-            writing.set()
-            release.wait(10)
-
-    written = database_thread.submit(write)
-    try:
-        assert await asyncio.get_running_loop().run_in_executor(None, writing.wait, 5)
-        started = time.monotonic()
-        count = await asyncio.wait_for(read_thread.submit(lambda: Message.objects.filter(room_id=room.pk).count()), 5)
-        assert count == 0 and time.monotonic() - started < 1.0
-        mine = await read_thread.submit(lambda: (connection.ensure_connection(), connection.connection))
-    finally:
-        release.set()
-    await written
-    theirs = await database_thread.submit(lambda: (connection.ensure_connection(), connection.connection))
-    assert mine[1] is not theirs[1]
-    assert await read_thread.submit(lambda: Message.objects.filter(room_id=room.pk).count()) == 1
+    first = thread.submit(blocker)
+    assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+    waiting = [reads.submit(ran.append, f"read{i}") for i in range(3)]
+    write = thread.submit(ran.append, "write")
+    release.set()
+    await asyncio.gather(first, write, *waiting)
+    assert ran == ["running", "write", "read0", "read1", "read2"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from channels.db import database_sync_to_async
@@ -128,37 +129,43 @@ def test_a_history_request_reserves_the_largest_reply_it_could_get(settings):
     assert consumer_db.history_reserve_bytes(100) == consumer_db.HISTORY_MIN_COST_BYTES + 512 * 1024
 
 
-async def test_a_send_is_committed_and_acked_while_a_read_is_stuck(connect, monkeypatch):
-    """The group commit has its own thread: a read that takes long (here: held on an Event)
-    delays other reads, never a send's commit, its ack or its delivery."""
-    ada, bob = await make_user("ada"), await make_user("bob")
+async def test_a_send_goes_before_the_reads_waiting_for_the_database(connect, monkeypatch):
+    """Writes have the database thread's first lane (chat.dbthread): a send that arrives behind
+    ten slow history reads from ten sockets is committed, acked and delivered after at most the
+    one read already running, not after all ten (FIFO made it wait ~2 s here)."""
+    users = [await make_user(f"r{i}") for i in range(10)]
+    bob = await make_user("bob")
     await make_room("lobby")
-    reader, sender = await connect(ada), await connect(bob)
-    await reader.join("lobby")
+    readers = [await connect(u) for u in users]
+    sender = await connect(bob)
+    for r in readers:
+        await r.join("lobby")
     await sender.join("lobby")
-    release, entered = threading.Event(), threading.Event()
     page = selectors.message_page
+    READ_SECS = 0.2
 
     def slow_page(**kwargs):
-        entered.set()
-        release.wait(10)
+        time.sleep(READ_SECS)
         return page(**kwargs)
 
     monkeypatch.setattr(selectors, "message_page", slow_page)
-    await reader.send({"type": "history", "ref": "slow", "room": "lobby"})
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
-        assert entered.is_set()
-        ack = await sender.say("lobby", "not behind the read")  # times out (3 s) if it queues behind
-        assert ack["seq"] == 1
-        assert (await reader.recv_type("message"))["message"]["text"] == "not behind the read"
-    finally:
-        release.set()
-    assert (await reader.recv_type("history"))["ref"] == "slow"
+    for i, r in enumerate(readers):
+        await r.send({"type": "history", "ref": f"slow{i}", "room": "lobby"})
+    await asyncio.sleep(0.05)  # the first read is running, nine wait
+    started = time.monotonic()
+    ack = await sender.request({"type": "send", "room": "lobby", "text": "first lane", "client_id": "k"},
+                               timeout=10)
+    waited = time.monotonic() - started
+    assert ack["type"] == "ack"
+    assert waited < 5 * READ_SECS, f"the send waited {waited:.2f} s behind the reads"
+    for i, r in enumerate(readers):
+        assert (await r.recv_type("history", timeout=10))["ref"] == f"slow{i}"
 
 
-def test_reads_and_writes_have_a_thread_each():
+def test_reads_and_writes_share_the_database_thread():
+    """One connection for both lanes: every read sees each commit that came before it."""
     from chat.dbthread import database_thread, read_thread
 
-    assert read_thread.run(lambda: threading.current_thread().name, timeout=5) == "parley-db-read"
+    assert read_thread.run(lambda: threading.current_thread().name, timeout=5) == "parley-db"
     assert database_thread.run(lambda: threading.current_thread().name, timeout=5) == "parley-db"
+
