@@ -250,6 +250,10 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connec
                                           (b"host", HOST)])
     assert (await slow.connect())[0]
     await slow.send_json_to({"type": "join", "room": "lobby"})
+    # Its join is done (its joined reply waits in the stuck send) once the room hears it came:
+    # only then do the messages below reach it live. Sent earlier, writes go before the join's
+    # read (chat.dbthread's lanes) and the joined reply alone would carry all twelve.
+    assert (await fast.recv_type("presence"))["user"]["username"] == "slow"
     for i in range(12):
         await fast.say("lobby", f"m{i}")
     assert [m["seq"] for m in await fast.messages(12)] == list(range(1, 13))
