@@ -141,16 +141,8 @@ class ReadLane:
     def __init__(self, thread: DatabaseThread) -> None:
         self._thread = thread
 
-    def submit(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> asyncio.Future[R]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        self._put(functools.partial(fn, *args, **kwargs), loop, future)
-        return future
-
-    def run(self, fn: Callable[..., R], *args: Any, timeout: float | None = None) -> R:
-        future: concurrent.futures.Future[R] = concurrent.futures.Future()
-        self._put(functools.partial(fn, *args), None, future)
-        return future.result(timeout)
+    submit = DatabaseThread.submit  # the same calls, put in this lane by _put below
+    run = DatabaseThread.run
 
     def _put(self, job: Callable[[], Any], loop: Any, future: Any, lane: int = LANE) -> None:
         self._thread._put(job, loop, future, lane)
