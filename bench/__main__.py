@@ -66,7 +66,7 @@ def server_revision() -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             return "?"
     return {"head": git("rev-parse", "--short", "HEAD"),
-            "uncommitted": git("status", "--porcelain", "--", "chat", "config").splitlines()}
+            "uncommitted": git("status", "--porcelain", "--", "parley", "config").splitlines()}
 
 
 def _clean(obj: Any) -> Any:

@@ -3,7 +3,7 @@
 Run with Parley's environment (PARLEY_DATA_DIR / DATABASE_URL / SECRET_KEY) from the repo root:
     python -m bench.mint_tokens --users 5000 --rooms r0000,r0001 --out tokens.json
 Writes {"tokens": [...], "rooms": {slug: id}} to --out. Much faster than 5,000 runs of
-`manage.py create_token`; it stores tokens exactly as chat.services.token_create does.
+`manage.py create_token`; it stores tokens exactly as parley.services.token_create does.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     from django.contrib.auth.hashers import make_password
     from django.db import transaction
 
-    from chat.models import ApiToken, Room
-    from chat.selectors import token_hash
+    from parley.models import ApiToken, Room
+    from parley.selectors import token_hash
 
     User = get_user_model()
     unusable = make_password(None)

@@ -61,7 +61,7 @@ def _run(url: str, args: argparse.Namespace) -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    from chat import services
+    from parley import services
 
     call_command("migrate", verbosity=0)
     users = [services.user_create(username=f"u{i}") for i in range(USERS)]
@@ -95,9 +95,9 @@ def _run(url: str, args: argparse.Namespace) -> None:
               f"{(time.process_time() - cpu) * per:5.2f} ms Python CPU, "
               f"{(_cpu_secs(backend) - pg) * per:5.2f} ms PostgreSQL backend CPU")
     print("beside a thread that keeps the GIL busy (as a loaded event loop does), per batch of 12:")
-    import chat.selectors
-    from chat.rowsql import fetch
-    pipelined = chat.selectors.fetch_together
+    import parley.selectors
+    from parley.rowsql import fetch
+    pipelined = parley.selectors.fetch_together
     spinning = threading.Event()
     spinner = threading.Thread(target=_spin, args=(spinning,), daemon=True)
     spinning.set()
@@ -105,7 +105,7 @@ def _run(url: str, args: argparse.Namespace) -> None:
     try:
         for label, reads in (("reads in one pipeline (now)", pipelined),
                              ("reads one after another", lambda queries: [fetch(q, p) for q, p in queries])):
-            chat.selectors.fetch_together = reads
+            parley.selectors.fetch_together = reads
             for _ in range(20):
                 batch(12)
             wall = time.perf_counter()
@@ -113,7 +113,7 @@ def _run(url: str, args: argparse.Namespace) -> None:
                 batch(12)
             print(f"  {label:34}: {(time.perf_counter() - wall) * 1e3 / args.batches:6.2f} ms wall")
     finally:
-        chat.selectors.fetch_together = pipelined
+        parley.selectors.fetch_together = pipelined
         spinning.clear()
         spinner.join()
     keys = [(rooms[(i % USERS) // 10].pk, users[i % USERS].pk, f"b{run}-{i}") for i in range(sent - 49, sent + 1)]
@@ -123,20 +123,20 @@ def _run(url: str, args: argparse.Namespace) -> None:
                                     ("join with the keys (now)", _joined(keys))):
             print(f"  {form:34}: {_explain(connection, sql, params)}")
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE chat_message")
+            cursor.execute("ANALYZE parley_message")
 
 
 def _fill_history(connection: Any, count: int, users: list[Any], rooms: list[Any]) -> None:
     """`count` messages, 10 users a room as in the ingest scenario, numbered per room."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO chat_message (room_id, seq, author_id, text, client_id, created_at) "
+            "INSERT INTO parley_message (room_id, seq, author_id, text, client_id, created_at) "
             "SELECT r.id, (g / %s) * 10 + g %% 10 + 1, u.id, 'history ' || g, 'h' || g, now() "
             "FROM generate_series(0, %s - 1) AS g "
             "JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS i FROM auth_user) AS u ON u.i = g %% %s "
-            "JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS i FROM chat_room) AS r ON r.i = (g %% %s) / 10",
+            "JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS i FROM parley_room) AS r ON r.i = (g %% %s) / 10",
             [len(users), count, len(users), len(users)])
-        cursor.execute("UPDATE chat_room SET last_seq = (SELECT coalesce(max(seq), 0) FROM chat_message "
+        cursor.execute("UPDATE parley_room SET last_seq = (SELECT coalesce(max(seq), 0) FROM parley_message "
                        "WHERE room_id = chat_room.id)")
 
 
@@ -151,11 +151,11 @@ def _room_by_room(keys: list[tuple[int, int, str]]) -> tuple[str, list[Any]]:
         clauses.append(f"(room_id = %s AND author_id IN ({', '.join(['%s'] * len(authors))}) "
                        f"AND client_id IN ({', '.join(['%s'] * len(client_ids))}))")
         params += [room_id, *authors, *client_ids]
-    return f"SELECT id, room_id, author_id, client_id FROM chat_message WHERE {' OR '.join(clauses)}", params
+    return f"SELECT id, room_id, author_id, client_id FROM parley_message WHERE {' OR '.join(clauses)}", params
 
 
 def _joined(keys: list[tuple[int, int, str]]) -> tuple[str, list[Any]]:
-    from chat.selectors import _client_id_query
+    from parley.selectors import _client_id_query
     query, params = _client_id_query(set(keys))
     return query.sql, params
 

@@ -30,7 +30,7 @@ UNTHROTTLED = {
     "PARLEY_HANDSHAKES_PER_USER_PER_MIN": "100000000",
 }
 # Every client of the benchmark comes from 127.0.0.1, thousands at once: the connection caps of
-# chat/edge.py (per address, per process) are off for every target, the baselines included.
+# parley/edge.py (per address, per process) are off for every target, the baselines included.
 UNCAPPED_CONNECTIONS = {"PARLEY_MAX_CONNECTIONS_PER_IP": "0", "PARLEY_MAX_CONNECTIONS": "0"}
 UNTHROTTLED.update(UNCAPPED_CONNECTIONS)
 PARLEY_APP = "config.asgi:application"
@@ -45,7 +45,7 @@ def free_port() -> int:
 def uvicorn_cmd(app: str, port: int, ws: str = "auto") -> list[str]:
     """The server command for every target: Parley's launcher (config/serve.py, what
     scripts/serve runs), so each target gets the production uvicorn flags and protocols.
-    "auto" is the production WebSocket implementation: for Parley chat.edge's subclass of
+    "auto" is the production WebSocket implementation: for Parley parley.edge's subclass of
     websockets-sansio; for the baselines websockets-sansio itself, whose frames go out the same way
     (the subclass differs only in shutdown, which the baselines' apps do not speak).
 

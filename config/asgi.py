@@ -4,7 +4,7 @@ Run with `uvicorn config.asgi:application` (scripts/serve does). The WebSocket s
 HandshakeRateLimit refuses addresses that reconnect too fast; OriginGuard refuses foreign Origins;
 BearerTokenAuth resolves `Authorization: Bearer`, or hands the handshake to AuthMiddlewareStack,
 which resolves the session cookie (either way it keeps the server's own send for chat frames,
-chat/outbound.py); HandshakeBudget refuses the unauthenticated and charges the rest to their
+parley/realtime/outbound.py); HandshakeBudget refuses the unauthenticated and charges the rest to their
 user; URLRouter picks the consumer.
 """
 
@@ -18,9 +18,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 
-from chat.frameless import FramelessProtocolTypeRouter, FramelessURLRouter  # noqa: E402
-from chat.routing import websocket_urlpatterns  # noqa: E402
-from chat.ws_auth import (  # noqa: E402
+from parley.realtime.frameless import FramelessProtocolTypeRouter, FramelessURLRouter  # noqa: E402
+from parley.routing import websocket_urlpatterns  # noqa: E402
+from parley.ws_auth import (  # noqa: E402
     BearerTokenAuth,
     HandshakeBudget,
     HandshakeRateLimit,
@@ -28,7 +28,7 @@ from chat.ws_auth import (  # noqa: E402
 )
 
 # Channels' URLRouter and ProtocolTypeRouter, minus a coroutine frame each per open socket
-# (chat/frameless.py).
+# (parley/realtime/frameless.py).
 router = FramelessURLRouter(websocket_urlpatterns)
 authenticated = HandshakeBudget(router)
 application = FramelessProtocolTypeRouter(

@@ -18,8 +18,8 @@ import sys
 import click
 from uvicorn.main import main as uvicorn_main
 
-from chat import edge, limits
 from config.env import env_int, env_str, load_dotenv
+from parley import edge, limits
 
 APP = "config.asgi:application"
 # File descriptors kept beyond PARLEY_MAX_CONNECTIONS: database and Redis connections, log
@@ -33,8 +33,8 @@ def production_args() -> list[str]:
         "--host", env_str("HOST", "127.0.0.1"), "--port", str(env_int("PORT", 8000)),
         "--loop", "uvloop",
         # uvicorn's httptools and websockets-sansio, with Parley's connection limits and
-        # shutdown (chat/edge.py).
-        "--http", "chat.edge:ParleyHttpProtocol", "--ws", "chat.edge:ParleyWebSocketProtocol",
+        # shutdown (parley/edge.py).
+        "--http", "parley.edge:ParleyHttpProtocol", "--ws", "parley.edge:ParleyWebSocketProtocol",
         "--ws-max-size", str(edge.env_limit(limits.MAX_FRAME_BYTES)),
         # Deflate keeps one compression context per connection, so a broadcast would be
         # compressed again for every recipient; chat frames are small, and fan-out speed comes
@@ -46,9 +46,9 @@ def production_args() -> list[str]:
         # (docs/benchmarks.md). The kernel caps it at net.core.somaxconn.
         "--backlog", str(env_int("PARLEY_LISTEN_BACKLOG", 8192)),
         "--lifespan", "off",
-        # Off by default; with --access-log on, chat.edge strips query strings from it.
+        # Off by default; with --access-log on, parley.edge strips query strings from it.
         "--no-access-log",
-        # SIGTERM: sockets answer what they received and close with 1001 within this (chat/edge.py).
+        # SIGTERM: sockets answer what they received and close with 1001 within this (parley/edge.py).
         "--timeout-graceful-shutdown", str(edge.env_limit(limits.SHUTDOWN_GRACE_SECS)),
     ]
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from chat.limits import ALL as PARLEY_LIMITS
-from chat.redis_options import redis_client_options
 from config.env import (
     data_dir,
     env_bool,
@@ -21,6 +19,8 @@ from config.env import (
     generated_secret_key,
     load_dotenv,
 )
+from parley.limits import ALL as PARLEY_LIMITS
+from parley.redis_options import redis_client_options
 
 # The same .env for every entry point (the server, manage.py, scripts/serve); the environment wins.
 load_dotenv()
@@ -46,18 +46,18 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "chat",
+    "parley",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "chat.http_security.SecurityHeadersMiddleware",
+    "parley.http_security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "chat.http_auth.BearerTokenMiddleware",
+    "parley.http_auth.BearerTokenMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -127,7 +127,7 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "chat.layers.LeanInMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "parley.layers.LeanInMemoryChannelLayer"}}
 
 # --- Auth, sessions, security ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -137,15 +137,15 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
     # The sign-up form keeps a password's spaces (strip=False), so eight spaces passed the
     # length check.
-    {"NAME": "chat.passwords.NonSpaceLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "parley.passwords.NonSpaceLengthValidator", "OPTIONS": {"min_length": 8}},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "chat:app"
+LOGIN_REDIRECT_URL = "parley:app"
 LOGOUT_REDIRECT_URL = "login"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
-CSRF_FAILURE_VIEW = "chat.views.csrf_failure"  # JSON 403 on the API, Django's page elsewhere
+CSRF_FAILURE_VIEW = "parley.views.csrf_failure"  # JSON 403 on the API, Django's page elsewhere
 # Pages, besides the server's own origin, that may open a WebSocket with the user's cookie
-# (chat/ws_auth.py OriginGuard): full origins, `https://chat.example.com` or
+# (parley/ws_auth.py OriginGuard): full origins, `https://chat.example.com` or
 # `https://*.example.com`. CSRF_TRUSTED_ORIGINS count too: a page trusted to POST with the
 # session (and so to make API tokens) gains nothing by being refused the socket.
 PARLEY_ALLOWED_ORIGINS = env_list("PARLEY_ALLOWED_ORIGINS", [])
@@ -174,7 +174,7 @@ STATIC_ROOT = env_str("STATIC_ROOT") or None
 WHITENOISE_USE_FINDERS = True
 
 # --- Parley limits -------------------------------------------------------------------------
-# chat/limits.py defines each limit once (setting name, default, unit, what it bounds), and
+# parley/limits.py defines each limit once (setting name, default, unit, what it bounds), and
 # docs/security.md tables them; every one can be set from the environment under its own name.
 for _limit in PARLEY_LIMITS:
     globals()[_limit.setting] = env_int(_limit.setting, int(_limit.default))
@@ -184,12 +184,12 @@ PARLEY_HISTORY_PAGE_DEFAULT = env_int("PARLEY_HISTORY_PAGE_DEFAULT", 50)
 PARLEY_RESERVED_SLUGS = env_list("PARLEY_RESERVED_SLUGS", [])
 # How long a socket waits for a missing sequence number before reading it from the database.
 PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
-# "hub": chat.hub, the per-process fast path (default). "layer": stock group_send, for comparison.
+# "hub": parley.realtime.hub, the per-process fast path (default). "layer": stock group_send, for comparison.
 PARLEY_FANOUT = env_str("PARLEY_FANOUT", "hub")
 if PARLEY_FANOUT not in ("hub", "layer"):
     raise ImproperlyConfigured(f"PARLEY_FANOUT={PARLEY_FANOUT!r}: use 'hub' or 'layer'")
 # Write each broadcast's frame bytes, framed once, straight to uvicorn's websockets-sansio
-# connections (chat/wire.py); off: every frame goes through the ASGI send.
+# connections (parley/realtime/wire.py); off: every frame goes through the ASGI send.
 PARLEY_PREPARED_FRAMES = env_bool("PARLEY_PREPARED_FRAMES", True)
 
 LOGGING = {

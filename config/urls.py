@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from chat.views import admin_login, login_page, signup
+from parley.views import admin_login, login_page, signup
 
 urlpatterns = [
     # Both sign-in pages ahead of the stock ones, for their failed-attempt limits.
@@ -10,11 +10,11 @@ urlpatterns = [
     path("accounts/login/", login_page, name="login"),
     path("accounts/signup/", signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("", include("chat.urls")),
+    path("", include("parley.urls")),
 ]
 
 # The API's errors are JSON whatever raised them; other pages keep Django's.
-handler400 = "chat.views.bad_request"
-handler403 = "chat.views.permission_denied"
-handler404 = "chat.views.page_not_found"
-handler500 = "chat.views.server_error"
+handler400 = "parley.views.bad_request"
+handler403 = "parley.views.permission_denied"
+handler404 = "parley.views.page_not_found"
+handler500 = "parley.views.server_error"

@@ -17,8 +17,8 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
-from chat import services
 from config.asgi import application
+from parley import services
 
 ORIGIN = b"http://localhost"
 HOST = b"localhost"  # the Host header every real client sends; ORIGIN is same-origin with it
@@ -177,7 +177,7 @@ async def connect() -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture(autouse=True)
 def _close_worker_connection() -> Any:
     """After each test, close the DB connections of asgiref's shared sync thread and of
-    Parley's database threads (chat.dbthread's, and chat.revocation's periodic check).
+    Parley's database threads (parley.realtime.dbthread's, and parley.revocation's periodic check).
 
     database_sync_to_async (the tests' own ORM calls) and the consumers run ORM calls on those
     threads, and their connections otherwise outlive the run: PostgreSQL then refuses to
@@ -187,8 +187,8 @@ def _close_worker_connection() -> Any:
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    from chat.dbthread import database_thread
-    from chat.revocation import revocation_thread
+    from parley.realtime.dbthread import database_thread
+    from parley.revocation import revocation_thread
 
     try:
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

@@ -1,4 +1,4 @@
-"""Handshake authentication and Origin checks (chat/ws_auth.py), and bearer auth on HTTP (chat/http_auth.py)."""
+"""Handshake authentication and Origin checks (parley/ws_auth.py), and bearer auth on HTTP (parley/http_auth.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client as DjangoClient
 from django.test import override_settings
 
-from chat import services, ws_auth
-from chat.models import ApiToken
 from config.asgi import application
+from parley import services, ws_auth
+from parley.models import ApiToken
 from tests.conftest import ORIGIN, Client, make_room, make_token, make_user, open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -113,14 +113,14 @@ async def test_token_use_is_recorded():
 
 async def test_handshakes_at_once_each_get_their_own_token_user(monkeypatch):
     """Handshakes that reach the database thread together share one token query
-    (chat.ws_auth, chat.dbthread.Batched): each must still get its own user, and a bad token
+    (parley.ws_auth, parley.realtime.dbthread.Batched): each must still get its own user, and a bad token
     among them refused without taking the others down. The thread is held busy meanwhile so
     that they do arrive together."""
     import asyncio
     import threading
 
-    from chat import ws_auth
-    from chat.dbthread import database_thread
+    from parley import ws_auth
+    from parley.realtime.dbthread import database_thread
 
     batches: list[int] = []
     many = ws_auth._token_user.many

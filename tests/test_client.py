@@ -156,7 +156,7 @@ pytestmark_db = pytest.mark.django_db(transaction=True)
 
 @closing_db
 def _token_with_id(username: str) -> tuple[str, int]:
-    from chat import services
+    from parley import services
 
     user = services.user_create(username=username)
     row, raw = services.token_create(user=user, name="t")
@@ -165,8 +165,8 @@ def _token_with_id(username: str) -> tuple[str, int]:
 
 @closing_db
 def _recreate_room(slug: str) -> str:
-    from chat import services
-    from chat.models import Room
+    from parley import services
+    from parley.models import Room
 
     Room.objects.filter(slug=slug).delete()
     return services.room_create(slug=slug, title="Again").epoch

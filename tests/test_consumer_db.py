@@ -1,4 +1,4 @@
-"""chat.consumer_db and chat.dbthread: the consumer's database calls run on the database thread,
+"""parley.consumer_db and parley.realtime.dbthread: the consumer's database calls run on the database thread,
 one at a time, and leave the socket task's context untouched."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import contextvars
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import consumer_db as db
-from chat import selectors
+from parley import consumer_db as db
+from parley import selectors
 from tests.conftest import make_room, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,7 +30,7 @@ async def test_a_database_call_leaves_the_callers_context_as_it_was():
 async def test_why_plain_database_sync_to_async_is_not_used_for_them():
     """asgiref writes the thread's context back into the caller's (re-homing every asgiref
     Local's storage): kept in each open socket's task context, that was ~0.6 KB a socket. One
-    of the reasons db_call uses chat.dbthread instead (the other: its per-call cost)."""
+    of the reasons db_call uses parley.realtime.dbthread instead (the other: its per-call cost)."""
     ada, room = await make_user("ada"), await make_room("lobby")
     before = context_now()
     assert await database_sync_to_async(selectors.room_user_can_access)(user=ada, room_id=room.pk)
@@ -42,8 +42,8 @@ def test_joins_read_together_answer_each_join_as_alone(django_assert_num_queries
     """join_snapshots (what joins that reach the database thread together share): one room
     query, one for the messages of every resuming join — ten members resuming a room share its
     rows — each distinct page read once, and every join gets what join_snapshots gives it alone."""
-    from chat import services
-    from chat.protocol import Join
+    from parley import services
+    from parley.protocol import Join
 
     users = [services.user_create(username=f"u{i}", password="correct-horse-battery") for i in range(10)]
     outsider = services.user_create(username="outsider", password="correct-horse-battery")

@@ -9,10 +9,10 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
-import chat.consumer_db
-import chat.consumers
-from chat import fanout, services
-from chat.models import Membership, Message, Room
+import parley.consumer_db
+import parley.consumers
+from parley import fanout, services
+from parley.models import Membership, Message, Room
 from tests.conftest import Client, make_room, make_token, make_user
 from tests.support.inprocess import *  # noqa: F403  (the `server` fixture: a real uvicorn)
 from tests.support.inprocess import open_and_join
@@ -542,9 +542,9 @@ async def test_a_refused_join_of_a_known_private_room_leaks_no_events(connect, m
     room = await make_room("secret", owner=owner, private=True)
     o = await connect(owner)
     await o.join("secret")
-    assert chat.consumers._room_ids["secret"] == room.pk
+    assert parley.consumers._room_ids["secret"] == room.pk
     e = await connect(eve)
-    snapshot = chat.consumer_db.join_snapshot
+    snapshot = parley.consumer_db.join_snapshot
 
     async def slow_snapshot(*args: Any) -> Any:
         # while eve's join waits on the database, the room is busy
@@ -553,7 +553,7 @@ async def test_a_refused_join_of_a_known_private_room_leaks_no_events(connect, m
         await asyncio.sleep(0.1)
         return await snapshot(*args)
 
-    monkeypatch.setattr(chat.consumer_db, "join_snapshot", slow_snapshot)
+    monkeypatch.setattr(parley.consumer_db, "join_snapshot", slow_snapshot)
     err = await e.request({"type": "join", "room": "secret"})
     assert (err["type"], err["code"]) == ("error", "room_not_found")
     monkeypatch.undo()
@@ -574,7 +574,7 @@ async def test_a_join_learns_a_recreated_room(connect):
     old_pk = old.pk
     await database_sync_to_async(old.delete)()
     new = await make_room("phoenix")
-    assert chat.consumers._room_ids["phoenix"] == old_pk != new.pk
+    assert parley.consumers._room_ids["phoenix"] == old_pk != new.pk
     b = await connect(ada)
     again = await b.join("phoenix")
     assert again["room"]["epoch"] == new.epoch != first["room"]["epoch"]
@@ -587,13 +587,13 @@ async def test_a_second_join_of_a_room_costs_one_database_hop(connect, monkeypat
     a, b = await connect(await make_user("ada")), await connect(await make_user("bob"))
     await a.join("lobby")
     lookups = []
-    load_room = chat.consumer_db.load_room
+    load_room = parley.consumer_db.load_room
 
     async def counting(user: Any, slug: str) -> Any:
         lookups.append(slug)
         return await load_room(user, slug)
 
-    monkeypatch.setattr(chat.consumer_db, "load_room", counting)
+    monkeypatch.setattr(parley.consumer_db, "load_room", counting)
     await b.join("lobby")
     assert lookups == []  # the snapshot hop alone checked access and read the room
 
@@ -936,7 +936,7 @@ async def _next_close(client: Client, timeout: float) -> dict[str, Any]:
 
 async def test_silent_socket_is_closed_with_4408(connect, settings, monkeypatch):
     settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
-    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 1.0)
+    monkeypatch.setattr(parley.consumers, "heartbeat_timeout_secs", lambda: 1.0)
     ada = await make_user("ada")
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -949,7 +949,7 @@ async def test_silent_socket_is_closed_with_4408(connect, settings, monkeypatch)
 
 async def test_pings_keep_the_socket_open(connect, settings, monkeypatch):
     settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
-    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 1.0)
+    monkeypatch.setattr(parley.consumers, "heartbeat_timeout_secs", lambda: 1.0)
     a = await connect(await make_user("ada"))
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -963,7 +963,7 @@ async def test_pings_keep_the_socket_open(connect, settings, monkeypatch):
 
 async def test_any_frame_counts_as_a_heartbeat(connect, settings, monkeypatch):
     settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
-    monkeypatch.setattr(chat.consumers, "heartbeat_timeout_secs", lambda: 1.0)
+    monkeypatch.setattr(parley.consumers, "heartbeat_timeout_secs", lambda: 1.0)
     await make_room("lobby")
     a = await connect(await make_user("ada"))
     await a.join("lobby")
@@ -977,7 +977,7 @@ async def test_any_frame_counts_as_a_heartbeat(connect, settings, monkeypatch):
 
 def test_heartbeat_timeout_formula(settings):
     settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 25
-    assert chat.consumers.heartbeat_timeout_secs() == 55
+    assert parley.consumers.heartbeat_timeout_secs() == 55
 
 
 # --- commit failure ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""chat.dbthread: socket-side database work runs on one thread, one call at a time."""
+"""parley.realtime.dbthread: socket-side database work runs on one thread, one call at a time."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import pytest
 from django.db import connection
 
-from chat.dbthread import Batched, DatabaseThread, database_thread
-from chat.models import Room
+from parley.models import Room
+from parley.realtime.dbthread import Batched, DatabaseThread, database_thread
 from tests.conftest import make_room
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,7 +44,7 @@ async def test_it_uses_the_orm_with_its_own_connection_closed_when_stale(monkeyp
     """Stale connections are closed around each call, as database_sync_to_async did."""
     await make_room("lobby")
     calls = []
-    monkeypatch.setattr("chat.dbthread.close_old_connections", lambda: calls.append(1))
+    monkeypatch.setattr("parley.realtime.dbthread.close_old_connections", lambda: calls.append(1))
     assert await database_thread.submit(lambda: list(Room.objects.values_list("slug", flat=True))) == ["lobby"]
     assert calls == [1, 1]
     here = connection.connection
@@ -126,8 +126,8 @@ async def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_work
 
 async def test_writes_are_taken_before_waiting_reads_and_each_lane_is_fifo():
     """A write queued behind reads runs as soon as the job running now ends; the reads then run
-    in the order they came (chat.dbthread.ReadLane)."""
-    from chat.dbthread import DatabaseThread, ReadLane
+    in the order they came (parley.realtime.dbthread.ReadLane)."""
+    from parley.realtime.dbthread import DatabaseThread, ReadLane
 
     thread = DatabaseThread("parley-db-lanes")
     reads = ReadLane(thread)

@@ -1,4 +1,4 @@
-"""The connection edge (chat/edge.py) in a real server process started by the production
+"""The connection edge (parley/edge.py) in a real server process started by the production
 launcher (config/serve.py): connection caps, the header timeout, the header size cap, no query
 strings in the logs, and the SIGTERM drain (every frame received is answered, then 1001).
 
@@ -124,7 +124,7 @@ def test_one_address_cannot_hoard_connections_and_half_sent_heads_time_out():
 
 
 def test_the_per_address_cap_counts_an_ipv6_host_by_its_64():
-    from chat.edge import address_key
+    from parley.edge import address_key
 
     assert address_key(("2001:db8:1:2::1", 1)) == address_key(("2001:db8:1:2:ffff::9", 2)) == "2001:db8:1:2::/64"
     assert address_key(("2001:db8:1:3::1", 1)) != address_key(("2001:db8:1:2::1", 1))
@@ -215,7 +215,7 @@ def test_no_query_string_reaches_the_server_log_even_with_the_access_log_on():
 
 @closing_db
 def stored_client_ids(room: str) -> set[str]:
-    from chat.models import Message
+    from parley.models import Message
 
     return set(Message.objects.filter(room__slug=room).values_list("client_id", flat=True))
 

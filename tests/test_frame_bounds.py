@@ -12,7 +12,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
 
-from chat import protocol
+from parley import protocol
 from tests.conftest import make_room, make_token, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,7 +26,7 @@ def bulk_messages(slug: str, authors: list[Any], per_author: int, text: Any) -> 
     from django.db import transaction
     from django.utils import timezone
 
-    from chat.models import Message, Room
+    from parley.models import Message, Room
 
     with transaction.atomic():
         room = Room.objects.select_for_update().get(slug=slug)
@@ -101,7 +101,7 @@ async def test_a_full_resume_window_of_ordinary_messages_is_recovered(connect):
 
 
 def test_a_room_with_thousands_online_gets_a_member_list_that_fits():
-    from chat.consumers import _members_that_fit
+    from parley.consumers import _members_that_fit
 
     members = [{"id": 10**12 + i, "username": "ü" * 150} for i in range(20_000)]
     kept = _members_that_fit(members)

@@ -153,7 +153,7 @@ def _bulk_messages(slug: str, usernames: list[str], per_user: int, text: str) ->
     from django.db import transaction
     from django.utils import timezone
 
-    from chat.models import Message, Room
+    from parley.models import Message, Room
 
     authors = [get_user_model().objects.get(username=u) for u in usernames]
     with transaction.atomic():

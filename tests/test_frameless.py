@@ -1,4 +1,4 @@
-"""chat.frameless: the URL router and consumer app that keep no coroutine frame per socket."""
+"""parley.realtime.frameless: the URL router and consumer app that keep no coroutine frame per socket."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from asgiref.compatibility import guarantee_single_callable
 from django.urls import path, re_path
 
-from chat.consumers import ChatConsumer
-from chat.frameless import FramelessProtocolTypeRouter, FramelessURLRouter
-from chat.outbound import RAW_SEND_KEY
+from parley.consumers import ChatConsumer
+from parley.realtime.frameless import FramelessProtocolTypeRouter, FramelessURLRouter
+from parley.realtime.outbound import RAW_SEND_KEY
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

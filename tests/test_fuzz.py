@@ -17,9 +17,9 @@ from django.contrib.auth import get_user_model
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
-from chat import protocol
-from chat.models import Message, Room
-from chat.protocol import (
+from parley import protocol
+from parley.models import Message, Room
+from parley.protocol import (
     History,
     Join,
     Leave,
@@ -284,7 +284,7 @@ def _world() -> tuple[Any, Any]:
     for slug in VISIBLE_ROOMS:
         Room.objects.get_or_create(slug=slug, defaults={"title": slug})
     if not Room.objects.filter(slug="secret").exists():
-        from chat import services
+        from parley import services
         services.room_create(slug="secret", title="Secret", owner=bob, is_private=True)
     return ada, bob
 

@@ -1,4 +1,4 @@
-"""chat.hub: local fan-out, fan-out across processes over Redis, and catch-up after Redis restarts."""
+"""parley.realtime.hub: local fan-out, fan-out across processes over Redis, and catch-up after Redis restarts."""
 
 import asyncio
 import shutil
@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import redis.asyncio as aioredis
 
-from chat.hub import LocalHub, RedisHub
+from parley.realtime.hub import LocalHub, RedisHub
 from tests.conftest import REQUIRE_SERVICES
 
 
@@ -77,15 +77,15 @@ async def test_revoking_credentials_reaches_only_their_sockets_once():
 
 @pytest.mark.django_db(transaction=True)
 async def test_the_periodic_check_closes_what_the_database_no_longer_vouches_for(settings):
-    """chat.revocation over the hub's watched credentials: one query names the lost ones —
+    """parley.revocation over the hub's watched credentials: one query names the lost ones —
     an inactive user, a revoked token, rows that do not exist — and only their receivers are
     closed; the check stops by itself once nothing is watched."""
     from channels.db import database_sync_to_async
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from chat import services
-    from chat.models import ApiToken
+    from parley import services
+    from parley.models import ApiToken
 
     @database_sync_to_async
     def world():

@@ -1,4 +1,4 @@
-"""chat.ingest: group commit of concurrent sends."""
+"""parley.ingest: group commit of concurrent sends."""
 
 import asyncio
 
@@ -6,8 +6,8 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, IntegrityError, connections
 
-from chat import ingest, services
-from chat.models import Message
+from parley import ingest, services
+from parley.models import Message
 from tests.conftest import make_room, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,11 +1,11 @@
-"""chat.layers: the embedded channel layer still expires, but walks its channels at most once a second."""
+"""parley.layers: the embedded channel layer still expires, but walks its channels at most once a second."""
 
 from __future__ import annotations
 
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from chat import layers
+from parley import layers
 
 
 @pytest.fixture
@@ -43,4 +43,4 @@ async def test_expired_messages_and_their_groups_are_still_dropped(clock, monkey
 def test_it_is_the_embedded_default(settings):
     if settings.REDIS_URL:
         pytest.skip("the Redis run uses channels_redis")
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "chat.layers.LeanInMemoryChannelLayer"
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "parley.layers.LeanInMemoryChannelLayer"

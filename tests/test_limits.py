@@ -1,4 +1,4 @@
-"""chat.limits and the limits the consumer enforces: each limit's error or close code, tested."""
+"""parley.limits and the limits the consumer enforces: each limit's error or close code, tested."""
 
 import asyncio
 import logging
@@ -8,9 +8,9 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from chat import limits
-from chat.models import Message
 from config.asgi import application
+from parley import limits
+from parley.models import Message
 from tests.conftest import HOST, ORIGIN, make_room, make_token, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -252,7 +252,7 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connec
     await slow.send_json_to({"type": "join", "room": "lobby"})
     # Its join is done (its joined reply waits in the stuck send) once the room hears it came:
     # only then do the messages below reach it live. Sent earlier, writes go before the join's
-    # read (chat.dbthread's lanes) and the joined reply alone would carry all twelve.
+    # read (parley.realtime.dbthread's lanes) and the joined reply alone would carry all twelve.
     assert (await fast.recv_type("presence"))["user"]["username"] == "slow"
     for i in range(12):
         await fast.say("lobby", f"m{i}")

@@ -15,8 +15,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 
-from chat.models import ApiToken, Room
-from chat.selectors import token_get_active
+from parley.models import ApiToken, Room
+from parley.selectors import token_get_active
 
 ROOT = Path(__file__).resolve().parent.parent
 

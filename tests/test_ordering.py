@@ -1,6 +1,6 @@
-"""chat.ordering: every message once, in seq order, whatever order the broadcasts arrive in."""
+"""parley.realtime.ordering: every message once, in seq order, whatever order the broadcasts arrive in."""
 
-from chat.ordering import Subscription
+from parley.realtime.ordering import Subscription
 
 
 def collect():

@@ -1,4 +1,4 @@
-"""chat.outbound: frames go out at once while the socket keeps up, queue (bounded) when it does not."""
+"""parley.realtime.outbound: frames go out at once while the socket keeps up, queue (bounded) when it does not."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from chat.outbound import Outbound
+from parley.realtime.outbound import Outbound
 
 
 class FakeSocket:

@@ -1,11 +1,11 @@
-"""chat.payloads: the wire shapes of users, rooms, messages and timestamps."""
+"""parley.payloads: the wire shapes of users, rooms, messages and timestamps."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
 
-from chat.payloads import timestamp
+from parley.payloads import timestamp
 
 
 def test_timestamp_is_utc_iso8601_with_milliseconds_truncated():
@@ -19,13 +19,13 @@ def test_timestamp_is_utc_iso8601_with_milliseconds_truncated():
 
 
 def test_message_payload_bytes_is_the_encoded_size_exactly():
-    """chat.payloads.message_payload_bytes, which bounds every joined/history reply and HTTP
+    """parley.payloads.message_payload_bytes, which bounds every joined/history reply and HTTP
     page, must be what orjson writes — JSON escapes included (U+0001 is six bytes)."""
     import orjson
     from django.contrib.auth.models import User
 
-    from chat.models import Message
-    from chat.payloads import fit_page, message_payload, message_payload_bytes, messages_bytes
+    from parley.models import Message
+    from parley.payloads import fit_page, message_payload, message_payload_bytes, messages_bytes
 
     rng = random.Random(3)
     alphabet = ["a", "é", "😀", "\x01", "\x1f", '"', "\\", "\n", "\t", "\u2028", "\x7f", " "]

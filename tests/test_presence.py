@@ -1,4 +1,4 @@
-"""chat.presence: the in-memory store and the Redis store behave alike (first/last socket, expiry)."""
+"""parley.presence: the in-memory store and the Redis store behave alike (first/last socket, expiry)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from django.conf import settings
 
-import chat.presence
-from chat.presence import Member, MemoryPresence, RedisPresence, get_presence
+import parley.presence
+from parley.presence import Member, MemoryPresence, RedisPresence, get_presence
 from tests.conftest import require_redis
 
 ADA, BOB, CAROL = Member(1, "ada"), Member(2, "Bob"), Member(3, "carol")
@@ -71,7 +71,7 @@ async def test_remove_unknown_socket_is_harmless(store):
 
 
 async def test_touch_keeps_an_entry_alive(store, monkeypatch):
-    monkeypatch.setattr(chat.presence, "presence_ttl_secs", lambda: 1)
+    monkeypatch.setattr(parley.presence, "presence_ttl_secs", lambda: 1)
     await store.add(1, "ch-a", ADA)
     await store.add(1, "ch-b", BOB)
     for _ in range(3):
@@ -85,7 +85,7 @@ async def test_touch_keeps_an_entry_alive(store, monkeypatch):
 
 
 async def test_entries_expire_without_heartbeats(store, monkeypatch):
-    monkeypatch.setattr(chat.presence, "presence_ttl_secs", lambda: 0)
+    monkeypatch.setattr(parley.presence, "presence_ttl_secs", lambda: 0)
     await store.add(3, "ghost", ADA)
     assert await store.members(3) == []
     assert await store.add(3, "fresh", ADA) is True  # the ghost does not block a new first join
@@ -99,7 +99,7 @@ async def test_touch_of_unknown_socket(store):
 
 def test_ttl_is_three_heartbeats(settings):
     settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 10
-    assert chat.presence.presence_ttl_secs() == 30
+    assert parley.presence.presence_ttl_secs() == 30
 
 
 async def test_get_presence_picks_the_backend_and_is_per_loop():

@@ -1,11 +1,11 @@
-"""chat.protocol on its own: decoding, validation, error frames, encoding (docs/protocol.md §2, §3, §6)."""
+"""parley.protocol on its own: decoding, validation, error frames, encoding (docs/protocol.md §2, §3, §6)."""
 
 from __future__ import annotations
 
 import pytest
 
-from chat import protocol
-from chat.protocol import (
+from parley import protocol
+from parley.protocol import (
     History,
     Join,
     Leave,
@@ -238,7 +238,7 @@ def test_bad_frame_keeps_a_valid_ref(frame):
 
 
 def test_peek_ref_never_raises():
-    from chat.protocol import peek_ref
+    from parley.protocol import peek_ref
 
     assert peek_ref('{"type": "ping", "ref": "a"}') == "a"
     assert peek_ref('{"ref": "b"}') == "b"  # bad_frame, but its ref is readable

@@ -10,7 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
 
-from chat import limits, protocol, ws_auth
+from parley import limits, protocol, ws_auth
 from tests.conftest import make_room, make_token, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -119,7 +119,7 @@ async def test_members_of_a_public_room_are_its_memberships_not_who_is_online(co
 
 @database_sync_to_async
 def make_admin(name: str, **flags: bool):
-    from chat import services
+    from parley import services
 
     user = services.user_create(username=name, password="correct-horse-battery")
     for key, value in flags.items():

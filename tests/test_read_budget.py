@@ -13,7 +13,7 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import consumer_db, consumers, limits, selectors, services
+from parley import consumer_db, consumers, limits, selectors, services
 from tests.conftest import make_room, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -130,7 +130,7 @@ def test_a_history_request_reserves_the_largest_reply_it_could_get(settings):
 
 
 async def test_a_send_goes_before_the_reads_waiting_for_the_database(connect, monkeypatch):
-    """Writes have the database thread's first lane (chat.dbthread): a send that arrives behind
+    """Writes have the database thread's first lane (parley.realtime.dbthread): a send that arrives behind
     ten slow history reads from ten sockets is committed, acked and delivered after at most the
     one read already running, not after all ten (FIFO made it wait ~2 s here)."""
     users = [await make_user(f"r{i}") for i in range(10)]
@@ -164,7 +164,7 @@ async def test_a_send_goes_before_the_reads_waiting_for_the_database(connect, mo
 
 def test_reads_and_writes_share_the_database_thread():
     """One connection for both lanes: every read sees each commit that came before it."""
-    from chat.dbthread import database_thread, read_thread
+    from parley.realtime.dbthread import database_thread, read_thread
 
     assert read_thread.run(lambda: threading.current_thread().name, timeout=5) == "parley-db"
     assert database_thread.run(lambda: threading.current_thread().name, timeout=5) == "parley-db"

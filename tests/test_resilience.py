@@ -387,7 +387,7 @@ def _bulk_messages(slug: str, username: str, n: int, text: str) -> None:
     from django.db import transaction
     from django.utils import timezone
 
-    from chat.models import Message, Room
+    from parley.models import Message, Room
 
     author = get_user_model().objects.get(username=username)
     with transaction.atomic():

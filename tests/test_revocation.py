@@ -3,7 +3,7 @@
 The server runs the embedded default — no Redis, so nothing tells it about a revocation made
 elsewhere — and the revocations come from `manage.py shell -c`, as an operator would make
 them: the admin's plain save, services.token_revoke, a `QuerySet.update` (no signal at all) and
-a deleted token row. chat.revocation's periodic check must close idle sockets within
+a deleted token row. parley.revocation's periodic check must close idle sockets within
 PARLEY_REVOCATION_CHECK_SECS, and every command that does work must refuse at once.
 """
 
@@ -27,8 +27,8 @@ CLOSE_BOUND_SECS = CHECK_SECS + 4
 
 REVOKE = """
 from django.contrib.auth import get_user_model
-from chat import services
-from chat.models import ApiToken
+from parley import services
+from parley.models import ApiToken
 User = get_user_model()
 ada = User.objects.get(username="ada")
 ada.is_active = False
@@ -67,7 +67,7 @@ async def open_users(server, names: list[str]) -> dict[str, RawSocket]:
 def stored_texts() -> list[str]:
     from django.db import connection
 
-    from chat.models import Message
+    from parley.models import Message
 
     try:
         return list(Message.objects.values_list("text", flat=True))

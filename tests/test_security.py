@@ -9,8 +9,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client as HttpClient
 from django.utils import timezone
 
-from chat import services
-from chat.models import ApiToken, Membership, Message
+from parley import services
+from parley.models import ApiToken, Membership, Message
 from tests.conftest import make_room, make_token, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -211,10 +211,10 @@ async def test_tokens_never_reach_the_logs(caplog):
 
 
 def test_security_doc_lists_every_limit():
-    """docs/security.md is the public limits table: it must name every limit chat/limits.py has."""
+    """docs/security.md is the public limits table: it must name every limit parley/limits.py has."""
     from pathlib import Path
 
-    from chat import limits
+    from parley import limits
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
     missing = [limit.setting for limit in limits.ALL if f"`{limit.setting}`" not in doc]

@@ -1,11 +1,11 @@
-"""chat.selectors: the reads (visibility, paging, ranges, tokens)."""
+"""parley.selectors: the reads (visibility, paging, ranges, tokens)."""
 
 from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
 
-from chat import selectors, services
+from parley import selectors, services
 
 pytestmark = pytest.mark.django_db
 
@@ -42,7 +42,7 @@ def test_visibility(world):
 
 
 def test_rooms_get_visible_is_room_get_visible_for_each_pair(world, django_assert_num_queries):
-    """The batch form of room_get_visible (every join goes through it, chat.consumer_db):
+    """The batch form of room_get_visible (every join goes through it, parley.consumer_db):
     the same answer for each (user, slug) as asking alone, members, staff and anonymous
     users included, and no membership query while no private room is involved."""
     from django.contrib.auth.models import AnonymousUser
@@ -178,16 +178,16 @@ def _fields(instance):
 
 def test_plain_sql_reads_build_what_the_orm_builds(world):
     """token_get_active, room_get_visible and the message reads skip the ORM's compiler
-    (chat.rowsql); the instances they build must equal the ORM's field for field: types,
+    (parley.rowsql); the instances they build must equal the ORM's field for field: types,
     converted values (datetimes aware, booleans), and the related user loaded."""
-    from chat.models import ApiToken, Message, Room
+    from parley.models import ApiToken, Message, Room
 
     ada, _, _, lobby, secret = world
     token, raw = services.token_create(user=ada)
     services.token_touch(token=token)  # a non-null datetime besides created_at
     services.message_create(room_id=lobby.pk, author=ada, text="héllo ✓", client_id="c1")
     services.message_create(room_id=lobby.pk, author=ada, text="two", client_id=None)
-    # What a JSON array must carry back unchanged on SQLite (chat.rowsql.select): quotes,
+    # What a JSON array must carry back unchanged on SQLite (parley.rowsql.select): quotes,
     # backslashes, control characters, astral and line-separator characters.
     services.message_create(room_id=lobby.pk, author=ada, text='q"b\\n\n\t\x01 😀 \u2028 end', client_id=None)
 
@@ -210,13 +210,13 @@ def test_plain_sql_reads_build_what_the_orm_builds(world):
 
 
 def test_sqlite_reads_come_back_as_one_json_row_and_others_as_rows():
-    """chat.rowsql.select: on SQLite one row holding a JSON array (one GIL hand-back per
+    """parley.rowsql.select: on SQLite one row holding a JSON array (one GIL hand-back per
     query instead of one per row); elsewhere the plain SELECT."""
     from django.db import connection
 
-    from chat.models import Room
-    from chat.rowsql import cols, select
+    from parley.models import Room
+    from parley.rowsql import cols, select
 
-    query = select([cols(Room, "r")], "FROM chat_room r")
+    query = select([cols(Room, "r")], "FROM parley_room r")
     assert query.json_rows is (connection.vendor == "sqlite")
     assert query.sql.startswith("SELECT json_group_array(" if connection.vendor == "sqlite" else "SELECT ")

@@ -68,19 +68,19 @@ def test_setup_only_on_a_fresh_machine_then_again(data_dir):
 
     with sqlite3.connect(db) as conn:
         applied = {row[0] for row in conn.execute("SELECT app FROM django_migrations")}
-        assert {"chat", "auth", "sessions", "admin", "contenttypes"} <= applied
-        chat_migrations = sorted(r[0] for r in conn.execute("SELECT name FROM django_migrations WHERE app='chat'"))
-        rooms = conn.execute("SELECT slug, title, is_private FROM chat_room").fetchall()
+        assert {"parley", "auth", "sessions", "admin", "contenttypes"} <= applied
+        app_migrations = sorted(r[0] for r in conn.execute("SELECT name FROM django_migrations WHERE app='parley'"))
+        rooms = conn.execute("SELECT slug, title, is_private FROM parley_room").fetchall()
     assert rooms == [("lobby", "Lobby", 0)]
-    shipped = sorted(p.stem for p in (ROOT / "chat" / "migrations").glob("[0-9]*.py"))
-    assert chat_migrations == shipped
+    shipped = sorted(p.stem for p in (ROOT / "parley" / "migrations").glob("[0-9]*.py"))
+    assert app_migrations == shipped
 
     second = setup_only(env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert key_file.read_text().strip() == key  # the key is kept, so sessions survive restarts
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM chat_room").fetchone() == (1,)
-        assert conn.execute("SELECT count(*) FROM django_migrations WHERE app='chat'").fetchone() == (len(shipped),)
+        assert conn.execute("SELECT count(*) FROM parley_room").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM django_migrations WHERE app='parley'").fetchone() == (len(shipped),)
 
 
 def test_setup_only_respects_a_given_secret_key(data_dir):
@@ -162,7 +162,7 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def tokens_in(db: Path) -> int:
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT count(*) FROM chat_apitoken").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM parley_apitoken").fetchone()[0]
 
 
 def test_manage_py_uses_the_key_and_database_setup_made(data_dir):

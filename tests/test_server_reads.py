@@ -3,7 +3,7 @@
 Five accounts page a room of 4,000-character messages as fast as the frame limit lets them
 (and wait as long as `retry_after_ms` says when refused), while two other users chat. The chatters'
 acks and deliveries must stay quick: reads are charged to a byte budget per user and per process
-(chat.limits.ByteBudget), and the group commit does not queue behind reads (chat.dbthread).
+(parley.limits.ByteBudget), and the group commit does not queue behind reads (parley.realtime.dbthread).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def world(server: ServerProcess, usernames: list[str], *, messages: int, chars: 
     in one manage.py run (one Django start-up instead of one per user)."""
     code = textwrap.dedent(f"""
         import json
-        from chat import services
-        from chat.models import Room
+        from parley import services
+        from parley.models import Room
         lobby = Room.objects.get(slug="lobby")
         tokens = {{}}
         for name in {usernames!r}:

@@ -35,7 +35,7 @@ CHAT_MESSAGES = 30
 def tokens_for(server: ServerProcess, usernames: list[str]) -> dict[str, str]:
     code = textwrap.dedent(f"""
         import json
-        from chat import services
+        from parley import services
         print("TOKENS" + json.dumps({{name: services.token_create(user=services.user_create(username=name))[1]
                                      for name in {usernames!r}}}))
     """)

@@ -1,4 +1,4 @@
-"""chat.services: the writes. Concurrency tests use real threads, each with its own DB connection,
+"""parley.services: the writes. Concurrency tests use real threads, each with its own DB connection,
 so they exercise the room row lock (PostgreSQL) and IMMEDIATE transactions (SQLite)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from django.core.exceptions import ValidationError
 from django.db import connection, connections
 from django.utils import timezone
 
-from chat import services
-from chat.models import ApiToken, Membership, Message, Room
-from chat.selectors import token_get_active, token_hash
+from parley import services
+from parley.models import ApiToken, Membership, Message, Room
+from parley.selectors import token_get_active, token_hash
 
 PASSWORD = "correct-horse-battery"
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from chat import consumers, wire
+from parley import consumers
+from parley.realtime import wire
 from tests.conftest import make_room, make_token, make_user
 from tests.support import rawws
 from tests.support.inprocess import *  # noqa: F403  (the `server` fixture)
@@ -61,7 +62,7 @@ async def fill(room: Any, until: Any, *, size: int = 60_000, most: int = 500) ->
         if until():
             return seq
         if seq % 10 == 0:
-            await asyncio.sleep(0.01)  # a pass of the loop: held frames are written (chat.wire)
+            await asyncio.sleep(0.01)  # a pass of the loop: held frames are written (parley.realtime.wire)
     return most
 
 

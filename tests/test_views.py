@@ -10,8 +10,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from chat import services
-from chat.models import ApiToken, Room
+from parley import services
+from parley.models import ApiToken, Room
 
 pytestmark = pytest.mark.django_db
 
@@ -169,7 +169,7 @@ def test_an_unexpected_error_is_500_json(monkeypatch):
     def broken(**kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("chat.selectors.room_list_visible", broken)
+    monkeypatch.setattr("parley.selectors.room_list_visible", broken)
     response = Client(raise_request_exception=False).get("/api/rooms", headers=auth(token(ada)))
     assert_error(response, 500, "internal_error")
 
@@ -269,7 +269,7 @@ def test_a_taken_slug_says_room_exists_only_for_a_room_the_caller_can_see(settin
 @pytest.fixture
 def room_buckets() -> Any:
     """Forgets the room-creation buckets a test drained: user ids come round again."""
-    from chat import views
+    from parley import views
 
     used: list[int] = []
     yield used.append
@@ -497,7 +497,7 @@ def test_login_with_wrong_password_stays_on_the_page():
     assert client.get("/api/me").status_code == 401
 
 
-# --- sign-in and sign-up limits (chat/throttles.py) -------------------------------------------
+# --- sign-in and sign-up limits (parley/throttles.py) -------------------------------------------
 
 def sign_in(username: str, password: str, address: str, path: str = "/accounts/login/") -> Any:
     client = Client()
@@ -606,11 +606,11 @@ def test_admin_pages_load_for_a_superuser():
     token(admin)
     client = Client()
     client.force_login(admin)
-    for path in ("/admin/", "/admin/chat/room/", "/admin/chat/message/", "/admin/chat/apitoken/",
-                 f"/admin/chat/room/{lobby.pk}/change/", "/admin/chat/message/?q=m1"):
+    for path in ("/admin/", "/admin/parley/room/", "/admin/parley/message/", "/admin/parley/apitoken/",
+                 f"/admin/parley/room/{lobby.pk}/change/", "/admin/parley/message/?q=m1"):
         assert client.get(path).status_code == 200, path
-    assert client.get("/admin/chat/message/add/").status_code == 403
-    assert client.get("/admin/chat/apitoken/add/").status_code == 403
+    assert client.get("/admin/parley/message/add/").status_code == 403
+    assert client.get("/admin/parley/apitoken/add/").status_code == 403
 
 
 def test_admin_revoke_action():
@@ -619,7 +619,7 @@ def test_admin_revoke_action():
     client = Client()
     client.force_login(admin)
     row = ApiToken.objects.get()
-    response = client.post("/admin/chat/apitoken/", {"action": "revoke", "_selected_action": [row.pk]})
+    response = client.post("/admin/parley/apitoken/", {"action": "revoke", "_selected_action": [row.pk]})
     assert response.status_code == 302
     row.refresh_from_db()
     assert row.revoked_at is not None
@@ -628,4 +628,4 @@ def test_admin_revoke_action():
 
 def test_admin_refuses_ordinary_users():
     user("ada")
-    assert logged_in("ada").get("/admin/chat/room/").status_code == 302
+    assert logged_in("ada").get("/admin/parley/room/").status_code == 302

@@ -1,4 +1,4 @@
-"""chat.wire: broadcasts framed once and written straight to uvicorn's websockets-sansio sockets.
+"""parley.realtime.wire: broadcasts framed once and written straight to uvicorn's websockets-sansio sockets.
 
 The unit tests pin the frame bytes to what websockets itself writes; the server tests run the
 real config.asgi.application under an in-process uvicorn (websockets-sansio, as scripts/serve)
@@ -17,7 +17,8 @@ from django.test import override_settings
 from websockets.frames import Opcode
 from websockets.protocol import SERVER, Protocol
 
-from chat import fanout, protocol, wire
+from parley import fanout, protocol
+from parley.realtime import wire
 from tests.conftest import make_room, make_token, make_user
 from tests.support.inprocess import *  # noqa: F403  (the `server` fixture)
 from tests.support.inprocess import open_and_join
@@ -106,7 +107,7 @@ async def test_the_frames_of_one_pass_leave_in_one_write_in_order():
 
 
 async def test_held_frames_go_before_anything_the_asgi_send_writes():
-    from chat.outbound import Outbound
+    from parley.realtime.outbound import Outbound
 
     log: list[Any] = []
     proto = FakeConnection(log)
@@ -172,7 +173,7 @@ async def test_broadcasts_reach_every_socket_written_directly(server, monkeypatc
 
 
 async def publish_fake(room: Any, seq: int, text: str) -> None:
-    """A room message event as chat.fanout builds it, without the database (any size)."""
+    """A room message event as parley.fanout builds it, without the database (any size)."""
     frame, size = protocol.encode_sized(
         {"type": "message", "room": room.slug, "message": {"seq": seq, "text": text, "fake": True}})
     await fanout.broadcast(room.pk, {"type": "chat.message", "room_id": room.pk, "seq": seq,

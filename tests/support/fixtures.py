@@ -128,7 +128,7 @@ def closing_db(fn: Callable[..., Any]) -> Callable[..., Any]:
 @closing_db
 def make_user_token(name: str | None = None) -> tuple[str, str]:
     """(username, bearer token) of a fresh user, through the ORM of the test database."""
-    from chat import services
+    from parley import services
 
     username = name or f"u{next(_names)}"
     user = services.user_create(username=username)
@@ -137,7 +137,7 @@ def make_user_token(name: str | None = None) -> tuple[str, str]:
 
 @closing_db
 def make_room(slug: str) -> dict[str, Any]:
-    from chat import services
+    from parley import services
 
     room = services.room_create(slug=slug, title=slug.title())
     return {"slug": room.slug, "epoch": room.epoch}

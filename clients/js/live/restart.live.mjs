@@ -4,7 +4,7 @@
 //
 //   PARLEY_URL=http://127.0.0.1:8000 PARLEY_TOKEN_A=… PARLEY_TOKEN_B=… node --experimental-websocket restart.live.mjs
 import { createInterface } from "node:readline";
-import { ParleyClient, STATES } from "../../../chat/static/chat/parley-client.js";
+import { ParleyClient, STATES } from "../../../parley/static/parley/parley-client.js";
 
 const base = process.env.PARLEY_URL;
 const wsUrl = base.replace(/^http/, "ws") + "/ws/chat/";

@@ -1,5 +1,5 @@
 // Test doubles: a scriptable WebSocket, a manual clock, a network with online/offline events.
-import { ParleyClient } from "../../../chat/static/chat/parley-client.js";
+import { ParleyClient } from "../../../parley/static/parley/parley-client.js";
 
 export class FakeClock {
   constructor() {

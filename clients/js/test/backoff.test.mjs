@@ -1,6 +1,6 @@
 import test from "node:test";
 import assert from "node:assert/strict";
-import { fullJitterDelay, STATES } from "../../../chat/static/chat/parley-client.js";
+import { fullJitterDelay, STATES } from "../../../parley/static/parley/parley-client.js";
 import { makeClient } from "../support/fakes.mjs";
 
 test("fullJitterDelay: uniform below min(cap, base * 2^attempt)", () => {

@@ -1,6 +1,6 @@
 import test from "node:test";
 import assert from "node:assert/strict";
-import { STATES } from "../../../chat/static/chat/parley-client.js";
+import { STATES } from "../../../parley/static/parley/parley-client.js";
 import { makeClient, connectAndJoin } from "../support/fakes.mjs";
 
 test("states: connecting, connected, reconnecting with the time of the next attempt", async () => {

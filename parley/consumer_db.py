@@ -1,0 +1,178 @@
+"""The consumer's database work: one hop to the database thread's read lane (parley.realtime.dbthread) per command.
+
+Each function bundles the authorization check with the read it guards, so checking access on
+every command — not only at join — costs no extra round trip to the thread pool. Sends go
+through parley.ingest instead, which batches them into shared transactions on the other thread
+(parley.realtime.dbthread says why reads and writes have a lane each).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+from django.conf import settings
+
+from parley import protocol, selectors
+from parley.models import Message, Room
+from parley.payloads import fit_page, messages_bytes
+from parley.realtime.dbthread import Batched, read_thread
+from parley.revocation import CredentialsRevoked
+from parley.selectors import Credential
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """fn, run in the database thread's read lane (parley.realtime.dbthread); the caller awaits its result.
+
+    It used to be database_sync_to_async in a child task: asgiref copies the thread's context
+    variables back into the caller's context after every call, re-homing the storage of each
+    asgiref Local it finds, and called from a socket's task that left ~0.6 KB in every open
+    socket's context. The database thread touches no context at all.
+    """
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        return read_thread.submit(fn, *args, **kwargs)
+
+    return call
+
+
+Snapshot = tuple[Room, list[Message], bool, bool | None, int, int]
+
+
+def load_room(user: Any, slug: str) -> Awaitable[Room | None]:
+    """The room if this user may see it (selectors.room_get_visible), in the read lane."""
+    return _load_rooms((user, slug))
+
+
+_load_rooms: Batched[tuple[Any, str], Room | None] = Batched(
+    lambda wanted: selectors.rooms_get_visible(wanted=wanted), thread=read_thread)
+
+
+async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = None) -> Snapshot | None:
+    """(room, messages, has_more, recovered, high_seq, last_seq) for a join, or None if the user
+    may not see the room. Read after subscribing (ChatConsumer.do_join). Raises
+    CredentialsRevoked if the user, or the socket's API token `token_id`, no longer holds.
+
+    Joins that reach the read lane together are read together (join_snapshots): in a
+    reconnect storm, each socket's join used to be one hop and two queries of its own.
+    """
+    found = await _join_snapshots((user, cmd, token_id))
+    if isinstance(found, CredentialsRevoked):
+        raise found
+    return found
+
+
+def join_snapshots(items: list[tuple[Any, protocol.Join]],
+                   tokens: list[int | None] | None = None) -> list[Snapshot | CredentialsRevoked | None]:
+    """join_snapshot for each (user, join), `tokens` the API token of each join's socket: one
+    query for all their rooms (and with it, in the same round trip on PostgreSQL, one for
+    whether their users and tokens still hold), one for the messages of every resuming join
+    (the ten members of a room that resume after the same seq share the rows), and each
+    distinct page read once. A join whose credentials were lost gets CredentialsRevoked."""
+    tokens = tokens if tokens is not None else [None] * len(items)
+    credentials = [("user", user.pk) for user, _ in items] + [("token", t) for t in tokens if t is not None]
+    rooms, lost = selectors.rooms_get_visible_checked(wanted=[(user, cmd.room) for user, cmd in items],
+                                                      credentials=credentials)
+    refused = [_refused(user, token_id, lost) for (user, _), token_id in zip(items, tokens, strict=True)]
+    rooms = [None if no else room for room, no in zip(rooms, refused, strict=True)]
+    resumes = {i: (room.pk, cmd.after_seq, room.last_seq) for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))
+               if room is not None and _resumable(room, cmd)}
+    ranges = dict(zip(resumes, selectors.messages_in_ranges(ranges=list(resumes.values())), strict=True))
+    pages: dict[tuple[int, int], tuple[list[Message], bool]] = {}
+    return [no or (_snapshot(room, cmd, ranges.get(i), pages) if room is not None else None)
+            for i, (room, (_, cmd), no) in enumerate(zip(rooms, items, refused, strict=True))]
+
+
+_join_snapshots: Batched[tuple[Any, protocol.Join, int | None], Snapshot | CredentialsRevoked | None] = Batched(
+    lambda items: join_snapshots([(user, cmd) for user, cmd, _ in items], [t for _, _, t in items]),
+    thread=read_thread)
+
+
+def _refused(user: Any, token_id: int | None, lost: set[Credential]) -> CredentialsRevoked | None:
+    mine = {c for c in (("user", user.pk), ("token", token_id)) if c in lost}
+    return CredentialsRevoked(mine) if mine else None
+
+
+def _check(allowed: bool, lost: set[Credential]) -> bool:
+    """room_user_can_use's answer: whether the room may be used; raises if credentials were lost."""
+    if lost:
+        raise CredentialsRevoked(lost)
+    return allowed
+
+
+def _resumable(room: Room, cmd: protocol.Join) -> bool:
+    """The join resumes this room's log within PARLEY_RESUME_MAX_GAP. No epoch, no resume:
+    the client could be holding seqs of another log of this room."""
+    if cmd.after_seq is None or cmd.epoch != room.epoch:
+        return False
+    return 0 <= room.last_seq - cmd.after_seq <= settings.PARLEY_RESUME_MAX_GAP
+
+
+def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
+              pages: dict[tuple[int, int], tuple[list[Message], bool]]) -> Snapshot:
+    """One join's snapshot: `missed` are the messages after its after_seq up to the room's
+    last_seq if it resumes (else None); pages holds the page reads already made."""
+    last_seq = room.last_seq
+    recovered: bool | None = None
+    if missed is not None and cmd.after_seq is not None:
+        # Measured as encoded (JSON escapes included), like the page below: the reply is one frame.
+        if messages_bytes(missed, room_slug=room.slug) <= settings.PARLEY_REPLY_MAX_BYTES:
+            high = max([cmd.after_seq] + [m.seq for m in missed])
+            return room, missed, cmd.after_seq > 0, True, high, max(last_seq, high)
+    if cmd.after_seq is not None:
+        recovered = False  # asked to resume, and cannot: a page instead
+    key = (room.pk, cmd.limit)
+    if key not in pages:
+        pages[key] = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
+    messages, has_more = _fit(*pages[key], room.slug)
+    # Not last_seq: a message committed after the page was read is still on its way to us as a
+    # live event, and must not be dropped as "already seen".
+    high = messages[-1].seq if messages else 0
+    return room, messages, has_more, recovered, high, max(last_seq, high)
+
+
+def _fit(messages: list[Message], has_more: bool, room_slug: str) -> tuple[list[Message], bool]:
+    """Cut an ascending page from its oldest end until its encoded messages fit
+    PARLEY_REPLY_MAX_BYTES (then has_more): the frame stays within what a client accepts."""
+    return fit_page(messages, has_more, room_slug=room_slug, budget_bytes=settings.PARLEY_REPLY_MAX_BYTES)
+
+
+# What a history request costs before its page is read (parley.limits.ByteBudget): at most its
+# reply frame's bytes. A message adds at most its text (4 bytes per character in UTF-8) and its
+# fields; the page is cut to PARLEY_REPLY_MAX_BYTES. The read is then charged what it sent.
+MESSAGE_FIELDS_BYTES = 256
+HISTORY_MIN_COST_BYTES = 1024  # even an empty page is a query and a frame
+
+
+def history_reserve_bytes(limit: int) -> int:
+    """The most a `history` reply of `limit` messages can cost (reserved before the read)."""
+    per_message = 4 * settings.PARLEY_MAX_TEXT_CHARS + MESSAGE_FIELDS_BYTES
+    return HISTORY_MIN_COST_BYTES + min(limit * per_message, settings.PARLEY_REPLY_MAX_BYTES)
+
+
+@db_call
+def history(user: Any, room_id: int, room_slug: str, before: int | None, limit: int,
+            token_id: int | None = None) -> tuple[list[Message], bool] | None:
+    """A page of the room's history, None if the user may not see it; CredentialsRevoked if
+    the user or the socket's API token no longer holds."""
+    if not _check(*selectors.room_user_can_use(user=user, room_id=room_id, token_id=token_id)):
+        return None
+    return _fit(*selectors.message_page(room_id=room_id, before=before, limit=limit), room_slug)
+
+
+@db_call
+def can_access(user: Any, room_id: int, token_id: int | None = None) -> bool:
+    """Whether the user may use the room; CredentialsRevoked if the user or the socket's API
+    token no longer holds."""
+    return _check(*selectors.room_user_can_use(user=user, room_id=room_id, token_id=token_id))
+
+
+@db_call
+def messages_after(room_id: int, after_seq: int, before: int | None, limit: int) -> list[Message]:
+    """Committed messages with after_seq < seq (< before): fills gaps in live delivery."""
+    return selectors.message_range(room_id=room_id, after_seq=after_seq, before=before, limit=limit)

@@ -1,0 +1,39 @@
+"""`Authorization: Bearer <token>` for the HTTP API (the WebSocket side is parley/ws_auth.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from parley.selectors import token_get_active
+from parley.services import token_touch
+
+
+class BearerTokenMiddleware:
+    """Authenticates a request that carries a bearer token as the token's user.
+
+    Such a request cannot be forged cross-site (a browser never adds the header by itself), so it
+    is exempt from CSRF. A present but invalid token is a 401, never a silent fallback.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        value = request.headers.get("Authorization", "")
+        scheme, _, raw = value.partition(" ")
+        if scheme.lower() == "bearer":
+            token = token_get_active(raw=raw.strip()) if raw.strip() else None
+            if token is None:
+                return api_error(401, "invalid_token", "the bearer token is invalid or revoked")
+            token_touch(token=token)
+            request.user = token.user
+            request.auth_token = token  # type: ignore[attr-defined]
+            request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+        return self.get_response(request)
+
+
+def api_error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message, **extra}}, status=status)

@@ -1,0 +1,104 @@
+"""Group commit: sends that arrive while a commit is in flight share the next transaction.
+
+Every send's commit runs on one thread (parley.realtime.dbthread, in its write lane, ahead of the
+consumers' reads), and a commit costs more than the inserts in it; one message per transaction
+capped a process at roughly the inverse of the commit time. The writer keeps one batch in flight at a time: the first send goes
+straight to the database (no added latency when idle), and whatever queues up meanwhile goes in
+the next transaction together, each item in its own savepoint (parley.services).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from parley import services
+from parley.models import Message
+from parley.realtime.dbthread import database_thread
+from parley.realtime.loops import per_loop
+
+MAX_BATCH = 256
+# Django's connection health check (CONN_HEALTH_CHECKS) sends a `SELECT 1` before the first query
+# after each close_old_connections, which parley.realtime.dbthread runs around every call: one extra round
+# trip per batch, 8.6% of the database thread in the PostgreSQL ingest profile
+# (docs/benchmarks.md). It exists to catch a connection that died while idle; a connection that
+# committed a batch this recently has just been checked by that commit, so the writer skips it
+# then. A batch that fails still marks the connection (errors_occurred), and the next
+# close_old_connections drops it if it is unusable.
+WRITER_HEALTH_CHECK_IDLE_SECS = 1.0
+
+# (id of the DB-API connection, time.monotonic() of its last commit by the writer).
+_last_commit: tuple[int, float] = (0, 0.0)
+
+
+@dataclass(slots=True)
+class _Send:
+    user: Any
+    room_id: int
+    text: str
+    client_id: str | None
+    token_id: int | None  # the API token of the sender's socket (None: a session)
+    future: asyncio.Future[tuple[Message, bool] | None]
+
+
+def _store(batch: list[_Send]) -> list[Any]:
+    """Runs on the database thread."""
+    global _last_commit
+    raw = connection.connection
+    if (raw is not None and _last_commit[0] == id(raw) and not connection.errors_occurred
+            and time.monotonic() - _last_commit[1] < WRITER_HEALTH_CHECK_IDLE_SECS):
+        connection.health_check_done = True
+    results = services.message_create_batch(
+        items=[(item.user, item.room_id, item.text, item.client_id) for item in batch],
+        tokens=[item.token_id for item in batch],
+    )
+    _last_commit = (id(connection.connection), time.monotonic())
+    return results
+
+
+class MessageWriter:
+    def __init__(self) -> None:
+        self._queue: list[_Send] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, *, user: Any, room_id: int, text: str, client_id: str | None,
+                     token_id: int | None = None) -> tuple[Message, bool] | None:
+        """Store one message; (message, duplicate), or None if the user may no longer use the room.
+
+        Raises parley.revocation.CredentialsRevoked (nothing stored) if the user was deactivated or
+        deleted, or the API token `token_id` revoked; the database's error if the transaction
+        could not commit (nothing was stored).
+        """
+        future: asyncio.Future[tuple[Message, bool] | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Send(user, room_id, text, client_id, token_id, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                results = await database_thread.submit(_store, batch)
+            except Exception as exc:  # the commit failed: none of the batch was stored
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, result in zip(batch, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+
+@per_loop
+def get_writer() -> MessageWriter:
+    """The running loop's writer (one per loop, like parley.realtime.hub)."""
+    return MessageWriter()

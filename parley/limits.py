@@ -1,0 +1,296 @@
+"""Every limit Parley enforces, with its name, default and setting — docs/security.md has the table.
+
+Limits are read from settings on use (not cached at import) so a deployment's environment and a
+test's override_settings both take effect. Counters that live in process memory (per-user socket
+counts, per-user message buckets, per-IP handshake buckets) are per server process: with N
+processes behind a balancer the effective ceiling is up to N times the setting.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    name: str
+    setting: str
+    default: float
+    unit: str
+    description: str
+
+    @property
+    def value(self) -> float:
+        return getattr(settings, self.setting, self.default)
+
+
+MAX_FRAME_BYTES = Limit("frame size", "PARLEY_MAX_FRAME_BYTES", 65536, "bytes",
+                        "largest client frame; the ASGI server closes with 1009 above it")
+MAX_TEXT_CHARS = Limit("message length", "PARLEY_MAX_TEXT_CHARS", 4000, "characters",
+                       "message text after trimming")
+FRAMES_PER_SEC = Limit("frame rate", "PARLEY_FRAMES_PER_SEC", 20, "frames/s per socket",
+                       "sustained client frames per socket (token bucket)")
+FRAMES_BURST = Limit("frame burst", "PARLEY_FRAMES_BURST", 40, "frames",
+                     "frames a socket may send at once before the rate applies")
+MESSAGES_PER_SEC = Limit("message rate", "PARLEY_MESSAGES_PER_SEC", 5, "messages/s per user",
+                         "sustained sends per user, all their sockets in a process together")
+MESSAGES_BURST = Limit("message burst", "PARLEY_MESSAGES_BURST", 10, "messages",
+                       "sends a user may make at once before the rate applies")
+RATE_STRIKES = Limit("rate-limit strikes", "PARLEY_RATE_LIMIT_STRIKES", 30, "refusals / 10 s",
+                     "rate-limited frames within 10 s after which the socket is closed (4429)")
+MAX_ROOMS_PER_SOCKET = Limit("rooms per socket", "PARLEY_MAX_ROOMS_PER_SOCKET", 100, "rooms",
+                             "rooms one socket may have joined at once")
+MAX_SOCKETS_PER_USER = Limit("sockets per user", "PARLEY_MAX_SOCKETS_PER_USER", 20, "sockets",
+                             "open sockets per user per server process")
+HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "PARLEY_HANDSHAKES_PER_IP_PER_MIN", 120,
+                                  "refused handshakes/min per IP",
+                                  "WebSocket handshakes per client address that end refused")
+OUTBOUND_MAX_MESSAGES = Limit("outbound queue (messages)", "PARLEY_OUTBOUND_MAX_MESSAGES", 1000,
+                              "frames", "frames waiting to be written to one socket")
+OUTBOUND_MAX_BYTES = Limit("outbound queue (bytes)", "PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024,
+                           "bytes", "bytes waiting to be written to one socket, with what its "
+                           "transport buffer and kernel send queue hold once it falls behind")
+HEARTBEAT_INTERVAL_SECS = Limit("heartbeat interval", "PARLEY_HEARTBEAT_INTERVAL_SECS", 25, "s",
+                                "client ping period; silent for 2x + 5 s closes with 4408")
+HISTORY_PAGE_MAX = Limit("history page", "PARLEY_HISTORY_PAGE_MAX", 100, "messages",
+                         "largest join/history page")
+RESUME_MAX_GAP = Limit("resume window", "PARLEY_RESUME_MAX_GAP", 1000, "messages",
+                       "largest gap a join replays; beyond it recovered=false")
+# A reply must fit one frame a client accepts: this plus protocol.REPLY_ENVELOPE_MAX_BYTES
+# (256 KiB) is 1 MiB, websockets' default max_size. 768 KiB holds a full resume window of
+# ordinary messages (1,000 of 400 characters encode to about 0.6 MB).
+REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 768 * 1024, "bytes",
+                        "encoded messages (JSON, as sent) of one joined/history reply or HTTP page; "
+                        "a resume beyond it is recovered=false, a page beyond it is cut short")
+TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
+                               "typing events relayed per socket and room at most this often")
+
+# --- Revocation (issue 12, item 6): how soon a revocation nobody announced closes sockets ------
+# Each process asks the database this often which of its sockets' users and tokens are no
+# longer valid (parley.revocation), in one query; 0 turns the check off.
+REVOCATION_CHECK_SECS = Limit("revocation check", "PARLEY_REVOCATION_CHECK_SECS", 5, "s",
+                              "a deactivated user's or revoked token's open sockets close (4401) "
+                              "within this, whoever revoked it and however")
+
+# --- The connection edge (parley/edge.py: uvicorn's HTTP and WebSocket protocols, config/serve.py).
+# Enforced before a byte reaches the ASGI app, so they cost an attacker's connection, not the app.
+# `0` turns the two connection caps off (e.g. behind a proxy that enforces its own).
+HEADER_TIMEOUT_SECS = Limit("header timeout", "PARLEY_HEADER_TIMEOUT_SECS", 10, "s",
+                            "time a connection has to send a request's line and headers (a "
+                            "WebSocket handshake too); then 408, or a silent close if nothing came")
+MAX_HEADER_BYTES = Limit("request header size", "PARLEY_MAX_HEADER_BYTES", 16 * 1024, "bytes",
+                         "request line + headers of one HTTP request or WebSocket handshake; "
+                         "above it 431 and close")
+MAX_CONNECTIONS_PER_IP = Limit("connections per address", "PARLEY_MAX_CONNECTIONS_PER_IP", 256,
+                               "connections", "open connections from one client address (IPv6: "
+                               "one /64) per process; more are closed at once")
+MAX_CONNECTIONS = Limit("connections", "PARLEY_MAX_CONNECTIONS", 10_000, "connections",
+                        "open connections per process, keeping file descriptors for the database "
+                        "and Redis; more are closed at once")
+SHUTDOWN_GRACE_SECS = Limit("shutdown grace", "PARLEY_SHUTDOWN_GRACE_SECS", 10, "s",
+                            "on SIGTERM: time to answer the frames already received and close "
+                            "every socket with 1001")
+
+# --- HTTP, accounts and handshakes (issue 12: origin, login/signup, API errors, rooms) ---
+HANDSHAKES_PER_USER_PER_MIN = Limit("handshake rate per user", "PARLEY_HANDSHAKES_PER_USER_PER_MIN",
+                                    120, "handshakes/min per user",
+                                    "authenticated WebSocket handshakes per user (token bucket)")
+LOGIN_FAILURES_PER_IP_PER_HOUR = Limit("login failures per address",
+                                       "PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR", 30,
+                                       "failures/hour per address",
+                                       "failed sign-ins from one address before it must wait")
+LOGIN_FAILURES_PER_USERNAME_PER_HOUR = Limit("login failures per username",
+                                             "PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR", 10,
+                                             "failures/hour per username",
+                                             "failed sign-ins as one username before it must wait")
+SIGNUPS_PER_IP_PER_HOUR = Limit("signups per address", "PARLEY_SIGNUPS_PER_IP_PER_HOUR", 10,
+                                "accounts/hour per address", "accounts created from one address")
+ROOMS_CREATED_PER_USER_PER_HOUR = Limit("room creation rate",
+                                        "PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR", 20,
+                                        "requests/hour per user",
+                                        "POST /api/rooms requests per user, refused ones included")
+MAX_ROOMS_OWNED_PER_USER = Limit("rooms owned per user", "PARLEY_MAX_ROOMS_OWNED_PER_USER", 50,
+                                 "rooms", "rooms one user may own")
+
+# --- database reads and slow readers (issue 12, items 4 and 5) ---
+# A history page is charged in bytes of its reply frame: a page of 100 4,000-character messages
+# costs the database thread and the event loop ~2,000 times what a page of one short message does.
+HISTORY_BYTES_PER_SEC = Limit("history read rate", "PARLEY_HISTORY_BYTES_PER_SEC", 1024 * 1024,
+                              "bytes/s per user", "bytes of history replies per user, all their "
+                              "sockets in a process together (token bucket)")
+HISTORY_BURST_BYTES = Limit("history read burst", "PARLEY_HISTORY_BURST_BYTES", 4 * 1024 * 1024,
+                            "bytes", "history reply bytes a user may read at once before the rate applies")
+# The process's own ceiling (signup is free, so per-user budgets multiply): a history flood at
+# full tilt produced ~45 MB/s of replies and starved everyone; 8 MiB/s is well under that.
+HISTORY_PROCESS_BYTES_PER_SEC = Limit("history read rate (process)", "PARLEY_HISTORY_PROCESS_BYTES_PER_SEC",
+                                      8 * 1024 * 1024, "bytes/s per process",
+                                      "bytes of history replies per server process, all users together")
+HISTORY_PROCESS_BURST_BYTES = Limit("history read burst (process)", "PARLEY_HISTORY_PROCESS_BURST_BYTES",
+                                    8 * 1024 * 1024, "bytes",
+                                    "history reply bytes a process may serve at once before its rate applies")
+# A socket the server closes (4413, 4429, 4408 ...) is reset this long after its close frame if
+# the connection is still open: a client that does not read must not hold it, its kernel send
+# queue and its user's socket slot.
+CLOSE_GRACE_SECS = Limit("close grace", "PARLEY_CLOSE_GRACE_SECS", 2, "s",
+                         "after the server's close frame, the TCP connection is reset if it is still open")
+
+# type(), not isinstance(): isinstance() asks the lazy `settings` for its class, which loads the
+# settings (config/serve.py imports this module in processes that may have none).
+ALL = [v for v in list(globals().values()) if type(v) is Limit]
+
+STRIKE_WINDOW_SECS = 10.0
+
+
+class TokenBucket:
+    """Classic token bucket: `rate` tokens per second refill up to `burst`."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self, cost: float = 1.0) -> float:
+        """Take `cost` tokens; 0.0 if allowed, else the seconds until it would be."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return 0.0
+        return (cost - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+    def give(self, amount: float) -> None:
+        """Put `amount` tokens back (a refund), or take them if negative, even below zero (a
+        debt that later takes wait out)."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate + amount)
+        self.stamp = now
+
+    @property
+    def full(self) -> bool:
+        return self.tokens + (time.monotonic() - self.stamp) * self.rate >= self.burst
+
+
+class BucketMap:
+    """Buckets by key (user id, IP), forgetting full ones so memory tracks active keys only.
+
+    Rate and burst are read from settings on every take, not fixed when a key's bucket is made:
+    a long-lived bucket must follow the settings in force (and a test's override must not leak
+    into a later key that happens to reuse an id).
+    """
+
+    def __init__(self, rate: Limit, burst: Limit | None = None, per: float = 1.0) -> None:
+        self._rate, self._burst, self._per = rate, burst, per
+        self._buckets: dict[object, TokenBucket] = {}
+
+    def take(self, key: object) -> float:
+        rate = self._rate.value / self._per
+        burst = self._burst.value if self._burst else self._rate.value
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 10_000:
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full}
+            bucket = self._buckets[key] = TokenBucket(rate, burst)
+        else:
+            bucket.rate, bucket.burst = rate, burst
+        return bucket.take()
+
+    def wait(self, key: object) -> float:
+        """Seconds until a take() for `key` would succeed (0.0: now), without taking."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        rate = self._rate.value / self._per
+        tokens = min(bucket.burst, bucket.tokens + (time.monotonic() - bucket.stamp) * rate)
+        if tokens >= 1.0:
+            return 0.0
+        return (1.0 - tokens) / rate if rate > 0 else float("inf")
+
+    def forget(self, key: object) -> None:
+        """Drop `key`'s bucket: its next take() starts from a full burst."""
+        self._buckets.pop(key, None)
+
+
+class Strikes:
+    """Counts refusals in a sliding window; `add()` says when the count crossed the limit."""
+
+    __slots__ = ("times",)
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def add(self) -> bool:
+        now = time.monotonic()
+        self.times = [t for t in self.times if now - t < STRIKE_WINDOW_SECS]
+        self.times.append(now)
+        return len(self.times) >= RATE_STRIKES.value
+
+
+class ByteBudget:
+    """A cost budget in bytes, per key (a user) and for the whole process, each a token bucket.
+
+    Charged before the work: `reserve` takes the request's largest possible cost from both
+    buckets, or takes nothing and says how long to wait. `settle` then gives back what the work
+    did not use (or takes the excess: a bucket may go into debt, and refuses until it is repaid).
+    Reserving the worst case also bounds the work in flight at once: requests that queue for
+    the database hold their reservations until answered.
+    """
+
+    def __init__(self, rate: Limit, burst: Limit, total_rate: Limit, total_burst: Limit) -> None:
+        self._rate, self._burst, self._total_rate, self._total_burst = rate, burst, total_rate, total_burst
+        self._buckets: dict[object, TokenBucket] = {}
+        self._total: TokenBucket | None = None
+
+    def reserve(self, key: object, cost: float) -> tuple[float, float]:
+        """(0.0, amount reserved) if allowed, else (seconds until it would be, 0.0)."""
+        user, total = self._bucket(key), self._total_bucket()
+        cost = min(cost, user.burst, total.burst)  # else a request could never pass
+        wait = user.take(cost)
+        if wait:
+            return wait, 0.0
+        wait = total.take(cost)
+        if wait:
+            user.give(cost)
+            return wait, 0.0
+        return 0.0, cost
+
+    def debt_wait(self, key: object) -> float:
+        """Seconds until `key`'s own bucket is out of debt; 0.0 when it is not in debt."""
+        bucket = self._bucket(key)
+        bucket.give(0.0)  # refill up to now
+        return -bucket.tokens / bucket.rate if bucket.tokens < 0 and bucket.rate > 0 else 0.0
+
+    def charge_after(self, key: object, used: float) -> None:
+        """Take `used` from `key`'s own bucket after the work, into debt if need be; the process
+        bucket is not charged (for work that must not be refused by other users' load)."""
+        self._bucket(key).give(-used)
+
+    def settle(self, key: object, reserved: float, used: float) -> None:
+        """The reserved work is done and cost `used`: give back the rest (or take the excess)."""
+        self._bucket(key).give(reserved - used)
+        self._total_bucket().give(reserved - used)
+
+    def _bucket(self, key: object) -> TokenBucket:
+        rate, burst = self._rate.value, self._burst.value
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 10_000:
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full}
+            bucket = self._buckets[key] = TokenBucket(rate, burst)
+        else:
+            bucket.rate, bucket.burst = rate, burst
+        return bucket
+
+    def _total_bucket(self) -> TokenBucket:
+        rate, burst = self._total_rate.value, self._total_burst.value
+        if self._total is None:
+            self._total = TokenBucket(rate, burst)
+        else:
+            self._total.rate, self._total.burst = rate, burst
+        return self._total

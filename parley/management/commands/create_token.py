@@ -1,0 +1,29 @@
+"""`manage.py create_token USERNAME [--create-user] [--name NAME]`: prints a new API token.
+
+The token is the last line of output, alone, so scripts can take it with `tail -n 1`.
+"""
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from parley.services import token_create, user_create
+
+
+class Command(BaseCommand):
+    help = "Create an API token for USERNAME and print it (alone, on the last line)."
+
+    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+        parser.add_argument("username")
+        parser.add_argument("--create-user", action="store_true", help="create the user if missing")
+        parser.add_argument("--name", default="cli", help="a label for the token")
+
+    def handle(self, *args, username: str, create_user: bool, name: str, **options):  # type: ignore[no-untyped-def]
+        User = get_user_model()
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            if not create_user:
+                raise CommandError(f"no user {username!r} (add --create-user to create it)")
+            user = user_create(username=username)
+            self.stdout.write(f"created user {username!r} (no password: token sign-in only)")
+        _, raw = token_create(user=user, name=name)
+        self.stdout.write(raw)

@@ -1,0 +1,98 @@
+"""Parley's data: rooms, their members, their sequenced message logs, and API tokens.
+
+Every message is in the database before anyone sees it; nothing about the log lives only in
+memory. Presence (who is online) is deliberately not here: it is ephemeral, see parley/presence.py.
+"""
+
+import re
+import uuid
+
+from django.conf import settings
+from django.core.validators import ProhibitNullCharactersValidator, RegexValidator
+from django.db import models
+
+SLUG_RE = re.compile(r"^[a-z0-9_-]{1,50}\Z")
+SLUG_VALIDATOR = RegexValidator(SLUG_RE, "1-50 characters of a-z, 0-9, - and _")
+
+
+def new_epoch() -> str:
+    return uuid.uuid4().hex
+
+
+class Room(models.Model):
+    slug = models.CharField(max_length=50, unique=True, validators=[SLUG_VALIDATOR])
+    title = models.CharField(max_length=100, validators=[ProhibitNullCharactersValidator()])
+    is_private = models.BooleanField(default=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The newest message's sequence number. Incremented (under the row's write lock) in the same
+    # transaction that inserts the message, so sequence numbers are gap-free and only grow.
+    last_seq = models.BigIntegerField(default=0)
+    # Identifies this room's log. A client resumes only against the epoch it saw, so it never
+    # splices sequence numbers from two different logs (e.g. a room deleted and re-created).
+    epoch = models.CharField(max_length=32, default=new_epoch, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Membership(models.Model):
+    """Who may see a private room. Public rooms need no membership."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        MEMBER = "member"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["room", "user"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.room_id} ({self.role})"
+
+
+class Message(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.BigIntegerField()
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    text = models.TextField()
+    # The sender's idempotency key: a retried send with the same key returns the first message.
+    # NULL (not "") when absent, because NULLs never collide in the unique constraint below.
+    client_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq_unique"),
+            models.UniqueConstraint(
+                fields=["room", "author", "client_id"], name="message_idempotency_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}#{self.seq}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for non-browser clients. Only the SHA-256 of the secret is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False, help_text="first characters, to recognise it")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

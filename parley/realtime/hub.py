@@ -1,0 +1,240 @@
+"""The per-process fan-out hub: from one committed message to every local socket, fast.
+
+Why not `group_send`: the stock Channels path copies the event into every member channel's
+queue, then every consumer wakes, dispatches and handles it — a deep copy and several task
+switches per recipient (docs/benchmarks.md has the profile). The hub keeps, per process and
+event loop, the local sockets of each room and hands each the same already-encoded frame in
+one synchronous loop; each socket's bounded outbound queue (parley.realtime.outbound) does the writing.
+
+Across processes (REDIS_URL set), a message is PUBLISHed once on a Redis channel per room, and
+each process holds one subscription per room that has local sockets: Redis sends one copy per
+process, not per socket. Redis pub/sub is at-most-once, so after the subscription connection
+drops and comes back, every local socket reads what it missed from the database (`resync`).
+
+`PARLEY_FANOUT=layer` switches parley.fanout back to the stock channel-layer path (for comparison).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, Protocol
+
+import orjson
+from django.conf import settings
+
+from parley.realtime.loops import per_loop
+
+log = logging.getLogger(__name__)
+
+RESUBSCRIBE_BACKOFF_CAP_SECS = 5.0
+
+# ("token", ApiToken id) or ("user", user id): what a socket's right to stay open rests on.
+Credential = tuple[str, int]
+
+
+class Receiver(Protocol):
+    def hub_event(self, event: dict[str, Any]) -> None:
+        """Handle one room event synchronously (no awaits: the hub loops over many receivers)."""
+
+    def hub_resync(self, room_id: int) -> None:
+        """Events of this room may have been lost: catch up from the database."""
+
+    def hub_credentials_revoked(self) -> None:
+        """The API token this socket was opened with was revoked, or its user deactivated."""
+
+
+class LocalHub:
+    """One process's rooms → local receivers. Used alone without Redis.
+
+    It also knows which local sockets were opened with which credentials — an API token
+    (`("token", id)`) and a user (`("user", id)`) — so that revoking a token or deactivating a
+    user closes them (`revoke`). That used to be a channel-layer group per token, which gave
+    every socket a channel of its own — a queue, a receive task and, on Redis, a blocking pop
+    shared through channels_redis's receive lock — for an event that almost never happens.
+    The same map is what parley.revocation's periodic check asks the database about, so that a
+    revocation made in another process (without Redis) or without a signal closes them too.
+    """
+
+    def __init__(self) -> None:
+        self.rooms: dict[int, set[Receiver]] = {}
+        self.credentials: dict[Credential, set[Receiver]] = {}
+        self._revocation_check: Any = None
+
+    async def subscribe(self, room_id: int, receiver: Receiver) -> None:
+        self.rooms.setdefault(room_id, set()).add(receiver)
+
+    async def unsubscribe(self, room_id: int, receiver: Receiver) -> None:
+        members = self.rooms.get(room_id)
+        if members is not None:
+            members.discard(receiver)
+            if not members:
+                del self.rooms[room_id]
+                await self._room_emptied(room_id)
+
+    async def _room_emptied(self, room_id: int) -> None:
+        pass
+
+    async def watch(self, credential: Credential, receiver: Receiver) -> None:
+        self.watch_local(credential, receiver)
+
+    def watch_local(self, credential: Credential, receiver: Receiver) -> None:
+        """Record the socket under its credential, for close_local and the periodic check
+        (which this starts if it is not running)."""
+        self.credentials.setdefault(credential, set()).add(receiver)
+        if self._revocation_check is None:
+            from parley.revocation import RevocationCheck  # (it reads the database: not at import)
+
+            self._revocation_check = RevocationCheck(self)
+        self._revocation_check.ensure_running()
+
+    def unwatch(self, credential: Credential, receiver: Receiver) -> None:
+        sockets = self.credentials.get(credential)
+        if sockets is not None:
+            sockets.discard(receiver)
+            if not sockets:
+                del self.credentials[credential]
+
+    async def revoke(self, credential: Credential) -> None:
+        """Close the sockets opened with this token (or by this user): at once in this process
+        (RedisHub: in every process). Other processes without Redis notice within
+        PARLEY_REVOCATION_CHECK_SECS (parley.revocation)."""
+        self.close_local(credential)
+
+    def close_local(self, credential: Credential) -> None:
+        for receiver in tuple(self.credentials.pop(credential, ())):
+            try:
+                receiver.hub_credentials_revoked()
+            except Exception:
+                log.exception("closing a socket of revoked credentials failed")
+
+    async def publish(self, room_id: int, event: dict[str, Any]) -> None:
+        self.deliver(room_id, event)
+
+    def deliver(self, room_id: int, event: dict[str, Any]) -> None:
+        for receiver in tuple(self.rooms.get(room_id, ())):
+            try:
+                receiver.hub_event(event)
+            except Exception:  # one broken socket must not cost the others their delivery
+                log.exception("delivering a room event to one socket failed")
+
+
+class RedisHub(LocalHub):
+    """LocalHub + Redis pub/sub between processes: one subscription per process per room."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__()
+        import redis.asyncio as aioredis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._prefix = f"{prefix}:room:"
+        # One channel for every process's revocations: rare, so no per-token or per-user channel.
+        self._control = f"{prefix}:control"
+        from parley.redis_options import redis_client_options
+
+        # The publisher retries through a Redis restart, so a committed message still goes out.
+        self._publisher = aioredis.Redis.from_url(url, **redis_client_options())
+        # No silent internal retries on the subscriber: a reconnect must be seen, to resync.
+        self._subscriber = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def _channel(self, room_id: int) -> str:
+        return f"{self._prefix}{room_id}"
+
+    async def subscribe(self, room_id: int, receiver: Receiver) -> None:
+        first = room_id not in self.rooms
+        await super().subscribe(room_id, receiver)
+        if first:
+            await self._subscribe_channel(self._channel(room_id))
+
+    async def watch(self, credential: Credential, receiver: Receiver) -> None:
+        await super().watch(credential, receiver)
+        if self._pubsub is None or self._control.encode() not in self._pubsub.channels:
+            await self._subscribe_channel(self._control)
+
+    async def revoke(self, credential: Credential) -> None:
+        await self._publisher.publish(self._control, orjson.dumps({"revoke": list(credential)}))
+
+    async def _subscribe_channel(self, channel: str) -> None:
+        async with self._lock:
+            if self._pubsub is None:
+                self._pubsub = self._subscriber.pubsub()
+            try:
+                await self._pubsub.subscribe(channel)
+            except Exception:
+                log.warning("Redis subscribe failed; the listener will resubscribe", exc_info=True)
+            if self._listener is None or self._listener.done():
+                self._listener = asyncio.ensure_future(self._listen())
+
+    async def _room_emptied(self, room_id: int) -> None:
+        async with self._lock:
+            if self._pubsub is not None and room_id not in self.rooms:
+                try:
+                    await self._pubsub.unsubscribe(self._channel(room_id))
+                except Exception:
+                    log.debug("Redis unsubscribe failed", exc_info=True)
+
+    async def publish(self, room_id: int, event: dict[str, Any]) -> None:
+        # Every process, this one included, delivers from the subscription: one order for all.
+        await self._publisher.publish(self._channel(room_id), orjson.dumps(event))
+
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                failures = 0
+                if message is not None and message["type"] == "message":
+                    channel = message["channel"].decode()
+                    if channel == self._control:
+                        kind, ident = orjson.loads(message["data"])["revoke"]
+                        self.close_local((str(kind), int(ident)))
+                    else:
+                        self.deliver(int(channel[len(self._prefix):]), orjson.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                delay = random.uniform(0, min(RESUBSCRIBE_BACKOFF_CAP_SECS, 0.1 * 2**failures))
+                log.warning("Redis subscription lost; resubscribing in %.2f s", delay, exc_info=failures == 1)
+                await asyncio.sleep(delay)
+                await self._resubscribe()
+
+    async def _resubscribe(self) -> None:
+        async with self._lock:
+            old, self._pubsub = self._pubsub, self._subscriber.pubsub()
+            try:
+                await old.aclose()
+            except Exception:
+                log.debug("closing the lost subscription failed", exc_info=True)
+            channels = [self._channel(room_id) for room_id in self.rooms]
+            if self.credentials:
+                channels.append(self._control)
+            if not channels:
+                return
+            try:
+                await self._pubsub.subscribe(*channels)
+            except Exception:
+                # Still down: the next get_message fails too, and we retry with more backoff.
+                log.warning("Redis still unavailable for resubscribe")
+                return
+        log.info("Redis subscription restored for %d rooms; catching up from the database", len(channels))
+        for room_id, receivers in list(self.rooms.items()):
+            for receiver in tuple(receivers):
+                receiver.hub_resync(room_id)
+
+
+@per_loop
+def get_hub() -> LocalHub:
+    """The running loop's hub: Redis-backed when REDIS_URL is set."""
+    if settings.REDIS_URL:
+        return RedisHub(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+    return LocalHub()
+
+
+def hub_enabled() -> bool:
+    return settings.PARLEY_FANOUT == "hub"

@@ -1,0 +1,19 @@
+from django.urls import path, re_path
+
+from parley import views
+
+app_name = "parley"
+
+urlpatterns = [
+    path("", views.app, name="app"),
+    path("healthz", views.healthz, name="healthz"),
+    path("api/me", views.me, name="api-me"),
+    path("api/rooms", views.rooms, name="api-rooms"),
+    path("api/rooms/<str:slug>/messages", views.room_messages, name="api-room-messages"),
+    path("api/rooms/<str:slug>/members", views.room_members, name="api-room-members"),
+    path("api/rooms/<str:slug>/members/<str:username>", views.room_member_detail, name="api-room-member"),
+    path("api/tokens", views.tokens, name="api-tokens"),
+    path("api/tokens/<int:token_id>", views.token_detail, name="api-token"),
+    # Last: any other /api/ path is a JSON 404 (DEBUG's HTML 404 page included).
+    re_path(r"^api/", views.api_not_found, name="api-not-found"),
+]

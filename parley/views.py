@@ -1,0 +1,313 @@
+"""HTTP views: the browser app's pages, sign-up, and the small JSON API (docs/protocol.md §8)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, Literal
+
+import orjson
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.views import LoginView
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_http_methods
+
+from parley import limits, protocol, selectors, services, throttles
+from parley.http_auth import api_error
+from parley.payloads import fit_page, message_payload, room_payload, timestamp, user_payload
+
+
+@login_required
+def app(request: HttpRequest) -> HttpResponse:
+    """The single-page chat app; everything after load goes over the WebSocket."""
+    return render(request, "parley/app.html", {"me": user_payload(request.user)})
+
+
+@throttles.throttled_status
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("parley:app")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        # Charged only for an account that would be made: a mistyped form costs nothing.
+        refusal = throttles.signup_refusal(request)
+        if refusal is None:
+            user = form.save()
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("parley:app")
+        form.add_error(None, refusal)
+    return render(request, "registration/signup.html", {"form": form})
+
+
+# Django's sign-in pages, with parley/throttles.py's limits on failed attempts.
+login_page = throttles.throttled_status(LoginView.as_view(authentication_form=throttles.LoginForm))
+
+
+@throttles.throttled_status
+def admin_login(request: HttpRequest) -> HttpResponse:
+    return admin.site.login(request)  # its form is throttles.AdminLoginForm (parley/admin.py)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})
+
+
+# --- JSON API -------------------------------------------------------------------------------
+
+
+_room_creations = limits.BucketMap(limits.ROOMS_CREATED_PER_USER_PER_HOUR, per=3600.0)
+
+
+def rate_limited(wait_secs: float, message: str) -> JsonResponse:
+    response = api_error(429, "rate_limited", message, retry_after_ms=math.ceil(wait_secs * 1000))
+    response["Retry-After"] = str(math.ceil(wait_secs))
+    return response
+
+
+def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., JsonResponse]]:
+    """JSON API views taking `methods`. Checked in this order, each answered in
+    JSON: a signed-in user, by session or bearer token (401 `unauthenticated`); the method (405
+    `method_not_allowed`, with Allow); for a session request that writes, Django's CSRF check
+    (403 `csrf_failed`). Authentication comes before CSRF so that a client without credentials
+    is told so, rather than handed Django's CSRF page."""
+    # No HEAD: the views tell a read from a write by `method == "GET"`.
+    allowed = set(methods)
+    allow_header = ", ".join(sorted(allowed))
+
+    def decorate(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+        checked = csrf_protect(view)
+
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            if not request.user.is_authenticated:
+                return api_error(401, "unauthenticated", "sign in or send Authorization: Bearer <token>")
+            if request.method not in allowed:
+                response = api_error(405, "method_not_allowed",
+                                     f"{request.method} is not allowed here; use {allow_header}")
+                response["Allow"] = allow_header
+                return response
+            return checked(request, *args, **kwargs)
+
+        # The middleware's CSRF check would run before the view, ahead of the 401 above.
+        return csrf_exempt(wrapper)
+
+    return decorate
+
+
+def is_api(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/")
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    return api_error(404, "not_found", "no such API endpoint (docs/protocol.md §8)")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """settings.CSRF_FAILURE_VIEW: JSON on the API, Django's page elsewhere."""
+    if is_api(request):
+        return api_error(403, "csrf_failed",
+                         f"CSRF check failed ({reason}): send the csrftoken cookie's value as X-CSRFToken")
+    return csrf.csrf_failure(request, reason=reason)
+
+
+# handler400/403/404/500 (config/urls.py): the API answers its errors in JSON, whatever raised
+# them (a body over DATA_UPLOAD_MAX_MEMORY_SIZE is a 400 from Django itself, for one).
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api(request):
+        return api_error(400, "bad_request", "the request could not be read")
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api(request):
+        return api_error(403, "forbidden", "not allowed")
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api(request):
+        return api_not_found(request)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if is_api(request):
+        return api_error(500, "internal_error", "an unexpected server error; nothing was changed "
+                                                "unless the error says so")
+    return defaults.server_error(request)
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    """The body as a JSON object, or None. Strings with U+0000 count as invalid: PostgreSQL
+    cannot store or even compare them."""
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
+        return None
+    if not isinstance(body, dict) or any(isinstance(v, str) and "\x00" in v for v in body.values()):
+        return None
+    return body
+
+
+@api("GET")
+def me(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"user": user_payload(request.user)})
+
+
+@api("GET", "POST")
+def rooms(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        return JsonResponse({"rooms": [room_payload(r) for r in selectors.room_list_visible(user=request.user)]})
+    # Charged first, refused requests too: that also bounds how fast one account can probe
+    # which slugs are taken (private rooms' among them).
+    wait = _room_creations.take(request.user.pk)
+    if wait:
+        return rate_limited(wait, "too many rooms created; wait before creating another")
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
+    slug, title, private = body.get("slug"), body.get("title"), body.get("private", False)
+    if not isinstance(slug, str) or not isinstance(title, str) or not isinstance(private, bool):
+        return api_error(400, "bad_field", "need string 'slug' and 'title', boolean 'private'")
+    slug = slug.strip().lower()
+    try:
+        room = services.room_create(slug=slug, title=title.strip(), owner=request.user,
+                                    is_private=private)
+    except services.RoomSlugTaken:
+        # A room the caller may see is named; any other taken slug — a private room of others,
+        # or a reserved one — gets one answer, so it does not tell which.
+        if selectors.room_get_visible(user=request.user, slug=slug) is not None:
+            return api_error(409, "room_exists", f"a room {slug!r} already exists")
+        return api_error(409, "slug_unavailable", f"the slug {slug!r} is not available; choose another")
+    except services.RoomsOwnedLimit:
+        return api_error(403, "too_many_rooms_owned",
+                         f"you own {limits.MAX_ROOMS_OWNED_PER_USER.value:.0f} rooms, the most allowed")
+    except ValidationError as exc:
+        return api_error(400, "bad_field", "invalid room", fields=exc.message_dict)
+    return JsonResponse({"room": room_payload(room)}, status=201)
+
+
+@api("GET")
+def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
+    """A page of history, by the WebSocket `history` rules: the same range for `before` and
+    `limit` (a limit above the page maximum is clamped), the same byte budget for the page.
+
+    Encoded with orjson, as WebSocket frames are (UTF-8, not \\u-escaped): what
+    PARLEY_REPLY_MAX_BYTES measures is then exactly what the body holds.
+    """
+    room = selectors.room_get_visible(user=request.user, slug=slug)
+    if room is None:
+        return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    before = _query_int(request, "before", 1)
+    limit = _query_int(request, "limit", 1)
+    if before is False or limit is False:
+        return api_error(400, "bad_field", f"'before' and 'limit' must be integers from 1 to {protocol.MAX_SEQ}")
+    page = selectors.message_page(room_id=room.pk, before=before, limit=protocol.page_limit(limit))
+    messages, has_more = fit_page(*page, room_slug=room.slug, budget_bytes=settings.PARLEY_REPLY_MAX_BYTES)
+    body = {"messages": [message_payload(m, room_slug=room.slug) for m in messages], "has_more": has_more}
+    return HttpResponse(orjson.dumps(body), content_type="application/json")
+
+
+def _query_int(request: HttpRequest, name: str, low: int) -> int | None | Literal[False]:
+    """The query parameter as an integer from `low` to 2^53, None if absent or empty, False if
+    it is anything else."""
+    raw = request.GET.get(name)
+    if not raw:
+        return None
+    # Digits only (int() would take " 7", "+7", "7_0"), and no more of them than 2^53 has: an
+    # integer beyond 64 bits must not reach the database (SQLite raised OverflowError: a 500).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 16):
+        return False
+    value = int(raw)
+    return value if low <= value <= protocol.MAX_SEQ else False
+
+
+def _token_payload(token: Any) -> dict[str, Any]:
+    return {"id": token.pk, "name": token.name, "prefix": token.prefix,
+            "created_at": timestamp(token.created_at),
+            "last_used_at": timestamp(token.last_used_at) if token.last_used_at else None,
+            "revoked": token.revoked_at is not None}
+
+
+@api("GET", "POST")
+def tokens(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        return JsonResponse({"tokens": [_token_payload(t) for t in selectors.token_list(user=request.user)]})
+    if getattr(request, "auth_token", None) is not None:
+        return api_error(403, "session_required", "tokens are made from a signed-in browser session")
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
+    name = body.get("name", "")
+    if not isinstance(name, str) or len(name) > 100:
+        return api_error(400, "bad_field", "'name' must be a string of at most 100 characters")
+    token, raw = services.token_create(user=request.user, name=name)
+    return JsonResponse({"token": raw, "id": token.pk}, status=201)
+
+
+@api("DELETE")
+def token_detail(request: HttpRequest, token_id: int) -> JsonResponse:
+    """Revoke one of your tokens; sockets opened with it close with 4401."""
+    token = next((t for t in selectors.token_list(user=request.user) if t.pk == token_id), None)
+    if token is None:
+        return api_error(404, "token_not_found", "no such token of yours")
+    services.token_revoke(token=token)
+    return JsonResponse({"token": _token_payload(token)})
+
+
+def _managed_room(request: HttpRequest, slug: str) -> Any:
+    room = selectors.room_get_visible(user=request.user, slug=slug)
+    if room is None:
+        return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    if not room.is_private:
+        return api_error(400, "room_public", "public rooms are open to every signed-in user")
+    if not selectors.room_user_can_manage(room=room, user=request.user):
+        return api_error(403, "forbidden", "only the room's owner or an admin manages members")
+    return room
+
+
+@api("GET", "POST")
+def room_members(request: HttpRequest, slug: str) -> JsonResponse:
+    """List (any member) or add (owner/admin) the members of a private room."""
+    if request.method == "GET":
+        room = selectors.room_get_visible(user=request.user, slug=slug)
+        if room is None:
+            return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+        return JsonResponse({"members": [{**user_payload(m.user), "role": m.role}
+                                         for m in selectors.membership_list(room=room)]})
+    room = _managed_room(request, slug)
+    if isinstance(room, JsonResponse):
+        return room
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
+    user = get_user_model().objects.filter(username=body.get("username") or "").first()
+    if user is None:
+        return api_error(404, "user_not_found", "no such user")
+    membership = services.membership_add(room=room, user=user)
+    return JsonResponse({"member": {**user_payload(user), "role": membership.role}}, status=201)
+
+
+@api("DELETE")
+def room_member_detail(request: HttpRequest, slug: str, username: str) -> JsonResponse:
+    """Remove a member (owner/admin); their open sockets leave the room at once."""
+    room = _managed_room(request, slug)
+    if isinstance(room, JsonResponse):
+        return room
+    user = get_user_model().objects.filter(username=username).first() if "\x00" not in username else None
+    if user is None or not services.membership_remove(room=room, user=user):
+        return api_error(404, "member_not_found", "no such member (the owner cannot be removed)")
+    return JsonResponse({"removed": user_payload(user)})
