@@ -555,7 +555,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         kind = event["type"]
         if kind == "chat.message":
             self._deliver(event)
-        elif kind == "parley.presence":
+        elif kind == "chat.presence":
             self._relay_presence(event)
         elif kind == "chat.typing":
             self._relay_typing(event)

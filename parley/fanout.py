@@ -57,7 +57,7 @@ async def broadcast_presence(*, room_id: int, room_slug: str, event: str, user: 
     frame = protocol.encode(
         {"type": "presence", "room": room_slug, "event": event, "user": user_payload(user), "members": members}
     )
-    await broadcast(room_id, {"type": "parley.presence", "room_id": room_id, "frame": frame, "origin": origin})
+    await broadcast(room_id, {"type": "chat.presence", "room_id": room_id, "frame": frame, "origin": origin})
 
 
 async def broadcast_typing(*, room_id: int, room_slug: str, user: Any) -> None:
