@@ -49,5 +49,5 @@ def retry_delay(frame: dict[str, Any], attempt: int) -> float:
     `retry_after_ms` if it gave one, else a jittered delay that grows with the attempt (≤ 5 s)."""
     hint = frame.get("retry_after_ms")
     if isinstance(hint, int | float) and hint > 0:
-        return hint / 1000
-    return random.random() * min(5.0, 0.1 * 2 ** min(attempt, 10))
+        return float(hint) / 1000
+    return random.random() * min(5.0, 0.1 * 2.0 ** min(attempt, 10))
