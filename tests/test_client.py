@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import tests.support  # noqa: F401  (puts clients/python on sys.path first)
 from parley_client import AuthError, Backoff, Outbox, ParleyClient, ParleyError, RoomState
-from parley_client.backoff import TokenBucket
+from parley_client.pacing import TokenBucket, bucket_from_limits
 from tests.support.fixtures import *  # noqa: F403
 from tests.support.fixtures import Collector, closing_db, fast_client, make_room, make_user_token, wait_for
 
@@ -81,6 +81,26 @@ def test_token_bucket_paces_after_the_burst() -> None:
     assert bucket.take() == 0.0
     now[0] += 100
     assert sum(bucket.take() == 0.0 for _ in range(20)) == 10  # refills to the burst, no more
+
+
+def test_token_bucket_wait_does_not_take() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=2, burst=1, clock=lambda: now[0])
+    assert bucket.wait() == 0.0 and bucket.wait() == 0.0
+    assert bucket.take() == 0.0
+    assert bucket.wait() == pytest.approx(0.5) and bucket.take() == pytest.approx(0.5)
+    now[0] += 0.5
+    assert bucket.take() == 0.0
+
+
+def test_buckets_from_hello_limits_keep_headroom_below_the_server() -> None:
+    """The client's bucket must run out before the server's does (jitter bunches frames)."""
+    frames = bucket_from_limits({"frames_per_sec": 20, "frames_burst": 40}, "frames_per_sec", "frames_burst")
+    assert frames is not None and 0 < frames.rate < 20 and 1 <= frames.burst < 40
+    old_server = bucket_from_limits({"messages_per_sec": 5}, "messages_per_sec", "messages_burst")
+    assert old_server is not None and old_server.burst <= 10  # no burst announced: 2x the rate, less headroom
+    for limits in ({}, {"frames_per_sec": 0}, {"frames_per_sec": None}, {"frames_per_sec": True}):
+        assert bucket_from_limits(limits, "frames_per_sec", "frames_burst") is None
 
 
 # --- outbox ------------------------------------------------------------------------------------
@@ -363,3 +383,42 @@ async def test_echo_bot_example_answers_once(servers: Any) -> None:
     finally:
         bot.terminate()
         await asyncio.to_thread(bot.wait, 10)
+
+
+@closing_db
+def _make_rooms(slugs: list[str]) -> None:
+    from parley import services
+
+    for slug in slugs:
+        services.room_create(slug=slug, title=slug)
+
+
+@pytest.mark.slow
+@pytestmark_db
+async def test_rejoining_150_rooms_after_a_reconnect_stays_inside_the_frame_rate(servers: Any) -> None:
+    """Default frame limits (20/s, burst 40, 30 strikes close with 4429): 150 joins at once, then a
+    reconnect that resumes all 150 while sends to some of the rooms are made. Unpaced, the joins
+    alone overrun the burst by more than the strikes allow (the socket is closed with 4429, again
+    on every reconnect); paced by hello.limits, nothing is refused."""
+    n = 150
+    server = servers(default_limits=True, extra_env={"PARLEY_MAX_ROOMS_PER_SOCKET": str(n)})
+    slugs = [f"r{i:03d}" for i in range(n)]
+    await _make_rooms(slugs)
+    _, token = await make_user_token("ada")
+    async with fast_client(server.ws_url, token, request_timeout=30.0) as client:
+        collector = Collector(client)
+        assert client.hello["limits"]["frames_per_sec"] == 20
+        await asyncio.wait_for(asyncio.gather(*(client.join(slug) for slug in slugs)), 60)
+        client.abort_connection()
+        await wait_for(lambda: client.stats.connections == 2, 10, "the reconnect")
+        sends = [asyncio.create_task(client.send(slug, f"hi {slug}")) for slug in slugs[::15]]
+        await wait_for(lambda: all(client.room(s).joined_on == client.stats.connections for s in slugs),
+                       60, "all 150 rooms rejoined")
+        acks = await asyncio.wait_for(asyncio.gather(*sends), 30)
+        assert [a["seq"] for a in acks] == [1] * len(sends)
+        assert client.stats.resumes_recovered == n and client.stats.connections == 2
+        assert client.stats.paced_waits > 0  # the frames did wait for tokens
+        closes = [e["code"] for e in collector.events if e["type"] == "disconnected"]
+        refusals = [e for e in collector.events if e["type"] == "error" and e.get("code") == "rate_limited"]
+        assert len(closes) == 1 and 4429 not in closes and refusals == [], (closes, refusals[:3])
+        await collector.stop()

@@ -1,10 +1,11 @@
 """parley-client: an asyncio client for the Parley chat server (docs/client-python.md)."""
 
 from parley_client.backoff import Backoff
-from parley_client.connection import ClientStats, ParleyClient
+from parley_client.client import ParleyClient
 from parley_client.errors import AuthError, ClientClosed, ParleyError
 from parley_client.outbox import Outbox, OutboxEntry, new_client_id
 from parley_client.rooms import RoomState
+from parley_client.stats import ClientStats
 
 __all__ = [
     "AuthError", "Backoff", "ClientClosed", "ClientStats", "Outbox", "OutboxEntry", "ParleyClient",

@@ -1,4 +1,4 @@
-"""Reconnect delays: exponential backoff with full jitter, capped.
+"""Retry delays: reconnects (exponential backoff with full jitter, capped) and refused requests.
 
 delay(n) = uniform(0, min(cap, base * factor**n)). Full jitter (AWS architecture blog,
 "Exponential Backoff And Jitter") spreads a herd of clients that lost the same server over the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from typing import Any
 
 
 class Backoff:
@@ -42,25 +43,11 @@ class Backoff:
         self.attempt = 0
 
 
-class TokenBucket:
-    """Client-side pacing, so a busy client stays inside the server's message rate
-    (hello.limits.messages_per_sec) instead of collecting `rate_limited` refusals."""
 
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] | None = None) -> None:
-        import time
-
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self._clock = clock or time.monotonic
-        self.stamp = self._clock()
-
-    def take(self) -> float:
-        """Take one token: 0.0 if there was one, else the seconds until there will be."""
-        now = self._clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
+def retry_delay(frame: dict[str, Any], attempt: int) -> float:
+    """How long to wait before retrying a request the server refused with `frame`: its
+    `retry_after_ms` if it gave one, else a jittered delay that grows with the attempt (≤ 5 s)."""
+    hint = frame.get("retry_after_ms")
+    if isinstance(hint, int | float) and hint > 0:
+        return float(hint) / 1000
+    return random.random() * min(5.0, 0.1 * 2.0 ** min(attempt, 10))

@@ -26,6 +26,7 @@ class OutboxEntry:
     future: asyncio.Future[dict[str, Any]]
     sent_on: int | None = None  # id of the connection that carries the latest transmission
     attempts: int = 0
+    not_before: float = 0.0  # monotonic time before which a retry must not leave (retry_after_ms)
     errors: list[str] = field(default_factory=list)
 
     def frame(self, ref: str) -> dict[str, Any]:

@@ -29,9 +29,11 @@ class RoomState:
     last_joined: dict[str, Any] | None = None
     pending: dict[int, dict[str, Any]] = field(default_factory=dict)
     stats: RoomStats = field(default_factory=RoomStats)
-    # bookkeeping of the client (connection.py)
+    # bookkeeping of the client (parley_client.sync)
     join_task: asyncio.Task[Any] | None = None
     join_task_conn: int | None = None
+    join_sent_on: int | None = None  # connection whose writer has sent this room's join: sends may follow
+    typing_at: float = 0.0           # when the last `typing` for the room was queued (monotonic)
     gap_task: asyncio.Task[Any] | None = None
     # Resumes of this room whose connection was cut before `joined` arrived (e.g. 4413: the
     # server could not send the whole gap in one frame). After two, rejoin fresh and page.
