@@ -105,7 +105,7 @@ def targets(res: dict[str, Any]) -> list[str]:
                                  f"{fmt_num(parley['best_deliveries_per_s'])} vs {fmt_num(bare['best_deliveries_per_s'])} deliveries/s = {fmt_ratio(r)}"))
     asgi = _by(fan, "parley-asgi")
     if asgi and bare:
-        # The same target read through the ASGI send alone: Parley without parley/realtime/wire.py's
+        # The same target read through the ASGI send alone: Parley without parley/realtime/uvicorn_writer.py's
         # prepared frames, i.e. doing per frame exactly what the bare app does.
         r = ratio(asgi["best_deliveries_per_s"], bare["best_deliveries_per_s"])
         lines.append(target_line("fan-out via the ASGI send only (parley-asgi) ≥ 0.8× bare", r is not None and r >= 0.8,

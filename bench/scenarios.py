@@ -142,7 +142,7 @@ def target(cfg: Config, name: str, *, users: int = 0, rooms: list[str] | int = 0
     """name: parley | parley-asgi | parley-redis | parley-layer | bare | tutorial-memory | tutorial-redis.
 
     parley-asgi is Parley with PARLEY_PREPARED_FRAMES=0: every frame through the ASGI send, as
-    the bare app's go (parley/realtime/wire.py). parley-layer is Parley with PARLEY_FANOUT=layer: broadcasts
+    the bare app's go (parley/realtime/uvicorn_writer.py). parley-layer is Parley with PARLEY_FANOUT=layer: broadcasts
     through the stock channel layer (group_send) instead of the per-process hub."""
     ws = ws or cfg.ws
     if name.startswith("parley"):

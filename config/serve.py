@@ -18,10 +18,16 @@ import sys
 import click
 from uvicorn.main import main as uvicorn_main
 
-from config.env import env_int, env_str, load_dotenv
+from config.env import env_bool, env_int, env_str, load_dotenv
 from parley import edge, limits
+from parley.realtime import uvicorn_writer
 
 APP = "config.asgi:application"
+# uvicorn's websockets-sansio implementation (parley.edge's subclass adds connection limits and
+# shutdown), named rather than left to `--ws auto`: which implementation `auto` picks has changed
+# between uvicorn versions, and the direct write path (parley/realtime/uvicorn_writer.py) needs
+# this one. The benchmark's baselines pass `--ws websockets-sansio` itself.
+WS_PROTOCOL = "parley.edge:ParleyWebSocketProtocol"
 # File descriptors kept beyond PARLEY_MAX_CONNECTIONS: database and Redis connections, log
 # files, the listening socket.
 FD_HEADROOM = 1024
@@ -34,7 +40,7 @@ def production_args() -> list[str]:
         "--loop", "uvloop",
         # uvicorn's httptools and websockets-sansio, with Parley's connection limits and
         # shutdown (parley/edge.py).
-        "--http", "parley.edge:ParleyHttpProtocol", "--ws", "parley.edge:ParleyWebSocketProtocol",
+        "--http", "parley.edge:ParleyHttpProtocol", "--ws", WS_PROTOCOL,
         "--ws-max-size", str(edge.env_limit(limits.MAX_FRAME_BYTES)),
         # Deflate keeps one compression context per connection, so a broadcast would be
         # compressed again for every recipient; chat frames are small, and fan-out speed comes
@@ -111,6 +117,12 @@ def main(argv: list[str] | None = None) -> None:
         shown = f"[{host}]" if ":" in host else host
         what = "Parley is running" if app == APP else f"serving {app}"
         say(f"{what} at http://{shown}:{port}/  (Ctrl-C to stop)")
+    if app == APP:
+        # Which way frames leave, from the options uvicorn is about to get: a `--ws` or deflate
+        # given on the command line can turn the direct path off without an error anywhere else.
+        _, line = uvicorn_writer.write_path(params["ws"], params["ws_per_message_deflate"],
+                                            env_bool("PARLEY_PREPARED_FRAMES", True))
+        say(line)
     raise_open_file_limit()
     with ctx:
         uvicorn_main.invoke(ctx)

@@ -189,7 +189,7 @@ PARLEY_FANOUT = env_str("PARLEY_FANOUT", "hub")
 if PARLEY_FANOUT not in ("hub", "layer"):
     raise ImproperlyConfigured(f"PARLEY_FANOUT={PARLEY_FANOUT!r}: use 'hub' or 'layer'")
 # Write each broadcast's frame bytes, framed once, straight to uvicorn's websockets-sansio
-# connections (parley/realtime/wire.py); off: every frame goes through the ASGI send.
+# connections (parley/realtime/uvicorn_writer.py); off: every frame goes through the ASGI send.
 PARLEY_PREPARED_FRAMES = env_bool("PARLEY_PREPARED_FRAMES", True)
 
 LOGGING = {

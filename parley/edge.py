@@ -3,7 +3,7 @@ and a shutdown that answers what it has already received.
 
 config/serve.py runs uvicorn with `--http parley.edge:ParleyHttpProtocol` and
 `--ws parley.edge:ParleyWebSocketProtocol` (subclasses of uvicorn's httptools and websockets-sansio
-protocols; parley.realtime.wire still writes prepared frames to the latter, whose `send` is unchanged).
+protocols; parley.realtime.uvicorn_writer still writes prepared frames to the latter, whose `send` is unchanged).
 
 Why in the protocol and not in the app: an idle or half-sent connection costs a file descriptor
 and buffers long before the app sees a request. uvicorn with httptools has no header timeout and

@@ -54,7 +54,7 @@ async def test_frames_are_written_at_once_without_a_writer_task():
     for i in range(3):
         out.put(f"f{i}")
         assert sock.sent == [f"f{j}" for j in range(i + 1)]  # before any await: written in put()
-    assert out._writer is None and out.backlog == (0, 0)
+    assert out._drainer is None and out.backlog == (0, 0)
 
 
 async def test_a_paused_socket_queues_in_order_and_the_writer_catches_up():
@@ -70,7 +70,7 @@ async def test_a_paused_socket_queues_in_order_and_the_writer_catches_up():
     sock.writable.set()
     await settle()
     assert sock.sent == ["a", "b", "c", "d"] and out.backlog == (0, 0)
-    assert out._writer is None  # caught up: back to writing at once
+    assert out._drainer is None  # caught up: back to writing at once
     out.put("e")
     assert sock.sent[-1] == "e"
 
@@ -147,3 +147,20 @@ async def test_a_send_that_fails_marks_the_queue_closed_without_raising(paused):
     sock.writable.set()
     await settle()
     assert out.closed and sock.sent == [] and out.backlog == (0, 0)
+
+
+async def test_a_writer_task_stopped_before_it_ran_leaves_no_unawaited_coroutine():
+    import gc
+    import warnings
+
+    sock = FakeSocket()
+    out = sock.outbound()
+    sock.writable.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out.put("stuck")  # the send suspends: a writer task is made, but has not run yet
+        out.stop()
+        await settle()
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    assert sock.sent == [] and out.backlog == (0, 0)

@@ -16,7 +16,7 @@ import pytest
 from django.test import override_settings
 
 from parley import consumers
-from parley.realtime import wire
+from parley.realtime import uvicorn_writer
 from tests.conftest import make_room, make_token, make_user
 from tests.support import rawws
 from tests.support.inprocess import *  # noqa: F403  (the `server` fixture)
@@ -62,7 +62,7 @@ async def fill(room: Any, until: Any, *, size: int = 60_000, most: int = 500) ->
         if until():
             return seq
         if seq % 10 == 0:
-            await asyncio.sleep(0.01)  # a pass of the loop: held frames are written (parley.realtime.wire)
+            await asyncio.sleep(0.01)  # a pass of the loop: held frames are written (parley.realtime.uvicorn_writer)
     return most
 
 
@@ -84,7 +84,7 @@ async def test_unsent_bytes_counts_the_kernels_send_queue():
         transport = transports[0]
         transport.write(b"x" * 8_000_000)
         await asyncio.sleep(0.2)
-        held = wire.unsent_bytes(SimpleNamespace(transport=transport, disconnected=False))
+        held = uvicorn_writer.unsent_bytes(SimpleNamespace(transport=transport, disconnected=False))
         in_buffer = transport.get_write_buffer_size()
         assert held > in_buffer + 100_000  # the kernel's share
         assert held <= 8_000_000

@@ -6,27 +6,21 @@ dropped while its memory grows in the ASGI server. Here the consumer only hands 
 object (never blocks). A client that falls more than PARLEY_OUTBOUND_MAX_MESSAGES frames or
 PARLEY_OUTBOUND_MAX_BYTES behind is cut off (close 4413), as Centrifugo does, so the server's
 memory stays flat whatever clients do. The bytes count what the server holds for the socket below
-the queue too (its transport buffer and kernel send queue, parley.realtime.wire.unsent_bytes): a socket
+the queue too (its transport buffer and kernel send queue, FrameWriter.unsent_bytes): a socket
 falls behind only once those are full, and on loopback the kernel alone held ~2.7 MB of it.
 
-Closing does not wait on the client either (parley.realtime.wire.close_now, under uvicorn's
+Closing does not wait on the client either (FrameWriter.close_now, under uvicorn's
 websockets-sansio): uvicorn's own close waits for a writable transport, which for a client that
 does not read is never, and the socket kept its kernel buffers and its user's socket slot. A close
 queued behind frames (close_after_flush) waits for them at most PARLEY_CLOSE_GRACE_SECS.
 
-Why "at once": uvicorn's (and the test communicator's) ASGI `send` for a WebSocket frame
-finishes without suspending unless the socket's transport is paused (its kernel buffer is full:
-the client reads slowly). So a frame is written by starting the send coroutine by hand and
-running it to its first suspension point, inside the hub's loop over the room's sockets, as a
-bare ASGI app's `await send(...)` loop would. Only when the send suspends (back-pressure) does a
-writer task take over: it finishes that send, then drains the frames queued behind it, and ends
-when the queue is empty. An earlier version woke one writer task per socket for every frame;
-that wake-up and the second trip through Channels' middleware wrappers cost a third of a
-broadcast (docs/benchmarks.md). Python 3.12's eager tasks do the same thing more generally.
-
-Under uvicorn's websockets-sansio (scripts/serve) a frame that can go out at once skips the ASGI
-send altogether: parley.realtime.wire writes the broadcast's frame bytes, framed once for all recipients,
-to the transport. Everything else here (the queue, the writer task, close) is unchanged.
+Why "at once": a frame to a socket that keeps up is written inside the hub's loop over the room's
+sockets, without a task (a task per socket per frame cost a third of a broadcast,
+docs/benchmarks.md); only when the socket's writer says the write waits on the peer does a
+writer task take over: it finishes that write, then drains the frames queued behind it, and ends
+when the queue is empty. How a frame reaches the socket (the ASGI send, or under uvicorn's
+websockets-sansio the broadcast's frame bytes, framed once for all recipients) is the
+FrameWriter's business (parley.realtime.writer); this module talks only to that interface.
 """
 
 from __future__ import annotations
@@ -34,15 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from parley import limits
-from parley.realtime import wire
+from parley.realtime.writer import Blocked, FrameWriter, Send, writer_for
 
 log = logging.getLogger(__name__)
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _CLOSE = object()
 
@@ -50,18 +41,20 @@ _CLOSE = object()
 # scope. Channels' session middleware (the cookie path) wraps `send` to save the session on HTTP
 # responses; on a WebSocket frame the wrapper does nothing but cost a few attribute lookups and a
 # coroutine per frame per socket. The outbound queue writes chat frames with the raw `send`
-# instead (the handshake, accept and close still go through the full stack). It used to be a
-# middleware of its own; its scope copy cost every open socket ~0.4 KB (docs/benchmarks.md).
+# instead (the handshake, accept and close still go through the full stack). A key in the scope
+# rather than a middleware of its own: that middleware's scope copy cost every open socket
+# ~0.4 KB (docs/benchmarks.md).
 RAW_SEND_KEY = "parley.raw_send"
 
 
 class Outbound:
     # One per open socket: no per-instance __dict__ (idle memory, docs/benchmarks.md).
-    __slots__ = ("_send", "_close", "_on_overflow", "_frames", "_bytes", "_max_frames", "_max_bytes",
-                 "_writer", "_direct", "_proto", "_deadline", "closed")
+    __slots__ = ("_writer", "_close", "_on_overflow", "_frames", "_bytes", "_max_frames", "_max_bytes",
+                 "_drainer", "_deadline", "closed")
 
     def __init__(self, send: Send, close: Callable[[int], Awaitable[None]], on_overflow: Callable[[], None]) -> None:
-        self._send = send  # the ASGI send
+        # How frames reach the socket behind the ASGI `send` (parley.realtime.writer).
+        self._writer: FrameWriter = writer_for(send)
         self._close = close  # closes the socket with a code
         self._on_overflow = on_overflow
         # Created when first needed: most sockets never fall behind, and an empty deque is
@@ -70,12 +63,7 @@ class Outbound:
         self._bytes = 0
         self._max_frames = int(limits.OUTBOUND_MAX_MESSAGES.value)
         self._max_bytes = int(limits.OUTBOUND_MAX_BYTES.value)
-        self._writer: asyncio.Task[None] | None = None  # only while the socket is behind
-        # uvicorn websockets-sansio: write prepared frame bytes directly (parley.realtime.wire), else None.
-        self._direct = wire.direct_writer(send)
-        # uvicorn websockets-sansio: what the server holds below the ASGI send, and a close that
-        # does not wait on the peer (parley.realtime.wire), else None.
-        self._proto = wire.server_protocol(send)
+        self._drainer: asyncio.Task[None] | None = None  # only while the socket is behind
         self._deadline: asyncio.TimerHandle | None = None  # close_after_flush's grace
         self.closed = False
 
@@ -91,18 +79,24 @@ class Outbound:
         """
         if self.closed:
             return
-        if self._writer is None:
-            direct = self._direct
-            if direct is None or not direct.write(text):
-                self._write_now(text)
+        if self._drainer is None:
+            try:
+                blocked = self._writer.write(text)
+            except Exception:
+                self._gone()
+                return
+            if blocked is not None:
+                # The write waits for the transport to drain: finish it, and what queues
+                # behind it, in a writer task.
+                self._drainer = asyncio.ensure_future(self._drain(blocked))
             return
         size = len(text.encode()) if size is None else size
         frames = self._queue()
         frames.append((text, size))
         self._bytes += size
         # Behind: the transport's buffer and the kernel's send queue are full too, and count
-        # (parley.realtime.wire.unsent_bytes, one ioctl, only on this path).
-        if len(frames) > self._max_frames or self._bytes + self._unsent() > self._max_bytes:
+        # (FrameWriter.unsent_bytes: one ioctl under uvicorn, only on this path).
+        if len(frames) > self._max_frames or self._bytes + self._writer.unsent_bytes() > self._max_bytes:
             # Drop the backlog now: holding it for a client that does not read is the leak.
             frames.clear()
             self._bytes = 0
@@ -112,10 +106,7 @@ class Outbound:
     @property
     def unsent(self) -> int:
         """Bytes the server holds for this socket below the ASGI send (0 if it cannot tell)."""
-        return self._unsent()
-
-    def _unsent(self) -> int:
-        return wire.unsent_bytes(self._proto) if self._proto is not None else 0
+        return self._writer.unsent_bytes()
 
     def close_after_flush(self, code: int) -> None:
         """Close the socket once every frame queued so far is written (e.g. an error, then 4429),
@@ -124,26 +115,23 @@ class Outbound:
             return
         self.closed = True
         self._queue().append((_CLOSE, code))
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._drain())
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
         self._deadline = asyncio.get_running_loop().call_later(
             limits.CLOSE_GRACE_SECS.value, self._close_late, code)
 
     def _close_late(self, code: int) -> None:
         self._deadline = None
-        if self._writer is not None:  # still waiting on the client to read
+        if self._drainer is not None:  # still waiting on the client to read
             asyncio.ensure_future(self._close(code))
 
     def close_now(self, code: int) -> bool:
         """Drop whatever waits, write the close frame now and reset the connection if it is
-        still open after PARLEY_CLOSE_GRACE_SECS (parley.realtime.wire.close_now). False when the server
-        is not one parley.realtime.wire knows: use the ASGI close."""
+        still open after PARLEY_CLOSE_GRACE_SECS (FrameWriter.close_now). False when the
+        socket's writer cannot (not uvicorn's websockets-sansio): use the ASGI close."""
         self.flush()  # what this pass wrote goes before the close frame
         self._stop_writing()
-        if self._proto is None:
-            return False
-        wire.close_now(self._proto, code, limits.CLOSE_GRACE_SECS.value)
-        return True
+        return self._writer.close_now(code, limits.CLOSE_GRACE_SECS.value)
 
     def stop(self) -> None:
         """Stop writing (the socket is gone)."""
@@ -156,10 +144,10 @@ class Outbound:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        writer = self._writer
-        if writer is not None and writer is not asyncio.current_task():
-            self._writer = None
-            writer.cancel()
+        drainer = self._drainer
+        if drainer is not None and drainer is not asyncio.current_task():
+            self._drainer = None
+            drainer.cancel()
 
     def _queue(self) -> deque[tuple[object, int]]:
         if self._frames is None:
@@ -167,80 +155,35 @@ class Outbound:
         return self._frames
 
     def flush(self) -> None:
-        """Write the frames the direct writer holds for this pass of the event loop now: before
-        anything reaches the socket another way (the ASGI send, a close), so nothing overtakes
-        them."""
-        if self._direct is not None:
-            self._direct.flush()
+        """Write the frames the writer holds for this pass of the event loop now: before
+        anything reaches the socket another way (a close), so nothing overtakes them."""
+        self._writer.flush()
 
-    def _write_now(self, text: str) -> None:
-        """Write through the ASGI send (no direct writer, or it declined)."""
-        self.flush()
-        coro = self._send({"type": "websocket.send", "text": text})
+    async def _drain(self, blocked: Blocked | None = None) -> None:
         try:
-            waiting_on = coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            return  # written: the common case through an ASGI send
-        except Exception:
-            self._gone(coro)
-            return
-        # The server's send waits for the transport to drain: finish it, and what queues behind
-        # it, in a writer task.
-        self._writer = asyncio.ensure_future(self._drain(coro, waiting_on))
-
-    async def _drain(self, started: Coroutine[Any, Any, None] | None = None, waiting_on: Any = None) -> None:
-        try:
-            if started is not None:
-                await _finish(started, waiting_on)
+            if blocked is not None:
+                await blocked
             while self._frames:
                 item, size = self._frames.popleft()
                 self._bytes -= size
-                self.flush()
                 if item is _CLOSE:
                     self._frames = None
+                    self.flush()
                     await self._close(size)
                     return
-                await self._send({"type": "websocket.send", "text": item})
+                await self._writer.send(item)  # type: ignore[arg-type]
         except asyncio.CancelledError:
             raise
         except Exception:
-            self._gone(None)
+            self._gone()
         finally:
-            self._writer = None
+            self._drainer = None
             if not self._frames:
                 self._frames = None  # caught up: give the deque back
 
-    def _gone(self, coro: Any) -> None:
+    def _gone(self) -> None:
         # The socket went away under us; the consumer's disconnect() cleans up.
         log.debug("outbound write failed: socket gone", exc_info=True)
-        if coro is not None:
-            coro.close()
         self.closed = True
         self._frames = None
         self._bytes = 0
-
-
-async def _finish(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Run, inside the current task, a coroutine started by hand that suspended on `waiting_on`.
-
-    What a coroutine yields to asyncio is the future it waits for (or None for a bare yield):
-    wait for that here, then resume it, until it returns. Like asyncio's Task step, clear the
-    future's `_asyncio_future_blocking` flag first: awaiting a future that still has it set
-    raises "await wasn't used with future".
-    """
-    try:
-        while True:
-            try:
-                if waiting_on is None:
-                    await asyncio.sleep(0)
-                else:
-                    waiting_on._asyncio_future_blocking = False
-                    await waiting_on
-            except BaseException as exc:  # its future failed, or this task was cancelled
-                waiting_on = coro.throw(exc)
-                continue
-            waiting_on = coro.send(None)
-    except StopIteration:
-        return
-    finally:
-        coro.close()
