@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from parley import limits
+from parley.conf import parley_settings
 from parley.realtime import wire
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class Outbound:
         # ~600 bytes per idle socket.
         self._frames: deque[tuple[object, int]] | None = None
         self._bytes = 0
-        self._max_frames = int(limits.OUTBOUND_MAX_MESSAGES.value)
-        self._max_bytes = int(limits.OUTBOUND_MAX_BYTES.value)
+        self._max_frames = int(parley_settings.OUTBOUND_MAX_MESSAGES)
+        self._max_bytes = int(parley_settings.OUTBOUND_MAX_BYTES)
         self._writer: asyncio.Task[None] | None = None  # only while the socket is behind
         # uvicorn websockets-sansio: write prepared frame bytes directly (parley.realtime.wire), else None.
         self._direct = wire.direct_writer(send)
@@ -127,7 +127,7 @@ class Outbound:
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._drain())
         self._deadline = asyncio.get_running_loop().call_later(
-            limits.CLOSE_GRACE_SECS.value, self._close_late, code)
+            parley_settings.CLOSE_GRACE_SECS, self._close_late, code)
 
     def _close_late(self, code: int) -> None:
         self._deadline = None
@@ -142,7 +142,7 @@ class Outbound:
         self._stop_writing()
         if self._proto is None:
             return False
-        wire.close_now(self._proto, code, limits.CLOSE_GRACE_SECS.value)
+        wire.close_now(self._proto, code, parley_settings.CLOSE_GRACE_SECS)
         return True
 
     def stop(self) -> None:

@@ -50,8 +50,7 @@ import struct
 import termios
 from typing import Any
 
-from django.conf import settings
-
+from parley.conf import parley_settings
 from parley.realtime.loops import per_loop
 
 try:  # the server scripts/serve runs; absent or renamed, only the ASGI send is used
@@ -172,7 +171,7 @@ class DirectWriter:
 
 def direct_writer(send: Any) -> DirectWriter | None:
     """A DirectWriter for the connection behind this ASGI `send`, or None to use `send` itself."""
-    if WebSocketsSansIOProtocol is None or not settings.PARLEY_PREPARED_FRAMES:
+    if WebSocketsSansIOProtocol is None or not parley_settings.PREPARED_FRAMES:
         return None
     proto = getattr(send, "__self__", None)
     # uvicorn's class (or parley.edge's subclass, which changes shutdown and connection accounting
