@@ -12,6 +12,6 @@ class ParleyConfig(AppConfig):
         bad value stops the start here, not at a socket's first read) and connects the user
         deactivation handlers."""
         from parley import signals  # noqa: F401
-        from parley.conf import parley_settings
+        from parley.conf import check_at_startup
 
-        parley_settings.reload()
+        check_at_startup()

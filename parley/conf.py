@@ -9,7 +9,8 @@ Every key has a default: the limits of parley/limits.py (docs/security.md tables
 options declared below (README "Configuration"); no dict at all means every default. A key
 Parley does not know, or a value of the wrong type, raises ImproperlyConfigured naming the key
 (and the known keys it is closest to) when Django starts (ParleyConfig.ready), not when a socket
-first reads it.
+first reads it; so does a setting beside the dict named like an environment variable
+(`PARLEY_MAX_FRAME_BYTES = 100`), which nothing reads.
 
 The values are plain attributes of `parley_settings`, rebuilt whenever the PARLEY setting changes
 (Django's setting_changed: override_settings, pytest-django's `settings` fixture), so a read on a
@@ -99,7 +100,11 @@ def declared() -> dict[str, tuple[str, Any, Callable[[Any], str | None] | None]]
 
 
 def _unknown(key: object, where: str) -> ImproperlyConfigured:
-    close = difflib.get_close_matches(str(key), declared(), n=3, cutoff=0.6)
+    probe = str(key).upper()
+    if probe.startswith(ENV_PREFIX) and probe[len(ENV_PREFIX):] in declared():
+        close = [probe[len(ENV_PREFIX):]]  # the environment variable's name, used as a key
+    else:
+        close = difflib.get_close_matches(probe, declared(), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return ImproperlyConfigured(
         f"{where}: Parley has no setting {key!r}{hint} (README \"Configuration\" and "
@@ -168,9 +173,28 @@ class ParleySettings:
 parley_settings = ParleySettings()
 
 
-def _reload_on_change(*, setting: str, **kwargs: Any) -> None:
+def check_at_startup() -> None:
+    """Load the PARLEY setting (ImproperlyConfigured if it is wrong), and refuse settings named
+    like the environment variables (`PARLEY_MAX_FRAME_BYTES = 100` beside the dict): Parley
+    does not read them, and a limit set that way would silently keep its default."""
+    parley_settings.reload()
+    for key in declared():
+        if hasattr(settings, ENV_PREFIX + key):
+            raise _loose_setting(ENV_PREFIX + key)
+
+
+def _loose_setting(name: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(
+        f"{name}: Parley reads its settings from one dict only, "
+        f"PARLEY = {{{name[len(ENV_PREFIX):]!r}: ...}}")
+
+
+def _reload_on_change(*, setting: str, enter: bool = True, **kwargs: Any) -> None:
     if setting == "PARLEY":
         parley_settings.reload()
+    elif enter and setting.startswith(ENV_PREFIX) and setting[len(ENV_PREFIX):] in declared():
+        # override_settings(PARLEY_MAX_TEXT_CHARS=5) would change nothing Parley reads.
+        raise _loose_setting(setting)
 
 
 setting_changed.connect(_reload_on_change, dispatch_uid="parley.conf.reload")

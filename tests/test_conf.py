@@ -64,11 +64,15 @@ def test_every_option_is_documented_with_its_default_in_the_readme():
 
 # --- refusals --------------------------------------------------------------------------------------
 
-def test_an_unknown_key_is_refused_naming_it_and_the_close_matches():
+@pytest.mark.parametrize(("key", "suggested"), [
+    ("MAX_SOCKET_PER_USER", "'MAX_SOCKETS_PER_USER'"),
+    ("max_frame_bytes", "'MAX_FRAME_BYTES'"),  # keys are upper case, like Django's settings
+    ("PARLEY_RESERVED_SLUGS", "'RESERVED_SLUGS'"),  # the environment variable's name
+])
+def test_an_unknown_key_is_refused_naming_it_and_the_close_matches(key, suggested):
     with pytest.raises(ImproperlyConfigured) as caught:
-        conf.resolve({"MAX_SOCKET_PER_USER": 10})
-    assert "'MAX_SOCKET_PER_USER'" in str(caught.value)
-    assert "did you mean 'MAX_SOCKETS_PER_USER'" in str(caught.value)
+        conf.resolve({key: 10})
+    assert f"PARLEY: Parley has no setting {key!r}; did you mean {suggested}" in str(caught.value)
 
 
 @pytest.mark.parametrize(("parley", "message"), [
@@ -96,6 +100,13 @@ def test_a_bad_override_is_refused_and_the_settings_in_force_stay():
     assert conf.parley_settings.MAX_TEXT_CHARS == before
 
 
+def test_overriding_a_setting_named_like_the_variable_is_refused():
+    """override_settings(PARLEY_X=...) would change nothing Parley reads: it fails instead."""
+    with pytest.raises(ImproperlyConfigured, match=r"PARLEY = \{'MAX_TEXT_CHARS': \.\.\.\}"), \
+            override_settings(PARLEY_MAX_TEXT_CHARS=5):
+        pass  # pragma: no cover (entering refuses)
+
+
 def test_a_host_project_with_an_unknown_key_does_not_start(tmp_path):
     """ParleyConfig.ready checks the dict: django.setup() fails, before any socket reads it."""
     (tmp_path / "host_settings.py").write_text(
@@ -105,6 +116,17 @@ def test_a_host_project_with_an_unknown_key_does_not_start(tmp_path):
     assert started.returncode != 0 and "started" not in started.stdout
     assert "ImproperlyConfigured" in started.stderr
     assert "'RESERVED_SLUG'; did you mean 'RESERVED_SLUGS'" in started.stderr, started.stderr
+
+
+def test_a_host_project_setting_a_limit_outside_the_dict_does_not_start(tmp_path):
+    """`PARLEY_MAX_FRAME_BYTES = 100` beside the dict would silently keep the default: refused."""
+    (tmp_path / "loose_settings.py").write_text(
+        "from config.settings import *  # noqa: F403\n"
+        "PARLEY_MAX_FRAME_BYTES = 100\n")
+    started = python("print('started')", tmp_path, settings_module="loose_settings")
+    assert started.returncode != 0 and "started" not in started.stdout
+    assert ("PARLEY_MAX_FRAME_BYTES: Parley reads its settings from one dict only, "
+            "PARLEY = {'MAX_FRAME_BYTES': ...}") in started.stderr, started.stderr
 
 
 # --- overrides take effect --------------------------------------------------------------------------
