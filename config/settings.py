@@ -19,7 +19,7 @@ from config.env import (
     generated_secret_key,
     load_dotenv,
 )
-from parley.limits import ALL as PARLEY_LIMITS
+from parley.conf import from_environ as parley_from_environ
 from parley.redis_options import redis_client_options
 
 # The same .env for every entry point (the server, manage.py, scripts/serve); the environment wins.
@@ -144,15 +144,6 @@ LOGIN_REDIRECT_URL = "parley:app"
 LOGOUT_REDIRECT_URL = "login"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 CSRF_FAILURE_VIEW = "parley.views.csrf_failure"  # JSON 403 on the API, Django's page elsewhere
-# Pages, besides the server's own origin, that may open a WebSocket with the user's cookie
-# (parley/ws_auth.py OriginGuard): full origins, `https://chat.example.com` or
-# `https://*.example.com`. CSRF_TRUSTED_ORIGINS count too: a page trusted to POST with the
-# session (and so to make API tokens) gains nothing by being refused the socket.
-PARLEY_ALLOWED_ORIGINS = env_list("PARLEY_ALLOWED_ORIGINS", [])
-for _origin in PARLEY_ALLOWED_ORIGINS:
-    if not _origin.startswith(("http://", "https://")):
-        raise ImproperlyConfigured(
-            f"PARLEY_ALLOWED_ORIGINS: {_origin!r} is not an origin like https://chat.example.com")
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -173,24 +164,16 @@ STATIC_URL = "static/"
 STATIC_ROOT = env_str("STATIC_ROOT") or None
 WHITENOISE_USE_FINDERS = True
 
-# --- Parley limits -------------------------------------------------------------------------
-# parley/limits.py defines each limit once (setting name, default, unit, what it bounds), and
-# docs/security.md tables them; every one can be set from the environment under its own name.
-for _limit in PARLEY_LIMITS:
-    globals()[_limit.setting] = env_int(_limit.setting, int(_limit.default))
-PARLEY_HISTORY_PAGE_DEFAULT = env_int("PARLEY_HISTORY_PAGE_DEFAULT", 50)
-# Room slugs nobody may create (POST /api/rooms answers slug_unavailable, as for a private
-# room's slug the caller cannot see).
-PARLEY_RESERVED_SLUGS = env_list("PARLEY_RESERVED_SLUGS", [])
-# How long a socket waits for a missing sequence number before reading it from the database.
-PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
+# --- Parley ----------------------------------------------------------------------------------
+# This server is one host project among others: it configures Parley with the PARLEY dict
+# (parley/conf.py; README "Configuration"), filled from the environment: PARLEY_<KEY> sets key
+# <KEY>, e.g. PARLEY_MAX_SOCKETS_PER_USER=10 or PARLEY_RESERVED_SLUGS=admin,api. Keys left unset
+# keep the defaults declared in parley/limits.py and parley/conf.py; a bad value stops the start.
+PARLEY = parley_from_environ()
 # "hub": parley.realtime.hub, the per-process fast path (default). "layer": stock group_send, for comparison.
 PARLEY_FANOUT = env_str("PARLEY_FANOUT", "hub")
 if PARLEY_FANOUT not in ("hub", "layer"):
     raise ImproperlyConfigured(f"PARLEY_FANOUT={PARLEY_FANOUT!r}: use 'hub' or 'layer'")
-# Write each broadcast's frame bytes, framed once, straight to uvicorn's websockets-sansio
-# connections (parley/realtime/uvicorn_writer.py); off: every frame goes through the ASGI send.
-PARLEY_PREPARED_FRAMES = env_bool("PARLEY_PREPARED_FRAMES", True)
 
 LOGGING = {
     "version": 1,

@@ -12,9 +12,8 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from django.conf import settings
-
 from parley import protocol, selectors
+from parley.conf import parley_settings
 from parley.models import Message, Room
 from parley.payloads import fit_page, messages_bytes
 from parley.realtime.dbthread import Batched, read_thread
@@ -110,7 +109,7 @@ def _resumable(room: Room, cmd: protocol.Join) -> bool:
     the client could be holding seqs of another log of this room."""
     if cmd.after_seq is None or cmd.epoch != room.epoch:
         return False
-    return 0 <= room.last_seq - cmd.after_seq <= settings.PARLEY_RESUME_MAX_GAP
+    return 0 <= room.last_seq - cmd.after_seq <= parley_settings.RESUME_MAX_GAP
 
 
 def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
@@ -121,7 +120,7 @@ def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
     recovered: bool | None = None
     if missed is not None and cmd.after_seq is not None:
         # Measured as encoded (JSON escapes included), like the page below: the reply is one frame.
-        if messages_bytes(missed, room_slug=room.slug) <= settings.PARLEY_REPLY_MAX_BYTES:
+        if messages_bytes(missed, room_slug=room.slug) <= parley_settings.REPLY_MAX_BYTES:
             high = max([cmd.after_seq] + [m.seq for m in missed])
             return room, missed, cmd.after_seq > 0, True, high, max(last_seq, high)
     if cmd.after_seq is not None:
@@ -139,7 +138,7 @@ def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
 def _fit(messages: list[Message], has_more: bool, room_slug: str) -> tuple[list[Message], bool]:
     """Cut an ascending page from its oldest end until its encoded messages fit
     PARLEY_REPLY_MAX_BYTES (then has_more): the frame stays within what a client accepts."""
-    return fit_page(messages, has_more, room_slug=room_slug, budget_bytes=settings.PARLEY_REPLY_MAX_BYTES)
+    return fit_page(messages, has_more, room_slug=room_slug, budget_bytes=parley_settings.REPLY_MAX_BYTES)
 
 
 # What a history request costs before its page is read (parley.limits.ByteBudget): at most its
@@ -151,8 +150,8 @@ HISTORY_MIN_COST_BYTES = 1024  # even an empty page is a query and a frame
 
 def history_reserve_bytes(limit: int) -> int:
     """The most a `history` reply of `limit` messages can cost (reserved before the read)."""
-    per_message = 4 * settings.PARLEY_MAX_TEXT_CHARS + MESSAGE_FIELDS_BYTES
-    return HISTORY_MIN_COST_BYTES + min(limit * per_message, settings.PARLEY_REPLY_MAX_BYTES)
+    per_message = 4 * parley_settings.MAX_TEXT_CHARS + MESSAGE_FIELDS_BYTES
+    return HISTORY_MIN_COST_BYTES + min(limit * per_message, parley_settings.REPLY_MAX_BYTES)
 
 
 @db_call

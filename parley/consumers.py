@@ -19,12 +19,12 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import DEFAULT_CHANNEL_LAYER
-from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from parley import consumer_db as db
 from parley import fanout, limits, protocol
+from parley.conf import parley_settings
 from parley.ingest import get_writer
 from parley.payloads import message_payload, room_payload, timestamp, user_payload
 from parley.presence import Member, get_presence
@@ -51,7 +51,7 @@ _history_budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY
 
 def heartbeat_timeout_secs() -> float:
     """Two missed heartbeats and a little slack."""
-    return 2 * settings.PARLEY_HEARTBEAT_INTERVAL_SECS + 5
+    return 2 * parley_settings.HEARTBEAT_INTERVAL_SECS + 5
 
 
 def _room_not_found(slug: str) -> ProtocolError:
@@ -88,7 +88,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.outbound: Outbound | None = None
         self.counted = False  # in _sockets_per_user
         self.watched = False  # watched for revocation (parley.realtime.hub / credential groups)
-        self.frame_bucket = limits.TokenBucket(limits.FRAMES_PER_SEC.value, limits.FRAMES_BURST.value)
+        self.frame_bucket = limits.TokenBucket(parley_settings.FRAMES_PER_SEC, parley_settings.FRAMES_BURST)
         self.strikes = limits.Strikes()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -152,7 +152,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Chat frames skip the middleware's send wrappers (parley.realtime.outbound.RAW_SEND_KEY).
         raw_send = self.scope.get(RAW_SEND_KEY, self.base_send)
         self.outbound = Outbound(raw_send, self._close_socket, self._on_outbound_overflow)
-        if _sockets_per_user.get(user.pk, 0) >= limits.MAX_SOCKETS_PER_USER.value:
+        if _sockets_per_user.get(user.pk, 0) >= parley_settings.MAX_SOCKETS_PER_USER:
             err = ProtocolError(protocol.TOO_MANY_SOCKETS, "too many open sockets for this user; close one")
             await self.send_frame(err.to_frame(None))
             self.outbound.close_after_flush(protocol.CLOSE_TOO_MANY_SOCKETS)
@@ -176,17 +176,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "type": "hello",
             "protocol": protocol.PROTOCOL_VERSION,
             "user": user_payload(user),
-            "heartbeat_secs": settings.PARLEY_HEARTBEAT_INTERVAL_SECS,
+            "heartbeat_secs": parley_settings.HEARTBEAT_INTERVAL_SECS,
             "limits": {
-                "max_text_chars": settings.PARLEY_MAX_TEXT_CHARS,
-                "history_page_max": settings.PARLEY_HISTORY_PAGE_MAX,
-                "max_frame_bytes": settings.PARLEY_MAX_FRAME_BYTES,
-                "messages_per_sec": limits.MESSAGES_PER_SEC.value,
-                "messages_burst": limits.MESSAGES_BURST.value,
-                "frames_per_sec": limits.FRAMES_PER_SEC.value,
-                "frames_burst": limits.FRAMES_BURST.value,
-                "typing_interval_ms": limits.TYPING_MIN_INTERVAL_MS.value,
-                "max_rooms": limits.MAX_ROOMS_PER_SOCKET.value,
+                "max_text_chars": parley_settings.MAX_TEXT_CHARS,
+                "history_page_max": parley_settings.HISTORY_PAGE_MAX,
+                "max_frame_bytes": parley_settings.MAX_FRAME_BYTES,
+                "messages_per_sec": parley_settings.MESSAGES_PER_SEC,
+                "messages_burst": parley_settings.MESSAGES_BURST,
+                "frames_per_sec": parley_settings.FRAMES_PER_SEC,
+                "frames_burst": parley_settings.FRAMES_BURST,
+                "typing_interval_ms": parley_settings.TYPING_MIN_INTERVAL_MS,
+                "max_rooms": parley_settings.MAX_ROOMS_PER_SOCKET,
             },
         })
 
@@ -359,9 +359,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if len(_room_ids) >= ROOM_ID_CACHE_MAX:
                 _room_ids.clear()
             room_id = _room_ids[slug] = room.pk
-        if len(self.subs_by_id) >= limits.MAX_ROOMS_PER_SOCKET.value:
+        if len(self.subs_by_id) >= parley_settings.MAX_ROOMS_PER_SOCKET:
             raise ProtocolError(protocol.TOO_MANY_ROOMS, f"a socket may join at most "
-                                f"{int(limits.MAX_ROOMS_PER_SOCKET.value)} rooms", room=slug)
+                                f"{int(parley_settings.MAX_ROOMS_PER_SOCKET)} rooms", room=slug)
         sub = Subscription(room_id=room_id, slug=slug)
         self.subs_by_id[room_id] = self.subs_by_slug[slug] = sub
         if hub_enabled():
@@ -449,7 +449,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def do_typing(self, cmd: protocol.Typing, ref: str | None) -> None:
         sub = self._joined(cmd.room)
         now = time.monotonic()
-        if (now - sub.typing_at) * 1000 < limits.TYPING_MIN_INTERVAL_MS.value:
+        if (now - sub.typing_at) * 1000 < parley_settings.TYPING_MIN_INTERVAL_MS:
             return  # relayed one a moment ago; peers show "typing" for seconds anyway
         sub.typing_at = now
         if not await db.can_access(self.user, sub.room_id, self.token_id):
@@ -469,7 +469,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         now = self.last_frame_at
         if now < self.presence_due or not self.subs_by_id:
             return
-        half = settings.PARLEY_HEARTBEAT_INTERVAL_SECS / 2
+        half = parley_settings.HEARTBEAT_INTERVAL_SECS / 2
         self.presence_due = now + half
         if self.presence_task is not None and not self.presence_task.done():
             return  # the last touch is still on its way (Redis slow): the next frame retries
@@ -626,7 +626,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if sub.gap_fill_scheduled:
             return
         sub.gap_fill_scheduled = True
-        delay = settings.PARLEY_GAP_FILL_DELAY_MS / 1000
+        delay = parley_settings.GAP_FILL_DELAY_MS / 1000
         asyncio.get_running_loop().call_later(
             delay, lambda: asyncio.ensure_future(self._fill_gap(sub, up_to=sub.first_pending()))
         )
@@ -644,7 +644,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if sub.drain(self.send_message):
                 self._schedule_gap_fill(sub)
             return
-        limit = settings.PARLEY_RESUME_MAX_GAP if up_to is None else up_to - sub.high_seq
+        limit = parley_settings.RESUME_MAX_GAP if up_to is None else up_to - sub.high_seq
         missing = await db.messages_after(sub.room_id, sub.high_seq, up_to, limit)
         if self.subs_by_id.get(sub.room_id) is not sub:
             return

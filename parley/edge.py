@@ -32,8 +32,9 @@ written (ChatConsumer.websocket_shutdown). uvicorn waits up to --timeout-gracefu
 (PARLEY_SHUTDOWN_GRACE_SECS) for that. `websocket.shutdown` is Parley's, not ASGI's: an app that
 does not handle it is served with `--ws websockets-sansio` (the benchmark's baselines are).
 
-The limits are read from the environment, as config/settings.py reads them, but without Django
-settings: the same protocols serve the benchmark's bare ASGI baselines, which have none.
+The limits are the PARLEY setting's when Django runs with Parley (edge_limit), else the
+environment's, as config/settings.py reads it: the same protocols serve the benchmark's bare
+ASGI baselines, which have no Parley settings.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ import re
 import time
 from typing import Any
 
+from django.apps import apps
+from django.conf import settings as django_settings
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from config.env import env_int
-from parley import limits
+from parley import conf, limits
 
 log = logging.getLogger("parley.edge")
 
@@ -62,18 +64,28 @@ REFUSAL_LOG_INTERVAL_SECS = 10.0
 
 
 def env_limit(limit: limits.Limit) -> int:
-    """A limit's value as config/settings.py reads it (environment, else the default)."""
-    return env_int(limit.setting, int(limit.default))
+    """A limit's value as config/settings.py reads it: `PARLEY_<KEY>` from the environment, else
+    the default. For the launcher (config/serve.py), which runs before any Django settings."""
+    return int(conf.from_environ().get(limit.key, limit.default))
+
+
+def edge_limit(limit: limits.Limit) -> int:
+    """A limit's value where a connection is served: the PARLEY setting once Django runs with
+    Parley installed (the standalone server fills it from the same environment), else
+    env_limit(): the same protocols serve the benchmark's baselines, which have no Parley."""
+    if django_settings.configured and apps.ready and apps.is_installed("parley"):
+        return int(getattr(conf.parley_settings, limit.key))
+    return env_limit(limit)
 
 
 class Edge:
     """One process's limits (read once) and its open connections per client address."""
 
     def __init__(self) -> None:
-        self.header_timeout_secs = float(env_limit(limits.HEADER_TIMEOUT_SECS))
-        self.max_header_bytes = max(1, env_limit(limits.MAX_HEADER_BYTES))
-        self.max_per_address = env_limit(limits.MAX_CONNECTIONS_PER_IP)
-        self.max_connections = env_limit(limits.MAX_CONNECTIONS)
+        self.header_timeout_secs = float(edge_limit(limits.HEADER_TIMEOUT_SECS))
+        self.max_header_bytes = max(1, edge_limit(limits.MAX_HEADER_BYTES))
+        self.max_per_address = edge_limit(limits.MAX_CONNECTIONS_PER_IP)
+        self.max_connections = edge_limit(limits.MAX_CONNECTIONS)
         self.open_by_address: dict[str, int] = {}
         self.refused = 0
         self._logged_at = 0.0

@@ -1,7 +1,9 @@
-"""Every limit Parley enforces, with its name, default and setting — docs/security.md has the table.
+"""Every limit Parley enforces, with its name, key and default — docs/security.md has the table.
 
-Limits are read from settings on use (not cached at import) so a deployment's environment and a
-test's override_settings both take effect. Counters that live in process memory (per-user socket
+Each limit is a key of the PARLEY settings dict (parley.conf); the standalone server fills it from
+the environment variable `PARLEY_<key>`. Limits are read through parley.conf.parley_settings on
+use (not copied at import), so a deployment's settings and a test's override both take effect.
+Counters that live in process memory (per-user socket
 counts, per-user message buckets, per-IP handshake buckets) are per server process: with N
 processes behind a balancer the effective ceiling is up to N times the setting.
 """
@@ -11,134 +13,139 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from django.conf import settings
+from parley.conf import ENV_PREFIX, parley_settings
 
 
 @dataclass(frozen=True, slots=True)
 class Limit:
     name: str
-    setting: str
+    key: str  # in the PARLEY settings dict
     default: float
     unit: str
     description: str
 
     @property
+    def env(self) -> str:
+        """The environment variable that fills the key for the standalone server."""
+        return ENV_PREFIX + self.key
+
+    @property
     def value(self) -> float:
-        return getattr(settings, self.setting, self.default)
+        return getattr(parley_settings, self.key)
 
 
-MAX_FRAME_BYTES = Limit("frame size", "PARLEY_MAX_FRAME_BYTES", 65536, "bytes",
+MAX_FRAME_BYTES = Limit("frame size", "MAX_FRAME_BYTES", 65536, "bytes",
                         "largest client frame; the ASGI server closes with 1009 above it")
-MAX_TEXT_CHARS = Limit("message length", "PARLEY_MAX_TEXT_CHARS", 4000, "characters",
+MAX_TEXT_CHARS = Limit("message length", "MAX_TEXT_CHARS", 4000, "characters",
                        "message text after trimming")
-FRAMES_PER_SEC = Limit("frame rate", "PARLEY_FRAMES_PER_SEC", 20, "frames/s per socket",
+FRAMES_PER_SEC = Limit("frame rate", "FRAMES_PER_SEC", 20, "frames/s per socket",
                        "sustained client frames per socket (token bucket)")
-FRAMES_BURST = Limit("frame burst", "PARLEY_FRAMES_BURST", 40, "frames",
+FRAMES_BURST = Limit("frame burst", "FRAMES_BURST", 40, "frames",
                      "frames a socket may send at once before the rate applies")
-MESSAGES_PER_SEC = Limit("message rate", "PARLEY_MESSAGES_PER_SEC", 5, "messages/s per user",
+MESSAGES_PER_SEC = Limit("message rate", "MESSAGES_PER_SEC", 5, "messages/s per user",
                          "sustained sends per user, all their sockets in a process together")
-MESSAGES_BURST = Limit("message burst", "PARLEY_MESSAGES_BURST", 10, "messages",
+MESSAGES_BURST = Limit("message burst", "MESSAGES_BURST", 10, "messages",
                        "sends a user may make at once before the rate applies")
-RATE_STRIKES = Limit("rate-limit strikes", "PARLEY_RATE_LIMIT_STRIKES", 30, "refusals / 10 s",
+RATE_STRIKES = Limit("rate-limit strikes", "RATE_LIMIT_STRIKES", 30, "refusals / 10 s",
                      "rate-limited frames within 10 s after which the socket is closed (4429)")
-MAX_ROOMS_PER_SOCKET = Limit("rooms per socket", "PARLEY_MAX_ROOMS_PER_SOCKET", 100, "rooms",
+MAX_ROOMS_PER_SOCKET = Limit("rooms per socket", "MAX_ROOMS_PER_SOCKET", 100, "rooms",
                              "rooms one socket may have joined at once")
-MAX_SOCKETS_PER_USER = Limit("sockets per user", "PARLEY_MAX_SOCKETS_PER_USER", 20, "sockets",
+MAX_SOCKETS_PER_USER = Limit("sockets per user", "MAX_SOCKETS_PER_USER", 20, "sockets",
                              "open sockets per user per server process")
-HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "PARLEY_HANDSHAKES_PER_IP_PER_MIN", 120,
+HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "HANDSHAKES_PER_IP_PER_MIN", 120,
                                   "refused handshakes/min per IP",
                                   "WebSocket handshakes per client address that end refused")
-OUTBOUND_MAX_MESSAGES = Limit("outbound queue (messages)", "PARLEY_OUTBOUND_MAX_MESSAGES", 1000,
+OUTBOUND_MAX_MESSAGES = Limit("outbound queue (messages)", "OUTBOUND_MAX_MESSAGES", 1000,
                               "frames", "frames waiting to be written to one socket")
-OUTBOUND_MAX_BYTES = Limit("outbound queue (bytes)", "PARLEY_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024,
+OUTBOUND_MAX_BYTES = Limit("outbound queue (bytes)", "OUTBOUND_MAX_BYTES", 4 * 1024 * 1024,
                            "bytes", "bytes waiting to be written to one socket, with what its "
                            "transport buffer and kernel send queue hold once it falls behind")
-HEARTBEAT_INTERVAL_SECS = Limit("heartbeat interval", "PARLEY_HEARTBEAT_INTERVAL_SECS", 25, "s",
+HEARTBEAT_INTERVAL_SECS = Limit("heartbeat interval", "HEARTBEAT_INTERVAL_SECS", 25, "s",
                                 "client ping period; silent for 2x + 5 s closes with 4408")
-HISTORY_PAGE_MAX = Limit("history page", "PARLEY_HISTORY_PAGE_MAX", 100, "messages",
+HISTORY_PAGE_MAX = Limit("history page", "HISTORY_PAGE_MAX", 100, "messages",
                          "largest join/history page")
-RESUME_MAX_GAP = Limit("resume window", "PARLEY_RESUME_MAX_GAP", 1000, "messages",
+RESUME_MAX_GAP = Limit("resume window", "RESUME_MAX_GAP", 1000, "messages",
                        "largest gap a join replays; beyond it recovered=false")
 # A reply must fit one frame a client accepts: this plus protocol.REPLY_ENVELOPE_MAX_BYTES
 # (256 KiB) is 1 MiB, websockets' default max_size. 768 KiB holds a full resume window of
 # ordinary messages (1,000 of 400 characters encode to about 0.6 MB).
-REPLY_MAX_BYTES = Limit("reply size", "PARLEY_REPLY_MAX_BYTES", 768 * 1024, "bytes",
+REPLY_MAX_BYTES = Limit("reply size", "REPLY_MAX_BYTES", 768 * 1024, "bytes",
                         "encoded messages (JSON, as sent) of one joined/history reply or HTTP page; "
                         "a resume beyond it is recovered=false, a page beyond it is cut short")
-TYPING_MIN_INTERVAL_MS = Limit("typing interval", "PARLEY_TYPING_MIN_INTERVAL_MS", 1000, "ms",
+TYPING_MIN_INTERVAL_MS = Limit("typing interval", "TYPING_MIN_INTERVAL_MS", 1000, "ms",
                                "typing events relayed per socket and room at most this often")
 
 # --- Revocation (issue 12, item 6): how soon a revocation nobody announced closes sockets ------
 # Each process asks the database this often which of its sockets' users and tokens are no
 # longer valid (parley.revocation), in one query; 0 turns the check off.
-REVOCATION_CHECK_SECS = Limit("revocation check", "PARLEY_REVOCATION_CHECK_SECS", 5, "s",
+REVOCATION_CHECK_SECS = Limit("revocation check", "REVOCATION_CHECK_SECS", 5, "s",
                               "a deactivated user's or revoked token's open sockets close (4401) "
                               "within this, whoever revoked it and however")
 
 # --- The connection edge (parley/edge.py: uvicorn's HTTP and WebSocket protocols, config/serve.py).
 # Enforced before a byte reaches the ASGI app, so they cost an attacker's connection, not the app.
 # `0` turns the two connection caps off (e.g. behind a proxy that enforces its own).
-HEADER_TIMEOUT_SECS = Limit("header timeout", "PARLEY_HEADER_TIMEOUT_SECS", 10, "s",
+HEADER_TIMEOUT_SECS = Limit("header timeout", "HEADER_TIMEOUT_SECS", 10, "s",
                             "time a connection has to send a request's line and headers (a "
                             "WebSocket handshake too); then 408, or a silent close if nothing came")
-MAX_HEADER_BYTES = Limit("request header size", "PARLEY_MAX_HEADER_BYTES", 16 * 1024, "bytes",
+MAX_HEADER_BYTES = Limit("request header size", "MAX_HEADER_BYTES", 16 * 1024, "bytes",
                          "request line + headers of one HTTP request or WebSocket handshake; "
                          "above it 431 and close")
-MAX_CONNECTIONS_PER_IP = Limit("connections per address", "PARLEY_MAX_CONNECTIONS_PER_IP", 256,
+MAX_CONNECTIONS_PER_IP = Limit("connections per address", "MAX_CONNECTIONS_PER_IP", 256,
                                "connections", "open connections from one client address (IPv6: "
                                "one /64) per process; more are closed at once")
-MAX_CONNECTIONS = Limit("connections", "PARLEY_MAX_CONNECTIONS", 10_000, "connections",
+MAX_CONNECTIONS = Limit("connections", "MAX_CONNECTIONS", 10_000, "connections",
                         "open connections per process, keeping file descriptors for the database "
                         "and Redis; more are closed at once")
-SHUTDOWN_GRACE_SECS = Limit("shutdown grace", "PARLEY_SHUTDOWN_GRACE_SECS", 10, "s",
+SHUTDOWN_GRACE_SECS = Limit("shutdown grace", "SHUTDOWN_GRACE_SECS", 10, "s",
                             "on SIGTERM: time to answer the frames already received and close "
                             "every socket with 1001")
 
 # --- HTTP, accounts and handshakes (issue 12: origin, login/signup, API errors, rooms) ---
-HANDSHAKES_PER_USER_PER_MIN = Limit("handshake rate per user", "PARLEY_HANDSHAKES_PER_USER_PER_MIN",
+HANDSHAKES_PER_USER_PER_MIN = Limit("handshake rate per user", "HANDSHAKES_PER_USER_PER_MIN",
                                     120, "handshakes/min per user",
                                     "authenticated WebSocket handshakes per user (token bucket)")
 LOGIN_FAILURES_PER_IP_PER_HOUR = Limit("login failures per address",
-                                       "PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR", 30,
+                                       "LOGIN_FAILURES_PER_IP_PER_HOUR", 30,
                                        "failures/hour per address",
                                        "failed sign-ins from one address before it must wait")
 LOGIN_FAILURES_PER_USERNAME_PER_HOUR = Limit("login failures per username",
-                                             "PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR", 10,
+                                             "LOGIN_FAILURES_PER_USERNAME_PER_HOUR", 10,
                                              "failures/hour per username",
                                              "failed sign-ins as one username before it must wait")
-SIGNUPS_PER_IP_PER_HOUR = Limit("signups per address", "PARLEY_SIGNUPS_PER_IP_PER_HOUR", 10,
+SIGNUPS_PER_IP_PER_HOUR = Limit("signups per address", "SIGNUPS_PER_IP_PER_HOUR", 10,
                                 "accounts/hour per address", "accounts created from one address")
 ROOMS_CREATED_PER_USER_PER_HOUR = Limit("room creation rate",
-                                        "PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR", 20,
+                                        "ROOMS_CREATED_PER_USER_PER_HOUR", 20,
                                         "requests/hour per user",
                                         "POST /api/rooms requests per user, refused ones included")
-MAX_ROOMS_OWNED_PER_USER = Limit("rooms owned per user", "PARLEY_MAX_ROOMS_OWNED_PER_USER", 50,
+MAX_ROOMS_OWNED_PER_USER = Limit("rooms owned per user", "MAX_ROOMS_OWNED_PER_USER", 50,
                                  "rooms", "rooms one user may own")
 
 # --- database reads and slow readers (issue 12, items 4 and 5) ---
 # A history page is charged in bytes of its reply frame: a page of 100 4,000-character messages
 # costs the database thread and the event loop ~2,000 times what a page of one short message does.
-HISTORY_BYTES_PER_SEC = Limit("history read rate", "PARLEY_HISTORY_BYTES_PER_SEC", 1024 * 1024,
+HISTORY_BYTES_PER_SEC = Limit("history read rate", "HISTORY_BYTES_PER_SEC", 1024 * 1024,
                               "bytes/s per user", "bytes of history replies per user, all their "
                               "sockets in a process together (token bucket)")
-HISTORY_BURST_BYTES = Limit("history read burst", "PARLEY_HISTORY_BURST_BYTES", 4 * 1024 * 1024,
+HISTORY_BURST_BYTES = Limit("history read burst", "HISTORY_BURST_BYTES", 4 * 1024 * 1024,
                             "bytes", "history reply bytes a user may read at once before the rate applies")
 # The process's own ceiling (signup is free, so per-user budgets multiply): a history flood at
 # full tilt produced ~45 MB/s of replies and starved everyone; 8 MiB/s is well under that.
-HISTORY_PROCESS_BYTES_PER_SEC = Limit("history read rate (process)", "PARLEY_HISTORY_PROCESS_BYTES_PER_SEC",
+HISTORY_PROCESS_BYTES_PER_SEC = Limit("history read rate (process)", "HISTORY_PROCESS_BYTES_PER_SEC",
                                       8 * 1024 * 1024, "bytes/s per process",
                                       "bytes of history replies per server process, all users together")
-HISTORY_PROCESS_BURST_BYTES = Limit("history read burst (process)", "PARLEY_HISTORY_PROCESS_BURST_BYTES",
+HISTORY_PROCESS_BURST_BYTES = Limit("history read burst (process)", "HISTORY_PROCESS_BURST_BYTES",
                                     8 * 1024 * 1024, "bytes",
                                     "history reply bytes a process may serve at once before its rate applies")
 # A socket the server closes (4413, 4429, 4408 ...) is reset this long after its close frame if
 # the connection is still open: a client that does not read must not hold it, its kernel send
 # queue and its user's socket slot.
-CLOSE_GRACE_SECS = Limit("close grace", "PARLEY_CLOSE_GRACE_SECS", 2, "s",
+CLOSE_GRACE_SECS = Limit("close grace", "CLOSE_GRACE_SECS", 2, "s",
                          "after the server's close frame, the TCP connection is reset if it is still open")
 
-# type(), not isinstance(): isinstance() asks the lazy `settings` for its class, which loads the
-# settings (config/serve.py imports this module in processes that may have none).
+# type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
+# which loads it (config/serve.py imports this module in processes with no settings).
 ALL = [v for v in list(globals().values()) if type(v) is Limit]
 
 STRIKE_WINDOW_SECS = 10.0

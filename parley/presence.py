@@ -16,11 +16,12 @@ from typing import Protocol
 import orjson
 from django.conf import settings
 
+from parley.conf import parley_settings
 from parley.realtime.loops import per_loop
 
 
 def presence_ttl_secs() -> int:
-    return 3 * settings.PARLEY_HEARTBEAT_INTERVAL_SECS
+    return 3 * parley_settings.HEARTBEAT_INTERVAL_SECS
 
 
 @dataclass(frozen=True, slots=True)

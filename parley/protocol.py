@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from django.conf import settings
 
+from parley.conf import parley_settings
 from parley.models import SLUG_RE
 
 PROTOCOL_VERSION = 1
@@ -60,7 +60,7 @@ REPLY_ENVELOPE_FIXED_BYTES = 4 * 1024
 
 def max_server_frame_bytes() -> int:
     """The largest frame a client must accept (protocol.md §1): 1 MiB with default settings."""
-    return settings.PARLEY_REPLY_MAX_BYTES + REPLY_ENVELOPE_MAX_BYTES
+    return parley_settings.REPLY_MAX_BYTES + REPLY_ENVELOPE_MAX_BYTES
 
 
 class ProtocolError(Exception):
@@ -147,7 +147,7 @@ def decode_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, A
     """Turn one received WebSocket frame into a JSON object, or raise ProtocolError."""
     if text_data is None:
         raise ProtocolError(BINARY_NOT_SUPPORTED, "binary frames are not supported; send JSON text")
-    limit = settings.PARLEY_MAX_FRAME_BYTES
+    limit = parley_settings.MAX_FRAME_BYTES
     # len(str) <= len(utf-8 bytes) <= 4 * len(str): only encode when the cheap bound is unsure.
     if len(text_data) > limit or (4 * len(text_data) > limit and len(text_data.encode()) > limit):
         raise ProtocolError(FRAME_TOO_LARGE, f"frames are limited to {limit} bytes")
@@ -238,8 +238,8 @@ def page_limit(limit: int | None) -> int:
     """A page's size: the default if none was asked for, and never more than
     PARLEY_HISTORY_PAGE_MAX (a larger one is clamped, not refused: a client need not know the
     server's setting). The one rule of the WebSocket and of GET /api/rooms/<slug>/messages."""
-    page_max = settings.PARLEY_HISTORY_PAGE_MAX
-    return min(settings.PARLEY_HISTORY_PAGE_DEFAULT if limit is None else limit, page_max)
+    page_max = parley_settings.HISTORY_PAGE_MAX
+    return min(parley_settings.HISTORY_PAGE_DEFAULT if limit is None else limit, page_max)
 
 
 def _parse_join(frame: dict[str, Any]) -> Join:
@@ -260,7 +260,7 @@ def _parse_send(frame: dict[str, Any]) -> Send:
         raise ProtocolError(BAD_FIELD, "'text' must be a string", field="text")
     text = text.strip()
     _no_nul(text, "text")
-    max_chars = settings.PARLEY_MAX_TEXT_CHARS
+    max_chars = parley_settings.MAX_TEXT_CHARS
     if not text:
         raise ProtocolError(TEXT_EMPTY, "'text' is empty after trimming whitespace", field="text")
     if len(text) > max_chars:

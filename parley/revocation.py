@@ -22,7 +22,8 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from parley import limits, selectors
+from parley import selectors
+from parley.conf import parley_settings
 from parley.realtime.dbthread import DatabaseThread
 from parley.selectors import Credential
 
@@ -49,7 +50,7 @@ class CredentialsRevoked(Exception):
 
 
 def check_interval_secs() -> float:
-    return float(limits.REVOCATION_CHECK_SECS.value)
+    return float(parley_settings.REVOCATION_CHECK_SECS)
 
 
 class RevocationCheck:

@@ -9,13 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from parley import fanout, limits
+from parley import fanout
+from parley.conf import parley_settings
 from parley.models import ApiToken, Membership, Message, Room
 from parley.revocation import CredentialsRevoked
 from parley.rowsql import fetch, qn, select_exprs
@@ -31,7 +31,7 @@ TOKEN_LAST_USED_RESOLUTION_SECS = 60  # don't write last_used_at on every reques
 
 
 class RoomSlugTaken(ValidationError):
-    """The slug is another room's, or reserved (settings.PARLEY_RESERVED_SLUGS). Says nothing of
+    """The slug is another room's, or reserved (parley_settings.RESERVED_SLUGS). Says nothing of
     which: the caller decides what its user may learn (parley/views.py rooms)."""
 
     def __init__(self, slug: str) -> None:
@@ -49,13 +49,13 @@ def room_create(*, slug: str, title: str, owner: Any = None, is_private: bool = 
     so concurrent requests cannot both take the last place."""
     room = Room(slug=slug, title=title, owner=owner, is_private=is_private)
     room.full_clean(validate_unique=False)
-    if slug in getattr(settings, "PARLEY_RESERVED_SLUGS", ()):
+    if slug in parley_settings.RESERVED_SLUGS:
         raise RoomSlugTaken(slug)
     try:
         with transaction.atomic():
             if owner is not None:
                 list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
-                if Room.objects.filter(owner=owner).count() >= limits.MAX_ROOMS_OWNED_PER_USER.value:
+                if Room.objects.filter(owner=owner).count() >= parley_settings.MAX_ROOMS_OWNED_PER_USER:
                     raise RoomsOwnedLimit()
             room.save()
             if owner is not None:

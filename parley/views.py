@@ -9,7 +9,6 @@ from functools import wraps
 from typing import Any, Literal
 
 import orjson
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
@@ -23,6 +22,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from parley import limits, protocol, selectors, services, throttles
+from parley.conf import parley_settings
 from parley.http_auth import api_error
 from parley.payloads import fit_page, message_payload, room_payload, timestamp, user_payload
 
@@ -194,7 +194,7 @@ def rooms(request: HttpRequest) -> JsonResponse:
         return api_error(409, "slug_unavailable", f"the slug {slug!r} is not available; choose another")
     except services.RoomsOwnedLimit:
         return api_error(403, "too_many_rooms_owned",
-                         f"you own {limits.MAX_ROOMS_OWNED_PER_USER.value:.0f} rooms, the most allowed")
+                         f"you own {parley_settings.MAX_ROOMS_OWNED_PER_USER:.0f} rooms, the most allowed")
     except ValidationError as exc:
         return api_error(400, "bad_field", "invalid room", fields=exc.message_dict)
     return JsonResponse({"room": room_payload(room)}, status=201)
@@ -216,7 +216,7 @@ def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
     if before is False or limit is False:
         return api_error(400, "bad_field", f"'before' and 'limit' must be integers from 1 to {protocol.MAX_SEQ}")
     page = selectors.message_page(room_id=room.pk, before=before, limit=protocol.page_limit(limit))
-    messages, has_more = fit_page(*page, room_slug=room.slug, budget_bytes=settings.PARLEY_REPLY_MAX_BYTES)
+    messages, has_more = fit_page(*page, room_slug=room.slug, budget_bytes=parley_settings.REPLY_MAX_BYTES)
     body = {"messages": [message_payload(m, room_slug=room.slug) for m in messages], "has_more": has_more}
     return HttpResponse(orjson.dumps(body), content_type="application/json")
 

@@ -26,6 +26,7 @@ from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
 from parley import limits
+from parley.conf import parley_settings
 from parley.realtime.dbthread import Batched
 from parley.realtime.outbound import RAW_SEND_KEY
 from parley.selectors import tokens_get_active
@@ -183,7 +184,7 @@ def _configured(entries: tuple[str, ...]) -> tuple[frozenset[Origin], tuple[Orig
 
 
 def trusted_origins() -> tuple[frozenset[Origin], tuple[Origin, ...]]:
-    return _configured(tuple(getattr(settings, "PARLEY_ALLOWED_ORIGINS", ()))
+    return _configured(tuple(parley_settings.ALLOWED_ORIGINS)
                        + tuple(getattr(settings, "CSRF_TRUSTED_ORIGINS", ())))
 
 

@@ -10,7 +10,7 @@ os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("PARLEY_DATA_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "var", "test"))
 os.makedirs(os.environ["PARLEY_DATA_DIR"], exist_ok=True)
 
-# Rate limits are tested on purpose by tests/test_limits.py (with override_settings); everywhere
+# Rate limits are tested on purpose by tests/test_limits.py (with override_parley); everywhere
 # else a test sends as fast as it likes. Server subprocesses started by tests inherit these.
 for _name in ("PARLEY_FRAMES_PER_SEC", "PARLEY_FRAMES_BURST", "PARLEY_MESSAGES_PER_SEC",
               "PARLEY_MESSAGES_BURST", "PARLEY_HANDSHAKES_PER_IP_PER_MIN",

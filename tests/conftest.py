@@ -16,9 +16,11 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
+from django.test import override_settings
 
 from config.asgi import application
 from parley import services
+from parley.conf import parley_settings as _parley_settings
 
 ORIGIN = b"http://localhost"
 HOST = b"localhost"  # the Host header every real client sends; ORIGIN is same-origin with it
@@ -42,6 +44,43 @@ def require_redis() -> None:
     """
     if not settings.REDIS_URL:
         pytest.skip("needs Redis: runs in scripts/test's PostgreSQL + Redis pass (REDIS_URL)")
+
+
+class override_parley(override_settings):
+    """`@override_parley(MAX_ROOMS_PER_SOCKET=2)` (or `with override_parley(...)`): those keys of
+    the PARLEY setting for the test, the other keys as they were when it starts (the suite's own
+    PARLEY dict, filled from tests/bootstrap_env.py's environment, raises the rate limits)."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.parley_overrides = overrides
+        super().__init__()
+
+    def enable(self) -> None:
+        self.options = {"PARLEY": {**getattr(settings, "PARLEY", {}), **self.parley_overrides}}
+        super().enable()
+
+
+class ParleyOverrides:
+    """The `parley_settings` fixture: reads give parley.conf.parley_settings' values, and
+    `parley_settings.KEY = value` (or `parley_settings(KEY=value, ...)`) sets those keys of the
+    PARLEY setting through pytest-django's `settings` fixture, which undoes it after the test."""
+
+    def __init__(self, django_settings: Any) -> None:
+        object.__setattr__(self, "_settings", django_settings)
+
+    def __call__(self, **overrides: Any) -> None:
+        self._settings.PARLEY = {**getattr(self._settings, "PARLEY", {}), **overrides}
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(_parley_settings, key)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self(**{key: value})
+
+
+@pytest.fixture
+def parley_settings(settings: Any) -> ParleyOverrides:
+    return ParleyOverrides(settings)
 
 
 @pytest.fixture(autouse=True)

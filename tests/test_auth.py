@@ -14,7 +14,15 @@ from django.test import override_settings
 from config.asgi import application
 from parley import services, ws_auth
 from parley.models import ApiToken
-from tests.conftest import ORIGIN, Client, make_room, make_token, make_user, open_socket
+from tests.conftest import (
+    ORIGIN,
+    Client,
+    make_room,
+    make_token,
+    make_user,
+    open_socket,
+    override_parley,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -236,8 +244,8 @@ def test_parse_origin_normalizes():
     assert ws_auth.parse_origin("http://a.example:8080") == ("http", "a.example", 8080)
 
 
-@override_settings(PARLEY_ALLOWED_ORIGINS=["https://chat.example.com/", "https://*.apps.example.com:8443"],
-                   CSRF_TRUSTED_ORIGINS=["https://admin.example.org"])
+@override_settings(CSRF_TRUSTED_ORIGINS=["https://admin.example.org"])
+@override_parley(ALLOWED_ORIGINS=["https://chat.example.com/", "https://*.apps.example.com:8443"])
 @pytest.mark.parametrize(("origin", "accepted"), [
     (b"https://chat.example.com", True),
     (b"https://chat.example.com:443", True),

@@ -449,14 +449,14 @@ async def test_binary_frame(joined_client):
     await still_open(joined_client)
 
 
-async def test_frame_over_max_frame_bytes(joined_client, settings):
+async def test_frame_over_max_frame_bytes(joined_client, parley_settings):
     text = "x" * 70_000
     await expect_error(joined_client, "frame_too_large", raw='{"type":"send","room":"lobby","text":"' + text + '"}')
     # 40,000 characters but 80,000 bytes of UTF-8
     await expect_error(joined_client, "frame_too_large", raw='{"type":"ping","pad":"' + "é" * 40_000 + '"}')
-    settings.PARLEY_MAX_FRAME_BYTES = 100
+    parley_settings.MAX_FRAME_BYTES = 100
     await expect_error(joined_client, "frame_too_large", raw='{"type":"ping","pad":"' + "x" * 100 + '"}')
-    settings.PARLEY_MAX_FRAME_BYTES = 65536
+    parley_settings.MAX_FRAME_BYTES = 65536
     assert await message_count() == 0
 
 
@@ -750,8 +750,8 @@ async def test_concurrent_distinct_sends_get_gapless_seqs(connect):
 
 # --- ordering and gap fill ------------------------------------------------------------------
 
-async def test_out_of_order_broadcasts_are_delivered_in_order(connect, settings):
-    settings.PARLEY_GAP_FILL_DELAY_MS = 2000  # reordering from the buffer alone, not the database
+async def test_out_of_order_broadcasts_are_delivered_in_order(connect, parley_settings):
+    parley_settings.GAP_FILL_DELAY_MS = 2000  # reordering from the buffer alone, not the database
     ada = await make_user("ada")
     room = await make_room("lobby")
     a = await connect(ada)
@@ -767,9 +767,9 @@ async def test_out_of_order_broadcasts_are_delivered_in_order(connect, settings)
     assert await a.nothing()
 
 
-async def test_held_messages_wait_behind_a_remaining_hole(connect, settings):
+async def test_held_messages_wait_behind_a_remaining_hole(connect, parley_settings):
     """2 fills the first gap, but 4 is still missing: 5 must wait for it (from the database)."""
-    settings.PARLEY_GAP_FILL_DELAY_MS = 50
+    parley_settings.GAP_FILL_DELAY_MS = 50
     ada = await make_user("ada")
     room = await make_room("lobby")
     a = await connect(ada)
@@ -785,8 +785,8 @@ async def test_held_messages_wait_behind_a_remaining_hole(connect, settings):
     assert await a.nothing()
 
 
-async def test_dropped_broadcasts_are_filled_from_the_database(connect, settings):
-    settings.PARLEY_GAP_FILL_DELAY_MS = 50
+async def test_dropped_broadcasts_are_filled_from_the_database(connect, parley_settings):
+    parley_settings.GAP_FILL_DELAY_MS = 50
     ada = await make_user("ada")
     room = await make_room("lobby")
     a = await connect(ada)
@@ -809,8 +809,8 @@ async def test_dropped_broadcasts_are_filled_from_the_database(connect, settings
     assert await a.nothing(timeout=0.3)
 
 
-async def test_gap_fill_and_live_sends_mix(connect, settings):
-    settings.PARLEY_GAP_FILL_DELAY_MS = 30
+async def test_gap_fill_and_live_sends_mix(connect, parley_settings):
+    parley_settings.GAP_FILL_DELAY_MS = 30
     ada, bob = await make_user("ada"), await make_user("bob")
     room = await make_room("lobby")
     a, b = await connect(ada), await connect(bob)
@@ -893,8 +893,8 @@ async def test_resume_from_zero(connect):
 
 
 @pytest.mark.parametrize("case", ["wrong_epoch", "gap_too_large", "after_seq_beyond_last"])
-async def test_resume_not_possible_gives_the_newest_page(connect, settings, case):
-    settings.PARLEY_RESUME_MAX_GAP = 5
+async def test_resume_not_possible_gives_the_newest_page(connect, parley_settings, case):
+    parley_settings.RESUME_MAX_GAP = 5
     ada = await make_user("ada")
     room = await make_room("lobby")
     await store(room, ada, 60)
@@ -914,8 +914,8 @@ async def test_resume_not_possible_gives_the_newest_page(connect, settings, case
     assert seqs(await a2.messages(1)) == [61]
 
 
-async def test_resume_at_exactly_the_max_gap(connect, settings):
-    settings.PARLEY_RESUME_MAX_GAP = 5
+async def test_resume_at_exactly_the_max_gap(connect, parley_settings):
+    parley_settings.RESUME_MAX_GAP = 5
     ada = await make_user("ada")
     room = await make_room("lobby")
     await store(room, ada, 10)
@@ -934,8 +934,8 @@ async def _next_close(client: Client, timeout: float) -> dict[str, Any]:
             return out
 
 
-async def test_silent_socket_is_closed_with_4408(connect, settings, monkeypatch):
-    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
+async def test_silent_socket_is_closed_with_4408(connect, parley_settings, monkeypatch):
+    parley_settings.HEARTBEAT_INTERVAL_SECS = 1
     monkeypatch.setattr(parley.consumers, "heartbeat_timeout_secs", lambda: 1.0)
     ada = await make_user("ada")
     loop = asyncio.get_running_loop()
@@ -947,8 +947,8 @@ async def test_silent_socket_is_closed_with_4408(connect, settings, monkeypatch)
     assert loop.time() - started >= 1.0  # not before the timeout (counted from before the handshake)
 
 
-async def test_pings_keep_the_socket_open(connect, settings, monkeypatch):
-    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
+async def test_pings_keep_the_socket_open(connect, parley_settings, monkeypatch):
+    parley_settings.HEARTBEAT_INTERVAL_SECS = 1
     monkeypatch.setattr(parley.consumers, "heartbeat_timeout_secs", lambda: 1.0)
     a = await connect(await make_user("ada"))
     loop = asyncio.get_running_loop()
@@ -961,8 +961,8 @@ async def test_pings_keep_the_socket_open(connect, settings, monkeypatch):
     assert loop.time() - started >= 2.5
 
 
-async def test_any_frame_counts_as_a_heartbeat(connect, settings, monkeypatch):
-    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 1
+async def test_any_frame_counts_as_a_heartbeat(connect, parley_settings, monkeypatch):
+    parley_settings.HEARTBEAT_INTERVAL_SECS = 1
     monkeypatch.setattr(parley.consumers, "heartbeat_timeout_secs", lambda: 1.0)
     await make_room("lobby")
     a = await connect(await make_user("ada"))
@@ -975,8 +975,8 @@ async def test_any_frame_counts_as_a_heartbeat(connect, settings, monkeypatch):
     await still_open(a)
 
 
-def test_heartbeat_timeout_formula(settings):
-    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 25
+def test_heartbeat_timeout_formula(parley_settings):
+    parley_settings.HEARTBEAT_INTERVAL_SECS = 25
     assert parley.consumers.heartbeat_timeout_secs() == 55
 
 

@@ -76,7 +76,7 @@ async def test_revoking_credentials_reaches_only_their_sockets_once():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_periodic_check_closes_what_the_database_no_longer_vouches_for(settings):
+async def test_the_periodic_check_closes_what_the_database_no_longer_vouches_for(parley_settings):
     """parley.revocation over the hub's watched credentials: one query names the lost ones —
     an inactive user, a revoked token, rows that do not exist — and only their receivers are
     closed; the check stops by itself once nothing is watched."""
@@ -97,7 +97,7 @@ async def test_the_periodic_check_closes_what_the_database_no_longer_vouches_for
         ApiToken.objects.filter(pk=ada_token.pk).update(revoked_at=timezone.now())
         return ada, bob, ada_token, bob_token
 
-    settings.PARLEY_REVOCATION_CHECK_SECS = 0.2
+    parley_settings.REVOCATION_CHECK_SECS = 0.2
     ada, bob, ada_token, bob_token = await world()
     hub = LocalHub()
     watched = {("user", ada.pk): Recorder(), ("user", bob.pk): Recorder(), ("token", ada_token.pk): Recorder(),

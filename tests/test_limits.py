@@ -6,12 +6,11 @@ import logging
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.test import override_settings
 
 from config.asgi import application
 from parley import limits
 from parley.models import Message
-from tests.conftest import HOST, ORIGIN, make_room, make_token, make_user
+from tests.conftest import HOST, ORIGIN, make_room, make_token, make_user, override_parley
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,8 +38,8 @@ def test_token_bucket_allows_burst_then_rate(monkeypatch):
     assert [bucket.take() for _ in range(4)][-1] > 0  # refill is capped at the burst
 
 
-def test_strikes_count_within_the_window(monkeypatch, settings):
-    settings.PARLEY_RATE_LIMIT_STRIKES = 3
+def test_strikes_count_within_the_window(monkeypatch, parley_settings):
+    parley_settings.RATE_LIMIT_STRIKES = 3
     clock = [0.0]
     monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
     strikes = limits.Strikes()
@@ -50,17 +49,19 @@ def test_strikes_count_within_the_window(monkeypatch, settings):
     assert strikes.add()
 
 
-def test_every_limit_has_a_setting_and_a_default(settings):
-    names = {limit.setting for limit in limits.ALL}
-    assert len(names) == len(limits.ALL) >= 15
+def test_every_limit_has_a_key_and_a_default(parley_settings):
+    keys = {limit.key for limit in limits.ALL}
+    assert len(keys) == len(limits.ALL) >= 15
     for limit in limits.ALL:
-        assert limit.setting.startswith("PARLEY_") and limit.default > 0 and limit.unit
-        assert hasattr(settings, limit.setting), limit.setting
+        # The key is the PARLEY dict's; the environment variable adds the prefix.
+        assert not limit.key.startswith("PARLEY_") and limit.env == f"PARLEY_{limit.key}"
+        assert limit.default > 0 and limit.unit
+        assert isinstance(getattr(parley_settings, limit.key), int | float), limit.key
 
 
 # --- through the consumer ----------------------------------------------------------------------
 
-@override_settings(PARLEY_FRAMES_PER_SEC=1, PARLEY_FRAMES_BURST=3, PARLEY_RATE_LIMIT_STRIKES=4)
+@override_parley(FRAMES_PER_SEC=1, FRAMES_BURST=3, RATE_LIMIT_STRIKES=4)
 async def test_frame_flood_is_refused_then_cut_off(connect):
     c = await connect(await make_user("flood"))
     for _ in range(3):
@@ -94,7 +95,7 @@ async def frames_until_close(client, timeout: float = 3) -> tuple[list[dict], in
         return got, None
 
 
-@override_settings(PARLEY_FRAMES_PER_SEC=1, PARLEY_FRAMES_BURST=3, PARLEY_RATE_LIMIT_STRIKES=4)
+@override_parley(FRAMES_PER_SEC=1, FRAMES_BURST=3, RATE_LIMIT_STRIKES=4)
 async def test_garbage_frames_are_charged_and_strike_like_any_other(connect):
     """protocol.md §6: every frame — not JSON, not an object, binary, too large — takes a token
     from the socket's frame bucket before it is read, and a refused one is a strike."""
@@ -109,7 +110,7 @@ async def test_garbage_frames_are_charged_and_strike_like_any_other(connect):
     assert code == 4429 and all(f["code"] == "rate_limited" for f in frames), frames
 
 
-@override_settings(PARLEY_FRAMES_PER_SEC=1, PARLEY_FRAMES_BURST=2, PARLEY_RATE_LIMIT_STRIKES=5)
+@override_parley(FRAMES_PER_SEC=1, FRAMES_BURST=2, RATE_LIMIT_STRIKES=5)
 async def test_every_refused_frame_is_answered_and_the_strikes_bound_the_replies(connect):
     """protocol.md §6: a refused frame gets `rate_limited` with its ref (a client waiting on that
     ref retries rather than hangs), and the strikes bound the replies: the 5th refusal in 10 s
@@ -125,7 +126,7 @@ async def test_every_refused_frame_is_answered_and_the_strikes_bound_the_replies
     assert all(f["retry_after_ms"] > 0 for f in frames)
 
 
-@override_settings(PARLEY_MESSAGES_PER_SEC=1, PARLEY_MESSAGES_BURST=2)
+@override_parley(MESSAGES_PER_SEC=1, MESSAGES_BURST=2)
 async def test_message_rate_is_per_user_across_sockets(connect):
     await make_room("lobby")
     user = await make_user("chatty")
@@ -141,7 +142,7 @@ async def test_message_rate_is_per_user_across_sockets(connect):
     assert (await one.say("lobby", "c", client_id="k3"))["seq"] == 3  # the retry goes through
 
 
-@override_settings(PARLEY_MAX_ROOMS_PER_SOCKET=2)
+@override_parley(MAX_ROOMS_PER_SOCKET=2)
 async def test_rooms_per_socket(connect):
     for slug in ("r1", "r2", "r3"):
         await make_room(slug)
@@ -155,7 +156,7 @@ async def test_rooms_per_socket(connect):
     await c.join("r3")
 
 
-@override_settings(PARLEY_MAX_SOCKETS_PER_USER=2)
+@override_parley(MAX_SOCKETS_PER_USER=2)
 async def test_sockets_per_user(connect):
     user = await make_user("tabs")
     first, _second = await connect(user), await connect(user)
@@ -190,9 +191,9 @@ def session_cookie(username: str) -> tuple[bytes, bytes]:
     return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
 
 
-async def test_refused_handshakes_spend_the_address_budget_not_its_users(settings, caplog):
+async def test_refused_handshakes_spend_the_address_budget_not_its_users(parley_settings, caplog):
     """Someone behind the same address (NAT) failing handshakes must not lock the others out."""
-    settings.PARLEY_HANDSHAKES_PER_IP_PER_MIN = 3
+    parley_settings.HANDSHAKES_PER_IP_PER_MIN = 3
     address = "198.51.100.7"
     ada = await make_user("ada")
     token = await make_token(ada)
@@ -212,8 +213,8 @@ async def test_refused_handshakes_spend_the_address_budget_not_its_users(setting
     assert await handshake_from("198.51.100.8", [(b"origin", ORIGIN)]) is False  # another address
 
 
-async def test_authenticated_handshakes_spend_their_users_budget(settings, caplog):
-    settings.PARLEY_HANDSHAKES_PER_USER_PER_MIN = 2
+async def test_authenticated_handshakes_spend_their_users_budget(parley_settings, caplog):
+    parley_settings.HANDSHAKES_PER_USER_PER_MIN = 2
     ada, bob = await make_user("ada"), await make_user("bob")
     ada_token, bob_token = await make_token(ada), await make_token(bob)
     address = "198.51.100.9"
@@ -224,12 +225,12 @@ async def test_authenticated_handshakes_spend_their_users_budget(settings, caplo
     assert any("handshake rate limit" in r.getMessage() for r in caplog.records)
     # the address is not blamed: another user there, and ada from elsewhere, carry on
     assert await handshake_from(address, [(b"authorization", f"Bearer {bob_token}".encode())])
-    settings.PARLEY_HANDSHAKES_PER_USER_PER_MIN = 60  # one a second: ada waits ~1 s, no minute
+    parley_settings.HANDSHAKES_PER_USER_PER_MIN = 60  # one a second: ada waits ~1 s, no minute
     await asyncio.sleep(1.1)
     assert await handshake_from("198.51.100.10", [(b"authorization", f"Bearer {ada_token}".encode())])
 
 
-@override_settings(PARLEY_OUTBOUND_MAX_MESSAGES=5)
+@override_parley(OUTBOUND_MAX_MESSAGES=5)
 async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connect):
     await make_room("lobby")
     stuck = asyncio.Event()  # never set: the "network" of the slow socket never drains
@@ -261,7 +262,7 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_others_carry_on(connec
     assert closed == {"type": "websocket.close", "code": 4413}
 
 
-@override_settings(PARLEY_REPLY_MAX_BYTES=3000)
+@override_parley(REPLY_MAX_BYTES=3000)
 async def test_a_resume_too_large_for_one_frame_is_not_recovered(connect):
     room = await make_room("lobby")
     writer = await connect(await make_user("writer"))
@@ -275,7 +276,7 @@ async def test_a_resume_too_large_for_one_frame_is_not_recovered(connect):
     assert fits["recovered"] is True and [m["seq"] for m in fits["messages"]] == [3, 4]
 
 
-@override_settings(PARLEY_REPLY_MAX_BYTES=3000)
+@override_parley(REPLY_MAX_BYTES=3000)
 async def test_pages_are_cut_to_fit_one_frame(connect):
     await make_room("lobby")
     writer = await connect(await make_user("writer"))

@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from django.test import override_settings
 
 from parley.realtime.outbound import Outbound
+from tests.conftest import override_parley
 
 
 class FakeSocket:
@@ -75,7 +75,7 @@ async def test_a_paused_socket_queues_in_order_and_the_writer_catches_up():
     assert sock.sent[-1] == "e"
 
 
-@override_settings(PARLEY_OUTBOUND_MAX_MESSAGES=3)
+@override_parley(OUTBOUND_MAX_MESSAGES=3)
 async def test_a_socket_too_far_behind_is_cut_off_and_its_backlog_dropped():
     sock = FakeSocket()
     out = sock.outbound()
@@ -87,7 +87,7 @@ async def test_a_socket_too_far_behind_is_cut_off_and_its_backlog_dropped():
     assert out.backlog == (0, 0) and sock.overflows == 1
 
 
-@override_settings(PARLEY_OUTBOUND_MAX_BYTES=10)
+@override_parley(OUTBOUND_MAX_BYTES=10)
 async def test_the_byte_budget_counts_utf8_bytes():
     sock = FakeSocket()
     out = sock.outbound()

@@ -97,8 +97,8 @@ async def test_touch_of_unknown_socket(store):
     assert members == [ADA]  # recorded: an entry lost (Redis restarted) comes back this way
 
 
-def test_ttl_is_three_heartbeats(settings):
-    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = 10
+def test_ttl_is_three_heartbeats(parley_settings):
+    parley_settings.HEARTBEAT_INTERVAL_SECS = 10
     assert parley.presence.presence_ttl_secs() == 30
 
 
@@ -125,10 +125,10 @@ async def _chatter(client, room: str, seconds: float, tag: str) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_busy_sender_who_never_pings_stays_in_members(connect, settings):
+async def test_a_busy_sender_who_never_pings_stays_in_members(connect, parley_settings):
     from tests.conftest import make_room, make_user
 
-    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = HEARTBEAT_SECS
+    parley_settings.HEARTBEAT_INTERVAL_SECS = HEARTBEAT_SECS
     ada, bob = await make_user("ada"), await make_user("bob")
     await make_room("lobby")
     a = await connect(ada)
@@ -140,7 +140,7 @@ async def test_a_busy_sender_who_never_pings_stays_in_members(connect, settings)
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_busy_sender_comes_back_after_redis_lost_the_presence(connect, settings):
+async def test_a_busy_sender_comes_back_after_redis_lost_the_presence(connect, settings, parley_settings):
     """Redis restarted (here: the room's presence hash deleted, on the shared Redis only this
     run's key): the sender's next frames write the entry again, and the room hears a join."""
     import redis.asyncio as aioredis
@@ -148,7 +148,7 @@ async def test_a_busy_sender_comes_back_after_redis_lost_the_presence(connect, s
     from tests.conftest import make_room, make_user
 
     require_redis()
-    settings.PARLEY_HEARTBEAT_INTERVAL_SECS = HEARTBEAT_SECS
+    parley_settings.HEARTBEAT_INTERVAL_SECS = HEARTBEAT_SECS
     ada, bob, carol = await make_user("ada"), await make_user("bob"), await make_user("carol")
     room = await make_room("lobby")
     a, b = await connect(ada), await connect(bob)

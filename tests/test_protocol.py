@@ -56,8 +56,8 @@ def test_bad_frame(text):
     assert code_of(text) == "bad_frame"
 
 
-def test_frame_too_large(settings):
-    settings.PARLEY_MAX_FRAME_BYTES = 100
+def test_frame_too_large(parley_settings):
+    parley_settings.MAX_FRAME_BYTES = 100
     ok = '{"type":"ping","p":"' + "x" * (100 - 22) + '"}'
     assert len(ok.encode()) == 100
     assert decode_frame(ok, None)["type"] == "ping"
@@ -69,8 +69,8 @@ def test_frame_too_large(settings):
 
 # --- parse_command ----------------------------------------------------------------------------
 
-def test_parse_each_type(settings):
-    assert parse({"type": "join", "room": "lobby"}) == Join("lobby", None, None, settings.PARLEY_HISTORY_PAGE_DEFAULT)
+def test_parse_each_type(parley_settings):
+    assert parse({"type": "join", "room": "lobby"}) == Join("lobby", None, None, parley_settings.HISTORY_PAGE_DEFAULT)
     assert parse({"type": "join", "room": "lobby", "after_seq": 0, "epoch": "e", "limit": 7}) == Join("lobby", 0, "e", 7)
     assert parse({"type": "leave", "room": "lobby"}) == Leave("lobby")
     assert parse({"type": "send", "room": "lobby", "text": "  hi \n", "client_id": "c"}) == Send("lobby", "hi", "c")
@@ -144,7 +144,7 @@ def test_boundaries_accepted():
     assert parse({"type": "ping", "ref": "r"}) == Ping()
 
 
-def test_text_rules(settings):
+def test_text_rules(parley_settings):
     assert error({"type": "send", "room": "r", "text": ""}).code == "text_empty"
     assert error({"type": "send", "room": "r", "text": " \t\n\u00a0 "}).code == "text_empty"
     assert parse({"type": "send", "room": "r", "text": "x" * 4000}).text == "x" * 4000
@@ -152,7 +152,7 @@ def test_text_rules(settings):
     err = error({"type": "send", "room": "r", "text": "x" * 4001})
     assert (err.code, err.field) == ("text_too_long", "text")
     assert "4,001" in err.message and "4,000" in err.message
-    settings.PARLEY_MAX_TEXT_CHARS = 5
+    parley_settings.MAX_TEXT_CHARS = 5
     assert error({"type": "send", "room": "r", "text": "123456"}).code == "text_too_long"
 
 
@@ -191,9 +191,9 @@ def test_error_codes_match_the_documentation():
 
 # --- rules a client needs from protocol.md §2-§3: null, ranges, limit, bad_frame's ref ---------
 
-def test_null_is_the_same_as_absent(settings):
+def test_null_is_the_same_as_absent(parley_settings):
     """protocol.md §2: a field whose value is null counts as absent, ref included."""
-    page = settings.PARLEY_HISTORY_PAGE_DEFAULT
+    page = parley_settings.HISTORY_PAGE_DEFAULT
     assert parse({"type": "join", "room": "r", "after_seq": None, "epoch": None, "limit": None,
                   "ref": None}) == Join("r", None, None, page)
     assert parse({"type": "history", "room": "r", "before": None, "limit": None}) == History("r", None, page)
@@ -215,10 +215,10 @@ def test_seq_fields_range_up_to_2_to_the_53():
         assert (err.code, err.field) == ("bad_field", field)
 
 
-def test_a_limit_above_the_page_maximum_is_clamped(settings):
+def test_a_limit_above_the_page_maximum_is_clamped(parley_settings):
     """One rule for the WebSocket and GET …/messages (security.md): above the max, clamped;
     below 1 or not an integer, bad_field."""
-    settings.PARLEY_HISTORY_PAGE_MAX = 100
+    parley_settings.HISTORY_PAGE_MAX = 100
     assert parse({"type": "join", "room": "r", "limit": 101}).limit == 100
     assert parse({"type": "history", "room": "r", "limit": 2**53}).limit == 100
     assert parse({"type": "history", "room": "r", "limit": 100}).limit == 100

@@ -75,9 +75,9 @@ async def test_a_resume_past_last_seq_is_not_recovered(connect):
 
 
 @pytest.mark.parametrize("limit", [101, 1000, 2**53])
-async def test_a_limit_above_the_page_max_is_clamped_on_the_socket_and_over_http(connect, settings, limit):
+async def test_a_limit_above_the_page_max_is_clamped_on_the_socket_and_over_http(connect, parley_settings, limit):
     """One rule, both paths (security.md): clamped to PARLEY_HISTORY_PAGE_MAX."""
-    settings.PARLEY_HISTORY_PAGE_MAX = 4
+    parley_settings.HISTORY_PAGE_MAX = 4
     await make_room("lobby")
     user = await make_user("ada")
     c = await connect(user)
@@ -146,11 +146,11 @@ async def test_an_admin_is_staff_or_superuser(connect, flags):
 
 
 @pytest.mark.parametrize("bucket_map", ["_refused_by_address", "_by_user"])
-def test_the_handshake_limits_are_token_buckets(monkeypatch, settings, bucket_map):
+def test_the_handshake_limits_are_token_buckets(monkeypatch, parley_settings, bucket_map):
     """§7: PARLEY_HANDSHAKES_PER_IP_PER_MIN (refused handshakes per address) and
     PARLEY_HANDSHAKES_PER_USER_PER_MIN are that many tokens per key, refilled continuously at
     that many per minute: neither a fixed nor a sliding window."""
-    settings.PARLEY_HANDSHAKES_PER_IP_PER_MIN = settings.PARLEY_HANDSHAKES_PER_USER_PER_MIN = 120
+    parley_settings.HANDSHAKES_PER_IP_PER_MIN = parley_settings.HANDSHAKES_PER_USER_PER_MIN = 120
     clock = [1000.0]
     monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
     buckets = getattr(ws_auth, bucket_map)

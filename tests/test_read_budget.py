@@ -34,11 +34,11 @@ def fill(room, author, count: int, chars: int) -> None:
                                 client_id=None)
 
 
-def test_byte_budget_reserves_first_then_settles_per_user_and_for_the_process(monkeypatch, settings):
+def test_byte_budget_reserves_first_then_settles_per_user_and_for_the_process(monkeypatch, parley_settings):
     clock = [100.0]
     monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
-    settings.PARLEY_HISTORY_BYTES_PER_SEC, settings.PARLEY_HISTORY_BURST_BYTES = 1000, 3000
-    settings.PARLEY_HISTORY_PROCESS_BYTES_PER_SEC, settings.PARLEY_HISTORY_PROCESS_BURST_BYTES = 2000, 5000
+    parley_settings.HISTORY_BYTES_PER_SEC, parley_settings.HISTORY_BURST_BYTES = 1000, 3000
+    parley_settings.HISTORY_PROCESS_BYTES_PER_SEC, parley_settings.HISTORY_PROCESS_BURST_BYTES = 2000, 5000
     budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
                                limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
     assert budget.reserve("ann", 2000) == (0.0, 2000)
@@ -54,9 +54,9 @@ def test_byte_budget_reserves_first_then_settles_per_user_and_for_the_process(mo
     assert budget.reserve("ben", 3000) == (pytest.approx(0.5), 0.0)
 
 
-async def test_history_is_refused_with_retry_after_once_the_users_byte_budget_is_spent(connect, settings):
-    settings.PARLEY_HISTORY_BYTES_PER_SEC = 1  # no refill worth speaking of within the test
-    settings.PARLEY_HISTORY_BURST_BYTES = 800_000
+async def test_history_is_refused_with_retry_after_once_the_users_byte_budget_is_spent(connect, parley_settings):
+    parley_settings.HISTORY_BYTES_PER_SEC = 1  # no refill worth speaking of within the test
+    parley_settings.HISTORY_BURST_BYTES = 800_000
     ada, bob = await make_user("ada"), await make_user("bob")
     room = await make_room("lobby")
     await fill(room, ada, 100, 4000)
@@ -85,12 +85,12 @@ async def test_history_is_refused_with_retry_after_once_the_users_byte_budget_is
     assert (await other.request({"type": "history", "room": "lobby", "limit": 100}))["type"] == "history"
 
 
-async def test_joins_are_charged_to_the_users_budget_and_refused_while_it_is_in_debt(connect, settings):
+async def test_joins_are_charged_to_the_users_budget_and_refused_while_it_is_in_debt(connect, parley_settings):
     """protocol.md §3 `history`: a join reads a page too, so its reply is charged to the user's
     budget after the read (into debt if need be); a join while in debt is refused with
     rate_limited, and nothing was subscribed. Another user's joins are not affected."""
-    settings.PARLEY_HISTORY_BYTES_PER_SEC = 1  # no refill worth speaking of within the test
-    settings.PARLEY_HISTORY_BURST_BYTES = 500_000
+    parley_settings.HISTORY_BYTES_PER_SEC = 1  # no refill worth speaking of within the test
+    parley_settings.HISTORY_BURST_BYTES = 500_000
     ada, bob = await make_user("ada"), await make_user("bob")
     room = await make_room("lobby")
     await fill(room, ada, 100, 4000)
@@ -107,9 +107,9 @@ async def test_joins_are_charged_to_the_users_budget_and_refused_while_it_is_in_
     assert (await other.request({"type": "join", "room": "lobby", "limit": 100}))["type"] == "joined"
 
 
-async def test_history_is_refused_once_the_process_budget_is_spent(connect, settings):
-    settings.PARLEY_HISTORY_PROCESS_BYTES_PER_SEC = 1
-    settings.PARLEY_HISTORY_PROCESS_BURST_BYTES = 1_300_000
+async def test_history_is_refused_once_the_process_budget_is_spent(connect, parley_settings):
+    parley_settings.HISTORY_PROCESS_BYTES_PER_SEC = 1
+    parley_settings.HISTORY_PROCESS_BURST_BYTES = 1_300_000
     users = [await make_user(f"u{i}") for i in range(3)]
     room = await make_room("lobby")
     await fill(room, users[0], 100, 4000)
@@ -122,8 +122,8 @@ async def test_history_is_refused_once_the_process_budget_is_spent(connect, sett
     assert outcomes == ["history", "history", "error"]
 
 
-def test_a_history_request_reserves_the_largest_reply_it_could_get(settings):
-    settings.PARLEY_MAX_TEXT_CHARS, settings.PARLEY_REPLY_MAX_BYTES = 4000, 512 * 1024
+def test_a_history_request_reserves_the_largest_reply_it_could_get(parley_settings):
+    parley_settings.MAX_TEXT_CHARS, parley_settings.REPLY_MAX_BYTES = 4000, 512 * 1024
     per_message = 4 * 4000 + consumer_db.MESSAGE_FIELDS_BYTES
     assert consumer_db.history_reserve_bytes(1) == consumer_db.HISTORY_MIN_COST_BYTES + per_message
     assert consumer_db.history_reserve_bytes(100) == consumer_db.HISTORY_MIN_COST_BYTES + 512 * 1024

@@ -63,10 +63,10 @@ async def test_saving_an_active_user_closes_nothing(connect):
     assert (await socket.request({"type": "ping"}))["type"] == "pong"
 
 
-async def test_a_send_after_a_deactivation_without_signal_is_refused(connect, settings):
+async def test_a_send_after_a_deactivation_without_signal_is_refused(connect, parley_settings):
     """`QuerySet.update` sends no signal, and the periodic check is off: the send's own access
     check (the ingest batch's query) sees the user inactive, stores nothing, closes 4401."""
-    settings.PARLEY_REVOCATION_CHECK_SECS = 0
+    parley_settings.REVOCATION_CHECK_SECS = 0
     ada, bob = await make_user("ada"), await make_user("bob")
     await make_room("lobby")
     a, b = await connect(ada), await connect(bob)
@@ -80,8 +80,8 @@ async def test_a_send_after_a_deactivation_without_signal_is_refused(connect, se
     assert (await b.say("lobby", "bob is fine"))["seq"] == 1
 
 
-async def test_history_join_and_typing_check_the_token(connect, settings):
-    settings.PARLEY_REVOCATION_CHECK_SECS = 0
+async def test_history_join_and_typing_check_the_token(connect, parley_settings):
+    parley_settings.REVOCATION_CHECK_SECS = 0
     ada = await make_user("ada")
     await make_room("lobby")
     socks = [await connect(ada) for _ in range(3)]
@@ -94,8 +94,8 @@ async def test_history_join_and_typing_check_the_token(connect, settings):
     assert [await close_code(sock) for sock in socks] == [4401, 4401, 4401]
 
 
-async def test_the_periodic_check_closes_idle_sockets_of_a_silent_revocation(connect, settings):
-    settings.PARLEY_REVOCATION_CHECK_SECS = 1
+async def test_the_periodic_check_closes_idle_sockets_of_a_silent_revocation(connect, parley_settings):
+    parley_settings.REVOCATION_CHECK_SECS = 1
     ada, bob, carol = await make_user("ada"), await make_user("bob"), await make_user("carol")
     a, b, c = await connect(ada), await connect(bob), await connect(carol)
     await database_sync_to_async(get_user_model().objects.filter(pk=ada.pk).update)(is_active=False)
@@ -211,11 +211,13 @@ async def test_tokens_never_reach_the_logs(caplog):
 
 
 def test_security_doc_lists_every_limit():
-    """docs/security.md is the public limits table: it must name every limit parley/limits.py has."""
+    """docs/security.md is the public limits table: a row for every limit parley/limits.py has,
+    naming it, its PARLEY key and its environment variable."""
     from pathlib import Path
 
     from parley import limits
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
-    missing = [limit.setting for limit in limits.ALL if f"`{limit.setting}`" not in doc]
+    missing = [limit.key for limit in limits.ALL
+               if f"| {limit.name} | `{limit.key}` | `{limit.env}` |" not in doc]
     assert missing == []

@@ -13,11 +13,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.test import override_settings
 
 from parley import consumers
 from parley.realtime import uvicorn_writer
-from tests.conftest import make_room, make_token, make_user
+from tests.conftest import make_room, make_token, make_user, override_parley
 from tests.support import rawws
 from tests.support.inprocess import *  # noqa: F403  (the `server` fixture)
 from tests.test_wire import publish_fake
@@ -93,7 +92,7 @@ async def test_unsent_bytes_counts_the_kernels_send_queue():
         srv.close()
 
 
-@override_settings(PARLEY_OUTBOUND_MAX_BYTES=1024 * 1024, PARLEY_CLOSE_GRACE_SECS=0.5)
+@override_parley(OUTBOUND_MAX_BYTES=1024 * 1024, CLOSE_GRACE_SECS=0.5)
 async def test_a_reader_that_stops_is_cut_counting_the_kernel_then_reset_and_its_slot_freed(server, monkeypatch):
     alice = await make_user("alice")
     room = await make_room("lobby", owner=alice)
@@ -126,9 +125,7 @@ async def test_a_reader_that_stops_is_cut_counting_the_kernel_then_reset_and_its
         sock.close()
 
 
-@override_settings(PARLEY_OUTBOUND_MAX_BYTES=256 * 2**20, PARLEY_OUTBOUND_MAX_MESSAGES=100_000,
-                   PARLEY_FRAMES_PER_SEC=1, PARLEY_FRAMES_BURST=1, PARLEY_RATE_LIMIT_STRIKES=3,
-                   PARLEY_CLOSE_GRACE_SECS=0.5)
+@override_parley(OUTBOUND_MAX_BYTES=256 * 2**20, OUTBOUND_MAX_MESSAGES=100_000, FRAMES_PER_SEC=1, FRAMES_BURST=1, RATE_LIMIT_STRIKES=3, CLOSE_GRACE_SECS=0.5)
 async def test_a_close_queued_behind_a_backlog_the_client_never_reads_does_not_wait_for_it(server):
     """4429 after a flood from a client that also stopped reading: the close waits for the
     queued frames at most PARLEY_CLOSE_GRACE_SECS, then the connection is reset after another."""

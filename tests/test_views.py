@@ -240,9 +240,9 @@ def test_create_duplicate_room_is_409():
     assert Room.objects.count() == 1
 
 
-def test_a_taken_slug_says_room_exists_only_for_a_room_the_caller_can_see(settings):
+def test_a_taken_slug_says_room_exists_only_for_a_room_the_caller_can_see(parley_settings):
     """Others' private rooms and reserved slugs get one answer, so it cannot tell them apart."""
-    settings.PARLEY_RESERVED_SLUGS = ["reserved"]
+    parley_settings.RESERVED_SLUGS = ["reserved"]
     ada, bob, carol = user("ada"), user("bob"), user("carol")
     services.room_create(slug="lobby", title="Lobby")
     shared = services.room_create(slug="shared", title="S", owner=bob, is_private=True)
@@ -277,8 +277,8 @@ def room_buckets() -> Any:
         views._room_creations.forget(pk)
 
 
-def test_room_creation_is_rate_limited_per_user(settings, room_buckets):
-    settings.PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR = 3
+def test_room_creation_is_rate_limited_per_user(parley_settings, room_buckets):
+    parley_settings.ROOMS_CREATED_PER_USER_PER_HOUR = 3
     ada, bob = user("ada"), user("bob")
     room_buckets(ada.pk)
     room_buckets(bob.pk)
@@ -296,8 +296,8 @@ def test_room_creation_is_rate_limited_per_user(settings, room_buckets):
     assert post_json(Client(), "/api/rooms", {"slug": "r2", "title": "X"}, headers=auth(token(bob))).status_code == 201
 
 
-def test_rooms_owned_per_user_are_capped(settings):
-    settings.PARLEY_MAX_ROOMS_OWNED_PER_USER = 2
+def test_rooms_owned_per_user_are_capped(parley_settings):
+    parley_settings.MAX_ROOMS_OWNED_PER_USER = 2
     ada, bob = user("ada"), user("bob")
     h = auth(token(ada))
     for slug in ("a1", "a2"):
@@ -513,8 +513,8 @@ def assert_throttled(response: Any, max_wait_secs: float) -> None:
     assert not response.signed_in
 
 
-def test_login_failures_per_username_lock_the_username_from_every_address(settings):
-    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3
+def test_login_failures_per_username_lock_the_username_from_every_address(parley_settings):
+    parley_settings.LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3
     user("carol_u")
     for i in range(3):
         response = sign_in("carol_u", f"wrong-{i}", "203.0.113.1")
@@ -525,13 +525,13 @@ def test_login_failures_per_username_lock_the_username_from_every_address(settin
     user("dave_u")
     assert sign_in("dave_u", PASSWORD, "203.0.113.1").signed_in  # the address is not blamed
     # the bucket refills: at 3,600 an hour one more attempt is allowed a second later
-    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3600
+    parley_settings.LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3600
     time.sleep(1.1)
     assert sign_in("carol_u", PASSWORD, "203.0.113.1").signed_in
 
 
-def test_login_failures_per_address_lock_the_address(settings):
-    settings.PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR = 3
+def test_login_failures_per_address_lock_the_address(parley_settings):
+    parley_settings.LOGIN_FAILURES_PER_IP_PER_HOUR = 3
     user("erin_a")
     for name in ("nobody_a1", "nobody_a2", "erin_a"):
         assert sign_in(name, "wrong-password", "203.0.113.3").status_code == 200
@@ -540,8 +540,8 @@ def test_login_failures_per_address_lock_the_address(settings):
     assert sign_in("erin_a", PASSWORD, "203.0.113.4").signed_in
 
 
-def test_a_successful_login_forgives_the_usernames_failures(settings):
-    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3
+def test_a_successful_login_forgives_the_usernames_failures(parley_settings):
+    parley_settings.LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 3
     user("frank_s")
     for _ in range(2):
         assert sign_in("frank_s", "wrong-password", "203.0.113.5").status_code == 200
@@ -551,8 +551,8 @@ def test_a_successful_login_forgives_the_usernames_failures(settings):
     assert_throttled(sign_in("frank_s", "wrong-password", "203.0.113.5"), 1200)
 
 
-def test_admin_login_failures_are_limited_too(settings):
-    settings.PARLEY_LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 2
+def test_admin_login_failures_are_limited_too(parley_settings):
+    parley_settings.LOGIN_FAILURES_PER_USERNAME_PER_HOUR = 2
     get_user_model().objects.create_superuser("root_t", "root@example.com", PASSWORD)
     for _ in range(2):
         response = sign_in("root_t", "wrong-password", "203.0.113.6", path="/admin/login/")
@@ -568,8 +568,8 @@ def signup_post(username: str, address: str, password: str = "a-Str0ng-passphras
                                                "password2": again or password}, REMOTE_ADDR=address)
 
 
-def test_signups_per_address_are_limited(settings):
-    settings.PARLEY_SIGNUPS_PER_IP_PER_HOUR = 2
+def test_signups_per_address_are_limited(parley_settings):
+    parley_settings.SIGNUPS_PER_IP_PER_HOUR = 2
     assert signup_post("s_one", "203.0.113.7", again="mismatch-passphrase!").status_code == 200  # free
     assert signup_post("s_one", "203.0.113.7").status_code == 302
     assert signup_post("s_two", "203.0.113.7").status_code == 302

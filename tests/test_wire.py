@@ -16,14 +16,13 @@ import warnings
 from typing import Any
 
 import pytest
-from django.test import override_settings
 from websockets.frames import Opcode
 from websockets.protocol import SERVER, Protocol
 
 from parley import fanout, protocol
 from parley.realtime import uvicorn_writer
 from parley.realtime.writer import AsgiWriter, fallbacks, writer_for
-from tests.conftest import make_room, make_token, make_user
+from tests.conftest import make_room, make_token, make_user, override_parley
 from tests.support.inprocess import *  # noqa: F403  (the `server` fixture)
 from tests.support.inprocess import open_and_join
 from tests.support.server import ServerProcess
@@ -98,7 +97,7 @@ def test_uvicorns_other_websocket_implementations_are_counted_fallbacks():
     assert fallbacks.socket_reasons == {"ws-implementation": 1}
 
 
-@override_settings(PARLEY_PREPARED_FRAMES=False)
+@override_parley(PREPARED_FRAMES=False)
 def test_with_prepared_frames_off_nothing_is_a_fallback():
     class Renamed(uvicorn_writer.WebSocketsSansIOProtocol):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -278,7 +277,7 @@ async def eventually(check: Any, timeout: float = 10.0) -> bool:
 
 @pytest.mark.django_db(transaction=True)
 # The backlog this test builds on purpose must not trip the slow-reader cut-off (4413).
-@override_settings(PARLEY_OUTBOUND_MAX_BYTES=256 * 2**20, PARLEY_OUTBOUND_MAX_MESSAGES=100_000)
+@override_parley(OUTBOUND_MAX_BYTES=256 * 2**20, OUTBOUND_MAX_MESSAGES=100_000)
 async def test_a_slow_reader_falls_back_to_the_asgi_send_and_still_gets_every_frame_in_order(server, monkeypatch):
     """The client stops reading: the server's transport pauses, DirectWriter declines, the
     outbound queue's writer task takes over through the ASGI send; when the client reads again
@@ -316,7 +315,7 @@ async def test_a_slow_reader_falls_back_to_the_asgi_send_and_still_gets_every_fr
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(PARLEY_PREPARED_FRAMES=False)
+@override_parley(PREPARED_FRAMES=False)
 async def test_prepared_frames_off_sends_everything_through_asgi(server, monkeypatch):
     paths = PathCounter(monkeypatch)
     alice = await make_user("alice")

@@ -30,7 +30,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from parley import limits
+from parley.conf import parley_settings
 from parley.realtime.writer import Blocked, FrameWriter, Send, writer_for
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ class Outbound:
         # ~600 bytes per idle socket.
         self._frames: deque[tuple[object, int]] | None = None
         self._bytes = 0
-        self._max_frames = int(limits.OUTBOUND_MAX_MESSAGES.value)
-        self._max_bytes = int(limits.OUTBOUND_MAX_BYTES.value)
+        self._max_frames = int(parley_settings.OUTBOUND_MAX_MESSAGES)
+        self._max_bytes = int(parley_settings.OUTBOUND_MAX_BYTES)
         self._drainer: asyncio.Task[None] | None = None  # only while the socket is behind
         self._deadline: asyncio.TimerHandle | None = None  # close_after_flush's grace
         self.closed = False
@@ -118,7 +118,7 @@ class Outbound:
         if self._drainer is None:
             self._drainer = asyncio.ensure_future(self._drain())
         self._deadline = asyncio.get_running_loop().call_later(
-            limits.CLOSE_GRACE_SECS.value, self._close_late, code)
+            parley_settings.CLOSE_GRACE_SECS, self._close_late, code)
 
     def _close_late(self, code: int) -> None:
         self._deadline = None
@@ -131,7 +131,7 @@ class Outbound:
         socket's writer cannot (not uvicorn's websockets-sansio): use the ASGI close."""
         self.flush()  # what this pass wrote goes before the close frame
         self._stop_writing()
-        return self._writer.close_now(code, limits.CLOSE_GRACE_SECS.value)
+        return self._writer.close_now(code, parley_settings.CLOSE_GRACE_SECS)
 
     def stop(self) -> None:
         """Stop writing (the socket is gone)."""

@@ -50,8 +50,7 @@ import struct
 import termios
 from typing import Any
 
-from django.conf import settings
-
+from parley.conf import parley_settings
 from parley.realtime.loops import per_loop
 from parley.realtime.writer import AsgiWriter, Blocked, Send, fallbacks, start_send
 
@@ -230,7 +229,7 @@ def adapt(send: Send) -> AsgiWriter | None:
     proto = getattr(send, "__self__", None)
     if proto is None or WebSocketsSansIOProtocol is None:
         return None
-    expected = settings.PARLEY_PREPARED_FRAMES
+    expected = parley_settings.PREPARED_FRAMES
     if not isinstance(proto, WebSocketsSansIOProtocol):
         if expected and _served_by_uvicorn(proto):
             fallbacks.socket("ws-implementation", f"served by {_name(type(proto))}; the direct write "
