@@ -147,9 +147,8 @@ def _room_by_room(keys: list[tuple[int, int, str]]) -> tuple[str, list[Any]]:
 
 
 def _joined(keys: list[tuple[int, int, str]]) -> tuple[str, list[Any]]:
-    from parley.selectors import _client_id_query
-    query, params = _client_id_query(set(keys))
-    return query.sql, params
+    from parley.storage import postgres
+    return postgres._client_id_sql().sql, [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
 
 
 def _explain(connection: Any, sql: str, params: list[Any]) -> str:
