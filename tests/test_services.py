@@ -224,8 +224,8 @@ def test_batch_numbers_each_room_consecutively_in_item_order():
 
 @pytest.mark.django_db
 def test_batch_messages_are_the_stored_rows(monkeypatch):
-    """The batch's INSERT (bulk_create on SQLite, in several statements when the database's
-    parameter limit says so; on PostgreSQL parley.storage.postgres's one statement, the rows as
+    """The batch's INSERT is plain SQL (parley.storage.sqlite, in several statements when the
+    database's parameter limit says so; parley.storage.postgres's one statement, the rows as
     arrays): each returned message must be its stored row field for field, id and awkward text
     included, and count as saved."""
     from django.db import connection
@@ -280,8 +280,8 @@ def test_batch_uses_a_fixed_number_of_queries(django_assert_max_num_queries):
     users = [services.user_create(username=f"u{i}", password=PASSWORD) for i in range(20)]
     rooms = [services.room_create(slug=f"r{i}", title="R") for i in range(2)]
     items = [(users[i], rooms[i % 2].pk, f"m{i}", f"c{i}") for i in range(20)]
-    # savepoint, rooms, idempotency lookup, seq UPDATE (+ its read on SQLite), INSERT (one
-    # statement with the UPDATE on PostgreSQL), release: not per message
+    # savepoint, rooms, idempotency lookup, seq UPDATE (+ its read on SQLite), INSERT (+ the ids' read
+    # on SQLite; one statement with the UPDATE on PostgreSQL), release: not per message
     with django_assert_max_num_queries(9):
         results = services.message_create_batch(items=items)
     assert sorted(m.seq for m, _ in results) == sorted(list(range(1, 11)) * 2)

@@ -1,8 +1,11 @@
-"""SQLite's statements (parley.storage says which are hand-written, and why).
+"""SQLite's hand-written statements (parley.storage says which, and why each one stays).
 
-The ingest batch's write is the ORM's: an UPDATE of the rooms' last_seq, and bulk_create, in
-an IMMEDIATE transaction whose write lock keeps the seqs this transaction's. Lists of ids go as
-one JSON array parameter each (json_each): one statement text whatever the number of ids.
+The ingest batch's write is the seq reservation (one UPDATE for every room of the batch) and a
+multi-row INSERT, in an IMMEDIATE transaction whose write lock keeps the seqs this
+transaction's. No statement of the batch returns a row per step: Python's sqlite3 hands the GIL
+back on every step, and beside a busy event loop each row then waits for it (parley.storage.rows),
+so the values the batch reads back come as one JSON row. Lists of ids go as one JSON array
+parameter each (json_each): one statement text whatever the number of ids.
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ import functools
 from typing import Any
 
 import orjson
-from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db import connection, transaction
 
 from parley.models import Message, Room
 from parley.storage.reads import ROOM_ROW, access_facts_from, credentials_lost_sql
@@ -84,20 +86,27 @@ def _client_id_sql(n: int) -> Select:
 def seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
     """Advance each room's last_seq by its count; the new values by room id (a missing room is
     absent). One UPDATE for all the rooms; the write lock it takes keeps the values read after
-    it this transaction's."""
+    it this transaction's.
+
+    Plain SQL: the ORM's form (an F() + Case/When UPDATE and a values_list) cost about 1 ms of
+    CPU more per batch, whatever its size (`python -m bench.sqlite_batch`, docs/benchmarks.md).
+    """
     if not counts:
         return {}
     ids = sorted(counts)
-    Room.objects.filter(pk__in=ids).update(
-        last_seq=F("last_seq") + Case(*(When(pk=room_id, then=Value(counts[room_id])) for room_id in ids)),
-    )
-    return dict(Room.objects.filter(pk__in=ids).values_list("pk", "last_seq"))
+    table, marks = qn(Room._meta.db_table), ", ".join(["%s"] * len(ids))
+    cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET last_seq = last_seq + CASE id {cases} END WHERE id IN ({marks})",
+                       [v for room_id in ids for v in (room_id, counts[room_id])] + ids)
+    rows = fetch(select_exprs(["id", "last_seq"], f"FROM {table} WHERE id IN ({marks})"), ids)
+    return {int(room_id): int(last) for room_id, last in rows}
 
 
 def messages_store(messages: list[Message]) -> None:
-    """Number the messages (the next seqs of each room, in list order) and INSERT them
-    (bulk_create, which sets their ids from RETURNING). One whose room was deleted since the
-    access check is not stored and keeps no id."""
+    """Number the messages (the next seqs of each room, in list order) and INSERT them. Each one
+    stored gets its seq and id; one whose room was deleted since the access check is not
+    stored and keeps no id."""
     per_room: dict[int, list[Message]] = {}
     for message in messages:
         per_room.setdefault(message.room_id, []).append(message)
@@ -106,4 +115,46 @@ def messages_store(messages: list[Message]) -> None:
         if room_id in lasts:
             for seq, message in enumerate(ms, start=lasts[room_id] - len(ms) + 1):
                 message.seq = seq
-    Message.objects.bulk_create([m for m in messages if m.room_id in lasts])
+    kept = [m for m in messages if m.room_id in lasts]
+    if kept:
+        _messages_insert(kept)
+
+
+def _messages_insert(messages: list[Message]) -> None:
+    """INSERT new messages (their seqs set) and set their ids: bulk_create's work as plain SQL.
+
+    bulk_create costs about 1 ms of CPU more per batch of 12 and 2 ms per batch of 50 (its
+    compiler runs a prepare_value per field per message; `python -m bench.sqlite_batch`,
+    docs/benchmarks.md), and it takes the ids from RETURNING, one row per step. Here one
+    multi-row INSERT per parameter limit, the batch's shared created_at adapted once, and the
+    ids from one JSON row read by (room, seq): the seqs are this transaction's own.
+    """
+    meta = Message._meta
+    fields = [meta.get_field(name) for name in ("room", "seq", "author", "text", "client_id", "created_at")]
+    created = fields[-1]
+    adapted: dict[Any, Any] = {}  # a batch shares one created_at: adapt it once
+    head = f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) VALUES "
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    per_statement = max(1, (connection.features.max_query_params or 10_000) // len(fields))
+    with connection.cursor() as cursor:
+        for start in range(0, len(messages), per_statement):
+            chunk = messages[start:start + per_statement]
+            params: list[Any] = []
+            for m in chunk:
+                if m.created_at not in adapted:
+                    adapted[m.created_at] = created.get_db_prep_save(m.created_at, connection)
+                params += [m.room_id, m.seq, m.author_id, m.text, m.client_id, adapted[m.created_at]]
+            cursor.execute(head + ", ".join([row] * len(chunk)), params)
+    ranges: dict[int, tuple[int, int]] = {}
+    for m in messages:
+        low, high = ranges.get(m.room_id, (m.seq, m.seq))
+        ranges[m.room_id] = (min(low, m.seq), max(high, m.seq))
+    room, seq = qn(fields[0].column), qn(fields[1].column)
+    where = " OR ".join([f"({room} = %s AND {seq} BETWEEN %s AND %s)"] * len(ranges))
+    query = select_exprs([room, seq, qn(meta.pk.column)], f"FROM {qn(meta.db_table)} WHERE {where}")
+    ids = {(room_id, seq): pk for room_id, seq, pk in
+           fetch(query, [v for room_id, (low, high) in ranges.items() for v in (room_id, low, high)])}
+    for m in messages:
+        m.pk = ids[(m.room_id, m.seq)]
+        m._state.adding = False
+        m._state.db = connection.alias
