@@ -15,8 +15,10 @@ connection. Both modules have the same functions:
 Hand-written SQL is kept where docs/benchmarks.md measured a gain, and only there: the connect
 path's reads (a reconnect storm of 5,000 clients, 37.7 s → 19.5 s), SQLite reads returning one
 JSON row (12.2 → 10.9 s), PostgreSQL's batch write as one statement in autocommit and its
-idempotency lookup as a join (1,995 → 3,646 msg/s). The rest is the ORM (bulk_create, plain
-querysets): docs/benchmarks.md, "Issue 13: ORM vs hand-written SQL".
+idempotency lookup as a join (1,995 → 3,646 msg/s), SQLite's batch write (the ORM's
+bulk_create and UPDATE cost the database thread twice the CPU per batch). Every statement runs on Django's
+own cursor, one after another; the rest is the ORM. docs/benchmarks.md, "Issue 13: ORM vs
+hand-written SQL", has the measurements.
 """
 
 from __future__ import annotations

@@ -88,8 +88,9 @@ def seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
     absent). One UPDATE for all the rooms; the write lock it takes keeps the values read after
     it this transaction's.
 
-    Plain SQL: the ORM's form (an F() + Case/When UPDATE and a values_list) cost about 1 ms of
-    CPU more per batch, whatever its size (`python -m bench.sqlite_batch`, docs/benchmarks.md).
+    Plain SQL: the ORM's form (an F() + Case/When UPDATE and a values_list) cost 1-2 ms more
+    of the database thread's CPU per batch, even of one message (`python -m bench.sqlite_batch`,
+    docs/benchmarks.md).
     """
     if not counts:
         return {}
@@ -123,7 +124,7 @@ def messages_store(messages: list[Message]) -> None:
 def _messages_insert(messages: list[Message]) -> None:
     """INSERT new messages (their seqs set) and set their ids: bulk_create's work as plain SQL.
 
-    bulk_create costs about 1 ms of CPU more per batch of 12 and 2 ms per batch of 50 (its
+    bulk_create cost 0.7-0.9 ms more CPU per batch of 12 and 2.2 ms per batch of 50 (its
     compiler runs a prepare_value per field per message; `python -m bench.sqlite_batch`,
     docs/benchmarks.md), and it takes the ids from RETURNING, one row per step. Here one
     multi-row INSERT per parameter limit, the batch's shared created_at adapted once, and the
