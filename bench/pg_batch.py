@@ -4,8 +4,7 @@ The measurement behind services.message_create_batch's PostgreSQL path (docs/ben
 in a scratch database with a message history, it stores batches of 1, 12 and 50 sends through
 the real function and prints, per batch, the wall time, the CPU time of this Python process and
 the CPU time of its PostgreSQL backend (from /proc, so it needs the server on this machine).
-Then it times batches of 12 beside a thread that keeps the GIL busy, with the batch's two reads
-in one pipeline (as services does) and one after another. Then it times the idempotency lookup alone in the form it had until 2026-12-01 (room by room,
+Then it times batches of 12 beside a thread that keeps the GIL busy. Then it times the idempotency lookup alone in the form it had until 2026-12-01 (room by room,
 `room = ? AND author IN (…) AND client_id IN (…)`) and in today's (a join with the keys), with
 EXPLAIN ANALYZE, before and after an ANALYZE of the table.
 
@@ -95,25 +94,18 @@ def _run(url: str, args: argparse.Namespace) -> None:
               f"{(time.process_time() - cpu) * per:5.2f} ms Python CPU, "
               f"{(_cpu_secs(backend) - pg) * per:5.2f} ms PostgreSQL backend CPU")
     print("beside a thread that keeps the GIL busy (as a loaded event loop does), per batch of 12:")
-    import parley.selectors
-    from parley.rowsql import fetch
-    pipelined = parley.selectors.fetch_together
     spinning = threading.Event()
     spinner = threading.Thread(target=_spin, args=(spinning,), daemon=True)
     spinning.set()
     spinner.start()
     try:
-        for label, reads in (("reads in one pipeline (now)", pipelined),
-                             ("reads one after another", lambda queries: [fetch(q, p) for q, p in queries])):
-            parley.selectors.fetch_together = reads
-            for _ in range(20):
-                batch(12)
-            wall = time.perf_counter()
-            for _ in range(args.batches):
-                batch(12)
-            print(f"  {label:34}: {(time.perf_counter() - wall) * 1e3 / args.batches:6.2f} ms wall")
+        for _ in range(20):
+            batch(12)
+        wall = time.perf_counter()
+        for _ in range(args.batches):
+            batch(12)
+        print(f"  {'reads one after another':34}: {(time.perf_counter() - wall) * 1e3 / args.batches:6.2f} ms wall")
     finally:
-        parley.selectors.fetch_together = pipelined
         spinning.clear()
         spinner.join()
     keys = [(rooms[(i % USERS) // 10].pk, users[i % USERS].pk, f"b{run}-{i}") for i in range(sent - 49, sent + 1)]
@@ -137,7 +129,7 @@ def _fill_history(connection: Any, count: int, users: list[Any], rooms: list[Any
             "JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS i FROM parley_room) AS r ON r.i = (g %% %s) / 10",
             [len(users), count, len(users), len(users)])
         cursor.execute("UPDATE parley_room SET last_seq = (SELECT coalesce(max(seq), 0) FROM parley_message "
-                       "WHERE room_id = chat_room.id)")
+                       "WHERE room_id = parley_room.id)")
 
 
 def _room_by_room(keys: list[tuple[int, int, str]]) -> tuple[str, list[Any]]:
@@ -155,9 +147,8 @@ def _room_by_room(keys: list[tuple[int, int, str]]) -> tuple[str, list[Any]]:
 
 
 def _joined(keys: list[tuple[int, int, str]]) -> tuple[str, list[Any]]:
-    from parley.selectors import _client_id_query
-    query, params = _client_id_query(set(keys))
-    return query.sql, params
+    from parley.storage import postgres
+    return postgres._client_id_sql().sql, [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
 
 
 def _explain(connection: Any, sql: str, params: list[Any]) -> str:

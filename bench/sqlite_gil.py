@@ -3,7 +3,7 @@
 Python's sqlite3 releases the GIL around every sqlite3_step (one per row), so a thread reading
 rows beside a thread that keeps the GIL busy waits to get it back after every row. This reads
 400 rows of a 5,000-row table by an indexed IN, as plain rows and as one json_group_array row
-(what parley.rowsql does on SQLite), with a second thread idle and then spinning in Python, at
+(what parley.storage.rows does on SQLite), with a second thread idle and then spinning in Python, at
 the default switch interval and a shorter one. docs/benchmarks.md quotes its output.
 """
 

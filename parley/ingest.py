@@ -10,11 +10,8 @@ the next transaction together, each item in its own savepoint (parley.services).
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
-
-from django.db import connection
 
 from parley import services
 from parley.models import Message
@@ -22,17 +19,6 @@ from parley.realtime.dbthread import database_thread
 from parley.realtime.loops import per_loop
 
 MAX_BATCH = 256
-# Django's connection health check (CONN_HEALTH_CHECKS) sends a `SELECT 1` before the first query
-# after each close_old_connections, which parley.realtime.dbthread runs around every call: one extra round
-# trip per batch, 8.6% of the database thread in the PostgreSQL ingest profile
-# (docs/benchmarks.md). It exists to catch a connection that died while idle; a connection that
-# committed a batch this recently has just been checked by that commit, so the writer skips it
-# then. A batch that fails still marks the connection (errors_occurred), and the next
-# close_old_connections drops it if it is unusable.
-WRITER_HEALTH_CHECK_IDLE_SECS = 1.0
-
-# (id of the DB-API connection, time.monotonic() of its last commit by the writer).
-_last_commit: tuple[int, float] = (0, 0.0)
 
 
 @dataclass(slots=True)
@@ -47,17 +33,10 @@ class _Send:
 
 def _store(batch: list[_Send]) -> list[Any]:
     """Runs on the database thread."""
-    global _last_commit
-    raw = connection.connection
-    if (raw is not None and _last_commit[0] == id(raw) and not connection.errors_occurred
-            and time.monotonic() - _last_commit[1] < WRITER_HEALTH_CHECK_IDLE_SECS):
-        connection.health_check_done = True
-    results = services.message_create_batch(
+    return services.message_create_batch(
         items=[(item.user, item.room_id, item.text, item.client_id) for item in batch],
         tokens=[item.token_id for item in batch],
     )
-    _last_commit = (id(connection.connection), time.monotonic())
-    return results
 
 
 class MessageWriter:

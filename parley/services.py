@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import secrets
-from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
+from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.utils import timezone
 
 from parley import fanout
 from parley.conf import parley_settings
 from parley.models import ApiToken, Membership, Message, Room
 from parley.revocation import CredentialsRevoked
-from parley.rowsql import fetch, qn, select_exprs
 from parley.selectors import (
     credentials_lost,
     message_get_by_client_id,
@@ -26,6 +23,7 @@ from parley.selectors import (
     room_user_can_access,
     token_hash,
 )
+from parley.storage import db
 
 TOKEN_LAST_USED_RESOLUTION_SECS = 60  # don't write last_used_at on every request
 
@@ -131,18 +129,17 @@ def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
     write cannot commit, the error propagates and nothing is stored.
 
     The batch is written with a fixed number of queries (access check, idempotency lookup, seq
-    reservation, INSERT): it used to be ~7 queries and a savepoint per message, and that — on
-    the one database thread every consumer shares — capped ingest at a few hundred messages a
-    second (docs/benchmarks.md). On PostgreSQL the two reads share one round trip and the seq
-    reservation and the INSERT are one statement, which commits by itself: two round trips a
-    batch where there were six (BEGIN and COMMIT among them). If the batch hits a constraint
+    reservation, INSERT), not a few per message: on the one database thread every consumer
+    shares, per-message queries and savepoints capped ingest at a few hundred messages a second
+    (docs/benchmarks.md). On PostgreSQL the seq reservation and the INSERT are one statement,
+    which commits by itself (parley.storage.postgres). If the batch hits a constraint
     (a retry of one of its client_ids committed by another process since the lookup) nothing
     of it is stored, and it is stored item by item instead, where each item's savepoint sorts
     the duplicate from the others.
     """
     token_ids = tokens if tokens is not None else [None] * len(items)
     try:
-        with _batch_transaction():
+        with db().write_transaction():
             return _messages_create_together(items, token_ids)
     except (IntegrityError, DataError):
         pass
@@ -153,17 +150,6 @@ def _revoked(author: Any, token_id: int | None, lost: set[tuple[str, int]]) -> C
     """The refusal of a send whose author or token is among the lost credentials, else None."""
     mine = {c for c in (("user", author.pk), ("token", token_id)) if c in lost}
     return CredentialsRevoked(mine) if mine else None
-
-
-def _batch_transaction() -> Any:
-    """The transaction around a batch's queries: none on PostgreSQL in autocommit, where the
-    batch's one write is a single statement (the reads before it are plain reads, which in
-    READ COMMITTED see the same committed rows inside a transaction as outside one);
-    a transaction (or a savepoint inside the caller's) everywhere else. On SQLite the write
-    is several statements, and its IMMEDIATE transaction holds the write lock they rely on."""
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        return nullcontext()
-    return transaction.atomic()
 
 
 def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None]) -> list[Any]:
@@ -206,118 +192,8 @@ def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tok
 def _messages_store(messages: list[Message]) -> None:
     """Number the messages (the next seqs of each room, in list order) and INSERT them. Each one
     stored gets its seq and id; one whose room was deleted since the access check keeps no id."""
-    if not messages:
-        return
-    if connection.vendor == "postgresql":
-        _messages_insert_numbered(messages)
-        return
-    per_room: dict[int, list[Message]] = {}
-    for message in messages:
-        per_room.setdefault(message.room_id, []).append(message)
-    lasts = _seqs_reserve({room_id: len(ms) for room_id, ms in per_room.items()})
-    for room_id, ms in per_room.items():
-        if room_id in lasts:
-            for seq, message in enumerate(ms, start=lasts[room_id] - len(ms) + 1):
-                message.seq = seq
-    _messages_insert([m for m in messages if m.room_id in lasts])
-
-
-def _messages_insert_numbered(messages: list[Message]) -> None:
-    """PostgreSQL: reserve the seqs and INSERT the messages in one statement (a data-modifying
-    WITH), so the batch's write is one round trip and commits by itself (the reservation's
-    row locks last for that statement only). The rows go as arrays, one per column: the
-    statement's text is built once, whatever the batch's size. Each row carries how far below
-    its room's new last_seq it is numbered (`back`). Sets seq and id on the messages stored.
-    """
-    counts: dict[int, int] = {}
-    for m in messages:
-        counts[m.room_id] = counts.get(m.room_id, 0) + 1
-    left = dict(counts)
-    backs: list[int] = []
-    for m in messages:
-        left[m.room_id] -= 1
-        backs.append(left[m.room_id])
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_numbered_sql(), [
-            *_seqs_update_params(counts),
-            [m.room_id for m in messages], backs, [m.author_id for m in messages], [m.text for m in messages],
-            [m.client_id for m in messages], [m.created_at for m in messages],
-        ])
-        rows = cursor.fetchall()
-    ids: dict[tuple[int, int], int] = {}
-    lasts: dict[int, int] = {}  # each room's new last_seq: the seq of its row with back 0
-    for pk, room_id, seq in rows:
-        ids[(room_id, seq)] = pk
-        lasts[room_id] = max(seq, lasts.get(room_id, seq))
-    for m, back in zip(messages, backs, strict=True):
-        if m.room_id in lasts:  # else its room was deleted since the access check
-            m.seq = lasts[m.room_id] - back
-            m.pk = ids[(m.room_id, m.seq)]
-            m._state.adding = False
-            m._state.db = connection.alias
-
-
-@functools.cache
-def _insert_numbered_sql() -> str:
-    table = qn(Message._meta.db_table)
-    seqs, v = qn("seqs"), qn("v")
-    columns = ("room_id", "back", "author_id", "text", "client_id", "created_at")
-    types = ("bigint", "bigint", "bigint", "text", "text", "timestamp with time zone")
-    arrays = ", ".join(f"%s::{t}[]" for t in types)
-    stored = ("room_id", "seq", "author_id", "text", "client_id", "created_at")
-    return (f"WITH {seqs} AS ({_seqs_update_sql()}) "
-            f"INSERT INTO {table} ({', '.join(qn(c) for c in stored)}) "
-            f"SELECT {v}.{qn('room_id')}, {seqs}.{qn('last_seq')} - {v}.{qn('back')}, {v}.{qn('author_id')}, "
-            f"{v}.{qn('text')}, {v}.{qn('client_id')}, {v}.{qn('created_at')} "
-            f"FROM unnest({arrays}) AS {v} ({', '.join(qn(c) for c in columns)}) "
-            f"INNER JOIN {seqs} ON {seqs}.{qn('id')} = {v}.{qn('room_id')} "
-            f"RETURNING {qn(Message._meta.pk.column)}, {qn('room_id')}, {qn('seq')}")
-
-
-def _messages_insert(messages: list[Message]) -> None:
-    """INSERT new messages (their seqs set) and set their ids: bulk_create's work as plain SQL.
-
-    bulk_create's compiler (a prepare_value per field per object) was ~15% of the database
-    thread in the SQLite ingest profile. SQLite would return the ids one row per step, and
-    Python's sqlite3 lets go of the GIL for every step (parley.rowsql says what that costs beside
-    a busy event loop), so the ids come back from one JSON row read by (room, seq) — the seqs
-    are this transaction's own. PostgreSQL has _messages_insert_numbered; another database
-    gets bulk_create.
-    """
-    if not messages:
-        return
-    if connection.vendor != "sqlite":
-        Message.objects.bulk_create(messages)
-        return
-    meta = Message._meta
-    fields = [meta.get_field(name) for name in ("room", "seq", "author", "text", "client_id", "created_at")]
-    created = fields[-1]
-    adapted: dict[Any, Any] = {}  # a batch shares one created_at: adapt it once
-    head = (f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) VALUES ")
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    per_statement = max(1, (connection.features.max_query_params or 10_000) // len(fields))
-    with connection.cursor() as cursor:
-        for start in range(0, len(messages), per_statement):
-            chunk = messages[start:start + per_statement]
-            params: list[Any] = []
-            for m in chunk:
-                if m.created_at not in adapted:
-                    adapted[m.created_at] = created.get_db_prep_save(m.created_at, connection)
-                params += [m.room_id, m.seq, m.author_id, m.text, m.client_id, adapted[m.created_at]]
-            cursor.execute(head + ", ".join([row] * len(chunk)), params)
-    ranges: dict[int, tuple[int, int]] = {}
-    for m in messages:
-        low, high = ranges.get(m.room_id, (m.seq, m.seq))
-        ranges[m.room_id] = (min(low, m.seq), max(high, m.seq))
-    room, seq = qn(fields[0].column), qn(fields[1].column)
-    where = " OR ".join([f"({room} = %s AND {seq} BETWEEN %s AND %s)"] * len(ranges))
-    query = select_exprs([room, seq, qn(meta.pk.column)], f"FROM {qn(meta.db_table)} WHERE {where}")
-    ids = {(room_id, seq): pk for room_id, seq, pk in
-           fetch(query, [v for room_id, (low, high) in ranges.items() for v in (room_id, low, high)])}
-    for m in messages:
-        m.pk = ids[(m.room_id, m.seq)]
-        m._state.adding = False
-        m._state.db = connection.alias
+    if messages:
+        db().messages_store(messages)
 
 
 def _messages_create_each(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None]) -> list[Any]:
@@ -363,50 +239,7 @@ def rooms_reserve_seqs(*, counts: dict[int, int]) -> dict[int, int]:
 
 def _seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
     """rooms_reserve_seqs for the rooms that exist (a missing one is absent from the answer)."""
-    ids = sorted(counts)
-    table = qn(Room._meta.db_table)
-    if connection.vendor == "postgresql":
-        sql, params = _seqs_update_sql(), _seqs_update_params(counts)
-    else:
-        cases = " ".join(["WHEN %s THEN %s"] * len(ids))
-        sql = f"UPDATE {table} SET last_seq = last_seq + CASE id {cases} END WHERE id IN ({_marks(ids)})"
-        params = [v for room_id in ids for v in (room_id, counts[room_id])] + ids
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall() if connection.vendor == "postgresql" else None
-    if rows is None:
-        # The new values as one JSON row instead of one row per room (one GIL hand-back per
-        # step; parley.rowsql). The write lock the UPDATE took keeps them this transaction's.
-        rows = fetch(select_exprs(["id", "last_seq"], f"FROM {table} WHERE id IN ({_marks(ids)})"), ids)
-    return {int(room_id): int(last) for room_id, last in rows}
-
-
-@functools.cache
-def _seqs_update_sql() -> str:
-    """PostgreSQL's seq reservation: UPDATE … RETURNING id, last_seq (the new value), with the
-    rooms and their counts as arrays (_seqs_update_params).
-
-    The rooms' row locks are taken in id order first, by the subquery's FOR UPDATE: two
-    processes' batches over the same rooms then queue instead of deadlocking (an UPDATE alone
-    locks rows in whatever order its plan reads them). The lock and the update are one
-    statement (they were two round trips, and the PostgreSQL ingest profile is mostly round
-    trips); _messages_insert_numbered puts the INSERT in it too.
-    """
-    table, counts = qn(Room._meta.db_table), qn("counts")
-    return (f"UPDATE {table} SET last_seq = {table}.last_seq + {counts}.{qn('n')} "
-            f"FROM unnest(%s::bigint[], %s::bigint[]) AS {counts} ({qn('id')}, {qn('n')}), "
-            f"(SELECT id FROM {table} WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE) AS locked "
-            f"WHERE {table}.id = {counts}.{qn('id')} AND {table}.id = locked.id "
-            f"RETURNING {table}.id, {table}.last_seq")
-
-
-def _seqs_update_params(counts: dict[int, int]) -> list[Any]:
-    ids = sorted(counts)
-    return [ids, [counts[room_id] for room_id in ids], ids]
-
-
-def _marks(values: Any) -> str:
-    return ", ".join(["%s"] * len(values))
+    return db().seqs_reserve(counts)
 
 
 def user_create(*, username: str, password: str | None = None) -> Any:

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db import DatabaseError, IntegrityError, connections
+from django.db import DatabaseError, IntegrityError
 
 from parley import ingest, services
 from parley.models import Message
@@ -84,26 +84,3 @@ async def test_lost_access_is_reported_per_item():
         writer.submit(user=outsider, room_id=room.pk, text="let me in", client_id=None),
     )
     assert mine[0].seq == 1 and theirs is None
-
-
-async def test_the_writer_skips_the_health_check_only_right_after_its_own_commit(monkeypatch):
-    """CONN_HEALTH_CHECKS costs a round trip per batch; a connection that committed a batch
-    under WRITER_HEALTH_CHECK_IDLE_SECS ago skips it, an idle one is still checked."""
-    room, user = await make_room("lobby"), await make_user("ada")
-    checks = []
-    wrapper_class = type(connections["default"])
-    is_usable = wrapper_class.is_usable
-
-    def counting(self):
-        checks.append(self.alias)
-        return is_usable(self)
-
-    monkeypatch.setattr(wrapper_class, "is_usable", counting)
-    writer = ingest.MessageWriter()
-    await writer.submit(user=user, room_id=room.pk, text="first", client_id=None)
-    checks.clear()
-    await writer.submit(user=user, room_id=room.pk, text="second", client_id=None)
-    assert checks == []
-    monkeypatch.setattr(ingest, "WRITER_HEALTH_CHECK_IDLE_SECS", 0.0)  # as if idle since
-    await writer.submit(user=user, room_id=room.pk, text="third", client_id=None)
-    assert checks == ["default"]

@@ -178,7 +178,7 @@ def _fields(instance):
 
 def test_plain_sql_reads_build_what_the_orm_builds(world):
     """token_get_active, room_get_visible and the message reads skip the ORM's compiler
-    (parley.rowsql); the instances they build must equal the ORM's field for field: types,
+    (parley.storage.reads); the instances they build must equal the ORM's field for field: types,
     converted values (datetimes aware, booleans), and the related user loaded."""
     from parley.models import ApiToken, Message, Room
 
@@ -187,7 +187,7 @@ def test_plain_sql_reads_build_what_the_orm_builds(world):
     services.token_touch(token=token)  # a non-null datetime besides created_at
     services.message_create(room_id=lobby.pk, author=ada, text="héllo ✓", client_id="c1")
     services.message_create(room_id=lobby.pk, author=ada, text="two", client_id=None)
-    # What a JSON array must carry back unchanged on SQLite (parley.rowsql.select): quotes,
+    # What a JSON array must carry back unchanged on SQLite (parley.storage.rows.select): quotes,
     # backslashes, control characters, astral and line-separator characters.
     services.message_create(room_id=lobby.pk, author=ada, text='q"b\\n\n\t\x01 😀 \u2028 end', client_id=None)
 
@@ -210,12 +210,12 @@ def test_plain_sql_reads_build_what_the_orm_builds(world):
 
 
 def test_sqlite_reads_come_back_as_one_json_row_and_others_as_rows():
-    """parley.rowsql.select: on SQLite one row holding a JSON array (one GIL hand-back per
+    """parley.storage.rows.select: on SQLite one row holding a JSON array (one GIL hand-back per
     query instead of one per row); elsewhere the plain SELECT."""
     from django.db import connection
 
     from parley.models import Room
-    from parley.rowsql import cols, select
+    from parley.storage.rows import cols, select
 
     query = select([cols(Room, "r")], "FROM parley_room r")
     assert query.json_rows is (connection.vendor == "sqlite")

@@ -3,24 +3,22 @@
 A reconnect storm runs the same three reads for every client — the bearer token with its user,
 the room with its visibility check, the messages since the client's last seq — and the
 profile had Django building the same SQL again for each (`add_q`, `as_sql`, `setup_joins`
-… about half of the database thread, docs/benchmarks.md). parley.selectors writes those three
+… about half of the database thread, docs/benchmarks.md). parley.storage.reads writes those three
 as SQL over the columns this module lists from the models' `_meta`, and turns rows back into
 model instances the way the ORM does: each column through the converters the ORM would apply
-(backend, then field), then `Model.from_db`. Everything else stays on the ORM.
+(backend, then field), then `Model.from_db`. The ingest batch's hand-written statements (parley.storage.postgres,
+parley.storage.sqlite) use the same tools; everything else stays on the ORM.
 
 On SQLite these reads return their rows as one JSON array in one row (`select`): Python's
 sqlite3 lets go of the GIL for every row it steps, and on the database thread, beside an event
 loop that never lets go of it, each row then waited for the GIL to come back. `python -m
 bench.sqlite_gil` shows it: 400 rows in 0.7 ms beside an idle thread, 690 ms beside a busy one;
 as one JSON row 0.6 and 14 ms (its output in docs/benchmarks.md).
-
-`fetch_together` sends several reads in one round trip on PostgreSQL (the ingest batch's).
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -124,40 +122,6 @@ def fetch(query: Select, params: Sequence[Any]) -> list[Sequence[Any]]:
     with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
         cursor.execute(query.sql, params)
         return _rows(query, cursor)
-
-
-def fetch_together(queries: Sequence[tuple[Select, Sequence[Any]]]) -> list[list[Sequence[Any]]]:
-    """fetch() for each (query, params), the rows of each in order.
-
-    On PostgreSQL they leave in one psycopg pipeline: one round trip for all of them instead of
-    one each. The ingest batch reads this way (parley.services): on the database thread every
-    round trip also waits to get the GIL back from the event loop. Elsewhere (SQLite, in
-    process) they run one after another.
-
-    Django's cursor wrapper runs only its checks here (thread, health check, connect) and its
-    error wrapping; the queries go through psycopg cursors of Django's own cursor class, and
-    are logged as its debug cursor would (connection.queries, assertNumQueries).
-    """
-    conn = connections[DEFAULT_DB_ALIAS]
-    if conn.vendor != "postgresql" or len(queries) < 2:
-        return [fetch(query, params) for query, params in queries]
-    with conn.cursor() as first:
-        raw = first.cursor.connection
-        cursors = [first.cursor, *(raw.cursor() for _ in queries[1:])]
-        start = time.monotonic()
-        try:
-            with conn.wrap_database_errors:
-                with raw.pipeline():
-                    for cursor, (query, params) in zip(cursors, queries, strict=True):
-                        cursor.execute(query.sql, params)
-                results = [_rows(query, cursor) for cursor, (query, _) in zip(cursors, queries, strict=True)]
-        finally:
-            for cursor in cursors[1:]:
-                cursor.close()
-        if conn.queries_logged:  # queries that shared a round trip share its time
-            took = f"{time.monotonic() - start:.3f}"
-            conn.queries_log.extend({"sql": query.sql, "time": took} for query, _ in queries)
-    return results
 
 
 def _rows(query: Select, cursor: Any) -> list[Sequence[Any]]:

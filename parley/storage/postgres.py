@@ -1,0 +1,163 @@
+"""PostgreSQL's hand-written statements (parley.storage says which, and why each one stays).
+
+The ingest batch's write is one statement: the seq reservation and the INSERT as a
+data-modifying WITH, its rows as arrays (one statement text whatever the batch's size), in
+autocommit. Lists of ids go as one array parameter each.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import nullcontext
+from typing import Any
+
+from django.db import connection, transaction
+
+from parley.models import Message, Room
+from parley.storage.reads import ROOM_ROW, access_facts_from, credentials_lost_sql
+
+# The connect path's reads: the same SQL on every database (parley.storage.reads).
+from parley.storage.reads import messages as messages
+from parley.storage.reads import messages_in_ranges as messages_in_ranges
+from parley.storage.reads import rooms_by_slug as rooms_by_slug
+from parley.storage.reads import tokens_by_hash as tokens_by_hash
+from parley.storage.rows import Select, fetch, qn, select_exprs
+
+
+def write_transaction() -> Any:
+    """The transaction around an ingest batch: none in autocommit, where the batch's one write
+    is a single statement (the reads before it are plain reads, which in READ COMMITTED see the
+    same committed rows inside a transaction as outside one); a savepoint inside the caller's."""
+    return transaction.atomic() if connection.in_atomic_block else nullcontext()
+
+
+def access_facts(room_ids: list[int], users: list[int], tokens: list[int]) -> tuple[dict[int, bool], set[tuple[str, int]]]:
+    """The rooms' privacy by id and the lost credentials, in one statement: what every ingest
+    batch checks before it writes."""
+    return access_facts_from(fetch(_access_facts_sql(), [room_ids, users, tokens]))
+
+
+def credentials_lost(users: list[int], tokens: list[int]) -> set[tuple[str, int]]:
+    return access_facts_from(fetch(_credentials_lost_sql(), [users, tokens]))[1]
+
+
+def _ids() -> tuple[str, str]:
+    v, x = qn("v"), qn("x")
+    return f"unnest(%s::bigint[]) AS {v} ({x})", f"{v}.{x}"
+
+
+@functools.cache
+def _credentials_lost_sql() -> Select:
+    return Select(credentials_lost_sql(*_ids(), "false"), False)
+
+
+@functools.cache
+def _access_facts_sql() -> Select:
+    return select_exprs([str(ROOM_ROW), qn("id"), qn("is_private")],
+                        f"FROM {qn(Room._meta.db_table)} WHERE {qn('id')} = ANY(%s::bigint[]) "
+                        f"UNION ALL {credentials_lost_sql(*_ids(), 'false')}")
+
+
+def client_id_hits(keys: list[tuple[int, int, str]]) -> list[int]:
+    """The ids of the stored messages whose (room id, author id, client_id) is among `keys`.
+
+    The keys go as three arrays, joined with the table: the (room, author, client_id) unique
+    index answers with one probe each, whatever the table's statistics (docs/benchmarks.md,
+    `python -m bench.pg_batch`: the room-by-room `author IN (…) AND client_id IN (…)` form got
+    a plan that read every stored row of the batch's authors while autovacuum lagged).
+    """
+    params = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+    return [pk for (pk,) in fetch(_client_id_sql(), params)]
+
+
+@functools.cache
+def _client_id_sql() -> Select:
+    k, m = qn("k"), qn("m")
+    names = ("room_id", "author_id", "client_id")
+    columns = ", ".join(qn(n) for n in names)
+    on = " AND ".join(f"{m}.{qn(n)} = {k}.{qn(n)}" for n in names)
+    return Select(f"SELECT {m}.{qn('id')} FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS {k} ({columns}) "
+                  f"INNER JOIN {qn(Message._meta.db_table)} {m} ON {on}", False)
+
+
+def seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
+    """Advance each room's last_seq by its count; the new values by room id (a missing room is
+    absent). The row locks last until commit."""
+    with connection.cursor() as cursor:
+        cursor.execute(_seqs_update_sql(), _seqs_update_params(counts))
+        return {int(room_id): int(last) for room_id, last in cursor.fetchall()}
+
+
+@functools.cache
+def _seqs_update_sql() -> str:
+    """UPDATE … RETURNING id, last_seq (the new value), with the rooms and their counts as
+    arrays (_seqs_update_params).
+
+    The rooms' row locks are taken in id order first, by the subquery's FOR UPDATE: two
+    processes' batches over the same rooms then queue instead of deadlocking (an UPDATE alone
+    locks rows in whatever order its plan reads them). The lock and the update are one
+    statement; messages_store puts the INSERT in it too.
+    """
+    table, counts = qn(Room._meta.db_table), qn("counts")
+    return (f"UPDATE {table} SET last_seq = {table}.last_seq + {counts}.{qn('n')} "
+            f"FROM unnest(%s::bigint[], %s::bigint[]) AS {counts} ({qn('id')}, {qn('n')}), "
+            f"(SELECT id FROM {table} WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE) AS locked "
+            f"WHERE {table}.id = {counts}.{qn('id')} AND {table}.id = locked.id "
+            f"RETURNING {table}.id, {table}.last_seq")
+
+
+def _seqs_update_params(counts: dict[int, int]) -> list[Any]:
+    ids = sorted(counts)
+    return [ids, [counts[room_id] for room_id in ids], ids]
+
+
+def messages_store(messages: list[Message]) -> None:
+    """Number the messages (the next seqs of each room, in list order) and INSERT them, in one
+    statement that commits by itself in autocommit (the reservation's row locks last for that
+    statement only). Each row carries how far below its room's new last_seq it is numbered
+    (`back`). Each one stored gets its seq and id; one whose room was deleted since the access
+    check keeps no id.
+    """
+    counts: dict[int, int] = {}
+    for m in messages:
+        counts[m.room_id] = counts.get(m.room_id, 0) + 1
+    left = dict(counts)
+    backs: list[int] = []
+    for m in messages:
+        left[m.room_id] -= 1
+        backs.append(left[m.room_id])
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_numbered_sql(), [
+            *_seqs_update_params(counts),
+            [m.room_id for m in messages], backs, [m.author_id for m in messages], [m.text for m in messages],
+            [m.client_id for m in messages], [m.created_at for m in messages],
+        ])
+        rows = cursor.fetchall()
+    ids: dict[tuple[int, int], int] = {}
+    lasts: dict[int, int] = {}  # each room's new last_seq: the seq of its row with back 0
+    for pk, room_id, seq in rows:
+        ids[(room_id, seq)] = pk
+        lasts[room_id] = max(seq, lasts.get(room_id, seq))
+    for m, back in zip(messages, backs, strict=True):
+        if m.room_id in lasts:  # else its room was deleted since the access check
+            m.seq = lasts[m.room_id] - back
+            m.pk = ids[(m.room_id, m.seq)]
+            m._state.adding = False
+            m._state.db = connection.alias
+
+
+@functools.cache
+def _insert_numbered_sql() -> str:
+    table = qn(Message._meta.db_table)
+    seqs, v = qn("seqs"), qn("v")
+    columns = ("room_id", "back", "author_id", "text", "client_id", "created_at")
+    types = ("bigint", "bigint", "bigint", "text", "text", "timestamp with time zone")
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    stored = ("room_id", "seq", "author_id", "text", "client_id", "created_at")
+    return (f"WITH {seqs} AS ({_seqs_update_sql()}) "
+            f"INSERT INTO {table} ({', '.join(qn(c) for c in stored)}) "
+            f"SELECT {v}.{qn('room_id')}, {seqs}.{qn('last_seq')} - {v}.{qn('back')}, {v}.{qn('author_id')}, "
+            f"{v}.{qn('text')}, {v}.{qn('client_id')}, {v}.{qn('created_at')} "
+            f"FROM unnest({arrays}) AS {v} ({', '.join(qn(c) for c in columns)}) "
+            f"INNER JOIN {seqs} ON {seqs}.{qn('id')} = {v}.{qn('room_id')} "
+            f"RETURNING {qn(Message._meta.pk.column)}, {qn('room_id')}, {qn('seq')}")
