@@ -285,7 +285,17 @@ def room_user_can_manage(*, room: Room, user: Any) -> bool:
 
 
 def membership_list(*, room: Room) -> list[Membership]:
-    return list(Membership.objects.filter(room=room).select_related("user").order_by("user__username"))
+    by_name = f"user__{get_user_model().USERNAME_FIELD}"
+    return list(Membership.objects.filter(room=room).select_related("user").order_by(by_name))
+
+
+def user_get_by_username(*, username: str) -> Any:
+    """The user whose USERNAME_FIELD is `username` (the project's own user model: a host may log
+    in by email), or None. What the API and the payloads call "username" is get_username()."""
+    if "\x00" in username:  # no database stores it; PostgreSQL refuses the query outright
+        return None
+    User = get_user_model()
+    return User._default_manager.filter(**{User.USERNAME_FIELD: username}).first()
 
 
 def token_list(*, user: Any) -> list[ApiToken]:
@@ -365,7 +375,7 @@ def _messages_select(where: str) -> Select:
     return select(
         [cols(Message, "m"), cols(User, "u")],
         f"FROM {qn(Message._meta.db_table)} {qn('m')} "
-        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('m', Message, 'author')} "
+        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, User._meta.pk.name)} = {_c('m', Message, 'author')} "
         f"WHERE {where}",
     )
 
@@ -427,7 +437,7 @@ def _token_sql(vendor: str, n: int) -> Select:
     return select(
         [cols(ApiToken, "t"), cols(User, "u")],
         f"FROM {qn(ApiToken._meta.db_table)} {qn('t')} "
-        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, 'id')} = {_c('t', ApiToken, 'user')} "
+        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {_c('u', User, User._meta.pk.name)} = {_c('t', ApiToken, 'user')} "
         f"WHERE {_c('t', ApiToken, 'key_hash')} IN ({', '.join(['%s'] * n)}) "
         f"AND {_c('t', ApiToken, 'revoked_at')} IS NULL AND {_c('u', User, 'is_active')} = %s",
     )
