@@ -24,7 +24,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from parley import limits, protocol, selectors, services, throttles
-from parley.http_auth import api_error
+from parley.http_auth import api_error, bearer_authenticate
 from parley.payloads import fit_page, message_payload, room_payload, timestamp, user_payload
 
 
@@ -107,6 +107,9 @@ def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., 
 
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            refusal = bearer_authenticate(request)
+            if refusal is not None:
+                return refusal
             if not request.user.is_authenticated:
                 return api_error(401, "unauthenticated", "sign in or send Authorization: Bearer <token>")
             if request.method not in allowed:
@@ -123,7 +126,12 @@ def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., 
 
 
 def is_api(request: HttpRequest) -> bool:
-    return request.path_info.startswith("/api/")
+    """Under the API's prefix: /api/ in the standalone server, /chat/api/ where a host mounted
+    parley.urls at chat/."""
+    try:
+        return request.path.startswith(reverse("parley:api-not-found"))
+    except NoReverseMatch:  # a project that routes parley.urls under another namespace
+        return request.path_info.startswith("/api/")
 
 
 @csrf_exempt
