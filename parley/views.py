@@ -136,6 +136,10 @@ def is_api(request: HttpRequest) -> bool:
 
 @csrf_exempt
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    # A wrong token is told so first, as everywhere in the API (docs/protocol.md §8).
+    refusal = bearer_authenticate(request)
+    if refusal is not None:
+        return refusal
     return api_error(404, "not_found", "no such API endpoint (docs/protocol.md §8)")
 
 

@@ -343,6 +343,12 @@ def test_a_host_project_serves_parley_under_its_prefix_with_its_own_users_and_la
     rooms = json.loads(urllib.request.urlopen(urllib.request.Request(
         f"{base}/chat/api/rooms", headers={"Authorization": f"Bearer {token}"})).read())
     assert "lobby" in [room["slug"] for room in rooms["rooms"]]
+    for headers, status, code in (({"Authorization": f"Bearer {token}"}, 404, "not_found"),
+                                  ({"Authorization": "Bearer prl_wrong"}, 401, "invalid_token")):
+        with pytest.raises(urllib.error.HTTPError) as answered:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/chat/api/nope", headers=headers))
+        assert answered.value.code == status
+        assert json.loads(answered.value.read())["error"]["code"] == code
     me = json.loads(page_opener.open(f"{base}/chat/api/me").read())
     assert me["user"]["username"] == "bob@example.com"
 
