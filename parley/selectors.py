@@ -156,13 +156,13 @@ def _access_facts_sql(vendor: str, rooms: int | None) -> Select:
     else:
         ids, value, false = f"json_each(%s) AS {v}", f"{v}.{qn('value')}", "0"
 
-    def lost(kind: int, table: str, alias: str, gone: str) -> str:
-        a = qn(alias)
-        return (f"SELECT {kind}, {value}, {false} FROM {ids} LEFT JOIN {qn(table)} {a} ON {a}.{qn('id')} = {value} "
-                f"WHERE {a}.{qn('id')} IS NULL OR {gone}")
+    def lost(kind: int, model: Any, alias: str, gone: str) -> str:
+        a, pk = qn(alias), _c(alias, model, model._meta.pk.name)  # a host's user pk may not be "id"
+        return (f"SELECT {kind}, {value}, {false} FROM {ids} LEFT JOIN {qn(model._meta.db_table)} {a} ON {pk} = {value} "
+                f"WHERE {pk} IS NULL OR {gone}")
 
-    users = lost(_USER_ROW, User._meta.db_table, "u", f"NOT {_c('u', User, 'is_active')}")
-    tokens = lost(_TOKEN_ROW, ApiToken._meta.db_table, "t", f"{_c('t', ApiToken, 'revoked_at')} IS NOT NULL")
+    users = lost(_USER_ROW, User, "u", f"NOT {_c('u', User, 'is_active')}")
+    tokens = lost(_TOKEN_ROW, ApiToken, "t", f"{_c('t', ApiToken, 'revoked_at')} IS NOT NULL")
     credentials = f"{users} UNION ALL {tokens}"
     if rooms is None:
         return Select(credentials, False)
