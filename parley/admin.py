@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 
 from parley.models import ApiToken, Membership, Message, Room
 from parley.services import membership_remove, token_revoke
@@ -38,7 +39,7 @@ class RoomAdmin(admin.ModelAdmin):
 class MessageAdmin(admin.ModelAdmin):
     list_display = ["room", "seq", "author", "short_text", "created_at"]
     list_filter = ["room"]
-    search_fields = ["text", "author__username"]
+    search_fields = ["text", f"author__{get_user_model().USERNAME_FIELD}"]
     list_select_related = ["room", "author"]
     # The log is append-only from the outside: sequence numbers are assigned by parley.services.
     readonly_fields = ["room", "seq", "author", "client_id", "created_at"]
@@ -55,7 +56,7 @@ class MessageAdmin(admin.ModelAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["revoked_at"]
-    search_fields = ["user__username", "name", "prefix"]
+    search_fields = [f"user__{get_user_model().USERNAME_FIELD}", "name", "prefix"]
     readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]
 

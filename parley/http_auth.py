@@ -11,28 +11,38 @@ from parley.selectors import token_get_active
 from parley.services import token_touch
 
 
-class BearerTokenMiddleware:
-    """Authenticates a request that carries a bearer token as the token's user.
+def bearer_authenticate(request: HttpRequest) -> JsonResponse | None:
+    """Authenticates a request that carries a bearer token as the token's user; returns the 401
+    for a present but invalid token (never a silent fallback to the session), else None.
 
     Such a request cannot be forged cross-site (a browser never adds the header by itself), so it
-    is exempt from CSRF. A present but invalid token is a 401, never a silent fallback.
+    is exempt from CSRF. The JSON API's views call this themselves, so a host project needs no
+    middleware for tokens; BearerTokenMiddleware runs it for every view of the standalone server.
     """
+    if getattr(request, "_parley_bearer_checked", False):
+        return None
+    request._parley_bearer_checked = True  # type: ignore[attr-defined]
+    value = request.headers.get("Authorization", "")
+    scheme, _, raw = value.partition(" ")
+    if scheme.lower() == "bearer":
+        token = token_get_active(raw=raw.strip()) if raw.strip() else None
+        if token is None:
+            return api_error(401, "invalid_token", "the bearer token is invalid or revoked")
+        token_touch(token=token)
+        request.user = token.user
+        request.auth_token = token  # type: ignore[attr-defined]
+        request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+    return None
+
+
+class BearerTokenMiddleware:
+    """bearer_authenticate for every request."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        value = request.headers.get("Authorization", "")
-        scheme, _, raw = value.partition(" ")
-        if scheme.lower() == "bearer":
-            token = token_get_active(raw=raw.strip()) if raw.strip() else None
-            if token is None:
-                return api_error(401, "invalid_token", "the bearer token is invalid or revoked")
-            token_touch(token=token)
-            request.user = token.user
-            request.auth_token = token  # type: ignore[attr-defined]
-            request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
-        return self.get_response(request)
+        return bearer_authenticate(request) or self.get_response(request)
 
 
 def api_error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:

@@ -16,6 +16,9 @@ from parley.models import SLUG_RE
 
 PROTOCOL_VERSION = 1
 
+# Where the socket is, relative to the ASGI root path (parley.routing mounts the consumer here).
+WEBSOCKET_PATH = "ws/chat/"
+
 # Close codes (4000-4999 are the application's own range in RFC 6455).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001

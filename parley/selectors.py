@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db.models import Q
 
 from parley.models import SLUG_RE, ApiToken, Membership, Message, Room
@@ -160,7 +161,17 @@ def room_user_can_manage(*, room: Room, user: Any) -> bool:
 
 
 def membership_list(*, room: Room) -> list[Membership]:
-    return list(Membership.objects.filter(room=room).select_related("user").order_by("user__username"))
+    by_name = f"user__{get_user_model().USERNAME_FIELD}"
+    return list(Membership.objects.filter(room=room).select_related("user").order_by(by_name))
+
+
+def user_get_by_username(*, username: str) -> Any:
+    """The user whose USERNAME_FIELD is `username` (the project's own user model: a host may log
+    in by email), or None. What the API and the payloads call "username" is get_username()."""
+    if "\x00" in username:  # no database stores it; PostgreSQL refuses the query outright
+        return None
+    User = get_user_model()
+    return User._default_manager.filter(**{User.USERNAME_FIELD: username}).first()
 
 
 def token_list(*, user: Any) -> list[ApiToken]:

@@ -243,8 +243,10 @@ def _seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
 
 
 def user_create(*, username: str, password: str | None = None) -> Any:
+    """A user of the project's user model whose USERNAME_FIELD (username, or a host's email) is
+    `username`; without a password it signs in by API token only."""
     User = get_user_model()
-    user = User(username=username)
+    user = User(**{User.USERNAME_FIELD: username})
     if password:
         user.set_password(password)
     else:

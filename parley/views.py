@@ -9,28 +9,46 @@ from functools import wraps
 from typing import Any, Literal
 
 import orjson
+from django.conf import settings
 from django.contrib import admin
-from django.contrib.auth import get_user_model, login
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
+from django.urls import NoReverseMatch, get_script_prefix, reverse
 from django.views import csrf, defaults
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from parley import limits, protocol, selectors, services, throttles
 from parley.conf import parley_settings
-from parley.http_auth import api_error
+from parley.http_auth import api_error, bearer_authenticate
 from parley.payloads import fit_page, message_payload, room_payload, timestamp, user_payload
 
 
 @login_required
 def app(request: HttpRequest) -> HttpResponse:
-    """The single-page chat app; everything after load goes over the WebSocket."""
-    return render(request, "parley/app.html", {"me": user_payload(request.user)})
+    """The single-page chat app; everything after load goes over the WebSocket. Anonymous
+    visitors go to settings.LOGIN_URL: the host's sign-in page, or the standalone server's."""
+    return render(request, "parley/app.html", {
+        "me": user_payload(request.user),
+        # The socket is routed by ASGI, not by urls.py, so {% url %} cannot name it.
+        "socket_path": get_script_prefix() + protocol.WEBSOCKET_PATH,
+        "login_url": resolve_url(settings.LOGIN_URL),
+        "logout_url": _logout_url(),
+    })
+
+
+def _logout_url() -> str | None:
+    """Django's `logout` view if the project routes one (the standalone server does; a host may
+    name its own differently): without it the page shows no log-out button."""
+    try:
+        return reverse("logout")
+    except NoReverseMatch:
+        return None
 
 
 @throttles.throttled_status
@@ -90,6 +108,9 @@ def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., 
 
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            refusal = bearer_authenticate(request)
+            if refusal is not None:
+                return refusal
             if not request.user.is_authenticated:
                 return api_error(401, "unauthenticated", "sign in or send Authorization: Bearer <token>")
             if request.method not in allowed:
@@ -106,11 +127,20 @@ def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., 
 
 
 def is_api(request: HttpRequest) -> bool:
-    return request.path_info.startswith("/api/")
+    """Under the API's prefix: /api/ in the standalone server, /chat/api/ where a host mounted
+    parley.urls at chat/."""
+    try:
+        return request.path.startswith(reverse("parley:api-not-found"))
+    except NoReverseMatch:  # a project that routes parley.urls under another namespace
+        return request.path_info.startswith("/api/")
 
 
 @csrf_exempt
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    # A wrong token is told so first, as everywhere in the API (docs/protocol.md §8).
+    refusal = bearer_authenticate(request)
+    if refusal is not None:
+        return refusal
     return api_error(404, "not_found", "no such API endpoint (docs/protocol.md §8)")
 
 
@@ -294,7 +324,8 @@ def room_members(request: HttpRequest, slug: str) -> JsonResponse:
     body = _json_body(request)
     if body is None:
         return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
-    user = get_user_model().objects.filter(username=body.get("username") or "").first()
+    name = body.get("username")
+    user = selectors.user_get_by_username(username=name) if isinstance(name, str) and name else None
     if user is None:
         return api_error(404, "user_not_found", "no such user")
     membership = services.membership_add(room=room, user=user)
@@ -307,7 +338,7 @@ def room_member_detail(request: HttpRequest, slug: str, username: str) -> JsonRe
     room = _managed_room(request, slug)
     if isinstance(room, JsonResponse):
         return room
-    user = get_user_model().objects.filter(username=username).first() if "\x00" not in username else None
+    user = selectors.user_get_by_username(username=username)
     if user is None or not services.membership_remove(room=room, user=user):
         return api_error(404, "member_not_found", "no such member (the owner cannot be removed)")
     return JsonResponse({"removed": user_payload(user)})

@@ -42,7 +42,7 @@ def _token_sql(vendor: str, n: int) -> Select:
     return select(
         [cols(ApiToken, "t"), cols(User, "u")],
         f"FROM {qn(ApiToken._meta.db_table)} {qn('t')} "
-        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {c('u', User, 'id')} = {c('t', ApiToken, 'user')} "
+        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {c('u', User, User._meta.pk.name)} = {c('t', ApiToken, 'user')} "
         f"WHERE {c('t', ApiToken, 'key_hash')} IN ({', '.join(['%s'] * n)}) "
         f"AND {c('t', ApiToken, 'revoked_at')} IS NULL AND {c('u', User, 'is_active')} = %s",
     )
@@ -118,7 +118,7 @@ def _messages_select(where: str) -> Select:
     return select(
         [cols(Message, "m"), cols(User, "u")],
         f"FROM {qn(Message._meta.db_table)} {qn('m')} "
-        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {c('u', User, 'id')} = {c('m', Message, 'author')} "
+        f"INNER JOIN {qn(User._meta.db_table)} {qn('u')} ON {c('u', User, User._meta.pk.name)} = {c('m', Message, 'author')} "
         f"WHERE {where}",
     )
 
@@ -136,13 +136,13 @@ def credentials_lost_sql(ids: str, value: str, false: str) -> str:
     The lists probe the primary keys: a missing row is a lost credential too."""
     User = get_user_model()
 
-    def lost(kind: int, table: str, alias: str, gone: str) -> str:
-        a = qn(alias)
-        return (f"SELECT {kind}, {value}, {false} FROM {ids} LEFT JOIN {qn(table)} {a} ON {a}.{qn('id')} = {value} "
-                f"WHERE {a}.{qn('id')} IS NULL OR {gone}")
+    def lost(kind: int, model: Any, alias: str, gone: str) -> str:
+        a, pk = qn(alias), c(alias, model, model._meta.pk.name)  # a host's user pk may not be "id"
+        return (f"SELECT {kind}, {value}, {false} FROM {ids} LEFT JOIN {qn(model._meta.db_table)} {a} ON {pk} = {value} "
+                f"WHERE {pk} IS NULL OR {gone}")
 
-    users = lost(USER_ROW, User._meta.db_table, "u", f"NOT {c('u', User, 'is_active')}")
-    tokens = lost(TOKEN_ROW, ApiToken._meta.db_table, "t", f"{c('t', ApiToken, 'revoked_at')} IS NOT NULL")
+    users = lost(USER_ROW, User, "u", f"NOT {c('u', User, 'is_active')}")
+    tokens = lost(TOKEN_ROW, ApiToken, "t", f"{c('t', ApiToken, 'revoked_at')} IS NOT NULL")
     return f"{users} UNION ALL {tokens}"
 
 

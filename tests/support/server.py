@@ -31,7 +31,10 @@ from typing import Any
 from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+# The interpreter running the tests when it is a venv's (scripts/test's .venv or .venv-3.13: the
+# servers then run on the Python under test), else the repository's .venv.
+_REPO_VENV = REPO / ".venv" / "bin" / "python"
+PYTHON = sys.executable if sys.prefix != sys.base_prefix or not _REPO_VENV.exists() else str(_REPO_VENV)
 
 
 def free_port() -> int:

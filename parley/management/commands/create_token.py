@@ -1,11 +1,14 @@
 """`manage.py create_token USERNAME [--create-user] [--name NAME]`: prints a new API token.
 
+USERNAME is the value of the user model's USERNAME_FIELD (an email address in a host whose
+users log in by email).
+
 The token is the last line of output, alone, so scripts can take it with `tail -n 1`.
 """
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from parley.selectors import user_get_by_username
 from parley.services import token_create, user_create
 
 
@@ -18,8 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="cli", help="a label for the token")
 
     def handle(self, *args, username: str, create_user: bool, name: str, **options):  # type: ignore[no-untyped-def]
-        User = get_user_model()
-        user = User.objects.filter(username=username).first()
+        user = user_get_by_username(username=username)
         if user is None:
             if not create_user:
                 raise CommandError(f"no user {username!r} (add --create-user to create it)")

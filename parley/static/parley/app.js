@@ -36,7 +36,13 @@ for (const a of document.querySelectorAll("[data-avatar]")) {
   a.style.background = colourFor(a.dataset.avatar);
 }
 
-const client = new ParleyClient();
+// The page says where everything is (app.html's data-* attributes): a host may mount Parley's
+// pages under any prefix and has its own sign-in page.
+const urls = el.shell.dataset;
+const socketUrl = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${urls.socketPath}`;
+const loginUrl = (next) => `${urls.loginUrl}?next=${encodeURIComponent(next)}`;
+
+const client = new ParleyClient({ url: socketUrl });
 window.parley = client; // handy in the console and for tests
 
 let current = null; // slug of the room on screen
@@ -44,6 +50,7 @@ let current = null; // slug of the room on screen
 // --- rooms ---------------------------------------------------------------------------------
 
 const sidebar = new Sidebar({
+  roomsUrl: urls.apiRooms,
   listEl: byTestId("room-list"),
   formEl: byTestId("new-room-form"),
   errorEl: byTestId("new-room-error"),
@@ -207,7 +214,7 @@ client.on("state", (s) => {
 });
 client.on("revoked", () => {
   flash("Your session is no longer valid. Please sign in again.");
-  setTimeout(() => location.assign("/accounts/login/?next=/"), 2500);
+  setTimeout(() => location.assign(loginUrl(urls.appUrl)), 2500);
 });
 el.connRetry.addEventListener("click", () => client.reconnectNow());
 // A tab coming back to the foreground retries at once instead of waiting out the backoff.
@@ -219,9 +226,9 @@ window.addEventListener("focus", () => sidebar.load().then(() => render("rooms")
 
 async function checkSession() {
   try {
-    await api("/api/me");
+    await api(urls.apiMe);
   } catch (err) {
-    if (err.status === 401 || err.status === 403) location.assign(`/accounts/login/?next=${encodeURIComponent("/" + location.hash)}`);
+    if (err.status === 401 || err.status === 403) location.assign(loginUrl(urls.appUrl + location.hash));
   }
 }
 

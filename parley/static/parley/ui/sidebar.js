@@ -25,7 +25,8 @@ export async function api(path, { method = "GET", body } = {}) {
 }
 
 export class Sidebar {
-  constructor({ listEl, formEl, errorEl, detailsEl, onSelect }) {
+  constructor({ roomsUrl, listEl, formEl, errorEl, detailsEl, onSelect }) {
+    this.roomsUrl = roomsUrl; // GET/POST rooms, under the prefix the host mounted Parley at
     this.listEl = listEl;
     this.formEl = formEl;
     this.errorEl = errorEl;
@@ -51,7 +52,7 @@ export class Sidebar {
   }
 
   async load() {
-    const data = await api("/api/rooms");
+    const data = await api(this.roomsUrl);
     this.rooms = data.rooms;
     this.render();
     return this.rooms;
@@ -101,7 +102,7 @@ export class Sidebar {
     if (!body.title || body.title.length > 100) return this.showError("Title: 1–100 characters.");
     f.slug.disabled = f.title.disabled = true;
     try {
-      const { room } = await api("/api/rooms", { method: "POST", body });
+      const { room } = await api(this.roomsUrl, { method: "POST", body });
       this.rooms = [...this.rooms.filter((r) => r.slug !== room.slug), room];
       this.formEl.reset();
       delete f.slug.dataset.touched;
