@@ -8,5 +8,6 @@ class ParleyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Runs once the app registry is loaded: connects the user deactivation handlers."""
-        from parley import signals  # noqa: F401
+        """Runs once the app registry is loaded: connects Parley's receivers and parley.events'
+        subscribers (fan-out, the room-log watch, the message_posted signal)."""
+        from parley import fanout, receivers, roomwatch  # noqa: F401
