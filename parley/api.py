@@ -74,7 +74,7 @@ async def apost_message(room: Room | str, text: str, *, author: Any, client_id: 
 
 def publish_event(room: Room | str, payload: Any) -> None:
     """Send an app-defined event to every socket that joined `room` (a slug or a Room), as a
-    `custom` frame `{"type": "custom", "room": slug, "payload": payload}` (docs/protocol.md §3).
+    `custom` frame `{"type": "custom", "room": slug, "payload": payload}` (docs/protocol.md §4).
 
     Not stored: a socket that is not connected (or not yet joined) when it goes out never sees it,
     and a resume does not bring it back; use post_message for what must not be missed. `payload`

@@ -63,7 +63,7 @@ async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -
 
 
 def custom_event(*, room_id: int, room_slug: str, payload: Any) -> dict[str, Any]:
-    """parley.publish_event's room event: a `custom` frame (docs/protocol.md §3) for every socket
+    """parley.publish_event's room event: a `custom` frame (docs/protocol.md §4) for every socket
     whose join completed. Relayed as presence is (a ready subscription, no origin to skip);
     under PARLEY_FANOUT=layer through the layer's presence handler, the same relay."""
     frame = protocol.encode({"type": "custom", "room": room_slug, "payload": payload})

@@ -77,12 +77,12 @@ REVOCATION_CHECK_SECS = Limit("revocation check", "PARLEY_REVOCATION_CHECK_SECS"
 
 # --- Posting from server code (parley.api, parley.roomwatch) ---------------------------------
 # Without Redis, a message stored by another process (a management command, a worker, the shell)
-# reaches this process's sockets when it next reads its rooms' logs: that often, in one query
+# reaches this process's sockets within two reads of its rooms' logs: that often, in one query
 # while any socket is in a room; 0 turns it off (such messages then arrive with the room's next
 # live message, or on resume).
 ROOM_LOG_POLL_MS = Limit("room log poll", "PARLEY_ROOM_LOG_POLL_MS", 100, "ms",
                          "without Redis, a message posted from another process reaches live "
-                         "sockets within this")
+                         "sockets within twice this")
 CUSTOM_PAYLOAD_MAX_BYTES = Limit("custom event size", "PARLEY_CUSTOM_PAYLOAD_MAX_BYTES", 16 * 1024, "bytes",
                                  "the JSON of one parley.publish_event payload")
 

@@ -1,7 +1,9 @@
 """Without Redis, messages stored by other processes reach this process's sockets through the
 room log: every PARLEY_ROOM_LOG_POLL_MS, while any local socket is in a room, one query reads
-the `last_seq` of those rooms; a room whose log grew past what its sockets were given is read
-(one query for all such rooms) and the new messages are handed to the hub as live ones.
+the `last_seq` of those rooms; messages the log held at the previous round that live delivery
+has not brought since are read (one query for all rooms) and handed to the hub as live ones.
+A message stored elsewhere therefore arrives within two rounds (one to see it, one to be sure
+it is not this process's own, committed a moment before its broadcast).
 
 Why the log rather than an outbox table or a loopback endpoint: the log is already the truth
 every delivery rests on (acks follow commits; sockets fill gaps and resume from it), so a
@@ -65,13 +67,15 @@ class RoomLogWatch:
 
     def __init__(self, hub: LocalHub) -> None:
         self.hub = hub
-        self.cursor: dict[int, int] = {}  # room id → the last_seq the watch has dealt with
+        self.heads: dict[int, int] = {}  # room id → its last_seq at the previous round
+        self.done: dict[int, int] = {}  # room id → the seq up to which the watch has delivered
         self.added: dict[int, float] = {}  # rooms not read yet → when their first socket came
         self.task: asyncio.Task[None] | None = None
 
     def room_added(self, room_id: int) -> None:
         self.added.setdefault(room_id, time.time())
-        self.cursor.pop(room_id, None)
+        self.heads.pop(room_id, None)
+        self.done.pop(room_id, None)
         if poll_interval_secs() > 0 and (self.task is None or self.task.done()):
             self.task = asyncio.ensure_future(self._run())
 
@@ -89,14 +93,16 @@ class RoomLogWatch:
     async def poll_once(self) -> int:
         """Deliver what other processes stored in this hub's rooms; how many messages."""
         rooms = list(self.hub.rooms)
-        for room_id in [r for r in self.cursor if r not in self.hub.rooms]:
-            del self.cursor[room_id]
+        for room_id in [r for r in self.heads if r not in self.hub.rooms]:
+            del self.heads[room_id]
+            self.done.pop(room_id, None)
         if not rooms:
             return 0
         heads = await watch_thread.submit(_room_heads, rooms)
         ranges: list[tuple[int, int, int]] = []
         slugs: dict[int, str] = {}
         first: dict[int, float] = {}
+        gap = int(limits.RESUME_MAX_GAP.value)
         for room_id, slug, last in heads:
             slugs[room_id] = slug
             if room_id in self.added:
@@ -104,15 +110,20 @@ class RoomLogWatch:
                 if last > 0:
                     ranges.append((room_id, max(0, last - FIRST_READ_MESSAGES), last))
             else:
-                after = max(self.cursor.get(room_id, last), self.hub.seen.get(room_id, 0))
-                if last > after:
-                    ranges.append((room_id, after, min(last, after + int(limits.RESUME_MAX_GAP.value))))
-            self.cursor[room_id] = last
+                # Only what the log held one round ago and live delivery has not brought since:
+                # this process's own messages, committed a moment before their broadcast, are
+                # not read again (under load every round would catch some in flight).
+                ready = self.heads.get(room_id, last)
+                after = max(self.done.get(room_id, 0), self.hub.seen.get(room_id, 0))
+                if ready > after:
+                    ranges.append((room_id, after, min(ready, after + gap)))
+            self.heads[room_id] = last
         if not ranges:
             return 0
         batches = await watch_thread.submit(_new_messages, ranges, first)
         delivered = 0
-        for (room_id, _, _), messages in zip(ranges, batches, strict=True):
+        for (room_id, _, up_to), messages in zip(ranges, batches, strict=True):
+            self.done[room_id] = up_to
             if room_id not in self.hub.rooms:
                 continue
             for message in messages:

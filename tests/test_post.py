@@ -341,3 +341,47 @@ async def test_a_raising_receiver_costs_nothing(connect):
         assert (await a.messages(1))[0]["text"] == "and this"
     finally:
         message_posted.disconnect(dispatch_uid="test-broken")
+
+
+# --- the room-log watch (no Redis): messages stored without any event ------------------------
+
+
+def store_behind_parleys_back(slug: str, author: Any, text: str) -> Message:
+    """What another process's post_message leaves in this one's view without Redis: a committed
+    row, and no event here."""
+    room = Room.objects.get(slug=slug)
+    return services.message_create(room_id=room.pk, author=author, text=text, client_id=None)[0]
+
+
+async def test_the_room_log_watch_delivers_what_others_stored(connect, settings):
+    if settings.REDIS_URL:
+        pytest.skip("with Redis, other processes publish on the hub's channel (tests/test_post_server.py)")
+    settings.PARLEY_ROOM_LOG_POLL_MS = 50
+    ada, bob, bot = await make_user("ada"), await make_user("bob"), await make_user("bot")
+    await make_room("lobby")
+    a, b = await connect(ada), await connect(bob)
+    await a.join("lobby")
+    await b.join("lobby")
+    store = database_sync_to_async(store_behind_parleys_back)
+    await store("lobby", bot, "one")
+    await store("lobby", bot, "two")
+    for client in (a, b):
+        assert [(m["seq"], m["text"]) for m in await client.messages(2, timeout=5)] == [(1, "one"), (2, "two")]
+    await a.say("lobby", "live")  # delivered live; the watch does not send it again
+    assert [m["seq"] for m in await b.messages(1)] == [3]
+    assert await b.nothing("message", timeout=0.5)
+
+
+async def test_with_the_room_log_watch_off_such_messages_wait_for_the_next_live_one(connect, settings):
+    if settings.REDIS_URL:
+        pytest.skip("the watch runs only without Redis")
+    settings.PARLEY_ROOM_LOG_POLL_MS = 0
+    settings.PARLEY_GAP_FILL_DELAY_MS = 50
+    ada, bot = await make_user("ada"), await make_user("bot")
+    await make_room("lobby")
+    a = await connect(ada)
+    await a.join("lobby")
+    await database_sync_to_async(store_behind_parleys_back)("lobby", bot, "unseen")
+    assert await a.nothing("message", timeout=0.6)
+    await a.say("lobby", "live")  # seq 2 opens a gap: the socket reads seq 1 from the database
+    assert [m["seq"] for m in await a.messages(2)] == [1, 2]

@@ -11,6 +11,12 @@ each process holds one subscription per room that has local sockets: Redis sends
 process, not per socket. Redis pub/sub is at-most-once, so after the subscription connection
 drops and comes back, every local socket reads what it missed from the database (`resync`).
 
+Code off the event loop — a view's thread, a management command, a worker — hands events in
+through parley.fanout.deliver_from_sync: a blocking PUBLISH (`publish_from_sync`) with Redis;
+without it, `loop.call_soon_threadsafe` to each hub of the process (`local_hubs`). A process
+without Redis hears other processes' messages only from the database: the product registers a
+room-log watch (`set_room_log_watch`, parley.roomwatch) that each LocalHub starts for its rooms.
+
 `PARLEY_FANOUT=layer` switches parley.fanout back to the stock channel-layer path (for comparison).
 """
 
