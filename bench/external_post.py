@@ -69,8 +69,9 @@ async def open_socket(server: ServerProcess, token: str, rooms: list[str]) -> An
     await ws.recv()  # hello
     for slug in rooms:
         await ws.send(json.dumps({"type": "join", "room": slug, "limit": 1}))
-        while json.loads(await ws.recv())["type"] != "joined":
-            pass
+        while (reply := json.loads(await ws.recv()))["type"] != "joined":
+            if reply["type"] == "error":
+                raise RuntimeError(f"join {slug}: {reply}")
     return ws
 
 
@@ -99,7 +100,8 @@ async def latency_row(label: str, server: ServerProcess, token: str, posts: int)
 
 
 def start(extra: dict[str, str], redis_url: str = "") -> ServerProcess:
-    env = {"PARLEY_MESSAGES_PER_SEC": "1000", "PARLEY_MESSAGES_BURST": "1000", **extra}
+    env = {"PARLEY_MESSAGES_PER_SEC": "1000", "PARLEY_MESSAGES_BURST": "1000",
+           "PARLEY_FRAMES_PER_SEC": "100000", "PARLEY_FRAMES_BURST": "100000", **extra}
     return ServerProcess(extra_env=env, redis_url=redis_url).start()
 
 
@@ -109,10 +111,12 @@ async def main() -> None:
     parser.add_argument("--intervals", default="50,100,250")
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--idle-secs", type=float, default=20.0)
+    parser.add_argument("--only", choices=["latency", "idle"], default=None)
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
 
-    for interval in [int(v) for v in args.intervals.split(",") if v]:
+    intervals = [int(v) for v in args.intervals.split(",") if v] if args.only != "idle" else []
+    for interval in intervals:
         server = start({"PARLEY_ROOM_LOG_POLL_MS": str(interval)})
         try:
             token = server.manage("shell", "-v", "0", "-c", SETUP.format(rooms=1)).split()[-1]
@@ -121,7 +125,7 @@ async def main() -> None:
             server.cleanup()
         print(rows[-1], file=sys.stderr)
 
-    if RedisProcess.available():
+    if RedisProcess.available() and args.only != "idle":
         redis = RedisProcess().start()
         server = start({}, redis_url=redis.url)
         try:
@@ -133,7 +137,8 @@ async def main() -> None:
         print(rows[-1], file=sys.stderr)
 
     idle: list[tuple[str, float]] = []
-    for label, poll in (("room-log poll on (100 ms)", "100"), ("room-log poll off (0)", "0")):
+    cases = (("room-log poll on (100 ms)", "100"), ("room-log poll off (0)", "0"))
+    for label, poll in cases if args.only != "latency" else ():
         server = start({"PARLEY_ROOM_LOG_POLL_MS": poll, "PARLEY_MAX_ROOMS_PER_SOCKET": str(args.rooms)})
         try:
             token = server.manage("shell", "-v", "0", "-c", SETUP.format(rooms=args.rooms)).split()[-1]
