@@ -43,6 +43,7 @@ watch_thread = DatabaseThread("parley-roomwatch")
 # socket subscribed (at most FIRST_READ_MESSAGES); sockets drop the ones they have.
 FIRST_READ_SLACK_SECS = 5.0
 FIRST_READ_MESSAGES = 100
+HEADS_PER_QUERY = 5000
 
 
 def poll_interval_secs() -> float:
@@ -53,8 +54,12 @@ def _room_heads(room_ids: list[int]) -> dict[int, int]:
     """last_seq of these rooms (those that still exist), by id. The one query an idle process
     makes each round: plain SQL (parley.rowsql), without the ORM's compiler."""
     table = qn(Room._meta.db_table)
-    query = select_exprs(["id", "last_seq"], f"FROM {table} WHERE id IN ({', '.join(['%s'] * len(room_ids))})")
-    return {int(room_id): int(last) for room_id, last in fetch(query, room_ids)}
+    heads: dict[int, int] = {}
+    for start in range(0, len(room_ids), HEADS_PER_QUERY):  # within every database's parameter cap
+        chunk = room_ids[start:start + HEADS_PER_QUERY]
+        query = select_exprs(["id", "last_seq"], f"FROM {table} WHERE id IN ({', '.join(['%s'] * len(chunk))})")
+        heads.update((int(room_id), int(last)) for room_id, last in fetch(query, chunk))
+    return heads
 
 
 def _new_messages(ranges: list[tuple[int, int, int]], since: dict[int, float]) -> tuple[dict[int, str], list[list[Any]]]:
