@@ -9,9 +9,10 @@ class ParleyConfig(AppConfig):
 
     def ready(self) -> None:
         """Runs once the app registry is loaded: checks the PARLEY setting (an unknown key or a
-        bad value stops the start here, not at a socket's first read) and connects the user
-        deactivation handlers."""
-        from parley import signals  # noqa: F401
+        bad value stops the start here, not at a socket's first read), then connects Parley's
+        receivers and parley.events' subscribers (fan-out, the room-log watch, the
+        message_posted signal)."""
+        from parley import fanout, receivers, roomwatch  # noqa: F401
         from parley.conf import check_at_startup
 
         check_at_startup()

@@ -44,7 +44,7 @@ _sockets_per_user: dict[int, int] = {}
 # Room slug → id, learnt from joins; a hint only (every join re-reads the room and checks access).
 _room_ids: dict[str, int] = {}
 ROOM_ID_CACHE_MAX = 100_000
-_user_message_buckets = limits.BucketMap(limits.MESSAGES_PER_SEC, limits.MESSAGES_BURST)
+_user_message_buckets = limits.USER_MESSAGE_BUCKETS  # shared with POST /api/rooms/<slug>/messages
 _history_budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
                                     limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
 
@@ -555,7 +555,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         kind = event["type"]
         if kind == "chat.message":
             self._deliver(event)
-        elif kind == "chat.presence":
+        elif kind in ("chat.presence", "chat.custom"):  # custom: parley.fanout.custom_event
             self._relay_presence(event)
         elif kind == "chat.typing":
             self._relay_typing(event)

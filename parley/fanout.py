@@ -7,14 +7,21 @@ is handed to every socket; consumers never re-encode a broadcast.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sys
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 
-from parley import protocol
+from parley import events, protocol
 from parley.models import Message
 from parley.payloads import message_payload, user_payload
-from parley.realtime.hub import get_hub, hub_enabled
+from parley.realtime.hub import get_hub, hub_enabled, local_hubs, publish_from_sync
+
+log = logging.getLogger(__name__)
 
 
 def room_group(room_id: int) -> str:
@@ -41,14 +48,27 @@ async def broadcast(room_id: int, event: dict[str, Any]) -> None:
         await get_channel_layer().group_send(room_group(room_id), event)
 
 
-async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -> None:
+def message_event(*, room_id: int, room_slug: str, message: Message) -> dict[str, Any]:
+    """The room event of one stored message, its frame encoded once for every socket."""
     frame, size = protocol.encode_sized(
         {"type": "message", "room": room_slug, "message": message_payload(message, room_slug=room_slug)}
     )
     # seq travels beside the frame so each socket can order and de-duplicate without decoding it;
     # size so each socket can account its outbound bytes without encoding it again.
-    await broadcast(room_id, {"type": "chat.message", "room_id": room_id, "seq": message.seq,
-                              "frame": frame, "size": size})
+    return {"type": "chat.message", "room_id": room_id, "seq": message.seq, "frame": frame, "size": size}
+
+
+async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -> None:
+    await broadcast(room_id, message_event(room_id=room_id, room_slug=room_slug, message=message))
+
+
+def custom_event(*, room_id: int, room_slug: str, payload: Any) -> dict[str, Any]:
+    """parley.publish_event's room event: a `custom` frame (docs/protocol.md §4) for every socket
+    whose join completed. Relayed as presence is (a ready subscription, no origin to skip);
+    under PARLEY_FANOUT=layer through the layer's presence handler, the same relay."""
+    frame = protocol.encode({"type": "custom", "room": room_slug, "payload": payload})
+    kind = "chat.custom" if hub_enabled() else "chat.presence"
+    return {"type": kind, "room_id": room_id, "frame": frame, "origin": ""}
 
 
 async def broadcast_presence(*, room_id: int, room_slug: str, event: str, user: Any, members: int,
@@ -81,3 +101,87 @@ async def close_credential_sockets(*, credential: tuple[str, int]) -> None:
         await get_hub().revoke(credential)
     else:
         await get_channel_layer().group_send(credential_group(credential), {"type": "auth.revoked"})
+
+
+# --- From synchronous code in any thread or process -----------------------------------------
+
+
+def deliver_from_sync(room_id: int, event: dict[str, Any]) -> str:
+    """Hand one room event to every server process's sockets from synchronous code — a view's
+    thread, a management command, a worker, the shell — and say which way it went:
+
+    - "redis": REDIS_URL is set; one PUBLISH, and every process subscribed to the room delivers it
+      (this one included: one order for all, as RedisHub.publish).
+    - "local": no Redis, and this process runs sockets (the server's own views and threads):
+      each of its hubs delivers it on its event loop.
+    - "room-log": no Redis and no sockets here (another process). Nothing is sent: a message is
+      in the room's log already, and every server process reads it from there within
+      PARLEY_ROOM_LOG_POLL_MS (parley.roomwatch). An event that is not stored cannot go this way
+      (parley.api.publish_event refuses it before).
+    - "layer": PARLEY_FANOUT=layer, the stock channel-layer path.
+    """
+    if not hub_enabled():
+        async_to_sync(broadcast)(room_id, event)
+        return "layer"
+    if settings.REDIS_URL:
+        publish_from_sync(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"], room_id, event)
+        return "redis"
+    hubs = local_hubs()
+    if not hubs:
+        return "room-log"
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    for hub in hubs:
+        if hub.loop is running:
+            hub.deliver(room_id, event)
+        else:
+            hub.loop.call_soon_threadsafe(hub.deliver, room_id, event)  # type: ignore[union-attr]
+    return "local"
+
+
+def live_delivery_possible() -> bool:
+    """Whether an event that is not stored can reach sockets from here (publish_event): with
+    Redis, or in a process that serves sockets — one whose hub has sockets, or that loaded the
+    consumer (the ASGI application does; a management command or a worker does not)."""
+    return (not hub_enabled() or bool(settings.REDIS_URL) or bool(local_hubs())
+            or "parley.consumers" in sys.modules)
+
+
+# --- Subscriptions to parley.events ---------------------------------------------------------
+
+
+def _on_message_posted(event: events.MessagePosted) -> None:
+    if event.source == "socket":
+        # The consumer broadcasts its own sends, after its ack (the sender sees the ack first).
+        return
+    assert event.room_slug is not None
+    try:
+        how = deliver_from_sync(event.room_id, message_event(
+            room_id=event.room_id, room_slug=event.room_slug, message=event.message))
+    except Exception:
+        # Stored already: sockets read it on the room's next message (gap fill) or on resume.
+        log.exception("live delivery of %s#%s failed; clients get it from the room log",
+                      event.room_slug, event.message.seq)
+        return
+    log.debug("%s#%s posted from %s, delivered by %s", event.room_slug, event.message.seq, event.source, how)
+
+
+def _on_app_event(event: events.AppEventPublished) -> None:
+    deliver_from_sync(event.room_id, custom_event(room_id=event.room_id, room_slug=event.room_slug,
+                                                  payload=event.payload))
+
+
+def _on_member_removed(event: events.MemberRemoved) -> None:
+    async_to_sync(broadcast_removed)(room_id=event.room_id, user_id=event.user_id)
+
+
+def _on_credential_revoked(event: events.CredentialRevoked) -> None:
+    async_to_sync(close_credential_sockets)(credential=event.credential)
+
+
+events.subscribe(events.MessagePosted, _on_message_posted)
+events.subscribe(events.AppEventPublished, _on_app_event)
+events.subscribe(events.MemberRemoved, _on_member_removed)
+events.subscribe(events.CredentialRevoked, _on_credential_revoked)

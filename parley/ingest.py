@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from parley import services
+from parley import events, services
 from parley.models import Message
 from parley.realtime.dbthread import database_thread
 from parley.realtime.loops import per_loop
@@ -68,7 +68,14 @@ class MessageWriter:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            announce = events.has_subscribers(events.MessagePosted)
             for item, result in zip(batch, results, strict=True):
+                if announce and isinstance(result, tuple) and not result[1]:
+                    # Committed (the batch's transaction is over): parley.events' subscribers,
+                    # the message_posted signal among them. Fan-out leaves this to the consumer,
+                    # which broadcasts after its ack. Even if the socket is gone: it was stored.
+                    events.send_event(events.MessagePosted(message=result[0], room_id=item.room_id,
+                                                           room_slug=None, source="socket"))
                 if item.future.done():
                     continue
                 if isinstance(result, BaseException):

@@ -82,6 +82,17 @@ REVOCATION_CHECK_SECS = Limit("revocation check", "REVOCATION_CHECK_SECS", 5, "s
                               "a deactivated user's or revoked token's open sockets close (4401) "
                               "within this, whoever revoked it and however")
 
+# --- Posting from server code (parley.api, parley.roomwatch) ---------------------------------
+# Without Redis, a message stored by another process (a management command, a worker, the shell)
+# reaches this process's sockets within two reads of its rooms' logs: that often, in one query
+# while any socket is in a room; 0 turns it off (such messages then arrive with the room's next
+# live message, or on resume).
+ROOM_LOG_POLL_MS = Limit("room log poll", "ROOM_LOG_POLL_MS", 100, "ms",
+                         "without Redis, a message posted from another process reaches live "
+                         "sockets within twice this")
+CUSTOM_PAYLOAD_MAX_BYTES = Limit("custom event size", "CUSTOM_PAYLOAD_MAX_BYTES", 16 * 1024, "bytes",
+                                 "the JSON of one parley.publish_event payload")
+
 # --- The connection edge (parley/edge.py: uvicorn's HTTP and WebSocket protocols, config/serve.py).
 # Enforced before a byte reaches the ASGI app, so they cost an attacker's connection, not the app.
 # `0` turns the two connection caps off (e.g. behind a proxy that enforces its own).
@@ -222,6 +233,10 @@ class BucketMap:
     def forget(self, key: object) -> None:
         """Drop `key`'s bucket: its next take() starts from a full burst."""
         self._buckets.pop(key, None)
+
+
+# Each user's message bucket: one for every way a user sends (WebSocket `send`, the HTTP API).
+USER_MESSAGE_BUCKETS = BucketMap(MESSAGES_PER_SEC, MESSAGES_BURST)
 
 
 class Strikes:

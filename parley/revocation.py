@@ -4,7 +4,7 @@ A socket whose credentials stop holding (the user deactivated or deleted, the to
 deleted) is closed with 4401, however that happened. Three paths, each covering what the one
 before cannot:
 
-1. The process that revokes says so at once (services.token_revoke, parley.signals): its hub
+1. The process that revokes says so at once (services.token_revoke, parley.receivers): its hub
    closes its own sockets, and with Redis every process's (parley.realtime.hub's control channel).
 2. Every command that does work reads the credentials again in the query it makes anyway (the
    ingest batch's access check, join, history, typing: parley.selectors.message_send_checks) and

@@ -6,13 +6,12 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.utils import timezone
 
-from parley import fanout
+from parley import events, protocol
 from parley.conf import parley_settings
 from parley.models import ApiToken, Membership, Message, Room
 from parley.revocation import CredentialsRevoked
@@ -84,9 +83,7 @@ def membership_remove(*, room: Room, user: Any) -> bool:
     """
     deleted, _ = Membership.objects.filter(room=room, user=user).exclude(role=Membership.Role.OWNER).delete()
     if deleted and room.is_private:
-        transaction.on_commit(
-            lambda: async_to_sync(fanout.broadcast_removed)(room_id=room.pk, user_id=user.pk)
-        )
+        events.send_event_on_commit(events.MemberRemoved(room_id=room.pk, user_id=user.pk))
     return bool(deleted)
 
 
@@ -116,6 +113,67 @@ def message_create(*, room_id: int, author: Any, text: str, client_id: str | Non
                 return existing, True
         raise
     return message, False
+
+
+class MessageRefused(ValueError):
+    """A message that cannot be posted; nothing was stored. `code` is the protocol's error code
+    for the same refusal of a WebSocket `send` (docs/protocol.md §5): `room_not_found` for a
+    room that does not exist or that the author may not see (a private room they are not a
+    member of), `forbidden` for an author who may not post at all (inactive), `text_empty`,
+    `text_too_long`, `bad_field` for the text or client_id."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class RoomNotFound(MessageRefused):
+    def __init__(self, slug: str) -> None:
+        super().__init__(protocol.ROOM_NOT_FOUND, f"no room {slug!r} that the author may see")
+
+
+class PostForbidden(MessageRefused):
+    def __init__(self, message: str) -> None:
+        super().__init__("forbidden", message)
+
+
+def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = None,
+                 source: str) -> tuple[Message, bool]:
+    """Post a message as `author` from outside a socket (parley.post_message, the HTTP API):
+    the WebSocket `send`'s validation (parley.protocol) and access rule, stored with the room's
+    next seq; returns (message, duplicate) as message_create. A new message is announced to
+    parley.events (MessagePosted: live delivery, the `message_posted` signal) when the caller's
+    transaction commits; a replay of a client_id announces nothing. Raises MessageRefused.
+    """
+    slug = room.slug if isinstance(room, Room) else room
+    if not isinstance(slug, str):
+        raise MessageRefused(protocol.BAD_FIELD, "room must be a slug or a Room", field="room")
+    try:
+        command = protocol.parse_command({"type": "send", "room": slug, "text": text, "client_id": client_id})
+    except protocol.ProtocolError as exc:
+        if exc.code == protocol.ROOM_NOT_FOUND:
+            raise RoomNotFound(slug) from None
+        raise MessageRefused(exc.code, exc.message, field=exc.field) from None
+    assert isinstance(command, protocol.Send)
+    if author is None or not getattr(author, "is_active", False) or author.pk is None:
+        raise PostForbidden("the author must be an active, saved user")
+    if not isinstance(room, Room):
+        room = Room.objects.filter(slug=slug).first()  # type: ignore[assignment]
+        if room is None:
+            raise RoomNotFound(slug)
+    if not room_user_can_access(user=author, room_id=room.pk):
+        raise RoomNotFound(slug)
+    try:
+        message, duplicate = message_create(room_id=room.pk, author=author, text=command.text,
+                                            client_id=command.client_id)
+    except Room.DoesNotExist:  # deleted since the lookup
+        raise RoomNotFound(slug) from None
+    if not duplicate:
+        events.send_event_on_commit(events.MessagePosted(message=message, room_id=room.pk,
+                                                         room_slug=room.slug, source=source))
+    return message, duplicate
 
 
 def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
@@ -268,10 +326,7 @@ def token_revoke(*, token: ApiToken) -> None:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
-        token_id = token.pk
-        transaction.on_commit(
-            lambda: async_to_sync(fanout.close_credential_sockets)(credential=("token", token_id))
-        )
+        events.send_event_on_commit(events.CredentialRevoked(credential=("token", token.pk)))
 
 
 def token_touch(*, token: ApiToken) -> None:

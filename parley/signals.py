@@ -1,44 +1,27 @@
-"""Model signals: a user deactivated (or deleted) through the model — the admin, a shell, a
-service — has their open sockets closed with 4401 at once: in the process that saved it, and
-with Redis in every server process (parley.realtime.hub's control channel).
+"""Parley's public Django signals. Importable before the app registry is ready (it defines
+signals only); the receivers Parley itself connects live in parley.receivers.
 
-A signal rather than a service function because the admin's user form saves the model itself;
-the handshake already refuses inactive users (parley.selectors.token_get_active, Django's session
-auth), and this closes the sockets they opened before. It is the fast path only: a change no
-signal announces (`QuerySet.update`, SQL) or one made in a process that shares no Redis with
-the servers (a shell beside the embedded default) is caught by parley.revocation's periodic
-check within PARLEY_REVOCATION_CHECK_SECS, and by the next command of each socket.
+`message_posted` is sent once for every message stored, whichever way it came — a WebSocket
+`send`, `POST /api/rooms/<slug>/messages`, `parley.post_message` — after its transaction
+committed, never for a rolled-back one, never for an idempotent replay (which stores nothing).
+Keyword arguments:
+
+- `sender`: the Message model class;
+- `message`: the stored Message (`room_id`, `seq`, `author` loaded, `text`, `client_id`,
+  `created_at`; `message.room` is one more query);
+- `source`: "socket", "http" or "python".
+
+Where it runs: for "http" and "python", in the thread that committed, before the view or the
+call that stored it returns (inside the caller's `transaction.atomic()`, when that block
+commits). For "socket", on Parley's signal thread, one thread that runs the receivers of every
+socket's message in commit order, so that a slow receiver holds up neither the event loop nor
+the database thread (it delays only later signals). Receivers may use the ORM in either case.
+It is sent with `send_robust`: a receiver that raises is logged on `parley.signals`, and the
+message stays stored and delivered.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from django.dispatch import Signal
 
-from asgiref.sync import async_to_sync
-from django.contrib.auth import get_user_model
-from django.db import transaction
-from django.db.models.signals import post_delete, post_save
-from django.dispatch import receiver
-
-from parley import fanout
-
-User = get_user_model()
-
-
-def _close_sockets_after_commit(user_id: int) -> None:
-    transaction.on_commit(
-        lambda: async_to_sync(fanout.close_credential_sockets)(credential=("user", user_id))
-    )
-
-
-@receiver(post_save, sender=User, dispatch_uid="parley-user-deactivated")
-def user_deactivated(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
-    """Called after a user is saved; closes their sockets if the user is now inactive."""
-    if not instance.is_active and (update_fields is None or "is_active" in update_fields):
-        _close_sockets_after_commit(instance.pk)
-
-
-@receiver(post_delete, sender=User, dispatch_uid="parley-user-deleted")
-def user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """Called after a user is deleted; closes their sockets."""
-    _close_sockets_after_commit(instance.pk)
+message_posted = Signal()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from functools import wraps
@@ -16,6 +17,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import ValidationError
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import NoReverseMatch, get_script_prefix, reverse
@@ -27,6 +29,8 @@ from parley import limits, protocol, selectors, services, throttles
 from parley.conf import parley_settings
 from parley.http_auth import api_error, bearer_authenticate
 from parley.payloads import fit_page, message_payload, room_payload, timestamp, user_payload
+
+log = logging.getLogger(__name__)
 
 
 @login_required
@@ -230,14 +234,17 @@ def rooms(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"room": room_payload(room)}, status=201)
 
 
-@api("GET")
+@api("GET", "POST")
 def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
-    """A page of history, by the WebSocket `history` rules: the same range for `before` and
+    """GET: a page of history, by the WebSocket `history` rules: the same range for `before` and
     `limit` (a limit above the page maximum is clamped), the same byte budget for the page.
+    POST: post a message (room_message_post).
 
     Encoded with orjson, as WebSocket frames are (UTF-8, not \\u-escaped): what
     PARLEY_REPLY_MAX_BYTES measures is then exactly what the body holds.
     """
+    if request.method == "POST":
+        return room_message_post(request, slug)
     room = selectors.room_get_visible(user=request.user, slug=slug)
     if room is None:
         return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
@@ -249,6 +256,41 @@ def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
     messages, has_more = fit_page(*page, room_slug=room.slug, budget_bytes=parley_settings.REPLY_MAX_BYTES)
     body = {"messages": [message_payload(m, room_slug=room.slug) for m in messages], "has_more": has_more}
     return HttpResponse(orjson.dumps(body), content_type="application/json")
+
+
+def room_message_post(request: HttpRequest, slug: str) -> HttpResponse:
+    """POST /api/rooms/<slug>/messages: a WebSocket `send` over HTTP (docs/protocol.md §8).
+
+    The same validation, access rule and per-user message rate (one bucket for both paths), and
+    the same idempotency: `client_id` in the body or the `Idempotency-Key` header; a replay
+    answers 200 with the first message and `duplicate: true`, a new message 201.
+    """
+    wait = limits.USER_MESSAGE_BUCKETS.take(request.user.pk)
+    if wait:
+        return rate_limited(wait, "too many messages; retry later with the same client_id")
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
+    client_id = body.get("client_id")
+    header = request.headers.get("Idempotency-Key")
+    if header is not None:
+        if client_id is not None and client_id != header:
+            return api_error(400, "bad_field", "'client_id' and Idempotency-Key differ; send one",
+                             field="client_id")
+        client_id = header
+    try:
+        message, duplicate = services.message_post(room=slug, text=body.get("text"), author=request.user,
+                                                   client_id=client_id, source="http")
+    except services.RoomNotFound:
+        return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    except services.MessageRefused as exc:
+        extra = {"field": exc.field} if exc.field else {}
+        return api_error(403 if exc.code == "forbidden" else 400, exc.code, exc.message, **extra)
+    except DatabaseError:
+        log.exception("could not store a message in room %s", slug)
+        return api_error(503, protocol.COMMIT_FAILED, "the message was not stored; retry with the same client_id")
+    body = {"message": message_payload(message, room_slug=slug), "duplicate": duplicate}
+    return HttpResponse(orjson.dumps(body), content_type="application/json", status=200 if duplicate else 201)
 
 
 def _query_int(request: HttpRequest, name: str, low: int) -> int | None | Literal[False]:

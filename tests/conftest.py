@@ -216,7 +216,8 @@ async def connect() -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture(autouse=True)
 def _close_worker_connection() -> Any:
     """After each test, close the DB connections of asgiref's shared sync thread and of
-    Parley's database threads (parley.realtime.dbthread's, and parley.revocation's periodic check).
+    Parley's database threads (parley.realtime.dbthread's, parley.revocation's periodic check,
+    parley.roomwatch's, and parley.receivers' signal thread).
 
     database_sync_to_async (the tests' own ORM calls) and the consumers run ORM calls on those
     threads, and their connections otherwise outlive the run: PostgreSQL then refuses to
@@ -228,10 +229,15 @@ def _close_worker_connection() -> Any:
 
     from parley.realtime.dbthread import database_thread
     from parley.revocation import revocation_thread
+    from parley.roomwatch import watch_thread
 
     try:
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
         database_thread.run(connections.close_all, timeout=10)
         revocation_thread.run(connections.close_all, timeout=10)
+        watch_thread.run(connections.close_all, timeout=10)
+        from parley import receivers
+        if receivers._signal_thread is not None:
+            receivers._signal_thread.submit(connections.close_all).result(timeout=10)
     except Exception:  # noqa: BLE001  (best effort: cleanup never fails a test)
         pass

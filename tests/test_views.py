@@ -80,13 +80,14 @@ def test_api_unauthenticated_is_json_401():
 # --- errors: the documented JSON, in the documented order (docs/protocol.md §8) ---------------
 
 WRITES = [("post", "/api/rooms"), ("post", "/api/tokens"), ("delete", "/api/tokens/{token}"),
-          ("post", "/api/rooms/secret/members"), ("delete", "/api/rooms/secret/members/bob")]
+          ("post", "/api/rooms/secret/members"), ("delete", "/api/rooms/secret/members/bob"),
+          ("post", "/api/rooms/secret/messages")]
 
 
 def call(client: Client, method: str, path: str, **kwargs: Any) -> Any:
     if method in ("post", "put"):
         return getattr(client, method)(path, data=json.dumps({"slug": "x", "title": "X", "name": "n",
-                                                               "username": "bob"}),
+                                                               "username": "bob", "text": "hi"}),
                                        content_type="application/json", **kwargs)
     return getattr(client, method)(path, **kwargs)
 
@@ -126,8 +127,8 @@ def test_session_writes_without_the_csrf_token_are_403_json(method, path):
     ("post", "/api/me", "GET"),
     ("delete", "/api/me", "GET"),
     ("delete", "/api/rooms", "GET, POST"),
-    ("put", "/api/rooms/lobby/messages", "GET"),
-    ("post", "/api/rooms/lobby/messages", "GET"),
+    ("put", "/api/rooms/lobby/messages", "GET, POST"),
+    ("delete", "/api/rooms/lobby/messages", "GET, POST"),
     ("put", "/api/tokens", "GET, POST"),
     ("get", "/api/tokens/1", "DELETE"),
     ("put", "/api/rooms/lobby/members", "GET, POST"),

@@ -11,6 +11,12 @@ each process holds one subscription per room that has local sockets: Redis sends
 process, not per socket. Redis pub/sub is at-most-once, so after the subscription connection
 drops and comes back, every local socket reads what it missed from the database (`resync`).
 
+Code off the event loop — a view's thread, a management command, a worker — hands events in
+through parley.fanout.deliver_from_sync: a blocking PUBLISH (`publish_from_sync`) with Redis;
+without it, `loop.call_soon_threadsafe` to each hub of the process (`local_hubs`). A process
+without Redis hears other processes' messages only from the database: the product registers a
+room-log watch (`set_room_log_watch`, parley.roomwatch) that each LocalHub starts for its rooms.
+
 `PARLEY_FANOUT=layer` switches parley.fanout back to the stock channel-layer path (for comparison).
 """
 
@@ -19,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -45,6 +53,30 @@ class Receiver(Protocol):
         """The API token this socket was opened with was revoked, or its user deactivated."""
 
 
+class RoomLogWatch(Protocol):
+    def room_added(self, room_id: int) -> None:
+        """The room got its first local socket: watch its log for messages stored elsewhere."""
+
+
+# Made for each hub without Redis by the product (parley.roomwatch registers it): without Redis
+# a message stored by another process reaches this one's sockets only through the room log.
+_room_log_watch_factory: Callable[[LocalHub], RoomLogWatch] | None = None
+
+# Every hub of this process, so code on other threads can hand a hub an event (local_hubs).
+_hubs: weakref.WeakSet[LocalHub] = weakref.WeakSet()
+
+
+def set_room_log_watch(factory: Callable[[LocalHub], RoomLogWatch] | None) -> None:
+    global _room_log_watch_factory
+    _room_log_watch_factory = factory
+
+
+def local_hubs() -> list[LocalHub]:
+    """This process's hubs whose event loop is running and that have sockets in some room."""
+    return [hub for hub in list(_hubs)
+            if hub.rooms and hub.loop is not None and hub.loop.is_running() and not hub.loop.is_closed()]
+
+
 class LocalHub:
     """One process's rooms → local receivers. Used alone without Redis.
 
@@ -57,13 +89,32 @@ class LocalHub:
     revocation made in another process (without Redis) or without a signal closes them too.
     """
 
+    # Whether this hub learns of messages stored by other processes from the room log (no
+    # Redis); RedisHub hears them on its subscription.
+    watches_room_log = True
+
     def __init__(self) -> None:
         self.rooms: dict[int, set[Receiver]] = {}
         self.credentials: dict[Credential, set[Receiver]] = {}
+        # The highest seq delivered per room: the room-log watch skips what live delivery brought.
+        self.seen: dict[int, int] = {}
         self._revocation_check: Any = None
+        self._room_log_watch: RoomLogWatch | None = None
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+        _hubs.add(self)
 
     async def subscribe(self, room_id: int, receiver: Receiver) -> None:
-        self.rooms.setdefault(room_id, set()).add(receiver)
+        members = self.rooms.get(room_id)
+        if members is None:
+            members = self.rooms[room_id] = set()
+            if self.watches_room_log and _room_log_watch_factory is not None:
+                if self._room_log_watch is None:
+                    self._room_log_watch = _room_log_watch_factory(self)
+                self._room_log_watch.room_added(room_id)
+        members.add(receiver)
 
     async def unsubscribe(self, room_id: int, receiver: Receiver) -> None:
         members = self.rooms.get(room_id)
@@ -71,6 +122,7 @@ class LocalHub:
             members.discard(receiver)
             if not members:
                 del self.rooms[room_id]
+                self.seen.pop(room_id, None)
                 await self._room_emptied(room_id)
 
     async def _room_emptied(self, room_id: int) -> None:
@@ -113,6 +165,9 @@ class LocalHub:
         self.deliver(room_id, event)
 
     def deliver(self, room_id: int, event: dict[str, Any]) -> None:
+        seq = event.get("seq")
+        if seq is not None and seq > self.seen.get(room_id, 0) and room_id in self.rooms:
+            self.seen[room_id] = seq
         for receiver in tuple(self.rooms.get(room_id, ())):
             try:
                 receiver.hub_event(event)
@@ -122,6 +177,8 @@ class LocalHub:
 
 class RedisHub(LocalHub):
     """LocalHub + Redis pub/sub between processes: one subscription per process per room."""
+
+    watches_room_log = False
 
     def __init__(self, url: str, prefix: str) -> None:
         super().__init__()
@@ -143,7 +200,7 @@ class RedisHub(LocalHub):
         self._lock = asyncio.Lock()
 
     def _channel(self, room_id: int) -> str:
-        return f"{self._prefix}{room_id}"
+        return room_channel(self._prefix, room_id)
 
     async def subscribe(self, room_id: int, receiver: Receiver) -> None:
         first = room_id not in self.rooms
@@ -226,6 +283,33 @@ class RedisHub(LocalHub):
         for room_id, receivers in list(self.rooms.items()):
             for receiver in tuple(receivers):
                 receiver.hub_resync(room_id)
+
+
+def room_channel(prefix: str, room_id: int) -> str:
+    """The Redis channel of a room's events; `prefix` ends with ":room:"."""
+    return f"{prefix}{room_id}"
+
+
+_sync_publishers: dict[str, Any] = {}
+
+
+def publish_from_sync(url: str, prefix: str, room_id: int, event: dict[str, Any]) -> int:
+    """PUBLISH one room event from synchronous code (any thread, any process): every server
+    process subscribed to the room delivers it, as RedisHub.publish's would be. Returns how many
+    processes received it (Redis's answer). One blocking client per URL, made on first use."""
+    import redis
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.retry import Retry
+
+    from parley.redis_options import HEALTH_CHECK_INTERVAL_SECS, RETRIES
+
+    client = _sync_publishers.get(url)
+    if client is None:
+        # parley.redis_options' retries, in redis-py's blocking flavour.
+        client = _sync_publishers[url] = redis.Redis.from_url(
+            url, retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES),
+            health_check_interval=HEALTH_CHECK_INTERVAL_SECS, socket_keepalive=True)
+    return int(client.publish(room_channel(f"{prefix}:room:", room_id), orjson.dumps(event)))
 
 
 @per_loop

@@ -1,0 +1,81 @@
+"""Parley's own receivers, connected by ParleyConfig.ready().
+
+User deactivation: a user deactivated (or deleted) through the model — the admin, a shell, a
+service — has their open sockets closed with 4401 at once: in the process that saved it, and
+with Redis in every server process (parley.realtime.hub's control channel). A signal rather
+than a service function because the admin's user form saves the model itself; the handshake
+already refuses inactive users (parley.selectors.token_get_active, Django's session auth), and
+this closes the sockets they opened before. It is the fast path only: a change no signal
+announces (`QuerySet.update`, SQL) or one made in a process that shares no Redis with the
+servers (a shell beside the embedded default) is caught by parley.revocation's periodic check
+within PARLEY_REVOCATION_CHECK_SECS, and by the next command of each socket.
+
+`message_posted` (parley.signals): sent from parley.events' MessagePosted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import close_old_connections
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from parley import events
+from parley.models import Message
+from parley.signals import message_posted
+
+log = logging.getLogger("parley.signals")
+User = get_user_model()
+
+
+@receiver(post_save, sender=User, dispatch_uid="parley-user-deactivated")
+def user_deactivated(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    """Called after a user is saved; closes their sockets if the user is now inactive."""
+    if not instance.is_active and (update_fields is None or "is_active" in update_fields):
+        events.send_event_on_commit(events.CredentialRevoked(credential=("user", instance.pk)))
+
+
+@receiver(post_delete, sender=User, dispatch_uid="parley-user-deleted")
+def user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Called after a user is deleted; closes their sockets."""
+    events.send_event_on_commit(events.CredentialRevoked(credential=("user", instance.pk)))
+
+
+_signal_thread: ThreadPoolExecutor | None = None
+
+
+def _send_message_posted(message: Any, source: str) -> None:
+    for receiver_fn, result in message_posted.send_robust(sender=Message, message=message, source=source):
+        if isinstance(result, Exception):
+            log.error("a message_posted receiver (%r) raised", receiver_fn, exc_info=result)
+
+
+def _on_signal_thread(message: Any, source: str) -> None:
+    close_old_connections()
+    try:
+        _send_message_posted(message, source)
+    finally:
+        close_old_connections()
+
+
+def _on_message_posted(event: events.MessagePosted) -> None:
+    global _signal_thread
+    if not message_posted.has_listeners(Message):
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        _send_message_posted(event.message, event.source)  # a synchronous caller's thread
+        return
+    # On an event loop (parley.ingest): receivers are synchronous and may query the database.
+    if _signal_thread is None:
+        _signal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-signals")
+    _signal_thread.submit(_on_signal_thread, event.message, event.source)
+
+
+events.subscribe(events.MessagePosted, _on_message_posted)
