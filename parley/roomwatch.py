@@ -30,7 +30,7 @@ from parley.models import Room
 from parley.realtime import hub as hub_module
 from parley.realtime.dbthread import DatabaseThread
 from parley.realtime.hub import LocalHub
-from parley.rowsql import fetch, qn, select_exprs
+from parley.storage.rows import fetch, qn, select_exprs
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def poll_interval_secs() -> float:
 
 def _room_heads(room_ids: list[int]) -> dict[int, int]:
     """last_seq of these rooms (those that still exist), by id. The one query an idle process
-    makes each round: plain SQL (parley.rowsql), without the ORM's compiler."""
+    makes each round: plain SQL (parley.storage.rows), without the ORM's compiler."""
     table = qn(Room._meta.db_table)
     heads: dict[int, int] = {}
     for start in range(0, len(room_ids), HEADS_PER_QUERY):  # within every database's parameter cap
