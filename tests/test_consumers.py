@@ -11,6 +11,7 @@ from django.db import DatabaseError
 
 import parley.consumer_db
 import parley.consumers
+import parley.session
 from parley import fanout, services
 from parley.models import Membership, Message, Room
 from tests.conftest import Client, make_room, make_token, make_user
@@ -542,7 +543,7 @@ async def test_a_refused_join_of_a_known_private_room_leaks_no_events(connect, m
     room = await make_room("secret", owner=owner, private=True)
     o = await connect(owner)
     await o.join("secret")
-    assert parley.consumers._room_ids["secret"] == room.pk
+    assert parley.session._room_ids["secret"] == room.pk
     e = await connect(eve)
     snapshot = parley.consumer_db.join_snapshot
 
@@ -574,7 +575,7 @@ async def test_a_join_learns_a_recreated_room(connect):
     old_pk = old.pk
     await database_sync_to_async(old.delete)()
     new = await make_room("phoenix")
-    assert parley.consumers._room_ids["phoenix"] == old_pk != new.pk
+    assert parley.session._room_ids["phoenix"] == old_pk != new.pk
     b = await connect(ada)
     again = await b.join("phoenix")
     assert again["room"]["epoch"] == new.epoch != first["room"]["epoch"]
@@ -1045,10 +1046,9 @@ async def test_room_slug_with_nul_is_room_not_found(joined_client):
 # --- the consumer's lifetime under a real server -------------------------------------------------
 
 async def test_closed_sockets_end_their_consumers_at_once(server):
-    """Regression: on Redis, with several sockets in one process, a socket's consumer could stay
-    alive after its socket closed — Channels cancels its channel-layer receive, and the cancel
-    was lost inside channels_redis/redis-py's shared blocking pop — until the next message came
-    through the layer. With the hub (the default) a socket has no layer channel at all."""
+    """A socket's consumer ends when its socket closes. On Redis, with several sockets in one
+    process, a consumer with a channel-layer receive could outlive its socket (the cancel was
+    lost inside channels_redis/redis-py's shared blocking pop); Parley's has no layer channel."""
     ada = await make_user("ada")
     await make_room("lobby")
     token = await make_token(ada)
