@@ -1,6 +1,6 @@
 """Parley settings, all read from the environment (see README "Configuration" and .env.example).
 
-Defaults give the embedded setup: an SQLite file and the in-memory channel layer, so that
+Defaults give the embedded setup: an SQLite file and fan-out and presence in memory, so that
 `scripts/serve` works on a fresh machine with nothing else running. DATABASE_URL and REDIS_URL
 switch to PostgreSQL and Redis when one process is not enough.
 """
@@ -20,7 +20,6 @@ from config.env import (
     load_dotenv,
 )
 from parley.limits import ALL as PARLEY_LIMITS
-from parley.redis_options import redis_client_options
 
 # The same .env for every entry point (the server, manage.py, scripts/serve); the environment wins.
 load_dotenv()
@@ -108,26 +107,14 @@ elif env_str("PARLEY_TEST_DB_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": env_str("PARLEY_TEST_DB_NAME")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Channel layer --------------------------------------------------------------------------
+# --- Redis ----------------------------------------------------------------------------------
+# Unset: one process, presence and fan-out in memory. Set: presence shared in Redis and fan-out
+# across processes through its pub/sub (parley.realtime.hub). Parley needs no channel layer.
 REDIS_URL = env_str("REDIS_URL")
 # redis-py's async pool refuses the 101st concurrent connection by default (MaxConnectionsError),
-# and channels_redis.core opens one per blocking receive; size it for the sockets a process holds.
+# and a join storm's presence calls hold one each; size it for the sockets a process holds.
 REDIS_MAX_CONNECTIONS = env_int("PARLEY_REDIS_MAX_CONNECTIONS", 20000)
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "max_connections": REDIS_MAX_CONNECTIONS,
-                           **redis_client_options()}],
-                "prefix": env_str("PARLEY_REDIS_PREFIX", "parley"),
-                "capacity": 1000,
-                "expiry": 60,
-            },
-        }
-    }
-else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "parley.layers.LeanInMemoryChannelLayer"}}
+PARLEY_REDIS_PREFIX = env_str("PARLEY_REDIS_PREFIX", "parley")
 
 # --- Auth, sessions, security ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -184,10 +171,6 @@ PARLEY_HISTORY_PAGE_DEFAULT = env_int("PARLEY_HISTORY_PAGE_DEFAULT", 50)
 PARLEY_RESERVED_SLUGS = env_list("PARLEY_RESERVED_SLUGS", [])
 # How long a socket waits for a missing sequence number before reading it from the database.
 PARLEY_GAP_FILL_DELAY_MS = env_int("PARLEY_GAP_FILL_DELAY_MS", 250)
-# "hub": parley.realtime.hub, the per-process fast path (default). "layer": stock group_send, for comparison.
-PARLEY_FANOUT = env_str("PARLEY_FANOUT", "hub")
-if PARLEY_FANOUT not in ("hub", "layer"):
-    raise ImproperlyConfigured(f"PARLEY_FANOUT={PARLEY_FANOUT!r}: use 'hub' or 'layer'")
 # Write each broadcast's frame bytes, framed once, straight to uvicorn's websockets-sansio
 # connections (parley/realtime/wire.py); off: every frame goes through the ASGI send.
 PARLEY_PREPARED_FRAMES = env_bool("PARLEY_PREPARED_FRAMES", True)

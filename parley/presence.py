@@ -153,5 +153,5 @@ class RedisPresence:
 def get_presence() -> PresenceStore:
     """The running loop's presence store: Redis-backed when REDIS_URL is set."""
     if settings.REDIS_URL:
-        return RedisPresence(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+        return RedisPresence(settings.REDIS_URL, settings.PARLEY_REDIS_PREFIX)
     return MemoryPresence()

@@ -1065,3 +1065,42 @@ async def test_closed_sockets_end_their_consumers_at_once(server):
             break
         await asyncio.sleep(0.02)
     assert consumers() == []
+
+
+# --- no channel layer -----------------------------------------------------------------------------
+
+async def test_parley_needs_no_channel_layer(connect):
+    """The standalone server configures none, and chats (rooms and revocation go through the hub)."""
+    from channels.layers import get_channel_layer
+    from django.conf import settings
+
+    assert not getattr(settings, "CHANNEL_LAYERS", None) and get_channel_layer() is None
+    await make_room("lobby")
+    ada, bob = await connect(await make_user("ada")), await connect(await make_user("bob"))
+    await ada.join("lobby")
+    await bob.join("lobby")
+    await ada.say("lobby", "no layer")
+    assert [m["text"] for m in await bob.messages(1)] == ["no layer"]
+
+
+async def test_a_host_projects_channel_layer_is_left_to_its_own_consumers(connect):
+    """A host that configures CHANNEL_LAYERS for its own consumers: Parley's sockets open no
+    channel and join no group on it, chat as without it, and the layer still works for the host."""
+    from channels.layers import get_channel_layer
+    from django.test import override_settings
+
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}):
+        layer = get_channel_layer()
+        assert layer is not None
+        await make_room("lobby")
+        ada, bob = await connect(await make_user("ada")), await connect(await make_user("bob"))
+        await ada.join("lobby")
+        await bob.join("lobby")
+        await ada.say("lobby", "beside a layer")
+        assert [m["text"] for m in await bob.messages(1)] == ["beside a layer"]
+        assert layer.channels == {} and layer.groups == {}
+        await layer.group_add("host.group", "host.channel")
+        await layer.group_send("host.group", {"type": "host.event"})
+        assert await layer.receive("host.channel") == {"type": "host.event"}
+        await ada.close()
+        await bob.close()

@@ -154,7 +154,7 @@ async def test_a_busy_sender_comes_back_after_redis_lost_the_presence(connect, s
     a, b = await connect(ada), await connect(bob)
     await a.join("lobby")
     await b.join("lobby")
-    key = f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}:presence:{room.pk}"
+    key = f"{settings.PARLEY_REDIS_PREFIX}:presence:{room.pk}"
     r = aioredis.Redis.from_url(settings.REDIS_URL)
     try:
         assert await r.delete(key) == 1

@@ -151,7 +151,7 @@ def test_idle_target_is_na_below_10000_connections_unless_it_already_misses():
 # --- py-spy summary -------------------------------------------------------------------------
 
 def test_pyspy_parse_and_summarize():
-    frames, n = parse_line("run (asyncio/base_events.py:10);send (/work/main/chat/consumers.py:99) 7")
+    frames, n = parse_line("run (asyncio/base_events.py:10);send (/work/main/parley/consumers.py:99) 7")
     assert n == 7 and frames == ["run (asyncio/base_events.py)", "send (parley/consumers.py)"]
     text = summarize_raw("a (x.py:1);b (y.py:2) 3\na (x.py:1) 1\n", top=5)
     assert "4 samples" in text

@@ -11,7 +11,7 @@ each process holds one subscription per room that has local sockets: Redis sends
 process, not per socket. Redis pub/sub is at-most-once, so after the subscription connection
 drops and comes back, every local socket reads what it missed from the database (`resync`).
 
-`PARLEY_FANOUT=layer` switches parley.fanout back to the stock channel-layer path (for comparison).
+The stock path is kept for comparison as a benchmark baseline (bench/baselines/parley_layer.py).
 """
 
 from __future__ import annotations
@@ -50,10 +50,9 @@ class LocalHub:
 
     It also knows which local sockets were opened with which credentials — an API token
     (`("token", id)`) and a user (`("user", id)`) — so that revoking a token or deactivating a
-    user closes them (`revoke`). That used to be a channel-layer group per token, which gave
-    every socket a channel of its own — a queue, a receive task and, on Redis, a blocking pop
-    shared through channels_redis's receive lock — for an event that almost never happens.
-    The same map is what parley.revocation's periodic check asks the database about, so that a
+    user closes them (`revoke`), without a channel-layer group per token: that would give every
+    socket a channel of its own — a queue, a receive task and, on Redis, a blocking pop — for
+    an event that almost never happens. The same map is what parley.revocation's periodic check asks the database about, so that a
     revocation made in another process (without Redis) or without a signal closes them too.
     """
 
@@ -232,9 +231,5 @@ class RedisHub(LocalHub):
 def get_hub() -> LocalHub:
     """The running loop's hub: Redis-backed when REDIS_URL is set."""
     if settings.REDIS_URL:
-        return RedisHub(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+        return RedisHub(settings.REDIS_URL, settings.PARLEY_REDIS_PREFIX)
     return LocalHub()
-
-
-def hub_enabled() -> bool:
-    return settings.PARLEY_FANOUT == "hub"
