@@ -42,10 +42,18 @@ class Delivery:
     # --- parley.realtime.hub.Receiver -------------------------------------------------------
 
     def hub_event(self, event: dict[str, Any]) -> None:
-        """Called by parley.realtime.hub, synchronously, for each event of a room this socket joined."""
+        """Called by parley.realtime.hub, synchronously, for each event of a room this socket joined.
+
+        A message committed in the room goes out now if it is next in line, else is held:
+        parley.realtime.ordering decides, and a gap it reports is filled from the database.
+        This runs once per recipient of every broadcast, so the message case is handled here
+        rather than in a method of its own: a call less per recipient on the fan-out's hot path.
+        """
         kind = event["type"]
         if kind == "chat.message":
-            self.deliver(event)
+            sub = self.subs.get(event["room_id"])
+            if sub is not None and sub.offer(event["seq"], event["frame"], event.get("size"), self.send_message):
+                self.schedule_gap_fill(sub)
         elif kind == "parley.presence":
             self.relay_presence(event)
         elif kind == "chat.typing":
@@ -66,13 +74,6 @@ class Delivery:
         self.session.close(protocol.CLOSE_CREDENTIALS_REVOKED)
 
     # --- room events ------------------------------------------------------------------------
-
-    def deliver(self, event: dict[str, Any]) -> None:
-        """A message committed in a joined room: out now if it is next in line, else held
-        (parley.realtime.ordering decides; a gap it reports is filled from the database)."""
-        sub = self.subs.get(event["room_id"])
-        if sub is not None and sub.offer(event["seq"], event["frame"], event.get("size"), self.send_message):
-            self.schedule_gap_fill(sub)
 
     # Presence and typing go only to sockets whose join completed (sub.ready): a join subscribes
     # before it checks access, so a socket refused a private room must not see its events

@@ -80,19 +80,9 @@ class LayerChatConsumer(ChatConsumer):
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         if self.session is not None:
-            self.session.delivery.deliver(event)
+            self.session.delivery.hub_event(event)
 
-    async def parley_presence(self, event: dict[str, Any]) -> None:
-        if self.session is not None:
-            self.session.delivery.relay_presence(event)
-
-    async def chat_typing(self, event: dict[str, Any]) -> None:
-        if self.session is not None:
-            self.session.delivery.relay_typing(event)
-
-    async def chat_revoke(self, event: dict[str, Any]) -> None:
-        if self.session is not None:
-            await self.session.delivery.room_revoked(event)
+    parley_presence = chat_typing = chat_revoke = chat_message
 
 
 routing.websocket_urlpatterns[:] = [path("ws/chat/", LayerChatConsumer.as_asgi())]
