@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=30, help="profile: functions listed in the summary")
     ap.add_argument("--what", default="fanout", choices=["fanout", "ingest"], help="profile: which load")
     ap.add_argument("--fanout", default="hub", choices=["hub", "layer"],
-                    help="profile: Parley's fan-out path (layer = PARLEY_FANOUT=layer, stock group_send)")
+                    help="profile: Parley's fan-out path (layer = the parley-layer baseline, stock group_send)")
     ap.add_argument("--db", default="sqlite", choices=["sqlite", "postgres"], help="profile: Parley's database")
     args = ap.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

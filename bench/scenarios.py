@@ -142,16 +142,17 @@ def target(cfg: Config, name: str, *, users: int = 0, rooms: list[str] | int = 0
     """name: parley | parley-asgi | parley-redis | parley-layer | bare | tutorial-memory | tutorial-redis.
 
     parley-asgi is Parley with PARLEY_PREPARED_FRAMES=0: every frame through the ASGI send, as
-    the bare app's go (parley/realtime/uvicorn_writer.py). parley-layer is Parley with PARLEY_FANOUT=layer: broadcasts
-    through the stock channel layer (group_send) instead of the per-process hub."""
+    the bare app's go (parley/realtime/uvicorn_writer.py). parley-layer is Parley with its broadcasts
+    through the stock channel layer (group_send) instead of the per-process hub
+    (bench/baselines/parley_layer.py)."""
     ws = ws or cfg.ws
     if name.startswith("parley"):
-        extra = {"parley-layer": {"PARLEY_FANOUT": "layer"},
-                 "parley-asgi": {"PARLEY_PREPARED_FRAMES": "0"}}.get(name)
+        extra = {"parley-asgi": {"PARLEY_PREPARED_FRAMES": "0"}}.get(name)
+        app = servers.PARLEY_LAYER_APP if name == "parley-layer" else servers.PARLEY_APP
         env = servers.ParleyEnv(cfg.workdir, db=db, redis=name == "parley-redis", extra_env=extra)
         try:
             minted = env.mint(users, rooms)
-            srv = env.start(nproc=nproc, ws=ws, name=name)
+            srv = env.start(nproc=nproc, ws=ws, name=name, app=app)
         except Exception:
             env.cleanup()
             raise

@@ -34,6 +34,8 @@ UNTHROTTLED = {
 UNCAPPED_CONNECTIONS = {"PARLEY_MAX_CONNECTIONS_PER_IP": "0", "PARLEY_MAX_CONNECTIONS": "0"}
 UNTHROTTLED.update(UNCAPPED_CONNECTIONS)
 PARLEY_APP = "config.asgi:application"
+# Parley with its room broadcasts through stock group_send (bench/baselines/parley_layer.py).
+PARLEY_LAYER_APP = "bench.baselines.parley_layer:application"
 
 
 def free_port() -> int:
@@ -56,7 +58,7 @@ def uvicorn_cmd(app: str, port: int, ws: str = "auto") -> list[str]:
     cmd = [PY, "-m", "config.serve", "--app", app, "--host", "127.0.0.1", "--port", str(port)]
     if ws != "auto":
         cmd += ["--ws", ws]
-    elif app != PARLEY_APP:
+    elif app not in (PARLEY_APP, PARLEY_LAYER_APP):
         cmd += ["--ws", "websockets-sansio"]
     return cmd
 
@@ -181,8 +183,8 @@ class ParleyEnv:
                        timeout=600)
         return json.loads(out.read_text())
 
-    def start(self, nproc: int = 1, ws: str = "auto", name: str = "parley") -> Server:
-        return start_processes(name, PARLEY_APP, self.env, nproc, self.dir, ws)
+    def start(self, nproc: int = 1, ws: str = "auto", name: str = "parley", app: str = PARLEY_APP) -> Server:
+        return start_processes(name, app, self.env, nproc, self.dir, ws)
 
     def cleanup(self) -> None:
         if self.pg_name:

@@ -1,6 +1,6 @@
 """Parley settings, all read from the environment (see README "Configuration" and .env.example).
 
-Defaults give the embedded setup: an SQLite file and the in-memory channel layer, so that
+Defaults give the embedded setup: an SQLite file and fan-out and presence in memory, so that
 `scripts/serve` works on a fresh machine with nothing else running. DATABASE_URL and REDIS_URL
 switch to PostgreSQL and Redis when one process is not enough.
 """
@@ -8,7 +8,6 @@ switch to PostgreSQL and Redis when one process is not enough.
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 
 from config.env import (
     data_dir,
@@ -20,7 +19,6 @@ from config.env import (
     load_dotenv,
 )
 from parley.conf import from_environ as parley_from_environ
-from parley.redis_options import redis_client_options
 
 # The same .env for every entry point (the server, manage.py, scripts/serve); the environment wins.
 load_dotenv()
@@ -110,26 +108,12 @@ elif env_str("PARLEY_TEST_DB_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": env_str("PARLEY_TEST_DB_NAME")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Channel layer --------------------------------------------------------------------------
+# --- Redis ----------------------------------------------------------------------------------
+# Unset: one process, presence and fan-out in memory. Set: presence shared in Redis and fan-out
+# across processes through its pub/sub (parley.realtime.hub). Parley needs no channel layer.
+# REDIS_URL fills PARLEY["REDIS_URL"] below; PARLEY_REDIS_PREFIX and PARLEY_REDIS_MAX_CONNECTIONS
+# fill their keys as every PARLEY_<KEY> does.
 REDIS_URL = env_str("REDIS_URL")
-# redis-py's async pool refuses the 101st concurrent connection by default (MaxConnectionsError),
-# and channels_redis.core opens one per blocking receive; size it for the sockets a process holds.
-REDIS_MAX_CONNECTIONS = env_int("PARLEY_REDIS_MAX_CONNECTIONS", 20000)
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "max_connections": REDIS_MAX_CONNECTIONS,
-                           **redis_client_options()}],
-                "prefix": env_str("PARLEY_REDIS_PREFIX", "parley"),
-                "capacity": 1000,
-                "expiry": 60,
-            },
-        }
-    }
-else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "parley.layers.LeanInMemoryChannelLayer"}}
 
 # --- Auth, sessions, security ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -172,10 +156,8 @@ WHITENOISE_USE_FINDERS = True
 # <KEY>, e.g. PARLEY_MAX_SOCKETS_PER_USER=10 or PARLEY_RESERVED_SLUGS=admin,api. Keys left unset
 # keep the defaults declared in parley/limits.py and parley/conf.py; a bad value stops the start.
 PARLEY = parley_from_environ()
-# "hub": parley.realtime.hub, the per-process fast path (default). "layer": stock group_send, for comparison.
-PARLEY_FANOUT = env_str("PARLEY_FANOUT", "hub")
-if PARLEY_FANOUT not in ("hub", "layer"):
-    raise ImproperlyConfigured(f"PARLEY_FANOUT={PARLEY_FANOUT!r}: use 'hub' or 'layer'")
+if REDIS_URL:
+    PARLEY["REDIS_URL"] = REDIS_URL
 
 LOGGING = {
     "version": 1,

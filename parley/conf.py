@@ -36,7 +36,7 @@ from django.core.signals import setting_changed
 
 ENV_PREFIX = "PARLEY_"
 
-NUMBER, BOOL, STRINGS = "number", "bool", "strings"
+NUMBER, BOOL, STRING, STRINGS = "number", "bool", "string", "strings"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class Option:
 
     key: str
     default: Any
-    kind: str  # NUMBER (an int or float >= 0), BOOL, or STRINGS (a list of strings)
+    kind: str  # NUMBER (an int or float >= 0), BOOL, STRING, or STRINGS (a list of strings)
     description: str
     check: Callable[[Any], str | None] | None = None  # the problem with a value, or None
 
@@ -76,6 +76,16 @@ OPTIONS = [
     Option("GAP_FILL_DELAY_MS", 250, NUMBER,
            "how long a socket waits for a missing sequence number before reading it from the "
            "database"),
+    # Redis is optional: without it one process serves every socket (the hub, presence and the
+    # limits' counters live in its memory). With it, several processes share rooms and presence.
+    Option("REDIS_URL", "", STRING,
+           "Redis for several server processes (e.g. redis://127.0.0.1:6379/0); empty: one "
+           "process, everything in its memory", check=lambda url: None if not url or url.startswith(
+               ("redis://", "rediss://", "unix://")) else f"{url!r} is not a redis://, rediss:// or unix:// URL"),
+    Option("REDIS_PREFIX", "parley", STRING,
+           "prefix of every Redis key and channel Parley uses (several deployments can share one Redis)"),
+    Option("REDIS_MAX_CONNECTIONS", 20000, NUMBER,
+           "Redis connections a process may open (redis-py's async pool refuses the 101st by default)"),
     Option("PREPARED_FRAMES", True, BOOL,
            "frame each broadcast once and write the same bytes to every socket served by "
            "uvicorn's websockets-sansio (parley/realtime/uvicorn_writer.py); False: every frame through "
@@ -123,6 +133,9 @@ def _checked(key: str, value: Any, where: str = "") -> Any:
     elif kind == BOOL:
         if not isinstance(value, bool):
             raise ImproperlyConfigured(f"{where}: expected True or False, got {type(value).__name__}")
+    elif kind == STRING:
+        if not isinstance(value, str):
+            raise ImproperlyConfigured(f"{where}: expected a string, got {type(value).__name__}")
     elif kind == STRINGS:
         # A bare string is a sequence of strings too: "a,b" would reserve the slugs "a", ",", "b".
         if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset) \
@@ -223,6 +236,8 @@ def _parsed(name: str, kind: str, raw: str) -> Any:
         if value.lower() in _FALSE:
             return False
         raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false)")
+    if kind == STRING:
+        return value
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 

@@ -54,7 +54,7 @@ _load_rooms: Batched[tuple[Any, str], Room | None] = Batched(
 
 async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = None) -> Snapshot | None:
     """(room, messages, has_more, recovered, high_seq, last_seq) for a join, or None if the user
-    may not see the room. Read after subscribing (ChatConsumer.do_join). Raises
+    may not see the room. Read after subscribing (parley.commands.join). Raises
     CredentialsRevoked if the user, or the socket's API token `token_id`, no longer holds.
 
     Joins that reach the read lane together are read together (join_snapshots): in a

@@ -1,7 +1,7 @@
 """Fan-out: every broadcast to a room leaves through `broadcast()` below, and only through it.
 
-Keeping one exit point (as Zulip does with send_event) means the delivery path can be changed —
-a leaner layer, a per-process hub — in one place. Frames are encoded once here and the same text
+Keeping one exit point (as Zulip does with send_event) means the delivery path can be changed
+in one place (bench/baselines/parley_layer.py swaps in stock group_send there, for comparison). Frames are encoded once here and the same text
 is handed to every socket; consumers never re-encode a broadcast.
 """
 
@@ -13,39 +13,21 @@ import sys
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-from django.conf import settings
 
 from parley import events, protocol
+from parley.conf import parley_settings
 from parley.models import Message
 from parley.payloads import message_payload, user_payload
-from parley.realtime.hub import get_hub, hub_enabled, local_hubs, publish_from_sync
+from parley.realtime.hub import get_hub, local_hubs, publish_from_sync
 
 log = logging.getLogger(__name__)
 
 
-def room_group(room_id: int) -> str:
-    """The channel-layer group of a room's sockets."""
-    return f"room.{room_id}"
-
-
-def credential_group(credential: tuple[str, int]) -> str:
-    """The channel-layer group (PARLEY_FANOUT=layer) of the sockets opened with one API token,
-    ("token", id), or by one user, ("user", id): closed together when those are revoked."""
-    kind, ident = credential
-    return f"{kind}.{ident}"
-
-
 async def broadcast(room_id: int, event: dict[str, Any]) -> None:
-    """Deliver one event to every socket that joined the room, on every server process.
-
-    By default through parley.realtime.hub (one synchronous loop over local sockets, one Redis publish per
-    message across processes); with PARLEY_FANOUT=layer through stock Channels group_send.
-    """
-    if hub_enabled():
-        await get_hub().publish(room_id, event)
-    else:
-        await get_channel_layer().group_send(room_group(room_id), event)
+    """Deliver one event to every socket that joined the room, on every server process:
+    through parley.realtime.hub (one synchronous loop over local sockets, one Redis publish per
+    message across processes)."""
+    await get_hub().publish(room_id, event)
 
 
 def message_event(*, room_id: int, room_slug: str, message: Message) -> dict[str, Any]:
@@ -64,11 +46,9 @@ async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -
 
 def custom_event(*, room_id: int, room_slug: str, payload: Any) -> dict[str, Any]:
     """parley.publish_event's room event: a `custom` frame (docs/protocol.md §4) for every socket
-    whose join completed. Relayed as presence is (a ready subscription, no origin to skip);
-    under PARLEY_FANOUT=layer through the layer's presence handler, the same relay."""
+    whose join completed. Relayed as presence is (a ready subscription, no origin to skip)."""
     frame = protocol.encode({"type": "custom", "room": room_slug, "payload": payload})
-    kind = "chat.custom" if hub_enabled() else "chat.presence"
-    return {"type": kind, "room_id": room_id, "frame": frame, "origin": ""}
+    return {"type": "chat.custom", "room_id": room_id, "frame": frame, "origin": ""}
 
 
 async def broadcast_presence(*, room_id: int, room_slug: str, event: str, user: Any, members: int,
@@ -86,21 +66,16 @@ async def broadcast_typing(*, room_id: int, room_slug: str, user: Any) -> None:
 
 
 async def broadcast_removed(*, room_id: int, user_id: int) -> None:
-    """A user lost access to a room: their sockets in it leave at once (chat_revoke)."""
+    """A user lost access to a room: their sockets in it leave at once (parley.delivery)."""
     await broadcast(room_id, {"type": "chat.revoke", "room_id": room_id, "user_id": user_id})
 
 
 async def close_credential_sockets(*, credential: tuple[str, int]) -> None:
     """Not a room broadcast: closes (4401) the sockets opened with a revoked API token,
-    ("token", id), or by a deactivated user, ("user", id), in every process.
-
-    Through the hub (its control channel on Redis) by default; through a channel-layer group
-    per credential with PARLEY_FANOUT=layer, where every socket has a channel anyway.
+    ("token", id), or by a deactivated user, ("user", id), in every process (through the
+    hub's control channel on Redis).
     """
-    if hub_enabled():
-        await get_hub().revoke(credential)
-    else:
-        await get_channel_layer().group_send(credential_group(credential), {"type": "auth.revoked"})
+    await get_hub().revoke(credential)
 
 
 # --- From synchronous code in any thread or process -----------------------------------------
@@ -118,13 +93,9 @@ def deliver_from_sync(room_id: int, event: dict[str, Any]) -> str:
       in the room's log already, and every server process reads it from there within
       PARLEY_ROOM_LOG_POLL_MS (parley.roomwatch). An event that is not stored cannot go this way
       (parley.api.publish_event refuses it before).
-    - "layer": PARLEY_FANOUT=layer, the stock channel-layer path.
     """
-    if not hub_enabled():
-        async_to_sync(broadcast)(room_id, event)
-        return "layer"
-    if settings.REDIS_URL:
-        publish_from_sync(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"], room_id, event)
+    if parley_settings.REDIS_URL:
+        publish_from_sync(parley_settings.REDIS_URL, parley_settings.REDIS_PREFIX, room_id, event)
         return "redis"
     hubs = local_hubs()
     if not hubs:
@@ -145,7 +116,7 @@ def live_delivery_possible() -> bool:
     """Whether an event that is not stored can reach sockets from here (publish_event): with
     Redis, or in a process that serves sockets — one whose hub has sockets, or that loaded the
     consumer (the ASGI application does; a management command or a worker does not)."""
-    return (not hub_enabled() or bool(settings.REDIS_URL) or bool(local_hubs())
+    return (bool(parley_settings.REDIS_URL) or bool(local_hubs())
             or "parley.consumers" in sys.modules)
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
-from django.conf import settings
 
 from parley.conf import parley_settings
 from parley.realtime.loops import per_loop
@@ -95,7 +94,7 @@ class RedisPresence:
 
         from parley.redis_options import redis_client_options
 
-        self._redis = aioredis.Redis.from_url(url, max_connections=settings.REDIS_MAX_CONNECTIONS,
+        self._redis = aioredis.Redis.from_url(url, max_connections=parley_settings.REDIS_MAX_CONNECTIONS,
                                               **redis_client_options())
         self._prefix = prefix
 
@@ -153,6 +152,6 @@ class RedisPresence:
 @per_loop
 def get_presence() -> PresenceStore:
     """The running loop's presence store: Redis-backed when REDIS_URL is set."""
-    if settings.REDIS_URL:
-        return RedisPresence(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+    if parley_settings.REDIS_URL:
+        return RedisPresence(parley_settings.REDIS_URL, parley_settings.REDIS_PREFIX)
     return MemoryPresence()

@@ -17,7 +17,7 @@ HEALTH_CHECK_INTERVAL_SECS = 15
 
 
 def redis_client_options() -> dict[str, Any]:
-    """Keyword arguments for redis.asyncio clients and pools (and channels_redis hosts)."""
+    """Keyword arguments for redis.asyncio clients and pools."""
     return {
         "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES),
         "health_check_interval": HEALTH_CHECK_INTERVAL_SECS,

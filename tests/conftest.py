@@ -1,7 +1,7 @@
 """Shared fixtures: users, tokens, and connected WebSocket clients on the real ASGI application.
 
 The backends come from the environment (scripts/test runs the suite twice): no DATABASE_URL /
-REDIS_URL means SQLite + the in-memory layer; with them, PostgreSQL + the Redis layer.
+REDIS_URL means SQLite and Parley's in-memory hub and presence; with them, PostgreSQL and Redis.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import override_settings
@@ -37,12 +36,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
 
 
 def require_redis() -> None:
-    """Skip a test that needs the Redis layer in the run without REDIS_URL.
+    """Skip a test that needs Redis in the run without REDIS_URL.
 
     scripts/test runs the suite twice, the second time with REDIS_URL; whether Redis is there
     at all is its check (loud, and fatal under PARLEY_REQUIRE_SERVICES=1), not this one's.
     """
-    if not settings.REDIS_URL:
+    if not _parley_settings.REDIS_URL:
         pytest.skip("needs Redis: runs in scripts/test's PostgreSQL + Redis pass (REDIS_URL)")
 
 
@@ -84,12 +83,19 @@ def parley_settings(settings: Any) -> ParleyOverrides:
 
 
 @pytest.fixture(autouse=True)
-async def _flush_layer() -> AsyncIterator[None]:
-    """Each test starts with an empty channel layer (the Redis one outlives a test otherwise)."""
+async def _flush_redis() -> AsyncIterator[None]:
+    """Each test starts with none of this run's keys in Redis (presence outlives a test otherwise)."""
     yield
-    layer = get_channel_layer()
-    if hasattr(layer, "flush"):
-        await layer.flush()
+    if _parley_settings.REDIS_URL:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(_parley_settings.REDIS_URL)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{_parley_settings.REDIS_PREFIX}:*", count=1000)]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
 
 
 @database_sync_to_async

@@ -11,6 +11,7 @@ from django.db import DatabaseError
 
 import parley.consumer_db
 import parley.consumers
+import parley.session
 from parley import fanout, services
 from parley.models import Membership, Message, Room
 from tests.conftest import Client, make_room, make_token, make_user
@@ -542,7 +543,7 @@ async def test_a_refused_join_of_a_known_private_room_leaks_no_events(connect, m
     room = await make_room("secret", owner=owner, private=True)
     o = await connect(owner)
     await o.join("secret")
-    assert parley.consumers._room_ids["secret"] == room.pk
+    assert parley.session._room_ids["secret"] == room.pk
     e = await connect(eve)
     snapshot = parley.consumer_db.join_snapshot
 
@@ -574,7 +575,7 @@ async def test_a_join_learns_a_recreated_room(connect):
     old_pk = old.pk
     await database_sync_to_async(old.delete)()
     new = await make_room("phoenix")
-    assert parley.consumers._room_ids["phoenix"] == old_pk != new.pk
+    assert parley.session._room_ids["phoenix"] == old_pk != new.pk
     b = await connect(ada)
     again = await b.join("phoenix")
     assert again["room"]["epoch"] == new.epoch != first["room"]["epoch"]
@@ -1045,10 +1046,9 @@ async def test_room_slug_with_nul_is_room_not_found(joined_client):
 # --- the consumer's lifetime under a real server -------------------------------------------------
 
 async def test_closed_sockets_end_their_consumers_at_once(server):
-    """Regression: on Redis, with several sockets in one process, a socket's consumer could stay
-    alive after its socket closed — Channels cancels its channel-layer receive, and the cancel
-    was lost inside channels_redis/redis-py's shared blocking pop — until the next message came
-    through the layer. With the hub (the default) a socket has no layer channel at all."""
+    """A socket's consumer ends when its socket closes. On Redis, with several sockets in one
+    process, a consumer with a channel-layer receive could outlive its socket (the cancel was
+    lost inside channels_redis/redis-py's shared blocking pop); Parley's has no layer channel."""
     ada = await make_user("ada")
     await make_room("lobby")
     token = await make_token(ada)
@@ -1065,3 +1065,42 @@ async def test_closed_sockets_end_their_consumers_at_once(server):
             break
         await asyncio.sleep(0.02)
     assert consumers() == []
+
+
+# --- no channel layer -----------------------------------------------------------------------------
+
+async def test_parley_needs_no_channel_layer(connect):
+    """The standalone server configures none, and chats (rooms and revocation go through the hub)."""
+    from channels.layers import get_channel_layer
+    from django.conf import settings
+
+    assert not getattr(settings, "CHANNEL_LAYERS", None) and get_channel_layer() is None
+    await make_room("lobby")
+    ada, bob = await connect(await make_user("ada")), await connect(await make_user("bob"))
+    await ada.join("lobby")
+    await bob.join("lobby")
+    await ada.say("lobby", "no layer")
+    assert [m["text"] for m in await bob.messages(1)] == ["no layer"]
+
+
+async def test_a_host_projects_channel_layer_is_left_to_its_own_consumers(connect):
+    """A host that configures CHANNEL_LAYERS for its own consumers: Parley's sockets open no
+    channel and join no group on it, chat as without it, and the layer still works for the host."""
+    from channels.layers import get_channel_layer
+    from django.test import override_settings
+
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}):
+        layer = get_channel_layer()
+        assert layer is not None
+        await make_room("lobby")
+        ada, bob = await connect(await make_user("ada")), await connect(await make_user("bob"))
+        await ada.join("lobby")
+        await bob.join("lobby")
+        await ada.say("lobby", "beside a layer")
+        assert [m["text"] for m in await bob.messages(1)] == ["beside a layer"]
+        assert layer.channels == {} and layer.groups == {}
+        await layer.group_add("host.group", "host.channel")
+        await layer.group_send("host.group", {"type": "host.event"})
+        assert await layer.receive("host.channel") == {"type": "host.event"}
+        await ada.close()
+        await bob.close()

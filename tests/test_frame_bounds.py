@@ -101,7 +101,7 @@ async def test_a_full_resume_window_of_ordinary_messages_is_recovered(connect):
 
 
 def test_a_room_with_thousands_online_gets_a_member_list_that_fits():
-    from parley.consumers import _members_that_fit
+    from parley.commands import members_that_fit as _members_that_fit
 
     members = [{"id": 10**12 + i, "username": "ü" * 150} for i in range(20_000)]
     kept = _members_that_fit(members)

@@ -38,8 +38,6 @@ HOST_PYTHON = "3.13"
 SETTINGS = """
 from pathlib import Path
 
-from parley.limits import ALL as PARLEY_LIMITS
-
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "host-project-test"
 DEBUG = False
@@ -76,17 +74,8 @@ STATIC_URL = "/static/"
 ASGI_APPLICATION = "hostsite.asgi.application"
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-# Parley's settings, at their defaults. PARLEY_SETTINGS_BRIDGE: the host should not have to
-# name any of them once the PARLEY dict gives each a default (issue 13, item "PARLEY settings").
-REDIS_URL = ""
-REDIS_MAX_CONNECTIONS = 100
-for _limit in PARLEY_LIMITS:
-    globals()[_limit.env] = int(_limit.default)
-PARLEY_HISTORY_PAGE_DEFAULT = 50
-PARLEY_RESERVED_SLUGS = []
-PARLEY_GAP_FILL_DELAY_MS = 250
-PARLEY_FANOUT = "hub"
-PARLEY_PREPARED_FRAMES = True
+# Parley's one settings dict: every key it does not name keeps its default.
+PARLEY = {"RESERVED_SLUGS": ["admin"]}
 """
 
 URLS = """

@@ -353,7 +353,7 @@ def store_behind_parleys_back(slug: str, author: Any, text: str) -> Message:
 
 
 async def test_the_room_log_watch_delivers_what_others_stored(connect, settings, parley_settings):
-    if settings.REDIS_URL:
+    if parley_settings.REDIS_URL:
         pytest.skip("with Redis, other processes publish on the hub's channel (tests/test_post_server.py)")
     parley_settings.ROOM_LOG_POLL_MS = 50
     ada, bob, bot = await make_user("ada"), await make_user("bob"), await make_user("bot")
@@ -372,7 +372,7 @@ async def test_the_room_log_watch_delivers_what_others_stored(connect, settings,
 
 
 async def test_with_the_room_log_watch_off_such_messages_wait_for_the_next_live_one(connect, settings, parley_settings):
-    if settings.REDIS_URL:
+    if parley_settings.REDIS_URL:
         pytest.skip("the watch runs only without Redis")
     parley_settings.ROOM_LOG_POLL_MS = 0
     parley_settings.GAP_FILL_DELAY_MS = 50

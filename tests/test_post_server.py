@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from django.conf import settings
 
+from parley.conf import parley_settings
 from tests.support.fixtures import RawSocket, make_room, make_user_token, servers  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -78,7 +78,7 @@ async def test_publish_event_from_another_process(servers):  # noqa: F811
     server = servers()
     socks = await joined_sockets(server, 2)
     out = (await asyncio.to_thread(server.manage, "shell", "-v", "0", "-c", PUBLISH)).strip()
-    if settings.REDIS_URL:
+    if parley_settings.REDIS_URL:
         assert out == "published"
         for sock in socks:
             frame = await sock.take(lambda f: f["type"] == "custom", timeout=DELIVERY_BOUND_SECS)

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from django.conf import settings
 
 import parley.presence
+from parley.conf import parley_settings
 from parley.presence import Member, MemoryPresence, RedisPresence, get_presence
 from tests.conftest import require_redis
 
@@ -28,7 +28,7 @@ async def store(request) -> AsyncIterator[object]:
         return
     require_redis()
     prefix = f"ptest-presence-{uuid.uuid4().hex[:8]}"
-    s = RedisPresence(settings.REDIS_URL, prefix)
+    s = RedisPresence(parley_settings.REDIS_URL, prefix)
     yield s
     keys = [k async for k in s._redis.scan_iter(f"{prefix}:*")]
     if keys:
@@ -105,7 +105,7 @@ def test_ttl_is_three_heartbeats(parley_settings):
 async def test_get_presence_picks_the_backend_and_is_per_loop():
     store = get_presence()
     assert store is get_presence()
-    expected = RedisPresence if settings.REDIS_URL else MemoryPresence
+    expected = RedisPresence if parley_settings.REDIS_URL else MemoryPresence
     assert isinstance(store, expected)
 
 
@@ -154,8 +154,8 @@ async def test_a_busy_sender_comes_back_after_redis_lost_the_presence(connect, s
     a, b = await connect(ada), await connect(bob)
     await a.join("lobby")
     await b.join("lobby")
-    key = f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}:presence:{room.pk}"
-    r = aioredis.Redis.from_url(settings.REDIS_URL)
+    key = f"{parley_settings.REDIS_PREFIX}:presence:{room.pk}"
+    r = aioredis.Redis.from_url(parley_settings.REDIS_URL)
     try:
         assert await r.delete(key) == 1
     finally:

@@ -13,7 +13,7 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 
-from parley import consumer_db, consumers, limits, selectors, services
+from parley import commands, consumer_db, limits, selectors, services
 from tests.conftest import make_room, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def fresh_budget(monkeypatch):
     """A budget of the test's own: buckets are per process and must not carry between tests."""
-    monkeypatch.setattr(consumers, "_history_budget", limits.ByteBudget(
+    monkeypatch.setattr(commands, "_history_budget", limits.ByteBudget(
         limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
         limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES))
 

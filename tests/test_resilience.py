@@ -145,10 +145,10 @@ async def test_server_sigkill_and_restart_lose_and_double_nothing(servers: Any) 
 
 @pytest.mark.slow
 async def test_redis_restart_delivery_resumes_and_nothing_acked_is_lost(servers: Any, private_redis: Any) -> None:
-    """Only meaningful with the Redis layer: a private redis-server is killed and restarted.
+    """Only meaningful with Redis: a private redis-server is killed and restarted.
 
     Its data is gone afterwards (--save "" --appendonly no), like a Redis that failed over to an
-    empty replica: channel-layer group memberships and presence vanish with it.
+    empty replica: the hub's subscriptions and presence vanish with it.
     """
     server = servers(redis_url=private_redis.url)
     tokens, members = await three_members(server)
@@ -314,8 +314,8 @@ async def test_client_survives_a_hung_server_via_heartbeat(servers: Any) -> None
 async def test_redis_restart_each_acked_message_reaches_live_members(servers: Any, private_redis: Any) -> None:
     """After Redis came back and everyone resumed, each single acked message must arrive live.
 
-    No later message follows to trigger the server's gap fill, so a broadcast that the channel
-    layer dropped would stay missing on every open socket until it reconnects.
+    No later message follows to trigger the server's gap fill, so a broadcast that Redis
+    dropped would stay missing on every open socket until it reconnects.
     """
     server = servers(redis_url=private_redis.url)
     tokens, members = await three_members(server)
@@ -325,7 +325,7 @@ async def test_redis_restart_each_acked_message_reaches_live_members(servers: An
     await settle(members, 24)
     await asyncio.to_thread(private_redis.kill)
     await asyncio.to_thread(private_redis.start)  # at once: the shortest possible outage
-    # Sockets either die (their channel-layer receive fails) and the clients resume, or survive
+    # Sockets either die and the clients resume, or survive
     # (redis-py reconnected in time) and the server must resync them; either way, let it settle.
     await asyncio.sleep(2.0)
     await wait_for(lambda: all(c.connected and c.room(ROOM).joined_on is not None for c, _ in members),

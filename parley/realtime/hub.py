@@ -17,7 +17,8 @@ without it, `loop.call_soon_threadsafe` to each hub of the process (`local_hubs`
 without Redis hears other processes' messages only from the database: the product registers a
 room-log watch (`set_room_log_watch`, parley.roomwatch) that each LocalHub starts for its rooms.
 
-`PARLEY_FANOUT=layer` switches parley.fanout back to the stock channel-layer path (for comparison).
+The stock Channels path (group_send) is kept for comparison as a benchmark baseline
+(bench/baselines/parley_layer.py).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
-from django.conf import settings
 
+from parley.conf import parley_settings
 from parley.realtime.loops import per_loop
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,9 @@ class LocalHub:
 
     It also knows which local sockets were opened with which credentials — an API token
     (`("token", id)`) and a user (`("user", id)`) — so that revoking a token or deactivating a
-    user closes them (`revoke`). That used to be a channel-layer group per token, which gave
-    every socket a channel of its own — a queue, a receive task and, on Redis, a blocking pop
-    shared through channels_redis's receive lock — for an event that almost never happens.
-    The same map is what parley.revocation's periodic check asks the database about, so that a
+    user closes them (`revoke`), without a channel-layer group per token: that would give every
+    socket a channel of its own — a queue, a receive task and, on Redis, a blocking pop — for
+    an event that almost never happens. The same map is what parley.revocation's periodic check asks the database about, so that a
     revocation made in another process (without Redis) or without a signal closes them too.
     """
 
@@ -315,10 +315,6 @@ def publish_from_sync(url: str, prefix: str, room_id: int, event: dict[str, Any]
 @per_loop
 def get_hub() -> LocalHub:
     """The running loop's hub: Redis-backed when REDIS_URL is set."""
-    if settings.REDIS_URL:
-        return RedisHub(settings.REDIS_URL, settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+    if parley_settings.REDIS_URL:
+        return RedisHub(parley_settings.REDIS_URL, parley_settings.REDIS_PREFIX)
     return LocalHub()
-
-
-def hub_enabled() -> bool:
-    return settings.PARLEY_FANOUT == "hub"

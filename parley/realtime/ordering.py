@@ -1,9 +1,9 @@
 """Per-socket, per-room delivery order: every message once, in seq order, no gaps.
 
 Broadcasts can arrive out of order (two senders on two processes), twice (history and live
-overlap at join), or not at all (Redis pub/sub is at-most-once; a full channel-layer queue
-drops). Each socket therefore tracks, per joined room, the highest seq it delivered and holds
-anything that arrives ahead of a gap until the gap is filled — live, or from the database.
+overlap at join), or not at all (Redis pub/sub is at-most-once). Each socket therefore tracks,
+per joined room, the highest seq it delivered and holds anything that arrives ahead of a gap
+until the gap is filled — live, or from the database.
 All methods are synchronous: called from the hub's loop, they run atomically for the event loop.
 """
 
@@ -30,7 +30,12 @@ class Subscription:
     typing_at: float = 0.0  # when this socket last relayed a typing event for the room
 
     def offer(self, seq: int, frame: str, size: int | None, put: Put) -> bool:
-        """Deliver (or hold) one message; True if a gap is open and should be filled."""
+        """Deliver (or hold) one message; True if a gap is open and should be filled.
+
+        The only place a live message is let through: called once per recipient of every
+        broadcast (parley.delivery), so the usual case — next in line, nothing held — costs one
+        comparison chain and the put, without a call to drain.
+        """
         if seq <= self.high_seq:
             return False  # already delivered
         if not self.ready or seq != self.high_seq + 1:
@@ -38,7 +43,7 @@ class Subscription:
             return self.ready
         put(frame, size)
         self.high_seq = seq
-        return self.drain(put)
+        return self.drain(put) if self.pending else False
 
     def start(self, high_seq: int, put: Put) -> bool:
         """The join's snapshot (up to high_seq) was sent: go live. True if a gap is open."""

@@ -67,9 +67,9 @@ def database_url_for_tests() -> str:
 
 
 def redis_url_for_tests() -> str:
-    from django.conf import settings
+    from parley.conf import parley_settings
 
-    return settings.REDIS_URL or ""
+    return parley_settings.REDIS_URL or ""
 
 
 class ServerProcess:

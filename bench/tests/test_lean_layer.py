@@ -1,11 +1,12 @@
-"""parley.layers: the embedded channel layer still expires, but walks its channels at most once a second."""
+"""bench.baselines.lean_layer: the parley-layer baseline's layer still expires, but walks its channels
+at most once a second."""
 
 from __future__ import annotations
 
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from parley import layers
+from bench.baselines import lean_layer as layers
 
 
 @pytest.fixture
@@ -39,8 +40,3 @@ async def test_expired_messages_and_their_groups_are_still_dropped(clock, monkey
     layer._clean_expired()
     assert "gone" not in layer.channels and "gone" not in layer.groups.get("g", {})
 
-
-def test_it_is_the_embedded_default(settings):
-    if settings.REDIS_URL:
-        pytest.skip("the Redis run uses channels_redis")
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "parley.layers.LeanInMemoryChannelLayer"

@@ -1,4 +1,5 @@
-"""The embedded channel layer: Channels' InMemoryChannelLayer without its scan on every receive.
+"""Channels' InMemoryChannelLayer without its scan on every receive: the layer of the
+parley-layer baseline (parley_layer.py), as Parley's embedded layer was when it had one.
 
 Stock InMemoryChannelLayer.receive() first runs _clean_expired(), which walks every channel and
 every group of the process. Every consumer keeps one receive() waiting, so each new socket paid
@@ -6,9 +7,6 @@ for a walk over all the others: a connect storm was O(sockets²). py-spy put 44%
 reconnect storm there, and Parley accepted ~85 handshakes a second (docs/benchmarks.md). Expiry is
 about messages left unread for `expiry` (60 s) seconds, so walking at most once per
 CLEAN_INTERVAL_SECS changes nothing a client can notice.
-
-Parley's room traffic does not use the layer (parley.realtime.hub); it carries token revocations, and room
-events only under PARLEY_FANOUT=layer. With REDIS_URL, channels_redis is used instead.
 """
 
 from __future__ import annotations
