@@ -12,7 +12,7 @@ class ParleyConfig(AppConfig):
         bad value stops the start here, not at a socket's first read), then connects Parley's
         receivers and parley.events' subscribers (fan-out, the room-log watch, the
         message_posted signal)."""
-        from parley import fanout, receivers, roomwatch  # noqa: F401
+        from parley import fanout, receivers, revocation, roomwatch  # noqa: F401
         from parley.conf import check_at_startup
 
         check_at_startup()

@@ -92,7 +92,7 @@ class RedisPresence:
     def __init__(self, url: str, prefix: str) -> None:
         import redis.asyncio as aioredis
 
-        from parley.redis_options import redis_client_options
+        from parley.realtime.redis_options import redis_client_options
 
         self._redis = aioredis.Redis.from_url(url, max_connections=parley_settings.REDIS_MAX_CONNECTIONS,
                                               **redis_client_options())
@@ -106,7 +106,7 @@ class RedisPresence:
         out = []
         for channel, value in raw.items():
             uid, name, expires = orjson.loads(value)
-            out.append((channel.decode(), Member(uid, name), expires))
+            out.append((channel.decode() if isinstance(channel, bytes) else channel, Member(uid, name), expires))
         return out
 
     async def add(self, room_id: int, channel: str, member: Member) -> bool:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from parley import selectors
 from parley.conf import parley_settings
+from parley.realtime import hub as hub_module
 from parley.realtime.dbthread import DatabaseThread
 from parley.selectors import Credential
 
@@ -90,3 +91,8 @@ class RevocationCheck:
             log.info("closing the sockets of %s %s: no longer valid", *credential)
             self.hub.close_local(credential)
         return lost
+
+
+# Every hub starts this check once a socket is recorded under a credential (the engine knows
+# only the CredentialCheck protocol; this module is the product side that reads the database).
+hub_module.set_credential_check(RevocationCheck)

@@ -5,7 +5,7 @@ its connection pool sized as Parley's own Redis clients are."""
 from config.env import env_str
 from config.settings import *  # noqa: F403
 from config.settings import REDIS_MAX_CONNECTIONS, REDIS_URL
-from parley.redis_options import redis_client_options
+from parley.realtime.redis_options import redis_client_options
 
 if REDIS_URL:
     CHANNEL_LAYERS = {

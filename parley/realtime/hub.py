@@ -72,6 +72,21 @@ def set_room_log_watch(factory: Callable[[LocalHub], RoomLogWatch] | None) -> No
     _room_log_watch_factory = factory
 
 
+class CredentialCheck(Protocol):
+    def ensure_running(self) -> None:
+        """A socket was recorded under a credential: make sure the periodic check runs."""
+
+
+# Made once per hub by the product (parley.revocation registers it): the periodic check that
+# asks the database which of the hub's credentials were revoked without anyone announcing it.
+_credential_check_factory: Callable[[LocalHub], CredentialCheck] | None = None
+
+
+def set_credential_check(factory: Callable[[LocalHub], CredentialCheck] | None) -> None:
+    global _credential_check_factory
+    _credential_check_factory = factory
+
+
 def local_hubs() -> list[LocalHub]:
     """This process's hubs whose event loop is running and that have sockets in some room."""
     return [hub for hub in list(_hubs)
@@ -98,7 +113,7 @@ class LocalHub:
         self.credentials: dict[Credential, set[Receiver]] = {}
         # The highest seq delivered per room: the room-log watch skips what live delivery brought.
         self.seen: dict[int, int] = {}
-        self._revocation_check: Any = None
+        self._revocation_check: CredentialCheck | None = None
         self._room_log_watch: RoomLogWatch | None = None
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -135,11 +150,10 @@ class LocalHub:
         """Record the socket under its credential, for close_local and the periodic check
         (which this starts if it is not running)."""
         self.credentials.setdefault(credential, set()).add(receiver)
-        if self._revocation_check is None:
-            from parley.revocation import RevocationCheck  # (it reads the database: not at import)
-
-            self._revocation_check = RevocationCheck(self)
-        self._revocation_check.ensure_running()
+        if self._revocation_check is None and _credential_check_factory is not None:
+            self._revocation_check = _credential_check_factory(self)
+        if self._revocation_check is not None:
+            self._revocation_check.ensure_running()
 
     def unwatch(self, credential: Credential, receiver: Receiver) -> None:
         sockets = self.credentials.get(credential)
@@ -189,7 +203,7 @@ class RedisHub(LocalHub):
         self._prefix = f"{prefix}:room:"
         # One channel for every process's revocations: rare, so no per-token or per-user channel.
         self._control = f"{prefix}:control"
-        from parley.redis_options import redis_client_options
+        from parley.realtime.redis_options import redis_client_options
 
         # The publisher retries through a Redis restart, so a committed message still goes out.
         self._publisher = aioredis.Redis.from_url(url, **redis_client_options())
@@ -301,11 +315,11 @@ def publish_from_sync(url: str, prefix: str, room_id: int, event: dict[str, Any]
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
 
-    from parley.redis_options import HEALTH_CHECK_INTERVAL_SECS, RETRIES
+    from parley.realtime.redis_options import HEALTH_CHECK_INTERVAL_SECS, RETRIES
 
     client = _sync_publishers.get(url)
     if client is None:
-        # parley.redis_options' retries, in redis-py's blocking flavour.
+        # parley.realtime.redis_options' retries, in redis-py's blocking flavour.
         client = _sync_publishers[url] = redis.Redis.from_url(
             url, retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES),
             health_check_interval=HEALTH_CHECK_INTERVAL_SECS, socket_keepalive=True)
