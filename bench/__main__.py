@@ -46,7 +46,7 @@ def machine() -> dict[str, Any]:
         try:
             m = __import__(mod)
             versions[mod] = getattr(m, "__version__", None) or getattr(getattr(m, "version", None), "__version__", "?")
-        except Exception:  # noqa: BLE001
+        except Exception:
             versions[mod] = "?"
     if versions.get("django") == "?":
         import django
@@ -63,7 +63,7 @@ def server_revision() -> dict[str, Any]:
         try:
             return subprocess.run(["git", *a], cwd=servers.ROOT, capture_output=True, text=True,
                                   timeout=20).stdout.strip()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return "?"
     return {"head": git("rev-parse", "--short", "HEAD"),
             "uncommitted": git("status", "--porcelain", "--", "parley", "config").splitlines()}
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     def attempt(section: str, label: str, fn: Any) -> None:
         try:
             out = fn()
-        except Exception:  # noqa: BLE001 - one broken target must not lose the rest of the run
+        except Exception:
             err = traceback.format_exc()
             progress.write(f"!! {section}/{label} failed:\n{err}")
             out = {"target": label, "failed": err.splitlines()[-1]}
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="profile: Parley's fan-out path (layer = the parley-layer baseline, stock group_send)")
     ap.add_argument("--db", default="sqlite", choices=["sqlite", "postgres"], help="profile: Parley's database")
     args = ap.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     def _terminate(*_: Any) -> None:  # SIGTERM (and SIGINT when a shell ignores it) still cleans up

@@ -236,7 +236,7 @@ class Worker:
                         greeted.append(time.monotonic() - t0)
                         for room in c.rooms:
                             await self._join(c, room, spec.get("resume", {}).get(room), timeout)
-                except Exception as exc:  # noqa: BLE001 - counted and sampled
+                except Exception as exc:
                     self.error(f"connect {spec['idx']}: {type(exc).__name__}: {exc}")
                     if c.transport is not None:
                         c.transport.disconnect()
@@ -355,7 +355,7 @@ class Worker:
                 else:
                     c.transport.send_close()
         deadline = time.monotonic() + wait
-        while any(not c.closed for c in self.clients) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while any(not c.closed for c in self.clients) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         n = len(self.clients)
         kept = [c for c in self.clients if c.track]
@@ -366,7 +366,7 @@ class Worker:
 def _worker_main(conn: Any, wid: int) -> None:
     import uvloop
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     uvloop.run(Worker(conn, wid).run())
 

@@ -244,7 +244,7 @@ def fanout_ramp(cfg: Config, pool: Pool, t: Target, progress: Progress, label: s
         secs = min(max(cfg.step_secs, cfg.min_step_msgs / rate), 4 * cfg.step_secs)
         s = pool.run(send_w[0], "send_rate", rate=rate, duration=secs, timeout=secs * 4 + 30)
         expected = s["sent"] * n_ok
-        got, drained = drain(pool, sub_w, expected, "deliveries", cfg.drain_max)
+        _got, drained = drain(pool, sub_w, expected, "deliveries", cfg.drain_max)
         res = pool.all("collect", wids=sub_w)
         pool.all("measure", on=False, wids=sub_w)
         lat = sorted(merge(res, "lat"))
@@ -387,7 +387,7 @@ def ingest(cfg: Config, pool: Pool, t: Target, progress: Progress, label: str) -
         sends = pool.all("send_rate", wids=wids, rate=rate / len(wids), duration=cfg.step_secs,
                          timeout=cfg.step_secs * 4 + 30)
         sent = sum(s["sent"] for s in sends)
-        got, drained = drain(pool, wids, sent, "acks", cfg.drain_max)
+        _got, drained = drain(pool, wids, sent, "acks", cfg.drain_max)
         res = pool.all("collect", wids=wids)
         ack = sorted(merge(res, "ack_lat"))
         t0, t1 = min(s["t0_ns"] for s in sends) // 1000, max(s["t1_ns"] for s in sends) // 1000

@@ -120,7 +120,7 @@ def start_processes(name: str, app: str, env: dict[str, str], nproc: int, workdi
             for attempt in range(3):
                 port = free_port()
                 log = workdir / f"{name}-{i}-{attempt}.log"
-                fh = open(log, "wb")  # noqa: SIM115 - the child keeps it; closed when it exits
+                fh = open(log, "wb")
                 proc = subprocess.Popen(uvicorn_cmd(app, port, ws), cwd=ROOT, env=env, stdout=fh,
                                         stderr=subprocess.STDOUT, start_new_session=True)
                 fh.close()

@@ -22,7 +22,7 @@ class RoomAdmin(admin.ModelAdmin):
     readonly_fields = ["last_seq", "epoch", "created_at"]
     inlines = [MembershipInline]
 
-    def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
+    def save_formset(self, request, form, formset, change):
         # Removing a member through the service makes their open sockets leave the room now.
         instances = formset.save(commit=False)
         for obj in formset.deleted_objects:
@@ -48,7 +48,7 @@ class MessageAdmin(admin.ModelAdmin):
     def short_text(self, obj: Message) -> str:
         return obj.text[:80]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
 
@@ -61,9 +61,9 @@ class ApiTokenAdmin(admin.ModelAdmin):
     actions = ["revoke"]
 
     @admin.action(description="Revoke selected tokens")
-    def revoke(self, request, queryset) -> None:  # type: ignore[no-untyped-def]
+    def revoke(self, request, queryset) -> None:
         for token in queryset:
             token_revoke(token=token)
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False  # made with `manage.py create_token` or POST /api/tokens, shown once

@@ -94,12 +94,11 @@ def publish_event(room: Room | str, payload: Any) -> None:
     if not fanout.live_delivery_possible():
         raise EventNotDeliverable("no REDIS_URL and no server in this process: set REDIS_URL to publish "
                                   "events from other processes (messages need no Redis: post_message)")
-    if not isinstance(room, Room):
-        found = Room.objects.filter(slug=room).first() if isinstance(room, str) else None
-        if found is None:
-            raise RoomNotFound(str(room))
-        room = found
-    events.send_event_on_commit(events.AppEventPublished(room_id=room.pk, room_slug=room.slug, payload=payload))
+    target = room if isinstance(room, Room) else (
+        Room.objects.filter(slug=room).first() if isinstance(room, str) else None)
+    if target is None:
+        raise RoomNotFound(str(room))
+    events.send_event_on_commit(events.AppEventPublished(room_id=target.pk, room_slug=target.slug, payload=payload))
 
 
 async def apublish_event(room: Room | str, payload: Any) -> None:

@@ -27,15 +27,15 @@ R = TypeVar("R")
 def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """fn, run in the database thread's read lane (parley.realtime.dbthread); the caller awaits its result.
 
-    It used to be database_sync_to_async in a child task: asgiref copies the thread's context
-    variables back into the caller's context after every call, re-homing the storage of each
-    asgiref Local it finds, and called from a socket's task that left ~0.6 KB in every open
-    socket's context. The database thread touches no context at all.
+    Not database_sync_to_async: asgiref copies the thread's context variables back into the
+    caller's context after every call, re-homing the storage of each asgiref Local it finds,
+    which from a socket's task leaves ~0.6 KB in every open socket's context. The database
+    thread touches no context at all.
     """
 
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-        return read_thread.submit(fn, *args, **kwargs)
+        return read_thread.submit(fn, *args, **kwargs)  # type: ignore[misc]  # (ReadLane borrows DatabaseThread's methods)
 
     return call
 
@@ -58,7 +58,7 @@ async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = No
     CredentialsRevoked if the user, or the socket's API token `token_id`, no longer holds.
 
     Joins that reach the read lane together are read together (join_snapshots): in a
-    reconnect storm, each socket's join used to be one hop and two queries of its own.
+    reconnect storm that is one hop and a few queries for many sockets, not two each.
     """
     found = await _join_snapshots((user, cmd, token_id))
     if isinstance(found, CredentialsRevoked):
@@ -79,7 +79,7 @@ def join_snapshots(items: list[tuple[Any, protocol.Join]],
                                                       credentials=credentials)
     refused = [_refused(user, token_id, lost) for (user, _), token_id in zip(items, tokens, strict=True)]
     rooms = [None if no else room for room, no in zip(rooms, refused, strict=True)]
-    resumes = {i: (room.pk, cmd.after_seq, room.last_seq) for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))
+    resumes: dict[int, tuple[int, int, int]] = {i: (room.pk, cmd.after_seq or 0, room.last_seq) for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))
                if room is not None and _resumable(room, cmd)}
     ranges = dict(zip(resumes, selectors.messages_in_ranges(ranges=list(resumes.values())), strict=True))
     pages: dict[tuple[int, int], tuple[list[Message], bool]] = {}

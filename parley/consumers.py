@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -30,6 +30,7 @@ from parley.protocol import ProtocolError
 from parley.realtime.frameless import consumer_app
 from parley.realtime.hub import get_hub
 from parley.realtime.outbound import RAW_SEND_KEY, Outbound
+from parley.realtime.tasks import spawn
 from parley.revocation import CredentialsRevoked
 from parley.session import Session
 
@@ -48,10 +49,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # No channel layer: nothing reaches a socket through one (rooms and revocations go through
     # parley.realtime.hub), so the socket gets no channel. Channels would otherwise run a second
     # receive task per socket and keep a per-socket queue (idle memory, docs/benchmarks.md).
-    channel_layer_alias = None  # type: ignore[assignment]
+    channel_layer_alias = None
 
     # Command type (parley.protocol.parse_command) → its handler (parley.commands).
-    handlers: dict[type, commands.Handler] = {
+    handlers: ClassVar[dict[type, commands.Handler]] = {
         protocol.Join: commands.join,
         protocol.Leave: commands.leave,
         protocol.Send: commands.send,
@@ -211,8 +212,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self._close_revoked(lost.credentials)
         except Exception:
             log.exception("unexpected error handling a frame from user %s", session.user.pk)
-            err = ProtocolError(protocol.INTERNAL_ERROR, "unexpected server error")
-            session.send_frame(err.to_frame(ref))
+            internal = ProtocolError(protocol.INTERNAL_ERROR, "unexpected server error")
+            session.send_frame(internal.to_frame(ref))
 
     def send_message(self, frame: str, size: int | None = None) -> None:
         """Queue one encoded frame — a reply, or a room event encoded once for everyone by
@@ -294,7 +295,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         log.warning("closing socket of user %s: it stopped reading (outbound queue over budget)",
                     self.user.pk)
         if not self._close_now(protocol.CLOSE_SLOW_READER):
-            asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_READER))
+            spawn(self.close(code=protocol.CLOSE_SLOW_READER))
 
     # --- the heartbeat watchdog -------------------------------------------------------------
 
@@ -316,4 +317,4 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.watchdog = None
         log.info("closing a silent socket of user %s after %.0f s", self.user.pk, idle)
         if not self._close_now(protocol.CLOSE_HEARTBEAT_TIMEOUT):  # silent may mean not reading
-            asyncio.ensure_future(self.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT))
+            spawn(self.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT))

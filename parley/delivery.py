@@ -20,6 +20,7 @@ from parley import protocol
 from parley.conf import parley_settings
 from parley.payloads import message_payload
 from parley.realtime.ordering import Subscription
+from parley.realtime.tasks import spawn
 
 if TYPE_CHECKING:
     from parley.session import Session
@@ -31,7 +32,7 @@ class Delivery:
     """One socket's receiver of room events (the hub holds it in its room and credential sets)."""
 
     # The fan-out's hot path reads these once per recipient: plain slots, no property.
-    __slots__ = ("session", "subs", "send_message")
+    __slots__ = ("send_message", "session", "subs")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -58,13 +59,13 @@ class Delivery:
         elif kind == "chat.typing":
             self.relay_typing(event)
         elif kind == "chat.revoke":
-            asyncio.ensure_future(self.room_revoked(event))
+            spawn(self.room_revoked(event))
 
     def hub_resync(self, room_id: int) -> None:
         """Called by parley.realtime.hub when events may have been lost (Redis reconnected): catch up."""
         sub = self.subs.get(room_id)
         if sub is not None and sub.ready:
-            asyncio.ensure_future(self.fill_gap(sub, up_to=None))
+            spawn(self.fill_gap(sub, up_to=None))
 
     def hub_credentials_revoked(self) -> None:
         """Called by parley.realtime.hub when this socket's API token is revoked or its user

@@ -305,7 +305,7 @@ class ParleyWebSocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = True
             self.transport.pause_reading()
         # Behind the frames already queued: the app handles those first, then closes.
-        self.queue.put_nowait({"type": "websocket.shutdown"})
+        self.queue.put_nowait({"type": "websocket.shutdown"})  # type: ignore[misc,arg-type]  # (Parley's own event: not in asgiref's types)
 
     async def receive(self) -> Any:
         message = await self.queue.get()

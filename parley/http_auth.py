@@ -21,7 +21,7 @@ def bearer_authenticate(request: HttpRequest) -> JsonResponse | None:
     """
     if getattr(request, "_parley_bearer_checked", False):
         return None
-    request._parley_bearer_checked = True  # type: ignore[attr-defined]
+    request._parley_bearer_checked = True
     value = request.headers.get("Authorization", "")
     scheme, _, raw = value.partition(" ")
     if scheme.lower() == "bearer":
@@ -30,8 +30,8 @@ def bearer_authenticate(request: HttpRequest) -> JsonResponse | None:
             return api_error(401, "invalid_token", "the bearer token is invalid or revoked")
         token_touch(token=token)
         request.user = token.user
-        request.auth_token = token  # type: ignore[attr-defined]
-        request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+        request.auth_token = token
+        request._dont_enforce_csrf_checks = True
     return None
 
 

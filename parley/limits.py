@@ -165,7 +165,7 @@ STRIKE_WINDOW_SECS = 10.0
 class TokenBucket:
     """Classic token bucket: `rate` tokens per second refill up to `burst`."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate

@@ -6,6 +6,7 @@ Nothing in this module touches the database or the socket, so it can be fuzzed o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,7 +279,7 @@ def _parse_history(frame: dict[str, Any]) -> History:
     return History(room=_room(frame), before=_integer(frame, "before", 1, MAX_SEQ), limit=_limit(frame))
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], Command]] = {
     "join": _parse_join,
     "leave": lambda f: Leave(room=_room(f)),
     "send": _parse_send,

@@ -219,7 +219,7 @@ def _client_id_hits(hits: list[int]) -> dict[tuple[int, int, str], Message]:
     """The light query's hits as full rows, by key (a second query, only when some are retries)."""
     if not hits:
         return {}
-    return {(m.room_id, m.author_id, m.client_id): m  # type: ignore[misc]
+    return {(m.room_id, m.author_id, m.client_id): m
             for m in Message.objects.filter(pk__in=hits).select_related("author")}
 
 

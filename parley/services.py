@@ -159,20 +159,19 @@ def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = N
     assert isinstance(command, protocol.Send)
     if author is None or not getattr(author, "is_active", False) or author.pk is None:
         raise PostForbidden("the author must be an active, saved user")
-    if not isinstance(room, Room):
-        room = Room.objects.filter(slug=slug).first()  # type: ignore[assignment]
-        if room is None:
-            raise RoomNotFound(slug)
-    if not room_user_can_access(user=author, room_id=room.pk):
+    target = room if isinstance(room, Room) else Room.objects.filter(slug=slug).first()
+    if target is None:
+        raise RoomNotFound(slug)
+    if not room_user_can_access(user=author, room_id=target.pk):
         raise RoomNotFound(slug)
     try:
-        message, duplicate = message_create(room_id=room.pk, author=author, text=command.text,
+        message, duplicate = message_create(room_id=target.pk, author=author, text=command.text,
                                             client_id=command.client_id)
     except Room.DoesNotExist:  # deleted since the lookup
         raise RoomNotFound(slug) from None
     if not duplicate:
-        events.send_event_on_commit(events.MessagePosted(message=message, room_id=room.pk,
-                                                         room_slug=room.slug, source=source))
+        events.send_event_on_commit(events.MessagePosted(message=message, room_id=target.pk,
+                                                         room_slug=target.slug, source=source))
     return message, duplicate
 
 
@@ -195,7 +194,7 @@ def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
     of it is stored, and it is stored item by item instead, where each item's savepoint sorts
     the duplicate from the others.
     """
-    token_ids = tokens if tokens is not None else [None] * len(items)
+    token_ids: list[int | None] = tokens if tokens is not None else [None] * len(items)
     try:
         with db().write_transaction():
             return _messages_create_together(items, token_ids)

@@ -293,7 +293,7 @@ def room_message_post(request: HttpRequest, slug: str) -> HttpResponse:
     return HttpResponse(orjson.dumps(body), content_type="application/json", status=200 if duplicate else 201)
 
 
-def _query_int(request: HttpRequest, name: str, low: int) -> int | None | Literal[False]:
+def _query_int(request: HttpRequest, name: str, low: int) -> int | Literal[False] | None:
     """The query parameter as an integer from `low` to 2^53, None if absent or empty, False if
     it is anything else."""
     raw = request.GET.get(name)

@@ -261,7 +261,7 @@ class BearerTokenAuth:
         raw = bearer_token(scope)
         if raw is None:
             return await self.fallback(dict(scope, **{RAW_SEND_KEY: send}), receive, send)
-        found = await _token_user(raw)
+        found: tuple[Any, int | None] | None = await _token_user(raw)
         if found is None:
             log.warning("refused WebSocket handshake with an invalid token from %s", peer(scope))
             found = (AnonymousUser(), None)

@@ -245,5 +245,5 @@ def _close_worker_connection() -> Any:
         from parley import receivers
         if receivers._signal_thread is not None:
             receivers._signal_thread.submit(connections.close_all).result(timeout=10)
-    except Exception:  # noqa: BLE001  (best effort: cleanup never fails a test)
+    except Exception:
         pass

@@ -832,7 +832,7 @@ async def test_message_committed_between_page_read_and_join_reply(connect):
     ada = await make_user("ada")
     room = await make_room("lobby")
     a = await connect(ada)
-    m1, m2 = await store(room, ada, 2)
+    _m1, m2 = await store(room, ada, 2)
     joined = await a.join("lobby")
     assert seqs(joined["messages"]) == [1, 2]
     await broadcast(room, m2)  # stale event for a seq the page had

@@ -5,7 +5,7 @@ strings in the logs, and the SIGTERM drain (every frame received is answered, th
 The attacker connects from 127.0.0.1, the victim from 127.0.0.2 (also loopback).
 """
 
-from __future__ import annotations  # noqa: I001  (tests.support must come before parley_client)
+from __future__ import annotations
 
 import asyncio
 import json
@@ -38,23 +38,26 @@ def victim_socket(port: int) -> socket.socket:
 
 
 def http_get(sock: socket.socket, path: str = "/healthz") -> bytes:
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
+    """The whole answer to one request on `sock` (Connection: close), which is then closed."""
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
     return data
 
 
 def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
-    """(everything received, seconds until EOF or reset)."""
+    """(everything received, seconds until EOF or reset); `sock` is closed then."""
     start = time.monotonic()
     sock.settimeout(timeout)
     data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
+    with sock:
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
     return data, time.monotonic() - start
 
 

@@ -3,7 +3,7 @@ garbage is charged to the frame budget like anything else, the flooders are cut 
 and everyone else keeps chatting on time. Also: the largest frame and the §9 minimal client.
 """
 
-from __future__ import annotations  # noqa: I001  (tests.support before websockets users)
+from __future__ import annotations
 
 import asyncio
 import json
@@ -202,7 +202,7 @@ async def test_the_minimal_client_of_protocol_md_stays_connected(servers: Any, c
     _, token = await make_user_token("minimal")
     source = _minimal_client_source().replace("ws://127.0.0.1:8000/ws/chat/", server.ws_url)
     namespace: dict[str, Any] = {}
-    exec(compile(source, "protocol.md §9", "exec"), namespace)  # noqa: S102
+    exec(compile(source, "protocol.md §9", "exec"), namespace)
     with pytest.raises(TimeoutError):  # still running: nobody closed the socket
         await asyncio.wait_for(namespace["main"](token), 9)
     printed = capsys.readouterr().out

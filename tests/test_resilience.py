@@ -319,7 +319,7 @@ async def test_redis_restart_each_acked_message_reaches_live_members(servers: An
     """
     server = servers(redis_url=private_redis.url)
     tokens, members = await three_members(server)
-    (ada, ada_c), *_ = members
+    (ada, _ada_c), *_ = members
     # Concurrent sends from all three: the server's Redis connection pools grow past one.
     await asyncio.gather(*(c.send(ROOM, f"warm-up {i}") for i in range(8) for c, _ in members))
     await settle(members, 24)
@@ -416,7 +416,7 @@ async def test_resume_within_the_gap_limit_fits_the_outbound_budget(servers: Any
     sock = await RawSocket.open(server.ws_url, token, max_size=None)
     try:
         reply = await sock.request({"type": "join", "room": ROOM, "after_seq": 0, "epoch": room["epoch"]}, timeout=20)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.fail(f"resume of 1,000 messages (gap within PARLEY_RESUME_MAX_GAP) was not answered: "
                     f"{exc!r}, close code {sock.ws.close_code}")
     assert reply["type"] == "joined"

@@ -30,7 +30,7 @@ def run_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
         try:
             barrier.wait()
             results[i] = target(i)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connections.close_all()

@@ -20,12 +20,12 @@ from typing import Any
 
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.baselines.parley_layer_settings"
 
-import django  # noqa: E402
-from channels.consumer import AsyncConsumer  # noqa: E402
-from channels.layers import DEFAULT_CHANNEL_LAYER, get_channel_layer  # noqa: E402
+import django
+from channels.consumer import AsyncConsumer
+from channels.layers import DEFAULT_CHANNEL_LAYER, get_channel_layer
 
-from parley.realtime import hub as parley_hub  # noqa: E402
-from parley.realtime.loops import per_loop  # noqa: E402
+from parley.realtime import hub as parley_hub
+from parley.realtime.loops import per_loop
 
 
 def room_group(room_id: int) -> str:

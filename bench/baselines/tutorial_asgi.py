@@ -14,7 +14,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.baselines.tutorial_settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

@@ -1,11 +1,11 @@
 """The thread that runs this process's socket-side database work, one call after another.
 
 The consumers' reads (parley.consumer_db), the bearer-token lookup of a handshake (parley.ws_auth)
-and the group commit (parley.ingest) used to hop through Channels' database_sync_to_async: each
-call built a concurrent.futures.Future (with its Condition and RLock), an asyncio.shield, a
+and the group commit (parley.ingest) run here rather than through Channels'
+database_sync_to_async, where each call builds a concurrent.futures.Future (with its Condition and RLock), an asyncio.shield, a
 copied context, an entry in asgiref's WeakSet of tasks and a thread-pool work item, and asgiref
-copied the thread's context back afterwards. In a reconnect storm (two hops per client) that
-was ~15% of the server's samples (docs/benchmarks.md, "Connect path"). This thread takes work
+copies the thread's context back afterwards. In a reconnect storm (two hops per client) that
+measured ~15% of the server's samples (docs/benchmarks.md, "Connect path"). This thread takes work
 from a SimpleQueue and settles an asyncio future through call_soon_threadsafe, nothing more.
 
 What database_sync_to_async guaranteed is kept: the calls run one at a time on one thread
@@ -92,7 +92,7 @@ class DatabaseThread:
             try:
                 _close_stale()
                 outcome = (True, job())
-            except BaseException as exc:  # noqa: BLE001  (handed to the caller, whatever it is)
+            except BaseException as exc:
                 outcome = (False, exc)
             finally:
                 _close_stale()
@@ -141,7 +141,8 @@ class ReadLane:
     def __init__(self, thread: DatabaseThread) -> None:
         self._thread = thread
 
-    submit = DatabaseThread.submit  # the same calls, put in this lane by _put below
+    # The same calls, put in this lane by _put below (a ReadLane duck-types the thread's state).
+    submit = DatabaseThread.submit
     run = DatabaseThread.run
 
     def _put(self, job: Callable[[], Any], loop: Any, future: Any, lane: int = LANE) -> None:
@@ -198,7 +199,7 @@ class Batched(Generic[T, R]):
                 if len(results) != len(chunk):
                     raise RuntimeError(f"{self.many!r} returned {len(results)} results for {len(chunk)} items")
                 outcomes: list[tuple[bool, Any]] = [(True, r) for r in results]
-            except BaseException as exc:  # noqa: BLE001  (handed to every caller of the chunk)
+            except BaseException as exc:
                 outcomes = [(False, exc)] * len(chunk)
             by_loop: dict[Any, list[tuple[Any, tuple[bool, Any]]]] = {}
             for (_, loop, future), outcome in zip(chunk, outcomes, strict=True):

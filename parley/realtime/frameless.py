@@ -24,21 +24,22 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls.exceptions import Resolver404
 
 
-class FramelessProtocolTypeRouter(ProtocolTypeRouter):
+class FramelessProtocolTypeRouter(ProtocolTypeRouter):  # type: ignore[misc]  # (Channels is untyped)
     """channels.routing.ProtocolTypeRouter whose call returns the application's awaitable."""
 
     @markcoroutinefunction
-    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:  # type: ignore[override]
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
         if scope["type"] in self.application_mapping:
-            return self.application_mapping[scope["type"]](scope, receive, send)
+            app: Callable[..., Awaitable[Any]] = self.application_mapping[scope["type"]]
+            return app(scope, receive, send)
         raise ValueError(f"No application configured for scope type {scope['type']!r}")
 
 
-class FramelessURLRouter(URLRouter):
+class FramelessURLRouter(URLRouter):  # type: ignore[misc]
     """channels.routing.URLRouter whose call returns the routed application's awaitable."""
 
     @markcoroutinefunction
-    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:  # type: ignore[override]
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
         # The body of URLRouter.__call__ (Channels 4.3), with `return await` made `return`.
         path = scope.get("path_remaining", scope.get("path", None))
         if path is None:
@@ -58,7 +59,8 @@ class FramelessURLRouter(URLRouter):
                     outer = scope.get("url_route", {})
                     url_route = {"args": outer.get("args", ()) + args,
                                  "kwargs": {**outer.get("kwargs", {}), **kwargs}}
-                    return route.callback(dict(scope, path_remaining=new_path, url_route=url_route), receive, send)
+                    callback: Callable[..., Awaitable[Any]] = route.callback
+                    return callback(dict(scope, path_remaining=new_path, url_route=url_route), receive, send)
             except Resolver404:
                 pass
         if "path_remaining" in scope:
@@ -72,7 +74,8 @@ def consumer_app(cls: type, **initkwargs: Any) -> Callable[..., Awaitable[Any]]:
 
     @markcoroutinefunction
     def app(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
-        return cls(**initkwargs)(scope, receive, send)
+        consumer: Callable[..., Awaitable[Any]] = cls(**initkwargs)
+        return consumer(scope, receive, send)
 
     app.consumer_class = cls  # type: ignore[attr-defined]
     app.consumer_initkwargs = initkwargs  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from parley.conf import parley_settings
+from parley.realtime.tasks import spawn
 from parley.realtime.writer import Blocked, FrameWriter, Send, writer_for
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,18 @@ RAW_SEND_KEY = "parley.raw_send"
 
 class Outbound:
     # One per open socket: no per-instance __dict__ (idle memory, docs/benchmarks.md).
-    __slots__ = ("_writer", "_close", "_on_overflow", "_frames", "_bytes", "_max_frames", "_max_bytes",
-                 "_drainer", "_deadline", "closed")
+    __slots__ = (
+        "_bytes",
+        "_close",
+        "_deadline",
+        "_drainer",
+        "_frames",
+        "_max_bytes",
+        "_max_frames",
+        "_on_overflow",
+        "_writer",
+        "closed",
+    )
 
     def __init__(self, send: Send, close: Callable[[int], Awaitable[None]], on_overflow: Callable[[], None]) -> None:
         # How frames reach the socket behind the ASGI `send` (parley.realtime.writer).
@@ -123,7 +134,7 @@ class Outbound:
     def _close_late(self, code: int) -> None:
         self._deadline = None
         if self._drainer is not None:  # still waiting on the client to read
-            asyncio.ensure_future(self._close(code))
+            spawn(self._close(code))
 
     def close_now(self, code: int) -> bool:
         """Drop whatever waits, write the close frame now and reset the connection if it is

@@ -153,7 +153,7 @@ class SansIOWriter(AsgiWriter):
 class DirectWriter(SansIOWriter):
     """Writes prepared frames straight to one uvicorn websockets-sansio connection's transport."""
 
-    __slots__ = ("_conn", "_transport", "_writable", "_tick", "_held")
+    __slots__ = ("_conn", "_held", "_tick", "_transport", "_writable")
 
     def __init__(self, send: Send, proto: Any) -> None:
         super().__init__(send, proto)
@@ -219,7 +219,7 @@ class DirectWriter(SansIOWriter):
         proto = self._proto
         if proto.disconnected or proto.close_sent or self._conn.state is not OPEN:
             return
-        self._transport.write(held if type(held) is bytes else b"".join(held))
+        self._transport.write(held if type(held) is bytes else b"".join(held))  # type: ignore[arg-type]  # (mypy narrows only isinstance)
 
 
 def adapt(send: Send) -> AsgiWriter | None:
@@ -313,10 +313,11 @@ def unsent_bytes(proto: Any) -> int:
     sock = transport.get_extra_info("socket")
     if _SIOCOUTQ is not None and sock is not None:
         try:
-            held += struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+            queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+            held += queued
         except (OSError, ValueError):
             pass  # closed meanwhile, or not a TCP socket
-    return held
+    return int(held)
 
 
 def close_now(proto: Any, code: int, grace_secs: float) -> None:

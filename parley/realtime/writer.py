@@ -147,7 +147,7 @@ class Fallbacks:
     PARLEY_PREPARED_FRAMES is on and uvicorn serves it; a frame, when its socket has a direct
     writer. The first socket that falls back is logged with the details, once per process."""
 
-    __slots__ = ("sockets", "frames", "socket_reasons", "frame_reasons")
+    __slots__ = ("frame_reasons", "frames", "socket_reasons", "sockets")
 
     def __init__(self) -> None:
         self.sockets = 0

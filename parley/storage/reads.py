@@ -85,7 +85,7 @@ def messages_in_ranges(ranges: list[tuple[int, int, int]]) -> dict[int, list[Mes
     by_room: dict[int, list[Message]] = {}
     for row in fetch(_ranges_sql(connection.vendor, len(ranges)), [v for r in ranges for v in r]):
         m = message.build_with(row, "author", author)
-        by_room.setdefault(m.room_id, []).append(m)  # type: ignore[attr-defined]
+        by_room.setdefault(m.room_id, []).append(m)
     for found in by_room.values():
         found.sort(key=_by_seq)
     return by_room

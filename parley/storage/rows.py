@@ -84,7 +84,7 @@ def columns(model: type[Model], alias: str, vendor: str) -> Columns:
 
 
 def cols(model: type[Model], alias: str) -> Columns:
-    return columns(model, alias, connection.vendor)
+    return columns(model, alias, connection.vendor)  # type: ignore[arg-type]  # (model classes hash by identity)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect, sync_playwright
 
-from tests.browser.helpers import delivered, open_room, say, signup, wait_joined  # noqa: E402
-from tests.browser.server import CHROMIUM_ARGS, REPO, Server  # noqa: E402
+from tests.browser.helpers import delivered, open_room, say, signup, wait_joined
+from tests.browser.server import CHROMIUM_ARGS, REPO, Server
 
 CONVERSATION = [
     ("grace", "Morning all! Launch checklist is pinned in the doc. Anything still red?"),

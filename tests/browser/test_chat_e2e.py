@@ -97,7 +97,7 @@ def test_two_users_chat_and_history_survives_reload(parley: Any, new_page: Any) 
 
 @pytest.mark.slow
 def test_messages_typed_while_server_restarts_go_through_once(parley: Any, new_page: Any) -> None:
-    p1, p2, ada, bob = _two_users(parley, new_page)
+    p1, p2, _ada, _bob = _two_users(parley, new_page)
     slug = unique("ops").lower()
     _create_room(p1, slug, "Ops war room")
     open_room(p2, slug)
@@ -127,7 +127,7 @@ def test_messages_typed_while_server_restarts_go_through_once(parley: Any, new_p
     wait_connected(p1)
     wait_connected(p2)
 
-    for text in during + [bob_during]:
+    for text in [*during, bob_during]:
         for p in (p1, p2):
             expect(delivered(p, text)).to_have_count(1, timeout=20_000)
     expect(pending(p1)).to_have_count(0)
@@ -161,7 +161,7 @@ PAYLOADS = [
 
 
 def test_user_text_is_rendered_as_text_never_markup(parley: Any, new_page: Any) -> None:
-    p1, p2, ada, bob = _two_users(parley, new_page)
+    p1, p2, _ada, _bob = _two_users(parley, new_page)
     for p in (p1, p2):
         wait_joined(p, "lobby")
     for payload in PAYLOADS:
@@ -281,7 +281,7 @@ def test_load_older_pages_history(fast_server: Any, new_page: Any) -> None:
 
 
 def test_offline_badge_and_immediate_retry_when_back_online(parley: Any, new_page: Any) -> None:
-    p1, p2, ada, bob = _two_users(parley, new_page)
+    p1, p2, ada, _bob = _two_users(parley, new_page)
     for p in (p1, p2):
         wait_joined(p, "lobby")
     badge = p1.get_by_test_id("conn-state")
@@ -304,7 +304,7 @@ def test_offline_badge_and_immediate_retry_when_back_online(parley: Any, new_pag
 
 def test_reading_is_not_disturbed_by_typing_and_new_messages(parley: Any, new_page: Any) -> None:
     """A selection in the timeline survives peers typing and posting; the new message shows after."""
-    p1, p2, ada, bob = _two_users(parley, new_page)
+    p1, p2, ada, _bob = _two_users(parley, new_page)
     slug = unique("quiet").lower()
     _create_room(p1, slug, "Quiet room")
     open_room(p2, slug)
@@ -343,7 +343,7 @@ def test_refused_send_is_shown_failed_and_can_be_edited(parley: Any, new_page: A
 
 
 def test_private_room_is_invisible_to_others(parley: Any, new_page: Any) -> None:
-    p1, p2, ada, bob = _two_users(parley, new_page)
+    p1, p2, _ada, _bob = _two_users(parley, new_page)
     slug = unique("secret").lower()
     _create_room(p1, slug, "Secret plans", private=True)
     say(p1, "for my eyes only")

@@ -37,7 +37,7 @@ def other_port_page(parley: Any) -> Iterator[str]:
     body = (PAGE % (OPEN_SOCKET, socket_url(parley))).encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

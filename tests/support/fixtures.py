@@ -23,8 +23,18 @@ from tests.support.server import RedisProcess, ServerProcess, database_url_for_t
 REQUIRE_SERVICES = os.environ.get("PARLEY_REQUIRE_SERVICES") == "1"
 
 __all__ = [
-    "RawSocket", "assert_exactly_once", "closing_db", "fast_client", "make_room", "make_user_token", "private_redis",
-    "require_redis_server", "servers", "start_clients", "wait_for", "Collector",
+    "Collector",
+    "RawSocket",
+    "assert_exactly_once",
+    "closing_db",
+    "fast_client",
+    "make_room",
+    "make_user_token",
+    "private_redis",
+    "require_redis_server",
+    "servers",
+    "start_clients",
+    "wait_for",
 ]
 
 

@@ -161,7 +161,7 @@ class ServerProcess:
         # The production launcher (config/serve.py): the flags under test are the flags served.
         cmd = [PYTHON, "-m", "config.serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--log-level", self.log_level.lower(), *self.server_args]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log = open(self.log_path, "ab")
         log.write(f"\n--- start {self.starts + 1} ---\n".encode())
         log.flush()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from parley_client import AuthError, ParleyClient  # noqa: E402
+from parley_client import AuthError, ParleyClient
 
 PREFIX = "!echo "
 

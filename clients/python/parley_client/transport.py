@@ -189,7 +189,7 @@ class Transport:
         if conn is not None:
             try:
                 await asyncio.wait_for(conn.ws.close(), 2)
-            except Exception:  # noqa: BLE001 - closing anyway
+            except Exception:
                 conn.abort()
         if self._runner is not None:
             self._runner.cancel()

@@ -10,6 +10,6 @@ LOBBY_SLUG = "lobby"
 class Command(BaseCommand):
     help = "Create the public lobby room if it does not exist."
 
-    def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options):
         room = room_ensure(slug=LOBBY_SLUG, title="Lobby")
         self.stdout.write(f"room {room.slug!r} ready")

@@ -15,12 +15,12 @@ from parley.services import token_create, user_create
 class Command(BaseCommand):
     help = "Create an API token for USERNAME and print it (alone, on the last line)."
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument("--create-user", action="store_true", help="create the user if missing")
         parser.add_argument("--name", default="cli", help="a label for the token")
 
-    def handle(self, *args, username: str, create_user: bool, name: str, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args, username: str, create_user: bool, name: str, **options):
         user = user_get_by_username(username=username)
         if user is None:
             if not create_user:
