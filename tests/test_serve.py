@@ -199,7 +199,7 @@ def test_manage_py_reads_the_dotenv_file(tmp_path, data_dir):
 def test_a_bad_setting_is_reported_as_itself_not_as_an_unknown_command(data_dir):
     out = manage(fresh_env(data_dir, PARLEY_ALLOWED_ORIGINS="sideways"), "create_token", "ada", "--create-user")
     assert out.returncode != 0
-    assert "PARLEY_ALLOWED_ORIGINS: 'sideways' is not an origin" in out.stderr, out.stderr
+    assert "PARLEY_ALLOWED_ORIGINS='sideways': 'sideways' is not an origin" in out.stderr, out.stderr
     assert "Unknown command" not in out.stdout + out.stderr
 
 
