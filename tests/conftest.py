@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -83,19 +83,22 @@ def parley_settings(settings: Any) -> ParleyOverrides:
 
 
 @pytest.fixture(autouse=True)
-async def _flush_redis() -> AsyncIterator[None]:
-    """Each test starts with none of this run's keys in Redis (presence outlives a test otherwise)."""
+def _flush_redis() -> Iterator[None]:
+    """Each test ends with none of this run's keys in Redis (presence outlives a test otherwise).
+
+    Synchronous (redis-py's blocking client): an async autouse fixture would need an event loop
+    of its own, which the browser tests cannot have (Playwright's sync API keeps one running)."""
     yield
     if _parley_settings.REDIS_URL:
-        import redis.asyncio as aioredis
+        import redis
 
-        client = aioredis.Redis.from_url(_parley_settings.REDIS_URL)
+        client = redis.Redis.from_url(_parley_settings.REDIS_URL)
         try:
-            keys = [key async for key in client.scan_iter(match=f"{_parley_settings.REDIS_PREFIX}:*", count=1000)]
+            keys = list(client.scan_iter(match=f"{_parley_settings.REDIS_PREFIX}:*", count=1000))
             if keys:
-                await client.delete(*keys)
+                client.delete(*keys)
         finally:
-            await client.aclose()
+            client.close()
 
 
 @database_sync_to_async
