@@ -17,7 +17,6 @@ before cannot:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from parley import selectors
 from parley.conf import parley_settings
 from parley.realtime import hub as hub_module
 from parley.realtime.dbthread import DatabaseThread
+from parley.realtime.tasks import Periodic
 from parley.selectors import Credential
 
 if TYPE_CHECKING:
@@ -54,28 +54,27 @@ def check_interval_secs() -> float:
     return float(parley_settings.REVOCATION_CHECK_SECS)
 
 
-class RevocationCheck:
+class RevocationCheck(Periodic):
     """One process's (one event loop's) periodic check over its hub's watched credentials.
 
     It runs while the hub watches any credential and stops by itself when none is left
     (LocalHub.watch_local starts it again), so an idle process makes no queries.
     """
 
+    what = "revocation check"
+
     def __init__(self, hub: LocalHub) -> None:
+        super().__init__()
         self.hub = hub
-        self.task: asyncio.Task[None] | None = None
 
-    def ensure_running(self) -> None:
-        if check_interval_secs() > 0 and (self.task is None or self.task.done()):
-            self.task = asyncio.ensure_future(self._run())
+    def interval_secs(self) -> float:
+        return check_interval_secs()
 
-    async def _run(self) -> None:
-        while self.hub.credentials:
-            interval = check_interval_secs()
-            if interval <= 0:
-                return
-            await asyncio.sleep(interval)
-            await self.check_once()
+    def active(self) -> bool:
+        return bool(self.hub.credentials)
+
+    async def round(self) -> object:
+        return await self.check_once()
 
     async def check_once(self) -> set[Credential]:
         """Close the sockets of every watched credential that no longer holds; the lost ones."""

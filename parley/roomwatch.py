@@ -19,7 +19,6 @@ With Redis the hub hears other processes on its subscription and this watch does
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -30,6 +29,7 @@ from parley.models import Room
 from parley.realtime import hub as hub_module
 from parley.realtime.dbthread import DatabaseThread
 from parley.realtime.hub import LocalHub
+from parley.realtime.tasks import Periodic
 from parley.storage.rows import fetch, qn, select_exprs
 
 log = logging.getLogger(__name__)
@@ -74,33 +74,32 @@ def _new_messages(ranges: list[tuple[int, int, int]], since: dict[int, float]) -
     return slugs, out
 
 
-class RoomLogWatch:
+class RoomLogWatch(Periodic):
     """One hub's (one event loop's) watch over its rooms' logs. Runs while the hub has rooms."""
 
+    what = "reading the room logs"
+
     def __init__(self, hub: LocalHub) -> None:
+        super().__init__()
         self.hub = hub
         self.heads: dict[int, int] = {}  # room id → its last_seq at the previous round
         self.done: dict[int, int] = {}  # room id → the seq up to which the watch has delivered
         self.added: dict[int, float] = {}  # rooms not read yet → when their first socket came
-        self.task: asyncio.Task[None] | None = None
 
     def room_added(self, room_id: int) -> None:
         self.added.setdefault(room_id, time.time())
         self.heads.pop(room_id, None)
         self.done.pop(room_id, None)
-        if poll_interval_secs() > 0 and (self.task is None or self.task.done()):
-            self.task = asyncio.ensure_future(self._run())
+        self.ensure_running()
 
-    async def _run(self) -> None:
-        while self.hub.rooms:
-            interval = poll_interval_secs()
-            if interval <= 0:
-                return
-            await asyncio.sleep(interval)
-            try:
-                await self.poll_once()
-            except Exception:  # the database is away: the next round tries again
-                log.warning("reading the room logs failed; retrying in %.2f s", interval, exc_info=True)
+    def interval_secs(self) -> float:
+        return poll_interval_secs()
+
+    def active(self) -> bool:
+        return bool(self.hub.rooms)
+
+    async def round(self) -> object:
+        return await self.poll_once()
 
     async def poll_once(self) -> int:
         """Deliver what other processes stored in this hub's rooms; how many messages."""
