@@ -113,7 +113,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # across processes through its pub/sub (parley.realtime.hub). Parley needs no channel layer.
 # REDIS_URL fills PARLEY["REDIS_URL"] below; PARLEY_REDIS_PREFIX and PARLEY_REDIS_MAX_CONNECTIONS
 # fill their keys as every PARLEY_<KEY> does.
-REDIS_URL = env_str("REDIS_URL")
+_redis_url = env_str("REDIS_URL")  # (not a setting of its own: PARLEY["REDIS_URL"] is the one)
 
 # --- Auth, sessions, security ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -156,8 +156,8 @@ WHITENOISE_USE_FINDERS = True
 # <KEY>, e.g. PARLEY_MAX_SOCKETS_PER_USER=10 or PARLEY_RESERVED_SLUGS=admin,api. Keys left unset
 # keep the defaults declared in parley/limits.py and parley/conf.py; a bad value stops the start.
 PARLEY = parley_from_environ()
-if REDIS_URL:
-    PARLEY["REDIS_URL"] = REDIS_URL
+if _redis_url:
+    PARLEY["REDIS_URL"] = _redis_url
 
 LOGGING = {
     "version": 1,
