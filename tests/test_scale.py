@@ -1,8 +1,8 @@
 """Many concurrent sockets — and why the Redis pool is sized.
 
 redis-py 8's asyncio pool refuses the 101st concurrent connection (MaxConnectionsError), and a
-join storm's presence calls each hold one; config/settings.py sizes Parley's pools with
-PARLEY_REDIS_MAX_CONNECTIONS. The first test reproduces the failure with the default pool, the
+join storm's presence calls each hold one; Parley sizes its pools with
+PARLEY["REDIS_MAX_CONNECTIONS"]. The first test reproduces the failure with the default pool, the
 second runs 110 sockets through Parley's real settings.
 """
 
@@ -11,7 +11,6 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
-from django.conf import settings
 
 from tests.conftest import make_room, make_user, require_redis
 
@@ -29,9 +28,9 @@ async def test_default_redis_pool_fails_past_100_concurrent_calls(parley_setting
         await client.aclose()
         return [r for r in results if isinstance(r, BaseException)]
 
-    failures = await blocked_calls(aioredis.Redis.from_url(settings.REDIS_URL))
+    failures = await blocked_calls(aioredis.Redis.from_url(parley_settings.REDIS_URL))
     assert failures and all(type(f).__name__ == "MaxConnectionsError" for f in failures)
-    assert await blocked_calls(aioredis.Redis.from_url(settings.REDIS_URL, max_connections=1000)) == []
+    assert await blocked_calls(aioredis.Redis.from_url(parley_settings.REDIS_URL, max_connections=1000)) == []
 
 
 @pytest.mark.django_db(transaction=True)
