@@ -25,7 +25,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
-from parley import limits
+from parley import limits, metrics
 from parley.conf import parley_settings
 from parley.realtime.dbthread import Batched
 from parley.realtime.outbound import RAW_SEND_KEY
@@ -104,6 +104,7 @@ class HandshakeRateLimit:
         # the socket is open — memory every idle socket would pay (docs/benchmarks.md).
         if _refused_by_address.wait(client_address(scope)) and not has_credentials(scope):
             # Not logged: the refusals that spent the budget were, one line each.
+            metrics.refused("handshakes_per_ip")
             return WebsocketDenier()(scope, receive, send)
         return self.application(scope, receive, send)
 
@@ -123,6 +124,7 @@ class HandshakeBudget:
         if _by_user.take(user.pk):
             log.warning("refused WebSocket handshake of user %s from %s: handshake rate limit",
                         user.pk, peer(scope))
+            metrics.refused("handshakes_per_user")
             return WebsocketDenier()(scope, receive, send)
         return self.application(scope, receive, send)
 
