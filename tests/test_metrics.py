@@ -8,6 +8,7 @@ that forwards the client's address (uvicorn --proxy-headers).
 
 from __future__ import annotations
 
+import asyncio
 import urllib.error
 import urllib.request
 from typing import Any
@@ -49,7 +50,7 @@ async def test_a_join_and_a_send_move_the_counters(servers: Any) -> None:
     server = servers()
     await make_room("metrics-room")
     _name, token = await make_user_token()
-    status, before_text = fetch(server)
+    status, before_text = await asyncio.to_thread(fetch, server)
     assert status == 200
     before = samples(before_text)
     assert value(before, "parley_open_sockets") == 0
@@ -62,7 +63,7 @@ async def test_a_join_and_a_send_move_the_counters(servers: Any) -> None:
         ack = await sock.request({"type": "send", "room": "metrics-room", "text": "counted", "client_id": "m-1"})
         assert ack["type"] == "ack"
         await listener.take(lambda f: f.get("type") == "message")
-        status, text = fetch(server)
+        status, text = await asyncio.to_thread(fetch, server)
     finally:
         await sock.close()
         await listener.close()
@@ -103,7 +104,7 @@ async def test_refusals_are_counted_by_limit(servers: Any) -> None:
         assert refused["type"] == "error" and refused["code"] == "rate_limited"
     finally:
         await sock.close()
-    found = samples(fetch(server)[1])
+    found = samples((await asyncio.to_thread(fetch, server))[1])
     assert value(found, "parley_rate_limited_total", limit="messages") == 1
 
 
