@@ -173,8 +173,12 @@ def refused(limit: str) -> None:
 def _sync_forever() -> None:
     import time
 
+    from django.apps import apps
+
     while True:
         time.sleep(SYNC_INTERVAL_SECS)
+        if not apps.ready:  # importing the engine before Django is set up would race its start
+            continue
         try:
             sync()
         except Exception:  # never let a metrics hiccup end the thread

@@ -158,3 +158,33 @@ def test_behind_a_proxy_the_forwarded_client_is_checked(servers: Any) -> None:
     server = servers(server_args=["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"])
     assert fetch(server)[0] == 200  # the proxy's own request
     assert fetch(server, {"X-Forwarded-For": "203.0.113.5"})[0] == 403
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_several_workers_answer_for_all_of_them(servers: Any, tmp_path: Any) -> None:
+    """uvicorn --workers 2 with PROMETHEUS_MULTIPROC_DIR: whichever worker answers a scrape, the
+    answer is the sum over every worker's files, so it is the same from both."""
+    server = servers(server_args=["--workers", "2"], extra_env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    await make_room("workers")
+    _name, token = await make_user_token()
+    socks = [await RawSocket.open(server.ws_url, token) for _ in range(6)]
+    try:
+        for sock in socks:
+            assert (await sock.request({"type": "join", "room": "workers"}))["type"] == "joined"
+        await socks[0].request({"type": "send", "room": "workers", "text": "to all", "client_id": "w-1"})
+        for _ in range(8):  # scrapes reach either worker
+            found = samples((await asyncio.to_thread(fetch, server))[1])
+            assert value(found, "parley_open_sockets") == 6
+            assert value(found, "parley_joins_total") == 6
+            assert value(found, "parley_messages_acked_total") == 1
+        # The engine's counters reach the shared files within a sync interval of each worker.
+        deadline = asyncio.get_running_loop().time() + 30
+        while value(found, "parley_writer_sockets_total", path="direct", reason="") < 6:
+            assert asyncio.get_running_loop().time() < deadline, "the workers' engine counters never arrived"
+            await asyncio.sleep(0.2)
+            found = samples((await asyncio.to_thread(fetch, server))[1])
+    finally:
+        for sock in socks:
+            await sock.close()
+    pids = {path.name.rsplit("_", 1)[-1] for path in tmp_path.glob("counter_*.db")}
+    assert len(pids) >= 2  # written by more than one process: the supervisor and the workers
