@@ -13,15 +13,16 @@ Several worker processes (`uvicorn --workers N`) are served with prometheus_clie
 multi-process mode: set PROMETHEUS_MULTIPROC_DIR to an empty directory writable by every worker
 before they start. Each worker then writes its metrics to files there, `/metrics` in any worker
 answers the sum over all of them (MultiProcessCollector), and each worker copies the engine's
-counters every SYNC_INTERVAL_SECS on a thread of its own, since a scrape reaches only one worker.
+counters every SYNC_INTERVAL_SECS on a thread of its own, since a scrape reaches only one worker;
+the gauges of workers that are gone are dropped when scraped (forget_dead_workers).
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -158,11 +159,36 @@ def exposition() -> bytes:
     if MULTIPROC_DIR:
         from prometheus_client import multiprocess
 
+        forget_dead_workers()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(RedisUp())
         return generate_latest(registry)
     return generate_latest()
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges (open sockets, queue depth) of processes that are gone.
+
+    prometheus_client leaves that to a `mark_process_dead(pid)` call when a worker exits, but a
+    uvicorn worker ends on SIGTERM by re-raising the signal (no atexit), and a killed one runs
+    nothing at all; so the worker answering a scrape checks the files' pids instead."""
+    from prometheus_client import multiprocess
+
+    for path in Path(MULTIPROC_DIR).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), MULTIPROC_DIR)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def refused(limit: str) -> None:
@@ -186,11 +212,7 @@ def _sync_forever() -> None:
 
 
 def _start_multiprocess_sync() -> None:
-    from prometheus_client import multiprocess
-
     threading.Thread(target=_sync_forever, name="parley-metrics", daemon=True).start()
-    # A worker that exits cleanly takes its live gauges (open sockets, queue depth) with it.
-    atexit.register(multiprocess.mark_process_dead, os.getpid())
 
 
 if MULTIPROC_DIR:
