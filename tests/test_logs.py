@@ -107,3 +107,5 @@ def test_ids_come_from_the_record_first_then_the_context() -> None:
         logs.socket_id.reset(token)
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
     assert "socket_id" not in json.loads(logs.JsonFormatter().format(record))
+    record.request_id, record.user_id = "r-1", 7
+    assert logs.PlainFormatter("%(message)s").format(record) == "m [request_id=r-1 user_id=7]"

@@ -52,7 +52,7 @@ def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 @pytest.mark.django_db(transaction=True)
 async def test_a_join_and_a_send_move_the_counters(servers: Any) -> None:
     server = servers()
-    await make_room("metrics-room")
+    room = await make_room("metrics-room")
     _name, token = await make_user_token()
     status, before_text = await asyncio.to_thread(fetch, server)
     assert status == 200
@@ -67,15 +67,27 @@ async def test_a_join_and_a_send_move_the_counters(servers: Any) -> None:
         ack = await sock.request({"type": "send", "room": "metrics-room", "text": "counted", "client_id": "m-1"})
         assert ack["type"] == "ack"
         await listener.take(lambda f: f.get("type") == "message")
+        # Two resumes: one that gets what it missed, one from another epoch (a page instead).
+        resumed = await listener.request({"type": "join", "room": "metrics-room", "after_seq": 0,
+                                          "epoch": room["epoch"]})
+        assert resumed["recovered"] is True
+        await listener.request({"type": "leave", "room": "metrics-room"})
+        paged = await listener.request({"type": "join", "room": "metrics-room", "after_seq": 0,
+                                        "epoch": "another-epoch"})
+        assert paged["recovered"] is False
         status, text = await asyncio.to_thread(fetch, server)
     finally:
         await sock.close()
         await listener.close()
     assert status == 200
     after = samples(text)
+    assert value(after, "parley_resumes_total", recovered="true") == 1
+    assert value(after, "parley_resumes_total", recovered="false") == 1
+    # Closed sockets give their count back.
+    await until(server, lambda found: value(found, "parley_open_sockets") == 0, "closed sockets still counted")
 
     assert value(after, "parley_open_sockets") == 2
-    assert value(after, "parley_joins_total") - value(before, "parley_joins_total") == 2
+    assert value(after, "parley_joins_total") - value(before, "parley_joins_total") == 4
     assert value(after, "parley_messages_acked_total") - value(before, "parley_messages_acked_total") == 1
     assert value(after, "parley_ack_latency_seconds_count") - value(before, "parley_ack_latency_seconds_count") == 1
     assert value(after, "parley_fanout_latency_seconds_count") - value(
