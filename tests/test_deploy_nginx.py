@@ -135,6 +135,36 @@ async def test_messages_cross_backends_and_a_killed_backends_clients_resume_else
         await collector.stop()
 
 
+async def test_a_rolling_restart_one_backend_at_a_time_loses_and_doubles_nothing(cluster: Any) -> None:
+    """docs/deploy.md's upgrade: restart the processes one at a time (SIGTERM drains: 1001, and the
+    clients reconnect through nginx to the others) while everyone keeps sending."""
+    backends, proxy = cluster()
+    await make_room(ROOM)
+    tokens = [(await make_user_token(f"r{i}"))[1] for i in range(6)]
+    members = await start_clients(proxy.ws_url, tokens, ROOM)
+
+    async def restart_each() -> None:
+        for backend in backends:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(backend.stop, 30)
+            await asyncio.to_thread(backend.start)
+
+    restarts = asyncio.create_task(restart_each())
+    results = await asyncio.gather(*(send_stream(c, f"r{i}", 20, restarts) for i, (c, _) in enumerate(members)))
+    await restarts
+    acks = [a for r in results for a in r]
+    await wait_for(lambda: all(len(c.seqs(ROOM)) >= len(acks) for _, c in members), 30,
+                   f"{len(acks)} messages at every member")
+    await asyncio.sleep(0.3)
+    codes = [e["code"] for _, col in members for e in col.events if e["type"] == "disconnected"]
+    assert codes and set(codes) == {1001}, f"closes seen by the clients: {codes}"
+    assert all(c.connected for c, _ in members)
+    assert_exactly_once(ROOM, acks, backends[0].all_messages(ROOM, tokens[0]), [c for _, c in members])
+    for client, collector in members:
+        await client.close()
+        await collector.stop()
+
+
 async def handshake(url: str, source: str, headers: dict[str, str] | None = None) -> int:
     """The HTTP status of a WebSocket handshake from `source` (101 when accepted, then closed)."""
     try:
