@@ -44,14 +44,18 @@ ROOM = "lobby"
 
 
 @pytest.fixture
-def on_postgres_and_redis(transactional_db: Any) -> None:
-    from django.db import connection
-
+def needs_nginx() -> None:
     if nginx_binary() is None:
         msg = "needs Debian's nginx (apt-get install nginx-light; scripts/test installs it as root)"
         if REQUIRE_SERVICES:
             pytest.fail(msg + " (PARLEY_REQUIRE_SERVICES=1)")
         pytest.skip("SKIPPED LOUDLY: " + msg)
+
+
+@pytest.fixture
+def on_postgres_and_redis(needs_nginx: None, transactional_db: Any) -> None:
+    from django.db import connection
+
     if connection.vendor != "postgresql" or not redis_url_for_tests():
         pytest.skip("several processes need PostgreSQL + Redis: runs in scripts/test's second pass")
 
@@ -216,7 +220,7 @@ async def test_the_per_address_limits_count_clients_not_nginx(cluster: Any) -> N
         await ws.close()
 
 
-def test_nginx_checks_the_shipped_file_as_written(on_postgres_and_redis: None, tmp_path: Path) -> None:
+def test_nginx_checks_the_shipped_file_as_written(needs_nginx: None, tmp_path: Path) -> None:
     """The file as an operator installs it (paths under /etc, /run, /var/log) passes `nginx -t`;
     only the test's rendering changes ports and paths."""
     import os
