@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,9 +67,9 @@ def cluster(on_postgres_and_redis: None, servers: Any) -> Iterator[Any]:
     """Three Parley processes sharing a Redis prefix, and nginx in front of them."""
     prefix = "nginx" + uuid.uuid4().hex[:8]
 
-    def make(**env: str) -> tuple[list[Any], NginxProcess]:
-        backends = [servers(redis_prefix=prefix, extra_env=dict(env)) for _ in range(3)]
-        proxy = NginxProcess(backend_ports=[b.port for b in backends]).start()
+    def make(*, count: int = 3, tls: bool = False, **env: str) -> tuple[list[Any], NginxProcess]:
+        backends = [servers(redis_prefix=prefix, extra_env=dict(env)) for _ in range(count)]
+        proxy = NginxProcess(backend_ports=[b.port for b in backends], tls=tls).start()
         made.append(proxy)
         return backends, proxy
 
@@ -218,6 +220,35 @@ async def test_the_per_address_limits_count_clients_not_nginx(cluster: Any) -> N
     assert await handshake(proxy.ws_url, "127.0.0.3", auth) == 101
     for ws in held:
         await ws.close()
+
+
+async def test_tls_terminates_at_nginx_and_parley_sees_the_https_origin(cluster: Any) -> None:
+    """The TLS lines of deploy/nginx.conf switched on as docs/deploy.md says (a self-signed
+    certificate): a browser-like handshake over wss with Origin https://host:port gets in, because
+    nginx passes Host and X-Forwarded-Proto and Parley believes them from loopback; the same
+    Origin straight at a backend (plain ws) is refused."""
+    backends, proxy = cluster(count=1, tls=True)
+    _, token = await make_user_token("tls")
+    assert proxy.certificate is not None
+    context = ssl.create_default_context(cafile=str(proxy.certificate))
+    headers = {"Authorization": f"Bearer {token}", "Origin": proxy.http_url}
+    assert proxy.http_url.startswith("https://")
+    async with websockets.connect(proxy.ws_url, ssl=context, additional_headers=headers, proxy=None,
+                                  open_timeout=10) as ws:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert hello["type"] == "hello" and hello["user"]["username"] == "tls"
+    direct = backends[0].ws_url
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with websockets.connect(direct, additional_headers={**headers, "Host": f"127.0.0.1:{proxy.port}"},
+                                      proxy=None, open_timeout=10):
+            pass
+    assert refused.value.response.status_code == 403
+
+    def healthz() -> int:
+        with urllib.request.urlopen(proxy.http_url + "/healthz", context=context, timeout=10) as response:
+            return int(response.status)
+
+    assert await asyncio.to_thread(healthz) == 200
 
 
 def test_nginx_checks_the_shipped_file_as_written(needs_nginx: None, tmp_path: Path) -> None:

@@ -38,9 +38,19 @@ def _sub(pattern: str, replacement: str, text: str) -> str:
 
 
 def render(*, backend_ports: list[int], listen_port: int, prefix: Path, static_root: Path,
-           text: str | None = None) -> str:
-    """deploy/nginx.conf for these ports and directories (see the module docstring)."""
+           tls: tuple[Path, Path] | None = None, text: str | None = None) -> str:
+    """deploy/nginx.conf for these ports and directories (see the module docstring); with
+    tls=(certificate, key), its TLS lines switched on as docs/deploy.md says."""
     conf = CONF.read_text() if text is None else text
+    if tls is not None:
+        certificate, key = tls
+        conf = _sub(r"^ *listen 80;", "        listen 443 ssl;", conf)
+        conf = _sub(r"^ *# ssl_certificate +\S+;", f"        ssl_certificate {certificate};", conf)
+        conf = _sub(r"^ *# ssl_certificate_key +\S+;", f"        ssl_certificate_key {key};", conf)
+        conf = _sub(r"^ *# ssl_protocols ", "        ssl_protocols ", conf)
+        conf = _sub(r"^ *listen 443 ssl;", f"        listen 127.0.0.1:{listen_port} ssl;", conf)
+    else:
+        conf = _sub(r"^ *listen 80;", f"        listen 127.0.0.1:{listen_port};", conf)
     backends = "".join(f"        server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;\n"
                        for port in backend_ports)
     conf = _sub(r"^ *# BEGIN backends.*?# END backends\n", backends, conf)
@@ -51,31 +61,42 @@ def render(*, backend_ports: list[int], listen_port: int, prefix: Path, static_r
     conf = _sub(r"^    access_log [^;]+;", f"    access_log {prefix}/access.log;\n" + "".join(
         f"    {kind}_temp_path {prefix}/{kind}_temp;\n"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")), conf)
-    conf = _sub(r"^ *listen 80;", f"        listen 127.0.0.1:{listen_port};", conf)
     conf = _sub(r"alias /srv/parley/static/;", f"alias {static_root}/;", conf)
     return conf
+
+
+def self_signed(certificate: Path, key: Path) -> None:
+    """A certificate for 127.0.0.1, valid for a day (openssl, as an operator would make one)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(certificate)], check=True, capture_output=True, timeout=60)
 
 
 class NginxProcess:
     """nginx with the rendered deploy/nginx.conf, in the foreground, in a temp prefix."""
 
-    def __init__(self, *, backend_ports: list[int], static_root: Path | None = None) -> None:
+    def __init__(self, *, backend_ports: list[int], static_root: Path | None = None, tls: bool = False) -> None:
         self.port = free_port()
         self.prefix = Path(tempfile.mkdtemp(prefix="parley-nginx-"))
         self.static_root = static_root or (self.prefix / "static")
         self.static_root.mkdir(parents=True, exist_ok=True)
+        self.certificate: Path | None = None
+        if tls:
+            self.certificate = self.prefix / "cert.pem"
+            self_signed(self.certificate, self.prefix / "key.pem")
         self.conf_path = self.prefix / "nginx.conf"
-        self.conf_path.write_text(render(backend_ports=backend_ports, listen_port=self.port,
-                                         prefix=self.prefix, static_root=self.static_root))
+        self.conf_path.write_text(render(
+            backend_ports=backend_ports, listen_port=self.port, prefix=self.prefix, static_root=self.static_root,
+            tls=(self.certificate, self.prefix / "key.pem") if self.certificate else None))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.certificate else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/chat/"
+        return f"{'wss' if self.certificate else 'ws'}://127.0.0.1:{self.port}/ws/chat/"
 
     def command(self, *extra: str) -> list[str]:
         binary = nginx_binary()
