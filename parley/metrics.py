@@ -66,8 +66,8 @@ ACK_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS_SECS)
 FANOUT_LATENCY = Histogram(
     "parley_fanout_latency_seconds", "From a message's commit result reaching the sender's event loop "
-    "(just after its ack) to the broadcast returning: every local socket's outbound queue has the frame "
-    "without Redis; with Redis, the PUBLISH was answered (other processes deliver after that).",
+    "(just after its ack) to the broadcast returning: every local socket's outbound queue has the frame; "
+    "with Redis, the PUBLISH for the other processes is queued then and sent after (not measured).",
     buckets=LATENCY_BUCKETS_SECS)
 INGEST_BATCH = Histogram("parley_ingest_batch_size", "Messages stored by one group commit (parley.ingest).",
                          buckets=BATCH_BUCKETS)
