@@ -19,6 +19,7 @@ from config.env import (
     load_dotenv,
 )
 from parley.conf import from_environ as parley_from_environ
+from parley.http_security import CSP_DIRECTIVES, CSP_EXCLUDED_PREFIXES
 
 # The same .env for every entry point (the server, manage.py, scripts/serve); the environment wins.
 load_dotenv()
@@ -44,12 +45,14 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "csp",  # the Content-Security-Policy header (CONTENT_SECURITY_POLICY below)
     "parley",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "parley.http_security.SecurityHeadersMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "parley.http_security.SecurityHeadersMiddleware",  # Permissions-Policy
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -138,6 +141,11 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)  # set (e.g. 31536000) once TLS is permanent
+# Parley's policy (parley/http_security.py), nonce-free: its pages have no inline script.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": CSP_DIRECTIVES,
+    "EXCLUDE_URL_PREFIXES": CSP_EXCLUDED_PREFIXES,
+}
 
 # --- I18N, static ---------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
