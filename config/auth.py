@@ -26,6 +26,14 @@ class SignInGuard(AxesStandaloneBackend):
         return super().authenticate(request, username, password, **kwargs)
 
 
+def client_ip(request: HttpRequest) -> str | None:
+    """AXES_CLIENT_IP_CALLABLE: REMOTE_ADDR, the address parley.throttles counts too (behind a
+    proxy, uvicorn --proxy-headers puts the client's there, for trusted proxies only). None when
+    there is none (a unix socket, a request made in code such as the test client's login()):
+    axes stores addresses in an IP field, which PostgreSQL refuses anything else in."""
+    return request.META.get("REMOTE_ADDR") or None
+
+
 def lockout_response(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     """AXES_LOCKOUT_CALLABLE: the sign-in card saying why and for how long, 429 + Retry-After
     (seconds). Axes passes (request, response, credentials), or (request, credentials) from its

@@ -155,7 +155,7 @@ AXES_LOCKOUT_CALLABLE = "config.auth.lockout_response"
 # REMOTE_ADDR, which uvicorn has already set from X-Forwarded-For when the peer is a trusted
 # proxy (--proxy-headers --forwarded-allow-ips): axes must not read that header itself, or a
 # client could name any address it likes.
-AXES_CLIENT_IP_CALLABLE = "parley.throttles.client_address"
+AXES_CLIENT_IP_CALLABLE = "config.auth.client_ip"
 AXES_DISABLE_ACCESS_LOG = True  # successful sign-ins are not recorded (only failures are needed)
 
 # Password reset mails (/accounts/password_reset/). Without EMAIL_HOST they are printed on the

@@ -38,8 +38,9 @@ DISABLED_ACCOUNT_MESSAGE = "This account has been disabled."
 
 def client_address(request: HttpRequest | None) -> str:
     """The peer as the ASGI server saw it: behind a proxy, uvicorn --proxy-headers with the
-    proxy in --forwarded-allow-ips puts the client's address here. django-axes reads it too
-    (AXES_CLIENT_IP_CALLABLE), so the forwarded header is trusted in one place only."""
+    proxy in --forwarded-allow-ips puts the client's address here. The standalone server's
+    django-axes reads the same (config/auth.py), so the forwarded header is trusted in one place
+    only: uvicorn's."""
     return (request.META.get("REMOTE_ADDR") if request is not None else None) or "?"
 
 

@@ -141,6 +141,15 @@ def test_the_address_is_remote_addr_not_a_header_the_client_sends(lockout):
         == {"198.51.100.8"}
 
 
+def test_a_request_without_an_address_is_counted_without_one(lockout):
+    """No REMOTE_ADDR (uvicorn on a unix socket): axes keys the pair by the username alone and
+    stores no address (PostgreSQL's inet column takes no placeholder)."""
+    user("abe_x")
+    assert sign_in("abe_x", "wrong-password", "").status_code == 200
+    assert AccessAttempt.objects.get(username="abe_x").ip_address is None
+    assert sign_in("abe_x", PASSWORD, "").signed_in
+
+
 @pytest.mark.django_db(transaction=True)  # the view runs on another thread's connection
 async def test_the_lockout_page_through_the_asgi_handler(lockout):
     """The server runs Django's middleware in async mode, where axes calls the lockout page with
