@@ -133,10 +133,14 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "parley.passwords.NonSpaceLengthValidator", "OPTIONS": {"min_length": 8}},
 ]
 # Axes's lockout check first; then Django's password check, which also tells the sign-in form
-# about a disabled account's right password (parley/auth_backends.py).
+# about a disabled account's right password and ends every sign-in (parley/auth_backends.py).
+# Django's own ModelBackend is never asked to sign anyone in: it is listed because a session
+# names the backend that signed it in, and those signed in before this list (or by a process
+# not yet upgraded) name it; unlisted, they would all be signed out.
 AUTHENTICATION_BACKENDS = [
     "config.auth.SignInGuard",
     "parley.auth_backends.DisabledAccountAwareBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 # Failed sign-ins (/accounts/login/ and /admin/login/) are counted by django-axes per pair of
 # username and client address, in the database, so every process sees the same count. Per

@@ -11,22 +11,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import AllowAllUsersModelBackend, ModelBackend
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
 # Set (True) on the request by a sign-in with a disabled account's right password.
 DISABLED_ACCOUNT_ATTR = "parley_disabled_account"
 
+UserModel = get_user_model()
 _password_check = AllowAllUsersModelBackend()  # checks the password whatever is_active says
 
 
 class DisabledAccountAwareBackend(ModelBackend):
+    """A failed password check ends the sign-in here (PermissionDenied, which Django's
+    authenticate() turns into a failure): Django's ModelBackend, listed after this one so that
+    sessions it signed in stay valid, would only hash the same password a second time."""
+
     def authenticate(self, request: HttpRequest | None, username: str | None = None,
                      password: str | None = None, **kwargs: Any) -> Any:
         user = _password_check.authenticate(request, username=username, password=password,
                                             **kwargs)
-        if user is None or self.user_can_authenticate(user):
+        if user is not None and self.user_can_authenticate(user):
             return user
-        if request is not None:
+        if user is not None and request is not None:
             setattr(request, DISABLED_ACCOUNT_ATTR, True)
-        return None
+        if user is not None or (password is not None
+                                and (username or kwargs.get(UserModel.USERNAME_FIELD))):
+            raise PermissionDenied("wrong password, or a disabled account")
+        return None  # not a username and password: for other backends to answer

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from axes.models import AccessAttempt
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import MD5PasswordHasher
 from django.core import mail
 from django.db.models import F
 from django.test import AsyncClient, Client
@@ -186,6 +187,39 @@ def test_a_disabled_account_is_told_so_on_the_admin_sign_in_too():
     get_user_model().objects.create_superuser("lee_x", "lee@example.com", PASSWORD, is_active=False)
     response = sign_in("lee_x", PASSWORD, "198.51.100.11", path="/admin/login/")
     assert response.status_code == 200 and DISABLED_ACCOUNT_MESSAGE.encode() in response.content
+
+
+def test_sessions_signed_in_by_djangos_model_backend_stay_signed_in():
+    """Sessions name the backend that signed them in: those from before the standalone server
+    had its own password backend (or from a process not yet upgraded) still work."""
+    client = Client()
+    client.force_login(user("pat_x"), backend="django.contrib.auth.backends.ModelBackend")
+    assert client.get("/api/me").status_code == 200
+
+
+class CountingHasher(MD5PasswordHasher):
+    """A real hasher that counts how often a password is hashed, to check, or to waste time."""
+
+    algorithm = "counting_md5"
+    hashed = 0
+
+    def encode(self, password: str, salt: str) -> str:
+        CountingHasher.hashed += 1
+        return super().encode(password, salt)
+
+
+@pytest.mark.parametrize("username", ["rae_x", "nobody_r"])
+def test_a_failed_sign_in_hashes_the_password_once(settings, username):
+    """Django's ModelBackend, listed after Parley's for old sessions, never checks the same
+    password a second time — for a known username or an unknown one."""
+    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher"]
+    user("rae_x")
+    CountingHasher.hashed = 0
+    assert sign_in(username, "wrong-password", "198.51.100.21").status_code == 200
+    assert CountingHasher.hashed == 1
+    CountingHasher.hashed = 0
+    assert sign_in("rae_x", PASSWORD, "198.51.100.21").signed_in
+    assert CountingHasher.hashed == 1
 
 
 # --- password reset -----------------------------------------------------------------------------
