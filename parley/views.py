@@ -1,4 +1,5 @@
-"""HTTP views: the browser app's pages, sign-up, and the small JSON API (docs/protocol.md §8)."""
+"""HTTP views: the browser app's pages, sign-up and password reset, and the small JSON API
+(docs/protocol.md §8)."""
 
 from __future__ import annotations
 
