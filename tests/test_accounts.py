@@ -265,6 +265,15 @@ def test_password_reset_for_an_unknown_address_answers_the_same_and_sends_nothin
     assert mail.outbox == []
 
 
+def test_password_reset_with_a_forged_host_sends_no_link():
+    """The link's host is the request's Host, which Django takes only from ALLOWED_HOSTS."""
+    user("rex_x", email="rex@example.com")
+    response = Client().post("/accounts/password_reset/", {"email": "rex@example.com"},
+                             HTTP_HOST="evil.example", REMOTE_ADDR="198.51.100.22")
+    assert response.status_code == 400
+    assert mail.outbox == []
+
+
 def test_password_reset_mails_per_email_address_are_limited(parley_settings):
     parley_settings.PASSWORD_RESETS_PER_EMAIL_PER_HOUR = 2
     user("ned_x", email="ned@example.com")
