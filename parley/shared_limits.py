@@ -279,6 +279,9 @@ def release_socket(user_id: int, socket_id: str) -> None:
         ids.discard(socket_id)
         if not ids:
             del counters.sockets[user_id]
+    if not counters.sockets and counters.refresher is not None:
+        counters.refresher.cancel()  # nothing left to refresh: no task sleeping in an idle process
+        counters.refresher = None  # (the next admitted socket starts another at once)
     if health.usable():
         spawn(_forget(counters, user_id, socket_id))
 
