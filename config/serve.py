@@ -31,6 +31,14 @@ WS_PROTOCOL = "parley.edge:ParleyWebSocketProtocol"
 # File descriptors kept beyond PARLEY_MAX_CONNECTIONS: database and Redis connections, log
 # files, the listening socket.
 FD_HEADROOM = 1024
+# Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (FORWARDED_ALLOW_IPS): loopback,
+# i.e. a proxy on the same machine (deploy/nginx.conf). Trusting nobody by default would make every
+# client behind such a proxy one address, 127.0.0.1, so the per-address limits would lock them all
+# out together; trusting loopback costs nothing when there is no proxy, because a client that is
+# not on this machine never connects from loopback and its headers are ignored. A proxy on another
+# machine: FORWARDED_ALLOW_IPS=its address (or network). `*` trusts any peer: only when the port
+# is reachable from the proxy alone.
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
 
 
 def production_args() -> list[str]:
@@ -56,6 +64,13 @@ def production_args() -> list[str]:
         "--no-access-log",
         # SIGTERM: sockets answer what they received and close with 1001 within this (parley/edge.py).
         "--timeout-graceful-shutdown", str(edge.env_limit(limits.SHUTDOWN_GRACE_SECS)),
+        # Behind a reverse proxy the client's address and scheme come from its X-Forwarded-For and
+        # X-Forwarded-Proto, believed from these peers only; the per-address limits (parley/edge.py,
+        # parley/ws_auth.py, parley/throttles.py) and the Origin check then see the real client.
+        # Named here rather than left to uvicorn's defaults (the same today) so the docs can say
+        # what runs: docs/deploy.md "Behind a proxy".
+        "--proxy-headers" if env_bool("PROXY_HEADERS", True) else "--no-proxy-headers",
+        "--forwarded-allow-ips", env_str("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS),
     ]
 
 

@@ -24,6 +24,15 @@ After a 408 or 431 the rest of what the client sends is read and dropped for LIN
 the connection is closed: closing a socket with unread data sends a reset, and the client might
 lose the answer.
 
+Behind a reverse proxy every connection comes from the proxy, so counting connections by peer
+would put all its clients under one address. A connection from a peer uvicorn trusts for proxy
+headers (`--proxy-headers --forwarded-allow-ips`, config/serve.py) is therefore counted, once its
+request head is complete, under the client address its X-Forwarded-For names, read the way
+uvicorn's ProxyHeadersMiddleware reads it (so the app's scope["client"] and this count agree);
+one beyond PARLEY_MAX_CONNECTIONS_PER_IP is answered 429 `too_many_connections` (the proxy passes
+the answer on; a silent close would look to the proxy like a failed backend). PARLEY_MAX_CONNECTIONS
+still counts the proxy's connections when they open.
+
 Shutdown (SIGTERM): uvicorn's websockets-sansio closes every socket at once with 1012, dropping
 what the app was still answering. ParleyWebSocketProtocol.shutdown() instead stops reading from
 the socket and queues a `websocket.shutdown` event behind the frames already received; the chat
@@ -49,6 +58,7 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings as django_settings
+from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -94,6 +104,10 @@ class Edge:
         """Count a new connection from `address`; or say why it is refused (not counted then)."""
         if self.max_connections > 0 and open_now >= self.max_connections:
             return f"{self.max_connections} connections open (PARLEY_MAX_CONNECTIONS)"
+        return self.admit_address(address)
+
+    def admit_address(self, address: str | None) -> str | None:
+        """Count a connection under `address` alone (PARLEY_MAX_CONNECTIONS_PER_IP)."""
         if address is None:
             return None
         count = self.open_by_address.get(address, 0)
@@ -144,6 +158,30 @@ def address_key(client: tuple[str, int] | None) -> str | None:
     return str(ip)
 
 
+_proxies: tuple[Any, _TrustedHosts | None] | None = None
+
+
+def trusted_proxies(config: Any) -> _TrustedHosts | None:
+    """The peers whose X-Forwarded-For uvicorn believes (its config's --forwarded-allow-ips), or
+    None when it runs without --proxy-headers. Built once per configuration."""
+    global _proxies
+    allow = config.forwarded_allow_ips if config.proxy_headers else None
+    if _proxies is None or _proxies[0] != allow:
+        _proxies = (allow, None if allow is None else _TrustedHosts(allow))
+    return _proxies[1]
+
+
+def forwarded_client(proxies: _TrustedHosts, peer: tuple[str, int] | None,
+                     headers: list[tuple[bytes, bytes]]) -> tuple[str, int] | None:
+    """The client a trusted proxy's X-Forwarded-For names (every such header, joined, the nearest
+    untrusted hop: uvicorn's ProxyHeadersMiddleware's reading), else the peer itself."""
+    values = [value for name, value in headers if name == b"x-forwarded-for"]
+    if not values:
+        return peer
+    host, port = proxies.get_trusted_client_address(b", ".join(values).decode("latin1"))
+    return (host, port) if host else peer
+
+
 class ParleyHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with connection caps, a header timeout and a header size cap."""
 
@@ -156,11 +194,16 @@ class ParleyHttpProtocol(HttpToolsProtocol):
         self.head_bytes = 0  # bytes fed to the parser since this request's head began
         self.head_timer: asyncio.TimerHandle | None = None
         self.lingering = False
+        # From a trusted proxy: counted per client once X-Forwarded-For is read (on_headers_complete).
+        self.proxied = False
 
     # --- admission ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        address = address_key(get_remote_addr(transport))
+        peer = get_remote_addr(transport)
+        proxies = trusted_proxies(self.config)
+        self.proxied = proxies is not None and peer is not None and peer[0] in proxies
+        address = None if self.proxied else address_key(peer)
         reason = self.edge.admit(address, len(self.connections))
         if reason is not None:
             self.refused = True
@@ -183,7 +226,27 @@ class ParleyHttpProtocol(HttpToolsProtocol):
             self.edge.release(self.address)
             self.address = None
 
+    def admit_forwarded(self) -> bool:
+        """A proxied request: count its connection under the client X-Forwarded-For names (the
+        same proxy connection may carry another client's request next); or answer 429."""
+        proxies = trusted_proxies(self.config)
+        assert proxies is not None
+        address = address_key(forwarded_client(proxies, self.client, self.headers))
+        if address == self.address:
+            return True
+        self._release()
+        reason = self.edge.admit_address(address)
+        if reason is None:
+            self.address = address
+            return True
+        self.edge.note_refusal(reason)
+        self._refuse(429, "too_many_connections",
+                     "too many connections open from your address (PARLEY_MAX_CONNECTIONS_PER_IP)")
+        return False
+
     def handle_websocket_upgrade(self) -> None:
+        if self.lingering:
+            return  # refused (429) when its head was complete
         super().handle_websocket_upgrade()
         # The connection now belongs to the WebSocket protocol: its slot goes with it.
         ws = self.transport.get_protocol()
@@ -210,7 +273,7 @@ class ParleyHttpProtocol(HttpToolsProtocol):
                 piece, data = data[:cap], data[cap:]
             super().data_received(piece)
             transport = self.transport
-            if transport.is_closing():
+            if transport.is_closing() or self.lingering:
                 return
             if transport.get_protocol() is not self:
                 # Became a WebSocket. A client may send frames only after the 101, so what came
@@ -225,9 +288,17 @@ class ParleyHttpProtocol(HttpToolsProtocol):
         self.in_head = False
         self.head_bytes = 0
         self._cancel_head_timer()
+        if self.proxied and not self.admit_forwarded():
+            return  # answered 429: no request for the app
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self.lingering:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self.lingering:
+            return
         super().on_message_complete()
         self.in_head = True  # the timer starts again with the next request's first byte
 

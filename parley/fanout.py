@@ -18,7 +18,7 @@ from parley import events, protocol
 from parley.conf import parley_settings
 from parley.models import Message
 from parley.payloads import message_payload, user_payload
-from parley.realtime.hub import get_hub, local_hubs, publish_from_sync
+from parley.realtime.hub import LocalHub, get_hub, local_hubs, publish_from_sync
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +85,35 @@ def deliver_from_sync(room_id: int, event: dict[str, Any]) -> str:
     """Hand one room event to every server process's sockets from synchronous code — a view's
     thread, a management command, a worker, the shell — and say which way it went:
 
-    - "redis": REDIS_URL is set; one PUBLISH, and every process subscribed to the room delivers it
-      (this one included: one order for all, as RedisHub.publish).
-    - "local": no Redis, and this process runs sockets (the server's own views and threads):
-      each of its hubs delivers it on its event loop.
+    - "redis": REDIS_URL is set; one PUBLISH, and every process subscribed to the room delivers
+      it. If this process serves sockets (a view of the server), its hubs are handed the event
+      directly first and skip the Redis copy: with Redis down they still get it, in real time.
+    - "local": no Redis (or Redis refused the publish), and this process runs sockets: each of
+      its hubs delivers it on its event loop.
     - "room-log": no Redis and no sockets here (another process). Nothing is sent: a message is
       in the room's log already, and every server process reads it from there within
       PARLEY_ROOM_LOG_POLL_MS (parley.roomwatch). An event that is not stored cannot go this way
       (parley.api.publish_event refuses it before).
     """
-    if parley_settings.REDIS_URL:
-        publish_from_sync(parley_settings.REDIS_URL, parley_settings.REDIS_PREFIX, room_id, event)
-        return "redis"
     hubs = local_hubs()
-    if not hubs:
-        return "room-log"
+    _deliver_locally(hubs, room_id, event)
+    if parley_settings.REDIS_URL:
+        try:
+            publish_from_sync(parley_settings.REDIS_URL, parley_settings.REDIS_PREFIX, room_id, event,
+                              delivered_by=[hub.origin for hub in hubs])
+        except Exception:
+            if not hubs:
+                raise
+            # This process's sockets have it; the others read it from the database when their
+            # subscription comes back (Redis pub/sub would not have kept it for them either).
+            log.warning("Redis publish failed; room %s's other processes get the event from the "
+                        "database", room_id, exc_info=True)
+            return "local"
+        return "redis"
+    return "local" if hubs else "room-log"
+
+
+def _deliver_locally(hubs: list[LocalHub], room_id: int, event: dict[str, Any]) -> None:
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -109,7 +123,6 @@ def deliver_from_sync(room_id: int, event: dict[str, Any]) -> str:
             hub.deliver(room_id, event)
         else:
             hub.loop.call_soon_threadsafe(hub.deliver, room_id, event)  # type: ignore[union-attr]
-    return "local"
 
 
 def live_delivery_possible() -> bool:

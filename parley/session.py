@@ -129,7 +129,7 @@ class Session:
         try:
             if first_join:
                 sub.presence_touched = time.monotonic()
-                if await presence.add(room_id, self.socket_id, self.member):
+                if await presence.add(room_id, self.socket_id, self.member, slug=slug):
                     count = len(await presence.members(room_id))
                     await fanout.broadcast_presence(room_id=room_id, room_slug=slug, event="join",
                                                     user=self.user, members=count, origin=self.socket_id)
@@ -162,7 +162,7 @@ class Session:
             for sub in subs:
                 if self.subs_by_id.get(sub.room_id) is not sub:
                     continue
-                revived = await presence.touch(sub.room_id, self.socket_id, self.member)
+                revived = await presence.touch(sub.room_id, self.socket_id, self.member, slug=sub.slug)
                 if self.subs_by_id.get(sub.room_id) is not sub:
                     # The room was left while the touch was on its way: take back what it wrote.
                     await presence.remove(sub.room_id, self.socket_id, self.user.pk)

@@ -171,6 +171,24 @@ async def test_two_processes_share_a_room_through_redis(private_redis):
     assert elsewhere.events == []
 
 
+async def test_with_redis_down_local_receivers_still_get_events_and_publish_does_not_wait(private_redis):
+    url, _, procs = private_redis
+    await ping(url)
+    hub, here, also_here = RedisHub(url, "t"), Recorder(), Recorder()
+    await hub.subscribe(7, here)
+    await hub.subscribe(7, also_here)
+    await hub.watch(("user", 3), here)
+    procs[-1].kill()
+    procs[-1].wait()
+    # publish hands the event to this hub's sockets before anything touches Redis, and queues
+    # the other processes' copy: it returns without waiting out the Redis client's retries.
+    await asyncio.wait_for(hub.publish(7, {"type": "chat.message", "seq": 1}), 1)
+    assert here.events == also_here.events == [{"type": "chat.message", "seq": 1}]
+    await hub.revoke(("user", 3))  # revocations reach this process's sockets the same way
+    assert here.revoked == 1 and also_here.revoked == 0
+    await wait_for(lambda: hub.dropped_publishes == 2, timeout=30)  # given up, not kept forever
+
+
 async def test_credentials_revoked_in_one_process_close_their_sockets_in_another(private_redis):
     url, _, _ = private_redis
     await ping(url)

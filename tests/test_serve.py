@@ -213,3 +213,48 @@ def test_serve_says_the_port_is_taken_instead_of_running(data_dir):
     assert out.returncode != 0
     assert f"port {port} on 127.0.0.1 is in use" in out.stderr, out.stderr
     assert "is running" not in out.stdout + out.stderr
+
+
+def test_serve_passes_its_arguments_to_uvicorn_and_they_win(data_dir, tmp_path):
+    """`scripts/serve --port N …`: options go through to uvicorn after Parley's own, so a port on
+    the command line wins over PORT; and a taken port given there is refused the same clear way."""
+    assert setup_only(fresh_env(data_dir)).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        refused = subprocess.run([str(SERVE), "--port", str(busy)], cwd=ROOT, env=fresh_env(data_dir),
+                                 capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0
+        assert f"port {busy} on 127.0.0.1 is in use" in refused.stderr, refused.stderr
+
+        port = free_port()
+        log_path = tmp_path / "args.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([str(SERVE), "--port", str(port), "--access-log"], cwd=ROOT,
+                                    env=fresh_env(data_dir, PORT=str(busy)), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                        assert response.status == 200
+                        break
+                except OSError:
+                    time.sleep(0.2)
+            # --access-log reached uvicorn: the request is in its access log.
+            deadline = time.monotonic() + 10
+            while "GET /healthz" not in log_path.read_text():
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    assert f"Parley is running at http://127.0.0.1:{port}/" in log_path.read_text()

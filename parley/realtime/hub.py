@@ -6,10 +6,14 @@ switches per recipient (docs/benchmarks.md has the profile). The hub keeps, per 
 event loop, the local sockets of each room and hands each the same already-encoded frame in
 one synchronous loop; each socket's bounded outbound queue (parley.realtime.outbound) does the writing.
 
-Across processes (REDIS_URL set), a message is PUBLISHed once on a Redis channel per room, and
-each process holds one subscription per room that has local sockets: Redis sends one copy per
-process, not per socket. Redis pub/sub is at-most-once, so after the subscription connection
-drops and comes back, every local socket reads what it missed from the database (`resync`).
+Across processes (REDIS_URL set), a process hands each event to its own sockets first, then
+PUBLISHes it once on a Redis channel per room, marked with the hub's origin id so that its own
+subscription skips the copy. Each process holds one subscription per room that has local
+sockets: Redis sends one copy per process, not per socket. Redis is an accelerator, not the
+way home: while it is down a process's own sockets still get their events in real time, and
+the publishes wait in a bounded queue (`OUTBOX_MAX_EVENTS`) or are dropped. Redis pub/sub is
+at-most-once anyway, so after the subscription connection drops and comes back, every local
+socket reads what it missed from the database (`resync`).
 
 Code off the event loop — a view's thread, a management command, a worker — hands events in
 through parley.fanout.deliver_from_sync: a blocking PUBLISH (`publish_from_sync`) with Redis;
@@ -26,18 +30,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+import uuid
 import weakref
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import orjson
 
 from parley.conf import parley_settings
 from parley.realtime.loops import per_loop
+from parley.realtime.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_BACKOFF_CAP_SECS = 5.0
+# Publishes waiting for Redis, per hub. Its own sockets have had every event already; what the
+# queue holds is only the other processes' copies, which they also read from the database
+# once their subscription is back. Past the bound the oldest are dropped, so an outage
+# cannot grow the process's memory without end.
+OUTBOX_MAX_EVENTS = 10_000
+# Published in one pipeline round trip when several are queued (a busy process, many rooms).
+OUTBOX_BATCH_EVENTS = 256
+# At most one "publish failed" warning per this many seconds: an outage fails every batch.
+PUBLISH_WARNING_INTERVAL_SECS = 10.0
 
 # ("token", ApiToken id) or ("user", user id): what a socket's right to stay open rests on.
 Credential = tuple[str, int]
@@ -115,6 +132,9 @@ class LocalHub:
         self.seen: dict[int, int] = {}
         self._revocation_check: CredentialCheck | None = None
         self._room_log_watch: RoomLogWatch | None = None
+        # Marks this hub's own publishes, so its subscription skips them (it delivered them
+        # already); random, so two processes — or two hubs in one test process — never share one.
+        self.origin = uuid.uuid4().hex[:16].encode()
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -212,6 +232,11 @@ class RedisHub(LocalHub):
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._drainer: asyncio.Future[Any] | None = None
+        self._warned_at = float("-inf")
+        self.dropped_publishes = 0  # events whose other-process copy never reached Redis
+        self.subscribed = False  # whether the subscription connection is up (for /readyz, metrics)
 
     def _channel(self, room_id: int) -> str:
         return room_channel(self._prefix, room_id)
@@ -228,7 +253,8 @@ class RedisHub(LocalHub):
             await self._subscribe_channel(self._control)
 
     async def revoke(self, credential: Credential) -> None:
-        await self._publisher.publish(self._control, orjson.dumps({"revoke": list(credential)}))
+        self.close_local(credential)
+        self._enqueue(self._control, marked((self.origin,), {"revoke": list(credential)}))
 
     async def _subscribe_channel(self, channel: str) -> None:
         async with self._lock:
@@ -250,8 +276,45 @@ class RedisHub(LocalHub):
                     log.debug("Redis unsubscribe failed", exc_info=True)
 
     async def publish(self, room_id: int, event: dict[str, Any]) -> None:
-        # Every process, this one included, delivers from the subscription: one order for all.
-        await self._publisher.publish(self._channel(room_id), orjson.dumps(event))
+        # Local sockets first and at once, whatever Redis is doing; each socket orders a room's
+        # messages by seq (parley.realtime.ordering), so a message from another process that
+        # arrives after a later local one waits for it, or is read from the database.
+        self.deliver(room_id, event)
+        self._enqueue(self._channel(room_id), marked((self.origin,), event))
+
+    def _enqueue(self, channel: str, data: bytes) -> None:
+        if len(self._outbox) >= OUTBOX_MAX_EVENTS:
+            self._outbox.popleft()
+            self.dropped_publishes += 1
+            self._warn("Redis publish queue full (%d events): dropping the oldest", OUTBOX_MAX_EVENTS)
+        self._outbox.append((channel, data))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = spawn(self._drain())
+
+    async def _drain(self) -> None:
+        """Publish the queue in order, a pipeline of up to OUTBOX_BATCH_EVENTS at a time. A batch
+        Redis refused after the client's retries (parley.realtime.redis_options) is dropped: the
+        other processes lost their subscriptions too, and read it from the database on resync."""
+        while self._outbox:
+            batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), OUTBOX_BATCH_EVENTS))]
+            try:
+                if len(batch) == 1:
+                    await self._publisher.publish(*batch[0])
+                else:
+                    async with self._publisher.pipeline(transaction=False) as pipe:
+                        for channel, data in batch:
+                            pipe.publish(channel, data)
+                        await pipe.execute()
+            except Exception:
+                self.dropped_publishes += len(batch)
+                self._warn("Redis publish failed; %d events reach other processes only from the "
+                           "database (this process's sockets had them)", len(batch))
+
+    def _warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= PUBLISH_WARNING_INTERVAL_SECS:
+            self._warned_at = now
+            log.warning(message, *args)
 
     async def _listen(self) -> None:
         failures = 0
@@ -259,17 +322,22 @@ class RedisHub(LocalHub):
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 failures = 0
+                self.subscribed = True
                 if message is not None and message["type"] == "message":
+                    origins, _, body = message["data"].partition(b"|")
+                    if self.origin in origins.split(b","):
+                        continue  # ours: delivered to our sockets before it was published
                     channel = message["channel"].decode()
                     if channel == self._control:
-                        kind, ident = orjson.loads(message["data"])["revoke"]
+                        kind, ident = orjson.loads(body)["revoke"]
                         self.close_local((str(kind), int(ident)))
                     else:
-                        self.deliver(int(channel[len(self._prefix):]), orjson.loads(message["data"]))
+                        self.deliver(int(channel[len(self._prefix):]), orjson.loads(body))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 failures += 1
+                self.subscribed = False
                 delay = random.uniform(0, min(RESUBSCRIBE_BACKOFF_CAP_SECS, 0.1 * 2**failures))
                 log.warning("Redis subscription lost; resubscribing in %.2f s", delay, exc_info=failures == 1)
                 await asyncio.sleep(delay)
@@ -304,13 +372,21 @@ def room_channel(prefix: str, room_id: int) -> str:
     return f"{prefix}{room_id}"
 
 
+def marked(origins: Iterable[bytes], event: dict[str, Any]) -> bytes:
+    """What goes on a Redis channel: the origin ids of the hubs that delivered the event to
+    their sockets already (they skip it), then `|`, then the event as JSON."""
+    return b",".join(origins) + b"|" + orjson.dumps(event)
+
+
 _sync_publishers: dict[str, Any] = {}
 
 
-def publish_from_sync(url: str, prefix: str, room_id: int, event: dict[str, Any]) -> int:
+def publish_from_sync(url: str, prefix: str, room_id: int, event: dict[str, Any],
+                      delivered_by: Iterable[bytes] = ()) -> int:
     """PUBLISH one room event from synchronous code (any thread, any process): every server
-    process subscribed to the room delivers it, as RedisHub.publish's would be. Returns how many
-    processes received it (Redis's answer). One blocking client per URL, made on first use."""
+    process subscribed to the room delivers it, as RedisHub.publish's would be, except the hubs
+    whose origin ids are in `delivered_by` (they had it handed to them directly). Returns how
+    many subscriptions received it (Redis's answer). One blocking client per URL, made on first use."""
     import redis
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
@@ -323,7 +399,7 @@ def publish_from_sync(url: str, prefix: str, room_id: int, event: dict[str, Any]
         client = _sync_publishers[url] = redis.Redis.from_url(
             url, retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES),
             health_check_interval=HEALTH_CHECK_INTERVAL_SECS, socket_keepalive=True)
-    return int(client.publish(room_channel(f"{prefix}:room:", room_id), orjson.dumps(event)))
+    return int(client.publish(room_channel(f"{prefix}:room:", room_id), marked(delivered_by, event)))
 
 
 @per_loop
