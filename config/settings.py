@@ -5,6 +5,7 @@ Defaults give the embedded setup: an SQLite file and fan-out and presence in mem
 switch to PostgreSQL and Redis when one process is not enough.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -19,6 +20,7 @@ from config.env import (
     load_dotenv,
 )
 from parley.conf import from_environ as parley_from_environ
+from parley.http_security import CSP_DIRECTIVES, CSP_EXCLUDED_PREFIXES
 
 # The same .env for every entry point (the server, manage.py, scripts/serve); the environment wins.
 load_dotenv()
@@ -44,12 +46,15 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",  # failed sign-ins, in the database (AXES_* below)
+    "csp",  # the Content-Security-Policy header (CONTENT_SECURITY_POLICY below)
     "parley",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "parley.http_security.SecurityHeadersMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "parley.http_security.SecurityHeadersMiddleware",  # Permissions-Policy
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -58,6 +63,8 @@ MIDDLEWARE = [
     "parley.http_auth.BearerTokenMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: turns a sign-in that reached the lockout into config.auth's page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -125,6 +132,52 @@ AUTH_PASSWORD_VALIDATORS = [
     # length check.
     {"NAME": "parley.passwords.NonSpaceLengthValidator", "OPTIONS": {"min_length": 8}},
 ]
+# Axes's lockout check first; then Django's password check, which also tells the sign-in form
+# about a disabled account's right password and ends every sign-in (parley/auth_backends.py).
+# Django's own ModelBackend is never asked to sign anyone in: it is listed because a session
+# names the backend that signed it in, and those signed in before this list (or by a process
+# not yet upgraded) name it; unlisted, they would all be signed out.
+AUTHENTICATION_BACKENDS = [
+    "config.auth.SignInGuard",
+    "parley.auth_backends.DisabledAccountAwareBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed sign-ins (/accounts/login/ and /admin/login/) are counted by django-axes per pair of
+# username and client address, in the database, so every process sees the same count. Per
+# pair, not per username: a stranger failing on purpose locks the victim's name out from the
+# stranger's address only, never from the victim's. One address trying many usernames is
+# PARLEY_LOGIN_FAILURES_PER_IP_PER_HOUR's (parley/throttles.py). The pair's failures within the
+# cool-off count; the one that reaches the limit, and every try during the lockout (right
+# password included, and each restarts the cool-off), gets config.auth's 429 page. A successful
+# sign-in clears its pair. `manage.py axes_reset_username NAME` lifts a lockout early.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "config.auth.lockout_response"
+# REMOTE_ADDR, which uvicorn has already set from X-Forwarded-For when the peer is a trusted
+# proxy (--proxy-headers --forwarded-allow-ips): axes must not read that header itself, or a
+# client could name any address it likes.
+AXES_CLIENT_IP_CALLABLE = "config.auth.client_ip"
+AXES_DISABLE_ACCESS_LOG = True  # successful sign-ins are not recorded (only failures are needed)
+
+# Password reset mails (/accounts/password_reset/). Without EMAIL_HOST they are printed on the
+# server's standard output (so scripts/serve works with no mail server; the link in them is a
+# credential: a production server sets EMAIL_HOST).
+EMAIL_HOST = env_str("EMAIL_HOST")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)  # STARTTLS, as on port 587
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # TLS from the start, as on port 465
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT_SECS", 10)  # s; a reset request waits for the mail server
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Parley <parley@localhost>")
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT_SECS", 3600)  # s a reset link stays valid
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "parley:app"
 LOGOUT_REDIRECT_URL = "login"
@@ -138,6 +191,11 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)  # set (e.g. 31536000) once TLS is permanent
+# Parley's policy (parley/http_security.py), nonce-free: its pages have no inline script.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": CSP_DIRECTIVES,
+    "EXCLUDE_URL_PREFIXES": CSP_EXCLUDED_PREFIXES,
+}
 
 # --- I18N, static ---------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -121,16 +121,27 @@ SHUTDOWN_GRACE_SECS = Limit("shutdown grace", "SHUTDOWN_GRACE_SECS", 10, "s",
 HANDSHAKES_PER_USER_PER_MIN = Limit("handshake rate per user", "HANDSHAKES_PER_USER_PER_MIN",
                                     120, "handshakes/min per user",
                                     "authenticated WebSocket handshakes per user (token bucket)")
+# Failed sign-ins per (username, address) are django-axes's in the standalone server
+# (config/settings.py AXES_*), stored in the database; this one catches one address trying one
+# password on many usernames, which axes's per-pair count does not.
 LOGIN_FAILURES_PER_IP_PER_HOUR = Limit("login failures per address",
                                        "LOGIN_FAILURES_PER_IP_PER_HOUR", 30,
                                        "failures/hour per address",
-                                       "failed sign-ins from one address before it must wait")
-LOGIN_FAILURES_PER_USERNAME_PER_HOUR = Limit("login failures per username",
-                                             "LOGIN_FAILURES_PER_USERNAME_PER_HOUR", 10,
-                                             "failures/hour per username",
-                                             "failed sign-ins as one username before it must wait")
+                                       "failed sign-ins from one address, any usernames, before "
+                                       "it must wait")
 SIGNUPS_PER_IP_PER_HOUR = Limit("signups per address", "SIGNUPS_PER_IP_PER_HOUR", 10,
-                                "accounts/hour per address", "accounts created from one address")
+                                "accounts/hour per address", "accounts created from one address, each "
+                                "'username already exists' answer counted as one")
+PASSWORD_RESETS_PER_IP_PER_HOUR = Limit("password resets per address",
+                                        "PASSWORD_RESETS_PER_IP_PER_HOUR", 10,
+                                        "requests/hour per address",
+                                        "password-reset requests from one address, known e-mail "
+                                        "addresses or not")
+PASSWORD_RESETS_PER_EMAIL_PER_HOUR = Limit("password resets per e-mail address",
+                                           "PASSWORD_RESETS_PER_EMAIL_PER_HOUR", 3,
+                                           "requests/hour per e-mail address",
+                                           "password-reset requests naming one e-mail address "
+                                           "(case-insensitive), from every client address")
 ROOMS_CREATED_PER_USER_PER_HOUR = Limit("room creation rate",
                                         "ROOMS_CREATED_PER_USER_PER_HOUR", 20,
                                         "requests/hour per user",

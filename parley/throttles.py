@@ -1,11 +1,11 @@
-"""Sign-in and sign-up throttles, in process memory like every counter of parley/limits.py: with N
-server processes behind a balancer a client gets up to N times the budget.
+"""Sign-in, sign-up and password-reset throttles kept in process memory, like every counter of
+parley/limits.py: with N server processes behind a balancer a client gets up to N times the budget.
 
-Sign-in failures are counted per client address and per username (token buckets): a password
-guesser is slowed whether it tries many passwords on one account or one password on many.
-Checks come before the password is hashed, so a refused attempt costs no hashing either. A
-successful sign-in forgives the username's failures, not the address's: otherwise an attacker
-with an account of their own could sign in between guesses to reset their address.
+Failed sign-ins per username and address are counted by django-axes in the standalone server
+(config/settings.py), in the database and so across processes. What is left here is what axes's
+per-pair count does not do: failures per client address over every username (one password tried
+on many accounts), accounts created per address, and password-reset mails per address and per
+recipient. Checks come before the password is hashed, so a refused attempt costs no hashing.
 """
 
 from __future__ import annotations
@@ -21,25 +21,27 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 
 from parley import limits
+from parley.auth_backends import DISABLED_ACCOUNT_ATTR
 
 HOUR_SECS = 3600.0
 
 _login_failures_by_address = limits.BucketMap(limits.LOGIN_FAILURES_PER_IP_PER_HOUR, per=HOUR_SECS)
-_login_failures_by_username = limits.BucketMap(limits.LOGIN_FAILURES_PER_USERNAME_PER_HOUR,
-                                               per=HOUR_SECS)
 _signups_by_address = limits.BucketMap(limits.SIGNUPS_PER_IP_PER_HOUR, per=HOUR_SECS)
+_resets_by_address = limits.BucketMap(limits.PASSWORD_RESETS_PER_IP_PER_HOUR, per=HOUR_SECS)
+_resets_by_email = limits.BucketMap(limits.PASSWORD_RESETS_PER_EMAIL_PER_HOUR, per=HOUR_SECS)
 
 # Set on the request by a refusal; throttled_status() turns it into 429 + Retry-After.
 RETRY_AFTER_ATTR = "parley_retry_after_secs"
 
+DISABLED_ACCOUNT_MESSAGE = "This account has been disabled."
+
 
 def client_address(request: HttpRequest | None) -> str:
-    """The peer as the ASGI server saw it (behind a proxy: uvicorn --proxy-headers)."""
+    """The peer as the ASGI server saw it: behind a proxy, uvicorn --proxy-headers with the
+    proxy in --forwarded-allow-ips puts the client's address here. The standalone server's
+    django-axes reads the same (config/auth.py), so the forwarded header is trusted in one place
+    only: uvicorn's."""
     return (request.META.get("REMOTE_ADDR") if request is not None else None) or "?"
-
-
-def username_key(username: str) -> str:
-    return username.strip().casefold()[:150]
 
 
 def _minutes(secs: float) -> str:
@@ -54,8 +56,10 @@ def _refuse(request: HttpRequest | None, wait_secs: float, message: str) -> Vali
 
 
 class ThrottledLoginMixin:
-    """For AuthenticationForm and its subclasses: refuse while the address or the username has
-    used up its failures, count each failure, forgive the username on success."""
+    """For AuthenticationForm and its subclasses: refuse while the client address has used up
+    its failures, count each failure; say "disabled" to whoever gave a disabled account's right
+    password (parley.auth_backends flags it), and the usual "enter a correct username and
+    password" to everyone else, whether the username exists or not."""
 
     request: HttpRequest | None
     cleaned_data: dict[str, Any]
@@ -65,19 +69,18 @@ class ThrottledLoginMixin:
         password = self.cleaned_data.get("password")
         if not username or not password:
             return super().clean()  # type: ignore[misc]  # field errors, no attempt made
-        address, name = client_address(self.request), username_key(username)
-        wait = max(_login_failures_by_address.wait(address), _login_failures_by_username.wait(name))
+        address = client_address(self.request)
+        wait = _login_failures_by_address.wait(address)
         if wait:
             raise _refuse(self.request, wait,
                           "Too many failed sign-in attempts. Try again in %(wait)s.")
         try:
-            cleaned = super().clean()  # type: ignore[misc]
+            return super().clean()  # type: ignore[misc]
         except ValidationError:
             _login_failures_by_address.take(address)
-            _login_failures_by_username.take(name)
+            if getattr(self.request, DISABLED_ACCOUNT_ATTR, False):
+                raise ValidationError(DISABLED_ACCOUNT_MESSAGE, code="inactive") from None
             raise
-        _login_failures_by_username.forget(name)
-        return cleaned
 
 
 class LoginForm(ThrottledLoginMixin, AuthenticationForm):
@@ -93,6 +96,19 @@ def signup_refusal(request: HttpRequest) -> ValidationError | None:
     wait = _signups_by_address.take(client_address(request))
     if wait:
         return _refuse(request, wait, "Too many accounts were created from your address. "
+                                      "Try again in %(wait)s.")
+    return None
+
+
+def password_reset_refusal(request: HttpRequest, email: str) -> ValidationError | None:
+    """Charge one reset mail to the request's address, then to the e-mail address it names —
+    whether an account has that address or not, since the answer must not tell; the error to
+    show if either has none left. A request its address may not make costs the e-mail address
+    nothing."""
+    wait = (_resets_by_address.take(client_address(request))
+            or _resets_by_email.take(email.strip().casefold()[:254]))
+    if wait:
+        return _refuse(request, wait, "Too many password reset requests. "
                                       "Try again in %(wait)s.")
     return None
 

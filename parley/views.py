@@ -1,4 +1,5 @@
-"""HTTP views: the browser app's pages, sign-up, and the small JSON API (docs/protocol.md §8)."""
+"""HTTP views: the browser app's pages, sign-up and password reset, and the small JSON API
+(docs/protocol.md §8)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import orjson
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import login
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
-from django.contrib.auth.views import LoginView
+from django.contrib.auth.forms import PasswordResetForm, UserCreationForm
+from django.contrib.auth.views import LoginView, PasswordResetView
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import NoReverseMatch, get_script_prefix, reverse
+from django.utils.module_loading import import_string
 from django.views import csrf, defaults
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
@@ -61,19 +64,47 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("parley:app")
     form = UserCreationForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        # Charged only for an account that would be made: a mistyped form costs nothing.
-        refusal = throttles.signup_refusal(request)
-        if refusal is None:
-            user = form.save()
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            return redirect("parley:app")
-        form.add_error(None, refusal)
+    if request.method == "POST":
+        valid = form.is_valid()
+        # "Already taken" tells which usernames exist, so it is charged as an account made
+        # would be; other mistakes in the form cost nothing.
+        taken = any(e.code == "unique" for e in form.errors.as_data().get("username", []))
+        if valid or taken:
+            refusal = throttles.signup_refusal(request)
+            if refusal is None and valid:
+                user = form.save()
+                login(request, user, backend=_password_backend())
+                return redirect("parley:app")
+            if refusal is not None:
+                form.errors.pop("username", None)  # refused: taken or not, the same answer
+                form.add_error(None, refusal)
     return render(request, "registration/signup.html", {"form": form})
+
+
+def _password_backend() -> str:
+    """The first configured backend that checks passwords (Django's ModelBackend or a subclass,
+    such as parley.auth_backends'): the one a new account is signed in with."""
+    return next(path for path in settings.AUTHENTICATION_BACKENDS
+                if issubclass(import_string(path), ModelBackend))
 
 
 # Django's sign-in pages, with parley/throttles.py's limits on failed attempts.
 login_page = throttles.throttled_status(LoginView.as_view(authentication_form=throttles.LoginForm))
+
+
+class _PasswordResetView(PasswordResetView):
+    """Django's, with each request charged to its client address and to the e-mail address it
+    names before any mail goes out (parley/throttles.py)."""
+
+    def form_valid(self, form: PasswordResetForm) -> HttpResponse:
+        refusal = throttles.password_reset_refusal(self.request, form.cleaned_data["email"])
+        if refusal is not None:
+            form.add_error(None, refusal)
+            return self.form_invalid(form)
+        return super().form_valid(form)
+
+
+password_reset = throttles.throttled_status(_PasswordResetView.as_view())
 
 
 @throttles.throttled_status
