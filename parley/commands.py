@@ -24,8 +24,9 @@ from parley.session import Session, room_not_found
 
 log = logging.getLogger(__name__)
 
-# Per-user budgets, shared by this process's sockets (see parley/limits.py on "per process").
-# One bucket per user for the WebSocket send and POST /api/rooms/<slug>/messages together.
+# Per-user budgets. The message bucket is one per user for the WebSocket send and POST
+# /api/rooms/<slug>/messages together, cluster-wide with REDIS_URL (one Redis round trip per
+# send); the history budget is per process (parley/limits.py).
 _user_message_buckets = limits.USER_MESSAGE_BUCKETS
 _history_budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
                                     limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
@@ -98,7 +99,7 @@ async def leave(session: Session, cmd: protocol.Leave, ref: str | None) -> None:
 async def send(session: Session, cmd: protocol.Send, ref: str | None) -> None:
     started = time.perf_counter()
     sub = session.joined(cmd.room)
-    wait = _user_message_buckets.take(session.user.pk)
+    wait = await _user_message_buckets.shared_take(session.user.pk)
     if wait:
         metrics.refused("messages")
         raise ProtocolError(protocol.RATE_LIMITED, "too many messages; retry later with the same client_id",

@@ -23,7 +23,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from redis.exceptions import RedisError
 
-from parley import commands, limits, logs, metrics, protocol
+from parley import commands, limits, logs, metrics, protocol, shared_limits
 from parley.conf import parley_settings
 from parley.payloads import user_payload
 from parley.protocol import ProtocolError
@@ -36,8 +36,35 @@ from parley.session import Session
 
 log = logging.getLogger(__name__)
 
-# The user's open sockets in this process (see parley/limits.py on "per process").
+# The user's open sockets in this process. With REDIS_URL they are counted cluster-wide too
+# (parley.shared_limits); this count still decides alone without it, or while Redis is away.
 _sockets_per_user: dict[int, int] = {}
+
+
+async def _take_slot(user_id: int, socket_id: str) -> bool:
+    """Count a new socket of the user, or refuse it: PARLEY_MAX_SOCKETS_PER_USER open already,
+    in this process or (with REDIS_URL) in the cluster."""
+    limit = int(parley_settings.MAX_SOCKETS_PER_USER)
+    if _sockets_per_user.get(user_id, 0) >= limit:
+        return False
+    if shared_limits.enabled():
+        if await shared_limits.admit_socket(user_id, socket_id, limit) is False:
+            return False
+        if _sockets_per_user.get(user_id, 0) >= limit:  # another socket of the user, meanwhile
+            shared_limits.release_socket(user_id, socket_id)
+            return False
+    _sockets_per_user[user_id] = _sockets_per_user.get(user_id, 0) + 1
+    return True
+
+
+def _give_slot(user_id: int, socket_id: str) -> None:
+    left = _sockets_per_user.get(user_id, 1) - 1
+    if left > 0:
+        _sockets_per_user[user_id] = left
+    else:
+        _sockets_per_user.pop(user_id, None)
+    if shared_limits.enabled():
+        shared_limits.release_socket(user_id, socket_id)
 
 
 def heartbeat_timeout_secs() -> float:
@@ -120,13 +147,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         session = self.session = Session(user=user, token_id=self.scope.get("token_id"),
                                          socket_id=self.channel_name, send_message=self.send_message,
                                          close=self._close_after_flush)
-        if _sockets_per_user.get(user.pk, 0) >= parley_settings.MAX_SOCKETS_PER_USER:
+        if not await _take_slot(user.pk, self.channel_name):
             err = ProtocolError(protocol.TOO_MANY_SOCKETS, "too many open sockets for this user; close one")
             session.send_frame(err.to_frame(None))
             self.outbound.close_after_flush(protocol.CLOSE_TOO_MANY_SOCKETS)
             metrics.refused("sockets_per_user")
             return
-        _sockets_per_user[user.pk] = _sockets_per_user.get(user.pk, 0) + 1
         self.counted = True
         metrics.OPEN_SOCKETS.inc()
         self.watched = True  # watched for revocation (set before the awaits below)
@@ -277,12 +303,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.counted:
             self.counted = False
             metrics.OPEN_SOCKETS.dec()
-            user_id = self.user.pk
-            left = _sockets_per_user.get(user_id, 1) - 1
-            if left > 0:
-                _sockets_per_user[user_id] = left
-            else:
-                _sockets_per_user.pop(user_id, None)
+            _give_slot(self.user.pk, self.channel_name)
 
     def _close_now(self, code: int) -> bool:
         """Close without waiting on the client: the close frame goes out at once, the user's

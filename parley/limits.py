@@ -3,9 +3,12 @@
 Each limit is a key of the PARLEY settings dict (parley.conf); the standalone server fills it from
 the environment variable `PARLEY_<key>`. Limits are read through parley.conf.parley_settings on
 use (not copied at import), so a deployment's settings and a test's override both take effect.
-Counters that live in process memory (per-user socket
-counts, per-user message buckets, per-IP handshake buckets) are per server process: with N
-processes behind a balancer the effective ceiling is up to N times the setting.
+The counters per user or per address that a balancer would otherwise multiply (open sockets per
+user, the per-user message rate, the handshake rates per address and per user) are cluster-wide
+with REDIS_URL (parley.shared_limits: every process counts in the same Redis keys) and per
+process without it, or while Redis does not answer. The rest (frames per socket, rooms per
+socket, history bytes, connections per address ...) are per socket or per process by design;
+docs/security.md says which is which.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ FRAMES_PER_SEC = Limit("frame rate", "FRAMES_PER_SEC", 20, "frames/s per socket"
 FRAMES_BURST = Limit("frame burst", "FRAMES_BURST", 40, "frames",
                      "frames a socket may send at once before the rate applies")
 MESSAGES_PER_SEC = Limit("message rate", "MESSAGES_PER_SEC", 5, "messages/s per user",
-                         "sustained sends per user, all their sockets in a process together")
+                         "sustained sends per user, all their sockets together (in a cluster "
+                         "with REDIS_URL, else in a process)")
 MESSAGES_BURST = Limit("message burst", "MESSAGES_BURST", 10, "messages",
                        "sends a user may make at once before the rate applies")
 RATE_STRIKES = Limit("rate-limit strikes", "RATE_LIMIT_STRIKES", 30, "refusals / 10 s",
@@ -51,7 +55,8 @@ RATE_STRIKES = Limit("rate-limit strikes", "RATE_LIMIT_STRIKES", 30, "refusals /
 MAX_ROOMS_PER_SOCKET = Limit("rooms per socket", "MAX_ROOMS_PER_SOCKET", 100, "rooms",
                              "rooms one socket may have joined at once")
 MAX_SOCKETS_PER_USER = Limit("sockets per user", "MAX_SOCKETS_PER_USER", 20, "sockets",
-                             "open sockets per user per server process")
+                             "open sockets per user (in a cluster with REDIS_URL, else per "
+                             "process)")
 HANDSHAKES_PER_IP_PER_MIN = Limit("handshake rate", "HANDSHAKES_PER_IP_PER_MIN", 120,
                                   "refused handshakes/min per IP",
                                   "WebSocket handshakes per client address that end refused")
@@ -212,15 +217,54 @@ class BucketMap:
     Rate and burst are read from settings on every take, not fixed when a key's bucket is made:
     a long-lived bucket must follow the settings in force (and a test's override must not leak
     into a later key that happens to reuse an id).
+
+    take()/wait() count in this process. A map made with `shared` (a name for its Redis keys)
+    also has shared_take()/shared_wait()/shared_take_blocking(), which count cluster-wide in
+    Redis when REDIS_URL is set (parley.shared_limits, one round trip) and fall back to
+    take()/wait() without REDIS_URL or while Redis does not answer.
     """
 
-    def __init__(self, rate: Limit, burst: Limit | None = None, per: float = 1.0) -> None:
+    def __init__(self, rate: Limit, burst: Limit | None = None, per: float = 1.0,
+                 shared: str | None = None) -> None:
         self._rate, self._burst, self._per = rate, burst, per
+        self._shared = shared
         self._buckets: dict[object, TokenBucket] = {}
 
+    def _rate_burst(self) -> tuple[float, float]:
+        return self._rate.value / self._per, self._burst.value if self._burst else self._rate.value
+
+    async def shared_take(self, key: object) -> float:
+        """take(), cluster-wide with REDIS_URL."""
+        if self._shared and parley_settings.REDIS_URL:
+            from parley import shared_limits
+
+            wait = await shared_limits.take(self._shared, key, *self._rate_burst())
+            if wait is not None:
+                return wait
+        return self.take(key)
+
+    async def shared_wait(self, key: object) -> float:
+        """wait(), cluster-wide with REDIS_URL."""
+        if self._shared and parley_settings.REDIS_URL:
+            from parley import shared_limits
+
+            wait = await shared_limits.take(self._shared, key, *self._rate_burst(), cost=0.0)
+            if wait is not None:
+                return wait
+        return self.wait(key)
+
+    def shared_take_blocking(self, key: object) -> float:
+        """shared_take() for synchronous code in a worker thread, never on the event loop."""
+        if self._shared and parley_settings.REDIS_URL:
+            from parley import shared_limits
+
+            wait = shared_limits.take_blocking(self._shared, key, *self._rate_burst())
+            if wait is not None:
+                return wait
+        return self.take(key)
+
     def take(self, key: object) -> float:
-        rate = self._rate.value / self._per
-        burst = self._burst.value if self._burst else self._rate.value
+        rate, burst = self._rate_burst()
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) > 10_000:
@@ -247,7 +291,8 @@ class BucketMap:
 
 
 # Each user's message bucket: one for every way a user sends (WebSocket `send`, the HTTP API).
-USER_MESSAGE_BUCKETS = BucketMap(MESSAGES_PER_SEC, MESSAGES_BURST)
+# Cluster-wide with REDIS_URL (shared_take), so the two paths share it across processes too.
+USER_MESSAGE_BUCKETS = BucketMap(MESSAGES_PER_SEC, MESSAGES_BURST, shared="messages")
 
 
 class Strikes:

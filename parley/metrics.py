@@ -62,7 +62,8 @@ MESSAGES_ACKED = Counter("parley_messages_acked_total",
                          "Chat messages acked on a socket (duplicates of a client_id included).")
 ACK_LATENCY = Histogram(
     "parley_ack_latency_seconds", "From a send frame's handler starting (the frame read and parsed) "
-    "to its ack handed to the socket's outbound queue: the group commit's wait and the commit.",
+    "to its ack handed to the socket's outbound queue: the message-rate check (cluster-wide with Redis), the "
+    "group commit's wait and the commit.",
     buckets=LATENCY_BUCKETS_SECS)
 FANOUT_LATENCY = Histogram(
     "parley_fanout_latency_seconds", "From a message's commit result reaching the sender's event loop "

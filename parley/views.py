@@ -293,7 +293,7 @@ def room_message_post(request: HttpRequest, slug: str) -> HttpResponse:
     the same idempotency: `client_id` in the body or the `Idempotency-Key` header; a replay
     answers 200 with the first message and `duplicate: true`, a new message 201.
     """
-    wait = limits.USER_MESSAGE_BUCKETS.take(request.user.pk)
+    wait = limits.USER_MESSAGE_BUCKETS.shared_take_blocking(request.user.pk)  # (a sync view: a worker thread)
     if wait:
         metrics.refused("messages")
         return rate_limited(wait, "too many messages; retry later with the same client_id")

@@ -59,9 +59,10 @@ def peer(scope: dict[str, Any]) -> str:
 
 
 # Handshakes that ended refused, by client address; and authenticated handshakes, by user id.
-# Module-level so the guards before and after authentication share them.
-_refused_by_address = limits.BucketMap(limits.HANDSHAKES_PER_IP_PER_MIN, per=60.0)
-_by_user = limits.BucketMap(limits.HANDSHAKES_PER_USER_PER_MIN, per=60.0)
+# Module-level so the guards before and after authentication share them. Cluster-wide with
+# REDIS_URL (parley.shared_limits), per process without it.
+_refused_by_address = limits.BucketMap(limits.HANDSHAKES_PER_IP_PER_MIN, per=60.0, shared="handshakes-refused")
+_by_user = limits.BucketMap(limits.HANDSHAKES_PER_USER_PER_MIN, per=60.0, shared="handshakes-user")
 
 
 def client_address(scope: dict[str, Any]) -> str:
@@ -77,10 +78,10 @@ def has_credentials(scope: dict[str, Any]) -> bool:
     return cookie is not None and settings.SESSION_COOKIE_NAME in parse_cookie(cookie.decode("latin1"))
 
 
-def refuse(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
+async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> Any:
     """Refuse the handshake (HTTP 403) and charge it to its address's budget."""
-    _refused_by_address.take(client_address(scope))
-    return WebsocketDenier()(scope, receive, send)
+    await _refused_by_address.shared_take(client_address(scope))
+    return await WebsocketDenier()(scope, receive, send)
 
 
 class HandshakeRateLimit:
@@ -93,6 +94,9 @@ class HandshakeRateLimit:
 
     The address is the ASGI scope's client, i.e. the peer as the ASGI server sees it; behind a
     reverse proxy run uvicorn with --proxy-headers so that is the real client.
+
+    With REDIS_URL the budget is the cluster's (one Redis round trip, for handshakes without
+    credentials only: those end refused anyway, so the coroutine that awaits it is short-lived).
     """
 
     def __init__(self, application: Any) -> None:
@@ -102,16 +106,32 @@ class HandshakeRateLimit:
         # Not `async def` on purpose (also OriginGuard, HandshakeBudget): returning the inner
         # application's awaitable keeps no coroutine frame of this layer alive for as long as
         # the socket is open — memory every idle socket would pay (docs/benchmarks.md).
-        if _refused_by_address.wait(client_address(scope)) and not has_credentials(scope):
+        if not parley_settings.REDIS_URL:
+            if _refused_by_address.wait(client_address(scope)) and not has_credentials(scope):
+                # Not logged: the refusals that spent the budget were, one line each.
+                metrics.refused("handshakes_per_ip")
+                return WebsocketDenier()(scope, receive, send)
+            return self.application(scope, receive, send)
+        if has_credentials(scope):
+            return self.application(scope, receive, send)
+        return self._without_credentials(scope, receive, send)
+
+    async def _without_credentials(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if await _refused_by_address.shared_wait(client_address(scope)):
             # Not logged: the refusals that spent the budget were, one line each.
             metrics.refused("handshakes_per_ip")
-            return WebsocketDenier()(scope, receive, send)
-        return self.application(scope, receive, send)
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)
 
 
 class HandshakeBudget:
     """After authentication: refuses an unauthenticated handshake (charged to its address), and
-    charges an authenticated one to its user's PARLEY_HANDSHAKES_PER_USER_PER_MIN."""
+    charges an authenticated one to its user's PARLEY_HANDSHAKES_PER_USER_PER_MIN.
+
+    With REDIS_URL that budget is the cluster's: the charge is awaited (one Redis round trip)
+    in a coroutine that then runs the socket, so each open socket keeps its frame (a few
+    hundred bytes); without REDIS_URL the charge is synchronous and costs a socket nothing.
+    """
 
     def __init__(self, application: Any) -> None:
         self.application = application
@@ -121,12 +141,23 @@ class HandshakeBudget:
         if user is None or not user.is_authenticated:
             log.warning("refused unauthenticated WebSocket handshake from %s", peer(scope))
             return refuse(scope, receive, send)
+        if parley_settings.REDIS_URL:
+            return self._charged(user, scope, receive, send)
         if _by_user.take(user.pk):
-            log.warning("refused WebSocket handshake of user %s from %s: handshake rate limit",
-                        user.pk, peer(scope))
-            metrics.refused("handshakes_per_user")
-            return WebsocketDenier()(scope, receive, send)
+            return self._refuse_rate(user, scope, receive, send)
         return self.application(scope, receive, send)
+
+    async def _charged(self, user: Any, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if await _by_user.shared_take(user.pk):
+            return await self._refuse_rate(user, scope, receive, send)
+        return await self.application(scope, receive, send)
+
+    @staticmethod
+    def _refuse_rate(user: Any, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
+        log.warning("refused WebSocket handshake of user %s from %s: handshake rate limit",
+                    user.pk, peer(scope))
+        metrics.refused("handshakes_per_user")
+        return WebsocketDenier()(scope, receive, send)
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
