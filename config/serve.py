@@ -19,7 +19,7 @@ import click
 from uvicorn.main import main as uvicorn_main
 
 from config.env import env_bool, env_int, env_str, load_dotenv
-from parley import edge, limits
+from parley import edge, limits, logs
 from parley.realtime import uvicorn_writer
 
 APP = "config.asgi:application"
@@ -74,8 +74,15 @@ def production_args() -> list[str]:
     ]
 
 
+def json_logs() -> bool:
+    return env_str("LOG_FORMAT", "plain").lower() == "json"
+
+
 def say(text: str) -> None:
-    print(f"[parley] {text}", file=sys.stderr, flush=True)
+    if json_logs():  # every line of the server's output is then one JSON object
+        print(logs.json_line(text, logger="parley.serve"), file=sys.stderr, flush=True)
+    else:
+        print(f"[parley] {text}", file=sys.stderr, flush=True)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                                             env_bool("PARLEY_PREPARED_FRAMES", True))
         say(line)
     raise_open_file_limit()
+    if json_logs() and "--log-config" not in args:
+        params["log_config"] = logs.uvicorn_log_config()  # uvicorn's own lines in JSON too
     with ctx:
         uvicorn_main.invoke(ctx)
 

@@ -19,6 +19,7 @@ from config.env import (
     generated_secret_key,
     load_dotenv,
 )
+from parley import logs as parley_logs
 from parley.conf import from_environ as parley_from_environ
 from parley.http_security import CSP_DIRECTIVES, CSP_EXCLUDED_PREFIXES
 
@@ -61,6 +62,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "parley.http_auth.BearerTokenMiddleware",
+    "parley.logs.RequestContextMiddleware",  # a request id (and a token's user id) for its log lines
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as axes asks: turns a sign-in that reached the lockout into config.auth's page.
@@ -217,11 +219,8 @@ PARLEY = parley_from_environ()
 if _redis_url:
     PARLEY["REDIS_URL"] = _redis_url
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
-}
+# Plain text by default; LOG_FORMAT=json: one JSON object per line (parley/logs.py, with the
+# socket or request id of each record and secrets redacted). config/serve.py gives uvicorn's own
+# loggers the same format.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain").lower()
+LOGGING = parley_logs.logging_config(json=LOG_FORMAT == "json", level=env_str("LOG_LEVEL", "INFO"))

@@ -15,7 +15,7 @@ from typing import Any
 from django.db import DatabaseError
 
 from parley import consumer_db as db
-from parley import fanout, limits, protocol
+from parley import fanout, limits, metrics, protocol
 from parley.conf import parley_settings
 from parley.ingest import get_writer
 from parley.payloads import message_payload, room_payload, timestamp
@@ -31,6 +31,9 @@ _user_message_buckets = limits.USER_MESSAGE_BUCKETS
 _history_budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
                                     limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
 
+_RESUMED = metrics.RESUMES.labels("true")
+_NOT_RESUMED = metrics.RESUMES.labels("false")
+
 Handler = Callable[[Session, Any, str | None], Awaitable[None]]
 
 
@@ -42,6 +45,7 @@ async def join(session: Session, cmd: protocol.Join, ref: str | None) -> None:
     user = session.user
     wait = _history_budget.debt_wait(user.pk)
     if wait:
+        metrics.refused("history")
         raise ProtocolError(protocol.RATE_LIMITED, "too much history read; retry the join later",
                             room=cmd.room, retry_after_ms=ms(wait))
     for _attempt in range(2):
@@ -82,6 +86,9 @@ async def join(session: Session, cmd: protocol.Join, ref: str | None) -> None:
     _history_budget.charge_after(user.pk, size)
     session.send_message(text, size)
     session.delivery.start(sub, high)
+    metrics.JOINS.inc()
+    if recovered is not None:
+        (_RESUMED if recovered else _NOT_RESUMED).inc()
 
 
 async def leave(session: Session, cmd: protocol.Leave, ref: str | None) -> None:
@@ -90,9 +97,11 @@ async def leave(session: Session, cmd: protocol.Leave, ref: str | None) -> None:
 
 
 async def send(session: Session, cmd: protocol.Send, ref: str | None) -> None:
+    started = time.perf_counter()
     sub = session.joined(cmd.room)
     wait = await _user_message_buckets.shared_take(session.user.pk)
     if wait:
+        metrics.refused("messages")
         raise ProtocolError(protocol.RATE_LIMITED, "too many messages; retry later with the same client_id",
                             room=sub.slug, retry_after_ms=ms(wait))
     try:
@@ -106,13 +115,17 @@ async def send(session: Session, cmd: protocol.Send, ref: str | None) -> None:
         await session.unsubscribe(sub)
         raise room_not_found(cmd.room)
     message, duplicate = result
+    committed = time.perf_counter()
     session.send_frame(with_ref({
         "type": "ack", "room": sub.slug, "client_id": message.client_id, "seq": message.seq,
         "id": message.pk, "ts": timestamp(message.created_at), "duplicate": duplicate,
     }, ref))
+    metrics.MESSAGES_ACKED.inc()
+    metrics.ACK_LATENCY.observe(time.perf_counter() - started)
     if not duplicate:
         try:
             await fanout.broadcast_message(room_id=sub.room_id, room_slug=sub.slug, message=message)
+            metrics.FANOUT_LATENCY.observe(time.perf_counter() - committed)
         except Exception:
             # Committed and acked already: sockets that missed the event fill the gap from the
             # database on the next message, and reconnecting clients resume past it.
@@ -126,6 +139,7 @@ async def history(session: Session, cmd: protocol.History, ref: str | None) -> N
     # real size after (parley.limits.ByteBudget).
     wait, reserved = _history_budget.reserve(user.pk, db.history_reserve_bytes(cmd.limit))
     if wait:
+        metrics.refused("history")
         raise ProtocolError(protocol.RATE_LIMITED, "too much history read; retry later",
                             room=sub.slug, retry_after_ms=ms(wait))
     used = db.HISTORY_MIN_COST_BYTES

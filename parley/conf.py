@@ -61,6 +61,17 @@ def _origins_problem(origins: tuple[str, ...]) -> str | None:
     return None
 
 
+def _networks_problem(entries: tuple[str, ...]) -> str | None:
+    import ipaddress
+
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return f"{entry!r} is not an IP address or network like 10.0.0.0/8"
+    return None
+
+
 OPTIONS = [
     # CSRF_TRUSTED_ORIGINS count too: a page trusted to POST with the session (and so to make
     # API tokens) gains nothing by being refused the socket.
@@ -90,6 +101,13 @@ OPTIONS = [
            "frame each broadcast once and write the same bytes to every socket served by "
            "uvicorn's websockets-sansio (parley/realtime/uvicorn_writer.py); False: every frame through "
            "the ASGI send"),
+    # /metrics (parley.health, docs/security.md "Metrics"): a token, or else an address check.
+    Option("METRICS_TOKEN", "", STRING,
+           "a secret that /metrics requires as `Authorization: Bearer <token>`, from any address; "
+           "empty: no token, and only loopback and METRICS_ALLOWED_IPS may read /metrics"),
+    Option("METRICS_ALLOWED_IPS", (), STRINGS,
+           "addresses or networks (`10.0.0.0/8`) besides loopback that may read /metrics when "
+           "METRICS_TOKEN is empty", check=_networks_problem),
 ]
 
 

@@ -23,7 +23,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from redis.exceptions import RedisError
 
-from parley import commands, limits, protocol, shared_limits
+from parley import commands, limits, logs, metrics, protocol, shared_limits
 from parley.conf import parley_settings
 from parley.payloads import user_payload
 from parley.protocol import ProtocolError
@@ -137,6 +137,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.user = user
+        # This socket's task logs with its ids from here on (parley.logs).
+        logs.socket_id.set(self.channel_name)
+        logs.user_id.set(user.pk)
         await self.accept()
         # Chat frames skip the middleware's send wrappers (parley.realtime.outbound.RAW_SEND_KEY).
         raw_send = self.scope.get(RAW_SEND_KEY, self.base_send)
@@ -148,8 +151,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             err = ProtocolError(protocol.TOO_MANY_SOCKETS, "too many open sockets for this user; close one")
             session.send_frame(err.to_frame(None))
             self.outbound.close_after_flush(protocol.CLOSE_TOO_MANY_SOCKETS)
+            metrics.refused("sockets_per_user")
             return
         self.counted = True
+        metrics.OPEN_SOCKETS.inc()
         self.watched = True  # watched for revocation (set before the awaits below)
         try:
             for credential in session.credentials():
@@ -267,6 +272,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         because the strikes are: PARLEY_RATE_LIMIT_STRIKES refusals within 10 s close the socket
         (4429). Only for that ref is a refused frame read at all.
         """
+        metrics.refused("frames")
         if self.strikes.add():
             self._close_for_flooding()
             return
@@ -296,6 +302,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Give the user's socket slot (PARLEY_MAX_SOCKETS_PER_USER) back: once, at the close."""
         if self.counted:
             self.counted = False
+            metrics.OPEN_SOCKETS.dec()
             _give_slot(self.user.pk, self.channel_name)
 
     def _close_now(self, code: int) -> bool:
@@ -313,8 +320,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=code)
 
     def _on_outbound_overflow(self) -> None:
+        # Found by another socket's broadcast, in that socket's task: name this one.
         log.warning("closing socket of user %s: it stopped reading (outbound queue over budget)",
-                    self.user.pk)
+                    self.user.pk, extra={"socket_id": self.channel_name, "user_id": self.user.pk})
+        metrics.SLOW_READER_CLOSES.inc()
         if not self._close_now(protocol.CLOSE_SLOW_READER):
             spawn(self.close(code=protocol.CLOSE_SLOW_READER))
 

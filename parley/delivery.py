@@ -16,7 +16,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from parley import consumer_db as db
-from parley import protocol
+from parley import metrics, protocol
 from parley.conf import parley_settings
 from parley.payloads import message_payload
 from parley.realtime.ordering import Subscription
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from parley.session import Session
 
 log = logging.getLogger(__name__)
+
+_GAP_FILLS = metrics.GAP_FILLS.labels("gap")
+_RESYNCS = metrics.GAP_FILLS.labels("resync")
 
 
 class Delivery:
@@ -70,7 +73,8 @@ class Delivery:
     def hub_credentials_revoked(self) -> None:
         """Called by parley.realtime.hub when this socket's API token is revoked or its user
         deactivated: close with 4401."""
-        log.info("closing a socket of user %s: its credentials were revoked", self.session.user.pk)
+        log.info("closing a socket of user %s: its credentials were revoked", self.session.user.pk,
+                 extra={"socket_id": self.session.socket_id, "user_id": self.session.user.pk})
         self.session.close(protocol.CLOSE_CREDENTIALS_REVOKED)
 
     # --- room events ------------------------------------------------------------------------
@@ -129,6 +133,7 @@ class Delivery:
                 self.schedule_gap_fill(sub)
             return
         limit = parley_settings.RESUME_MAX_GAP if up_to is None else up_to - sub.high_seq
+        (_RESYNCS if up_to is None else _GAP_FILLS).inc()
         missing = await db.messages_after(sub.room_id, sub.high_seq, up_to, limit)
         if self.subs.get(sub.room_id) is not sub:
             return

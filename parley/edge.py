@@ -63,7 +63,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from parley import conf, limits
+from parley import conf, limits, metrics
 
 log = logging.getLogger("parley.edge")
 
@@ -125,6 +125,7 @@ class Edge:
 
     def note_refusal(self, reason: str) -> None:
         self.refused += 1
+        metrics.refused("connections")
         now = time.monotonic()
         if now - self._logged_at >= REFUSAL_LOG_INTERVAL_SECS:
             self._logged_at = now

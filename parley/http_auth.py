@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from parley.conf import parley_settings
 from parley.selectors import token_get_active
 from parley.services import token_touch
 
@@ -25,6 +27,8 @@ def bearer_authenticate(request: HttpRequest) -> JsonResponse | None:
     value = request.headers.get("Authorization", "")
     scheme, _, raw = value.partition(" ")
     if scheme.lower() == "bearer":
+        if parley_settings.METRICS_TOKEN and metrics_token_matches(value):
+            return None  # /metrics' own secret (parley.health), not an API token: nobody's user
         token = token_get_active(raw=raw.strip()) if raw.strip() else None
         if token is None:
             return api_error(401, "invalid_token", "the bearer token is invalid or revoked")
@@ -43,6 +47,13 @@ class BearerTokenMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return bearer_authenticate(request) or self.get_response(request)
+
+
+def metrics_token_matches(authorization: str) -> bool:
+    """Whether an Authorization header carries PARLEY["METRICS_TOKEN"] (compared in constant time)."""
+    token = parley_settings.METRICS_TOKEN
+    scheme, _, raw = authorization.partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(raw.strip().encode(), token.encode())
 
 
 def api_error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:

@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from parley import events, services
+from parley import events, metrics, services
 from parley.models import Message
 from parley.realtime.dbthread import database_thread
 from parley.realtime.loops import per_loop
@@ -61,6 +61,7 @@ class MessageWriter:
     async def _run(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            metrics.INGEST_BATCH.observe(len(batch))
             try:
                 results = await database_thread.submit(_store, batch)
             except Exception as exc:  # the commit failed: none of the batch was stored

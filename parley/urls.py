@@ -1,12 +1,14 @@
 from django.urls import path, re_path
 
-from parley import views
+from parley import health, views
 
 app_name = "parley"
 
 urlpatterns = [
     path("", views.app, name="app"),
-    path("healthz", views.healthz, name="healthz"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
     path("api/me", views.me, name="api-me"),
     path("api/rooms", views.rooms, name="api-rooms"),
     path("api/rooms/<str:slug>/messages", views.room_messages, name="api-room-messages"),

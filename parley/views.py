@@ -28,7 +28,7 @@ from django.views import csrf, defaults
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from parley import limits, protocol, selectors, services, throttles
+from parley import limits, metrics, protocol, selectors, services, throttles
 from parley.conf import parley_settings
 from parley.http_auth import api_error, bearer_authenticate
 from parley.payloads import fit_page, message_payload, room_payload, timestamp, user_payload
@@ -110,10 +110,6 @@ password_reset = throttles.throttled_status(_PasswordResetView.as_view())
 @throttles.throttled_status
 def admin_login(request: HttpRequest) -> HttpResponse:
     return admin.site.login(request)  # its form is throttles.AdminLoginForm (parley/admin.py)
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True})
 
 
 # --- JSON API -------------------------------------------------------------------------------
@@ -240,6 +236,7 @@ def rooms(request: HttpRequest) -> JsonResponse:
     # which slugs are taken (private rooms' among them).
     wait = _room_creations.take(request.user.pk)
     if wait:
+        metrics.refused("rooms_created")
         return rate_limited(wait, "too many rooms created; wait before creating another")
     body = _json_body(request)
     if body is None:
@@ -298,6 +295,7 @@ def room_message_post(request: HttpRequest, slug: str) -> HttpResponse:
     """
     wait = limits.USER_MESSAGE_BUCKETS.shared_take_blocking(request.user.pk)  # (a sync view: a worker thread)
     if wait:
+        metrics.refused("messages")
         return rate_limited(wait, "too many messages; retry later with the same client_id")
     body = _json_body(request)
     if body is None:

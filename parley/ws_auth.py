@@ -25,7 +25,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
-from parley import limits
+from parley import limits, metrics
 from parley.conf import parley_settings
 from parley.realtime.dbthread import Batched
 from parley.realtime.outbound import RAW_SEND_KEY
@@ -109,6 +109,7 @@ class HandshakeRateLimit:
         if not parley_settings.REDIS_URL:
             if _refused_by_address.wait(client_address(scope)) and not has_credentials(scope):
                 # Not logged: the refusals that spent the budget were, one line each.
+                metrics.refused("handshakes_per_ip")
                 return WebsocketDenier()(scope, receive, send)
             return self.application(scope, receive, send)
         if has_credentials(scope):
@@ -118,6 +119,7 @@ class HandshakeRateLimit:
     async def _without_credentials(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if await _refused_by_address.shared_wait(client_address(scope)):
             # Not logged: the refusals that spent the budget were, one line each.
+            metrics.refused("handshakes_per_ip")
             return await WebsocketDenier()(scope, receive, send)
         return await self.application(scope, receive, send)
 
@@ -154,6 +156,7 @@ class HandshakeBudget:
     def _refuse_rate(user: Any, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
         log.warning("refused WebSocket handshake of user %s from %s: handshake rate limit",
                     user.pk, peer(scope))
+        metrics.refused("handshakes_per_user")
         return WebsocketDenier()(scope, receive, send)
 
 

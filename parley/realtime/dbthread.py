@@ -71,6 +71,10 @@ class DatabaseThread:
         self._put(functools.partial(fn, *args, **kwargs), loop, future)
         return future
 
+    def pending(self) -> int:
+        """Jobs waiting for the thread, both lanes (approximate: read without a lock)."""
+        return self._jobs.qsize()
+
     def run(self, fn: Callable[..., R], *args: Any, timeout: float | None = None) -> R:
         """Run fn(*args) on the thread from synchronous code and wait for it (tests, shutdown)."""
         future: concurrent.futures.Future[R] = concurrent.futures.Future()

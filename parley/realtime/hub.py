@@ -84,6 +84,20 @@ _room_log_watch_factory: Callable[[LocalHub], RoomLogWatch] | None = None
 _hubs: weakref.WeakSet[LocalHub] = weakref.WeakSet()
 
 
+class DeliveryStats:
+    """What this process's hubs delivered, as plain integers (parley.metrics reads them when
+    scraped): counted once per broadcast, never per socket, so the fan-out loop stays as it is."""
+
+    __slots__ = ("broadcasts", "deliveries")
+
+    def __init__(self) -> None:
+        self.broadcasts = 0  # room events delivered
+        self.deliveries = 0  # sockets they were handed to, summed
+
+
+stats = DeliveryStats()
+
+
 def set_room_log_watch(factory: Callable[[LocalHub], RoomLogWatch] | None) -> None:
     global _room_log_watch_factory
     _room_log_watch_factory = factory
@@ -202,7 +216,10 @@ class LocalHub:
         seq = event.get("seq")
         if seq is not None and seq > self.seen.get(room_id, 0) and room_id in self.rooms:
             self.seen[room_id] = seq
-        for receiver in tuple(self.rooms.get(room_id, ())):
+        receivers = tuple(self.rooms.get(room_id, ()))
+        stats.broadcasts += 1
+        stats.deliveries += len(receivers)
+        for receiver in receivers:
             try:
                 receiver.hub_event(event)
             except Exception:  # one broken socket must not cost the others their delivery

@@ -254,6 +254,7 @@ def adapt(send: Send) -> AsgiWriter | None:
         fallbacks.socket("extension", "a WebSocket extension was negotiated "
                          f"({', '.join(type(e).__name__ for e in proto.conn.extensions)})")
         return SansIOWriter(send, proto)
+    fallbacks.direct_socket()
     return DirectWriter(send, proto)
 
 

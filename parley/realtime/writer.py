@@ -147,9 +147,10 @@ class Fallbacks:
     PARLEY_PREPARED_FRAMES is on and uvicorn serves it; a frame, when its socket has a direct
     writer. The first socket that falls back is logged with the details, once per process."""
 
-    __slots__ = ("frame_reasons", "frames", "socket_reasons", "sockets")
+    __slots__ = ("direct", "frame_reasons", "frames", "socket_reasons", "sockets")
 
     def __init__(self) -> None:
+        self.direct = 0  # sockets that got the direct write (the expected case), for comparison
         self.sockets = 0
         self.frames = 0
         self.socket_reasons: Counter[str] = Counter()
@@ -162,17 +163,20 @@ class Fallbacks:
         self.sockets += 1
         self.socket_reasons[reason] += 1
 
+    def direct_socket(self) -> None:
+        self.direct += 1
+
     def frame(self, reason: str) -> None:
         self.frames += 1
         self.frame_reasons[reason] += 1
 
     def snapshot(self) -> dict[str, Any]:
         """The counts as plain data: {"sockets": n, "frames": n, "socket_reasons": {...}, ...}."""
-        return {"sockets": self.sockets, "frames": self.frames,
+        return {"direct": self.direct, "sockets": self.sockets, "frames": self.frames,
                 "socket_reasons": dict(self.socket_reasons), "frame_reasons": dict(self.frame_reasons)}
 
     def reset(self) -> None:
-        self.sockets = self.frames = 0
+        self.direct = self.sockets = self.frames = 0
         self.socket_reasons.clear()
         self.frame_reasons.clear()
 

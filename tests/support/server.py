@@ -1,4 +1,4 @@
-"""Real Parley server processes (and private Redis servers) for tests, benchmarks and drills.
+"""Real Parley server processes (and private Redis and PostgreSQL servers) for tests, benchmarks and drills.
 
     server = ServerProcess(database_url=..., redis_url=..., extra_env={"PARLEY_RESUME_MAX_GAP": "5"})
     server.start()            # python -m config.serve on a free port; waits for /healthz
@@ -302,3 +302,71 @@ class RedisProcess:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PostgresProcess:
+    """A private PostgreSQL server (initdb into a temporary directory, trust auth, loopback and a
+    socket in that directory) on a free port, which a test may stop and start again.
+
+        pg = PostgresProcess().start()
+        pg.url  # postgres://postgres@127.0.0.1:<port>/postgres
+        pg.stop(); pg.start()
+        pg.cleanup()
+
+    As root (initdb refuses root), the server runs as the `postgres` user through runuser.
+    """
+
+    BIN = Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="parley-pg-"))
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "postgres.log"
+        self._initialised = False
+
+    @classmethod
+    def available(cls) -> bool:
+        return (cls.BIN / "initdb").exists() and (os.geteuid() != 0 or shutil.which("runuser") is not None)
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        cmd = [str(self.BIN / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed:\n{out.stdout}\n{out.stderr}\n{self.log_tail()}")
+
+    def start(self, timeout: float = 30) -> PostgresProcess:
+        if not self._initialised:
+            if os.geteuid() == 0:
+                shutil.chown(self.dir, "postgres", "postgres")
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                      "--no-sync")
+            self._initialised = True
+        # -w: wait until it accepts connections. fsync off: a test's data needs no durability.
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", str(int(timeout)),
+                  "-o", f"-k {self.dir} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off",
+                  "start", timeout=timeout + 10)
+        return self
+
+    def stop(self) -> None:
+        """Fast shutdown: open sessions are cut off, as in an outage."""
+        if self._initialised and (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def cleanup(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
