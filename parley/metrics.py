@@ -88,6 +88,10 @@ DELIVERIES = Counter("parley_deliveries_total",
                      "Room events handed to local sockets (one per receiving socket per broadcast).")
 BROADCASTS = Counter("parley_broadcasts_total", "Room events delivered by this process's hubs (messages, "
                      "presence, typing, custom).")
+DROPPED_PUBLISHES = Counter(
+    "parley_redis_publishes_dropped_total", "Room events whose copy for the other processes Redis did not "
+    "take (down past the client's retries, or the queue full): this process's sockets had them, the others "
+    "read them from the database when their subscription is back.")
 WRITER_SOCKETS = Counter(
     "parley_writer_sockets_total", "Sockets by how their frames are written: path=direct (prepared frames "
     "straight to uvicorn's transport) or path=asgi with the reason the direct write was expected and not used.",
@@ -146,6 +150,7 @@ def sync() -> None:
     with _copied.lock:
         _copied.add(("deliveries",), stats.deliveries, DELIVERIES)
         _copied.add(("broadcasts",), stats.broadcasts, BROADCASTS)
+        _copied.add(("dropped_publishes",), stats.dropped_publishes, DROPPED_PUBLISHES)
         _copied.add(("sockets", "direct"), fallbacks.direct, WRITER_SOCKETS.labels("direct", ""))
         for reason, count in list(fallbacks.socket_reasons.items()):
             _copied.add(("sockets", "asgi", reason), count, WRITER_SOCKETS.labels("asgi", reason))

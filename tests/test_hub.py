@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import redis.asyncio as aioredis
 
-from parley.realtime.hub import LocalHub, RedisHub
+from parley.realtime.hub import LocalHub, RedisHub, stats
 from tests.conftest import REQUIRE_SERVICES
 
 
@@ -178,6 +178,7 @@ async def test_with_redis_down_local_receivers_still_get_events_and_publish_does
     await hub.subscribe(7, here)
     await hub.subscribe(7, also_here)
     await hub.watch(("user", 3), here)
+    dropped_before = stats.dropped_publishes
     procs[-1].kill()
     procs[-1].wait()
     # publish hands the event to this hub's sockets before anything touches Redis, and queues
@@ -187,6 +188,7 @@ async def test_with_redis_down_local_receivers_still_get_events_and_publish_does
     await hub.revoke(("user", 3))  # revocations reach this process's sockets the same way
     assert here.revoked == 1 and also_here.revoked == 0
     await wait_for(lambda: hub.dropped_publishes == 2, timeout=30)  # given up, not kept forever
+    assert stats.dropped_publishes == dropped_before + 2  # what /metrics reports (parley.metrics)
 
 
 async def test_credentials_revoked_in_one_process_close_their_sockets_in_another(private_redis):

@@ -131,6 +131,19 @@ def test_resumes_and_gap_fills_are_declared() -> None:
         assert f"# HELP {name}_total " in text
 
 
+def test_publishes_redis_did_not_take_are_counted() -> None:
+    """The hub counts in a plain integer (parley.realtime.hub.stats); a scrape copies it."""
+    from parley.realtime import hub
+
+    def dropped() -> float:
+        text = Client().get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+        return samples(text).get(("parley_redis_publishes_dropped_total", ()), 0.0)
+
+    before = dropped()
+    hub.stats.dropped_publishes += 3
+    assert dropped() == before + 3
+
+
 # --- who may read /metrics ---------------------------------------------------------------------
 
 

@@ -88,11 +88,12 @@ class DeliveryStats:
     """What this process's hubs delivered, as plain integers (parley.metrics reads them when
     scraped): counted once per broadcast, never per socket, so the fan-out loop stays as it is."""
 
-    __slots__ = ("broadcasts", "deliveries")
+    __slots__ = ("broadcasts", "deliveries", "dropped_publishes")
 
     def __init__(self) -> None:
         self.broadcasts = 0  # room events delivered
         self.deliveries = 0  # sockets they were handed to, summed
+        self.dropped_publishes = 0  # events whose other processes' copy never reached Redis
 
 
 stats = DeliveryStats()
@@ -303,6 +304,7 @@ class RedisHub(LocalHub):
         if len(self._outbox) >= OUTBOX_MAX_EVENTS:
             self._outbox.popleft()
             self.dropped_publishes += 1
+            stats.dropped_publishes += 1
             self._warn("Redis publish queue full (%d events): dropping the oldest", OUTBOX_MAX_EVENTS)
         self._outbox.append((channel, data))
         if self._drainer is None or self._drainer.done():
@@ -324,6 +326,7 @@ class RedisHub(LocalHub):
                         await pipe.execute()
             except Exception:
                 self.dropped_publishes += len(batch)
+                stats.dropped_publishes += len(batch)
                 self._warn("Redis publish failed; %d events reach other processes only from the "
                            "database (this process's sockets had them)", len(batch))
 
