@@ -101,9 +101,22 @@ def _flush_redis() -> Iterator[None]:
             client.close()
 
 
+PASSWORD = "correct-horse-battery"  # every test user's, unless a test says otherwise
+
+
+def user(name: str, **extra: Any) -> Any:
+    """A user with PASSWORD and any model fields given (e.g. is_active=False), saved."""
+    u = services.user_create(username=name, password=PASSWORD)
+    for key, value in extra.items():
+        setattr(u, key, value)
+    if extra:
+        u.save()
+    return u
+
+
 @database_sync_to_async
 def make_user(username: str) -> Any:
-    return services.user_create(username=username, password="correct-horse-battery")
+    return services.user_create(username=username, password=PASSWORD)
 
 
 @database_sync_to_async

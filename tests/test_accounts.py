@@ -19,13 +19,12 @@ from django.core import mail
 from django.db.models import F
 from django.test import AsyncClient, Client
 
-from parley import services
 from parley.http_security import CONTENT_SECURITY_POLICY, CSP_DIRECTIVES, PERMISSIONS_POLICY
 from parley.throttles import DISABLED_ACCOUNT_MESSAGE
+from tests.conftest import PASSWORD, user
 
 pytestmark = pytest.mark.django_db
 
-PASSWORD = "correct-horse-battery"
 INVALID_LOGIN = b"Please enter a correct username and password"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,15 +35,6 @@ def lockout(settings: Any) -> Any:
     settings.AXES_FAILURE_LIMIT = 3
     settings.AXES_COOLOFF_TIME = timedelta(minutes=15)
     return settings
-
-
-def user(name: str, **extra: Any) -> Any:
-    u = services.user_create(username=name, password=PASSWORD)
-    for key, value in extra.items():
-        setattr(u, key, value)
-    if extra:
-        u.save()
-    return u
 
 
 def sign_in(username: str, password: str, address: str, path: str = "/accounts/login/",

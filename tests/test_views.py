@@ -11,19 +11,9 @@ from django.test import Client
 
 from parley import services
 from parley.models import ApiToken, Room
+from tests.conftest import PASSWORD, user
 
 pytestmark = pytest.mark.django_db
-
-PASSWORD = "correct-horse-battery"
-
-
-def user(name: str, **extra: Any) -> Any:
-    u = services.user_create(username=name, password=PASSWORD)
-    for key, value in extra.items():
-        setattr(u, key, value)
-    if extra:
-        u.save()
-    return u
 
 
 def token(u: Any) -> str:
