@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -122,14 +123,19 @@ def test_serve_runs_a_server_a_websocket_client_can_chat_through(data_dir, tmp_p
         token = minted.stdout.splitlines()[-1]
         asyncio.run(_chat(port, token))
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop(proc)
     assert proc.returncode is not None
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM a running scripts/serve, then SIGKILL if it has not exited within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 async def _chat(port: int, token: str) -> None:
@@ -251,10 +257,5 @@ def test_serve_passes_its_arguments_to_uvicorn_and_they_win(data_dir, tmp_path):
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop(proc)
     assert f"Parley is running at http://127.0.0.1:{port}/" in log_path.read_text()
