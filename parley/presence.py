@@ -12,7 +12,6 @@ answers from its own sockets.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -202,22 +201,24 @@ class RedisPresence:
 
     # --- Redis ------------------------------------------------------------------------------
 
-    async def _entries(self, room_id: int) -> list[_Entry]:
-        """The room's entries whose expiry is ahead and whose process is alive."""
-        raw = await self._redis.hgetall(self._key(room_id))
-        now = time.time()
+    async def _read(self, room_id: int) -> tuple[list[_Entry], set[str]]:
+        """Every entry of the room, expired or not, and the origins among them whose process's
+        liveness key is gone."""
         entries = []
-        for field, value in raw.items():
+        for field, value in (await self._redis.hgetall(self._key(room_id))).items():
             uid, name, expires, *rest = orjson.loads(value)
-            if expires > now:
-                channel = field.decode() if isinstance(field, bytes) else field
-                entries.append(_Entry(channel, Member(uid, name), str(rest[0]) if rest else ""))
+            entries.append(_Entry(field.decode() if isinstance(field, bytes) else field,
+                                  Member(uid, name), str(rest[0]) if rest else "", expires))
         origins = sorted({e.origin for e in entries if e.origin and e.origin != self.origin})
         if not origins:
-            return entries
+            return entries, set()
         alive = await self._redis.mget([self._alive_key(o) for o in origins])
-        dead = {o for o, flag in zip(origins, alive, strict=True) if flag is None}
-        return [e for e in entries if e.origin not in dead]
+        return entries, {o for o, flag in zip(origins, alive, strict=True) if flag is None}
+
+    async def _entries(self, room_id: int) -> list[_Entry]:
+        """The room's entries whose expiry is ahead and whose process is alive."""
+        entries, dead = await self._read(room_id)
+        return _live(entries, dead, time.time())
 
     async def _add(self, room_id: int, channel: str, member: Member) -> bool:
         entries = await self._entries(room_id)
@@ -237,7 +238,9 @@ class RedisPresence:
         return not any(e.member.id == member.id and e.channel != channel for e in entries)
 
     async def _members(self, room_id: int) -> list[Member]:
-        return _distinct([(e.member, math.inf) for e in await self._entries(room_id)], time.time())
+        entries, dead = await self._read(room_id)
+        now = time.time()
+        return _distinct([(e.member, e.expires) for e in entries if e.origin not in dead], now)
 
     async def _write(self, room_id: int, channel: str, member: Member) -> bytes | None:
         """Write the socket's entry with a fresh expiry, and this process's liveness key; what
@@ -261,25 +264,15 @@ class RedisPresence:
         await self._redis.set(self._alive_key(self.origin), b"1", px=liveness_ttl_ms())
         gone: list[tuple[int, Member, int]] = []
         for room_id in list(self.local._rooms):
-            raw = await self._redis.hgetall(self._key(room_id))
-            parsed = []
-            for field, value in raw.items():
-                uid, name, _expires, *rest = orjson.loads(value)
-                parsed.append(_Entry(field.decode() if isinstance(field, bytes) else field,
-                                     Member(uid, name), str(rest[0]) if rest else ""))
-            origins = sorted({e.origin for e in parsed if e.origin and e.origin != self.origin})
-            if not origins:
-                continue
-            alive = await self._redis.mget([self._alive_key(o) for o in origins])
-            dead = {o for o, flag in zip(origins, alive, strict=True) if flag is None}
-            stale = [e for e in parsed if e.origin in dead]
+            entries, dead = await self._read(room_id)
+            stale = [e for e in entries if e.origin in dead]
             if not stale:
                 continue
             async with self._redis.pipeline(transaction=False) as pipe:
                 for entry in stale:
                     pipe.hdel(self._key(room_id), entry.channel)
                 removed = await pipe.execute()
-            live = await self._entries(room_id)
+            live = _live(entries, dead, time.time())
             count = len({e.member.id for e in live})
             reported: set[int] = set()
             for entry, n in zip(stale, removed, strict=True):
@@ -295,6 +288,11 @@ class _Entry:
     channel: str
     member: Member
     origin: str  # "" for an entry written without one
+    expires: float  # time.time()
+
+
+def _live(entries: list[_Entry], dead: set[str], now: float) -> list[_Entry]:
+    return [e for e in entries if e.expires > now and e.origin not in dead]
 
 
 def liveness_ttl_ms() -> int:
