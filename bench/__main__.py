@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only fanout,chat,...] [--ws websockets-sansio] [--profile]`
+"""`python -m bench [--quick] [--only fanout,chat,...,conversation] [--ws websockets-sansio] [--profile]`
 
 Runs the scenarios against Parley and the baselines, prints tables + PASS/MISS per target, and
 writes results.json, results.md and PNG plots to bench/results/<UTC timestamp>/.
@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, scenarios, servers
+from bench.conversation import Mix
 from bench.loadgen import Pool
 
-ALL = ["fanout", "chat", "idle", "ingest", "reconnect", "scaleout"]
+ALL = ["fanout", "chat", "idle", "ingest", "reconnect", "scaleout", "conversation"]
 
 
 def machine() -> dict[str, Any]:
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     fan_targets = ["parley", "parley-asgi", "parley-layer", "bare", "tutorial-memory", "tutorial-redis"]
     if args.targets:
         fan_targets = [t for t in fan_targets if t in args.targets.split(",")]
-    est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30}
+    est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30,
+           "conversation": 3}
     progress = scenarios.Progress(sum(est[s] for s in only))
     pool = Pool(cfg.conn_workers + 1)
     t_start = time.monotonic()
@@ -166,6 +168,19 @@ def run(args: argparse.Namespace) -> int:
                         out["procs"] = nproc
                         return out
                 attempt("scaleout", name, go)
+        if "conversation" in only:
+            res["conversation"] = []
+            # Beside the conversation mix, in the same run, at the same sizes, by the same client
+            # code and warm-up (a fresh server each): the plain chat mix (protocol 1, sends only)
+            # and the same sends on protocol 2 sockets. The report reads every row as a ratio to
+            # the first: on a shared machine, rows run side by side compare; absolute figures don't.
+            sends = Mix(1.0, 0.0, 0.0)
+            rows = [("chat v1 (sends)", sends, 1), ("chat v2 (sends)", sends, 2), ("conversation v2", Mix(), 2)]
+            for name, mix, version in rows:
+                def go(name: str = name, mix: Mix = mix, version: int = version) -> dict[str, Any]:
+                    with scenarios.target(cfg, "parley", users=cfg.chat_conns, rooms=chat_rooms) as t:
+                        return scenarios.conversation(cfg, pool, t, progress, name, mix, protocol=version)
+                attempt("conversation", name, go)
     finally:
         pool.close()
         progress.close()

@@ -8,6 +8,9 @@ Two client kinds:
   {"message": "T<time_ns>"}, every text frame received is a delivery.
 - "parley": docs/protocol.md: bearer token, hello, join (optionally resuming with after_seq/epoch),
   send with ref + client_id, ack; deliveries are `message` frames.
+- "parley" with `conv` in its spec (ConvClient, the conversation scenario): protocol version 2
+  (docs/protocol.md §10); its turns are sends, edits and reactions (bench.conversation), and
+  every `message`, `edit` and `reaction` frame is a delivery.
 
 Latency of a delivery = receive time.time_ns() - the time.time_ns() the sender put in the text
 ("T<ns>"); all processes share the machine's clock.
@@ -27,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from bench.conversation import EDIT, SEND, Mix, ReactionState, next_action
+
 try:  # picows is imported lazily in workers only; the parent does not need it
     from picows import WSListener, WSMsgType, ws_connect
 except ImportError:  # pragma: no cover
@@ -35,6 +40,9 @@ except ImportError:  # pragma: no cover
 MSG_HEAD = b'"message"'
 ACK_HEAD = b'"ack"'
 TS_MARK = b'"T1'  # text "T<19-digit time_ns>"; no other field of a frame starts with T1
+EDIT_HEAD = b'{"type":"edit",'
+REACTION_HEAD = b'{"type":"reaction",'
+REPLY_HEADS = (b'{"type":"ack",', b'{"type":"edited",', b'{"type":"reacted",')
 
 
 class Client(WSListener):  # type: ignore[misc]
@@ -137,6 +145,63 @@ class Client(WSListener):  # type: ignore[misc]
         return fut
 
 
+class ConvClient(Client):
+    """A protocol version 2 client of the conversation scenario. Its own class, so the other
+    scenarios' frame path (Client.on_ws_frame) is the same code as before it existed."""
+
+    def __init__(self, w: Worker, spec: dict[str, Any]) -> None:
+        super().__init__(w, spec)
+        self.state = ReactionState()
+        self.reply_kind: dict[bytes, str] = {}  # ref -> SEND | EDIT | REACT | UNREACT
+
+    def on_ws_frame(self, transport: Any, frame: Any) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            return super().on_ws_frame(transport, frame)
+        p = frame.get_payload_as_bytes()
+        w = self.w
+        head = p[:24]
+        if MSG_HEAD in head:
+            kind = "message"
+            j = p.find(b'"seq":')  # the message object's: the frame has no other seq before it
+            self.state.saw_message(int(p[j + 6:p.index(b",", j)]))
+        elif p.startswith(EDIT_HEAD):
+            kind = "edit"
+        elif p.startswith(REACTION_HEAD):
+            kind = "reaction"
+        elif p.startswith(REPLY_HEADS):
+            self._reply(p)
+            return
+        else:  # hello, joined, presence, pong, errors: as any Parley client
+            return super().on_ws_frame(transport, frame)
+        w.msg_frames += 1
+        if w.measuring:
+            now = time.time_ns()
+            w.entries[kind] += 1
+            w.recv.append(now // 1000)
+            if kind != "reaction":  # a reaction carries no text, so no stamp: counted, not timed
+                i = p.find(TS_MARK)
+                if i >= 0:
+                    (w.lat if kind == "message" else w.edit_lat).append((now - int(p[i + 2:i + 21])) // 1000)
+
+    def _reply(self, p: bytes) -> None:
+        d = orjson.loads(p)
+        ref = d.get("ref", "").encode()
+        sent = self.pending.pop(ref, None)
+        kind = self.reply_kind.pop(ref, None)
+        seq = d.get("seq")
+        if d["type"] == "ack" and seq:
+            self.state.acked(seq)
+        if seq is None:  # a no-op: the request changed nothing and made no entry
+            self.w.noops += 1
+        if sent is not None:
+            now = time.time_ns()
+            if kind == SEND:
+                self.w.ack_lat.append((now - sent) // 1000)
+                self.w.ack_recv.append(now // 1000)
+            else:
+                self.w.reply_lat.append((now - sent) // 1000)
+
+
 class Worker:
     def __init__(self, conn: Any, wid: int) -> None:
         self.conn = conn
@@ -149,6 +214,12 @@ class Worker:
         self.ack_lat = array("q")
         self.ack_recv = array("q")
         self.msg_frames = 0
+        # The conversation scenario's: entries delivered by kind, edit latencies, and the
+        # latencies of the replies to edits and reactions (`edited`, `reacted`).
+        self.entries = {"message": 0, "edit": 0, "reaction": 0}
+        self.edit_lat = array("q")
+        self.reply_lat = array("q")
+        self.noops = 0
         self.errors: list[str] = []
         self.n_errors = 0
         self.close_codes: dict[int, int] = {}  # server-sent close frames by code
@@ -224,7 +295,7 @@ class Worker:
 
         async def one(spec: dict[str, Any]) -> Client | None:
             async with sem:
-                c = Client(self, spec)
+                c = ConvClient(self, spec) if spec.get("conv") else Client(self, spec)
                 headers = {"Authorization": f"Bearer {spec['token']}"} if spec.get("token") else None
                 hello = None if self.simple else c.expect("hello")
                 try:
@@ -291,10 +362,15 @@ class Worker:
         self.ack_lat = array("q")
         self.ack_recv = array("q")
         self.msg_frames = 0
+        self.entries = {"message": 0, "edit": 0, "reaction": 0}
+        self.edit_lat = array("q")
+        self.reply_lat = array("q")
+        self.noops = 0
         self.measuring = on
 
     async def cmd_stats(self) -> dict[str, Any]:
         return {"deliveries": len(self.lat), "acks": len(self.ack_lat), "msg_frames": self.msg_frames,
+                "entries": sum(self.entries.values()), "replies": len(self.ack_lat) + len(self.reply_lat),
                 "clients": len(self.clients), "open": sum(1 for c in self.clients if not c.closed),
                 "n_errors": self.n_errors, "close_codes": dict(self.close_codes)}
 
@@ -304,7 +380,9 @@ class Worker:
                 "msg_frames": self.msg_frames, "errors": self.errors[-10:], "n_errors": self.n_errors,
                 "gaps": sum(c.gaps for c in tracked), "dups": sum(c.dups for c in tracked),
                 "highs": {c.idx: c.high for c in tracked}, "room_seq": dict(self.room_seq),
-                "open": sum(1 for c in self.clients if not c.closed)}
+                "open": sum(1 for c in self.clients if not c.closed),
+                "entries": dict(self.entries), "edit_lat": self.edit_lat.tobytes(),
+                "reply_lat": self.reply_lat.tobytes(), "noops": self.noops}
 
     async def cmd_send_rate(self, rate: float, duration: float, roles: tuple[str, ...] = ("send", "both"),
                             shuffle: bool = True) -> dict[str, Any]:
@@ -346,6 +424,54 @@ class Worker:
             nxt = t0 + sent / rate
             await asyncio.sleep(max(0.0, nxt - time.monotonic()))
         return {"sent": sent, "t0_ns": t0_ns, "t1_ns": time.time_ns()}
+
+    async def cmd_conv_rate(self, rate: float, duration: float, mix: tuple[float, float, float],
+                            seed: int | None = None) -> dict[str, Any]:
+        """cmd_send_rate for ConvClients: `rate` turns/s on the same open-loop schedule, each a
+        send, an edit or a reaction toggle as bench.conversation.next_action picks it."""
+        senders = [c for c in self.clients if isinstance(c, ConvClient) and not c.closed]
+        actions = {"send": 0, "edit": 0, "react": 0, "unreact": 0}
+        if not senders or rate <= 0:
+            return {"sent": 0, "actions": actions, "t0_ns": time.time_ns(), "t1_ns": time.time_ns()}
+        rng = random.Random(seed)
+        rng.shuffle(senders)
+        the_mix = Mix(*mix)
+        total = max(1, int(rate * duration))
+        t0 = time.monotonic()
+        t0_ns = time.time_ns()
+        sent = 0
+        k = 0
+        text = WSMsgType.TEXT
+        while sent < total:
+            due = min(total, int((time.monotonic() - t0) * rate) + 1)
+            while sent < due:
+                c = senders[k % len(senders)]
+                k += 1
+                sent += 1
+                if c.closed:
+                    continue
+                kind, target, emoji = next_action(the_mix, c.state, rng)
+                ts = time.time_ns()
+                c.sent += 1
+                ref = b"%d" % c.sent
+                c.pending[ref] = ts
+                c.reply_kind[ref] = kind
+                room = c.rooms[0].encode()
+                if kind == SEND:
+                    frame = (b'{"type":"send","ref":"%s","room":"%s","text":"T%d","client_id":"c%d-%d-%d"}'
+                             % (ref, room, ts, c.idx, os.getpid(), c.sent))
+                elif kind == EDIT:
+                    frame = b'{"type":"edit","ref":"%s","room":"%s","seq":%d,"text":"T%d"}' % (ref, room, target, ts)
+                else:
+                    frame = orjson.dumps({"type": kind, "ref": ref.decode(), "room": c.rooms[0], "seq": target,
+                                          "emoji": emoji})
+                c.transport.send(text, frame)
+                actions[kind] += 1
+            if time.monotonic() - t0 > duration * 3 + 5:  # bound: never loop forever
+                break
+            nxt = t0 + sent / rate
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+        return {"sent": sent, "actions": actions, "t0_ns": t0_ns, "t1_ns": time.time_ns()}
 
     async def cmd_close_all(self, abrupt: bool = True, wait: float = 5.0) -> dict[str, Any]:
         for c in self.clients:

@@ -1,4 +1,5 @@
-"""The six scenarios, each run against Parley and the baselines (bench/baselines) in one run."""
+"""The scenarios, each run against Parley and the baselines (bench/baselines) in one run: the six of
+issue "Fan-out speed", and the conversation mix of protocol version 2 (issue 15)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import servers
+from bench.conversation import Mix
 from bench.loadgen import Pool
 from bench.stats import Ramp, deciles, judge_step, listen_overflows, percentile, summarize
 
@@ -332,6 +334,83 @@ def chat_mix(cfg: Config, pool: Pool, t: Target, progress: Progress, label: str)
     if t.kind == "parley":
         a = summarize(ack, missing=max(0, sent - len(ack)))
         out["ack_p50_ms"], out["ack_p99_ms"] = a["p50_ms"], a["p99_ms"]
+    return out
+
+
+# --- 7: conversation (protocol version 2) ----------------------------------------------------
+
+def conversation(cfg: Config, pool: Pool, t: Target, progress: Progress, label: str, mix: Mix,
+                 protocol: int = 2) -> dict[str, Any]:
+    """The chat mix's rooms, users and pace, on sockets of `protocol` whose turns follow `mix`
+    (bench.conversation; protocol 1 and sends only is the plain chat mix). Every turn makes one
+    entry of the room's log, which reaches the room's 10 sockets: deliveries are `message`,
+    `edit` and `reaction` frames, latency is measured on the stamped ones (messages and edits),
+    and ack/reply latency per kind."""
+    n = cfg.chat_conns
+    wids = list(range(cfg.conn_workers))
+    setup_pool(pool, t.kind)
+    progress.note(f"{label}: connecting {n}")
+    t0 = time.monotonic()
+    specs = []
+    for i in range(n):
+        spec = t.spec(i, f"r{i // 10:04d}", "both")
+        if protocol != 1:
+            spec["url"] += f"?protocol={protocol}"
+        spec["conv"] = True
+        specs.append(spec)
+    c = connect(pool, wids, specs)
+    connect_secs = time.monotonic() - t0
+    n_ok = sum(r["ok"] for r in c)
+    # Warm-up, not measured: every user posts one message first, so an edit has its own message
+    # to change and a reaction a recent message from the first measured turn on (a quick run
+    # gives each user about one turn, and the mix's fallback to a send would otherwise turn
+    # most edits into sends). It also pays the server's first-message costs in every row alike.
+    progress.note(f"{label}: warm-up, one message per user")
+    warm = pool.all("conv_rate", [{"rate": r["ok"] / 2.0} for r in c], wids=wids, duration=2.0,
+                    mix=(1.0, 0.0, 0.0), timeout=60)
+    warm_sent = sum(s["sent"] for s in warm)
+    drain(pool, wids, warm_sent, "replies", 10.0)
+    quiesce(pool, wids, "msg_frames", cap=10)
+    per_worker = [{"rate": r["ok"] / cfg.chat_period, "seed": 15 + j} for j, r in enumerate(c)]
+    progress.note(f"{label}: {n_ok} users, a turn every {cfg.chat_period:g} s")
+    pool.all("measure", on=True, wids=wids)
+    turns = pool.all("conv_rate", per_worker, wids=wids, duration=cfg.chat_secs,
+                     mix=(mix.send, mix.edit, mix.react), timeout=cfg.chat_secs * 4 + 30)
+    sent = sum(s["sent"] for s in turns)
+    actions = {k: sum(s["actions"][k] for s in turns) for k in turns[0]["actions"]}
+    made = sum(actions.values())  # turns of clients still open: each one entry, to 10 sockets
+    expected = made * 10
+    drain(pool, wids, expected, "entries", cfg.drain_max)
+    drain(pool, wids, made, "replies", 3.0)
+    res = pool.all("collect", wids=wids)
+    pool.all("close_all", wait=5.0)
+    progress.tick()
+    lat = sorted(merge(res, "lat"))
+    edit_lat = sorted(merge(res, "edit_lat"))
+    ack = sorted(merge(res, "ack_lat"))
+    reply = sorted(merge(res, "reply_lat"))
+    entries = {k: sum(r["entries"][k] for r in res) for k in res[0]["entries"]}
+    received = sum(entries.values())
+    t_start = min(s["t0_ns"] for s in turns) // 1000
+    t_end = max(s["t1_ns"] for s in turns) // 1000
+    recv = merge(res, "recv")
+    in_window = sum(1 for r in recv if t_start <= r <= t_end)
+    stamped = (actions["send"] + actions["edit"]) * 10
+    out = {"target": label, "protocol": protocol, "mix": mix.label(), "connections": n_ok, "connect_secs": connect_secs,
+           "sent": sent, "actions": actions, "expected": expected, "received": received, "entries": entries,
+           "deliveries_per_s": in_window / max(1e-6, (t_end - t_start) / 1e6),
+           "offered_msgs_per_s": n_ok / cfg.chat_period,
+           # Latency of the stamped deliveries (messages and edits together); a stamped delivery
+           # that never came counts as infinitely late, as in the chat mix.
+           **summarize(sorted(lat + edit_lat), missing=max(0, stamped - len(lat) - len(edit_lat))),
+           "noops": sum(r["noops"] for r in res),
+           "errors": [e for r in c + res for e in r["errors"]][:5]}
+    e = summarize(edit_lat, missing=max(0, actions["edit"] * 10 - len(edit_lat)))
+    out["edit_p50_ms"], out["edit_p99_ms"] = e["p50_ms"], e["p99_ms"]
+    a = summarize(ack, missing=max(0, actions["send"] - len(ack)))
+    out["ack_p50_ms"], out["ack_p99_ms"] = a["p50_ms"], a["p99_ms"]
+    r = summarize(reply, missing=max(0, made - actions["send"] - len(reply)))
+    out["reply_p50_ms"], out["reply_p99_ms"] = r["p50_ms"], r["p99_ms"]
     return out
 
 

@@ -28,6 +28,7 @@ UNTHROTTLED = {
     "PARLEY_MESSAGES_PER_SEC": "1000000", "PARLEY_MESSAGES_BURST": "1000000",
     "PARLEY_HANDSHAKES_PER_IP_PER_MIN": "100000000", "PARLEY_MAX_SOCKETS_PER_USER": "100000",
     "PARLEY_HANDSHAKES_PER_USER_PER_MIN": "100000000",
+    "PARLEY_EDITS_PER_SEC": "1000000", "PARLEY_EDITS_BURST": "1000000",  # edits and reactions
 }
 # Every client of the benchmark comes from 127.0.0.1, thousands at once: the connection caps of
 # parley/edge.py (per address, per process) are off for every target, the baselines included.
