@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.targets:
         fan_targets = [t for t in fan_targets if t in args.targets.split(",")]
     est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30,
-           "conversation": 3}
+           "conversation": 6}
     progress = scenarios.Progress(sum(est[s] for s in only))
     pool = Pool(cfg.conn_workers + 1)
     t_start = time.monotonic()
@@ -173,14 +173,19 @@ def run(args: argparse.Namespace) -> int:
             # Beside the conversation mix, in the same run, at the same sizes, by the same client
             # code and warm-up (a fresh server each): the plain chat mix (protocol 1, sends only)
             # and the same sends on protocol 2 sockets. The report reads every row as a ratio to
-            # the first: on a shared machine, rows run side by side compare; absolute figures don't.
+            # its round's plain chat mix: on a shared machine, rows run side by side compare and
+            # absolute figures don't. Two rounds, the second in the reverse order, so a stall or
+            # an order effect shows as rounds that disagree rather than as a ratio.
             sends = Mix(1.0, 0.0, 0.0)
             rows = [("chat v1 (sends)", sends, 1), ("chat v2 (sends)", sends, 2), ("conversation v2", Mix(), 2)]
-            for name, mix, version in rows:
-                def go(name: str = name, mix: Mix = mix, version: int = version) -> dict[str, Any]:
-                    with scenarios.target(cfg, "parley", users=cfg.chat_conns, rooms=chat_rooms) as t:
-                        return scenarios.conversation(cfg, pool, t, progress, name, mix, protocol=version)
-                attempt("conversation", name, go)
+            for rnd, order in ((1, rows), (2, rows[::-1])):
+                for name, mix, version in order:
+                    def go(name: str = name, mix: Mix = mix, version: int = version, rnd: int = rnd) -> dict[str, Any]:
+                        with scenarios.target(cfg, "parley", users=cfg.chat_conns, rooms=chat_rooms) as t:
+                            out = scenarios.conversation(cfg, pool, t, progress, name, mix, protocol=version)
+                            out["round"] = rnd
+                            return out
+                    attempt("conversation", name, go)
     finally:
         pool.close()
         progress.close()

@@ -98,27 +98,27 @@ def tables(res: dict[str, Any]) -> str:
 
 
 def conversation_table(conv: list[dict[str, Any]]) -> str:
-    """Section 7: each row beside the plain chat mix of the same run (the first row)."""
-    base = _by(conv, "chat v1 (sends)")
+    """Section 7: each row beside the plain chat mix of its round in the same run."""
     rows = []
     for r in conv:
+        base = next((b for b in conv if b["target"] == "chat v1 (sends)" and b.get("round") == r.get("round")), None)
         e = r.get("entries") or {"message": r["received"], "edit": 0, "reaction": 0}
         mine = r is base or base is None
 
-        def vs(key: str, r: dict[str, Any] = r, mine: bool = mine) -> str:
-            return "—" if mine else fmt_ratio(ratio(r.get(key), base.get(key)))
-        rows.append([r["target"], r.get("protocol", "?"), r.get("mix", "?"), r["connections"], r["offered_msgs_per_s"],
+        def vs(key: str, r: dict[str, Any] = r, base: dict[str, Any] | None = base, mine: bool = mine) -> str:
+            return "—" if mine or base is None else fmt_ratio(ratio(r.get(key), base.get(key)))
+        rows.append([r.get("round", 1), r["target"], r.get("protocol", "?"), r.get("mix", "?"), r["connections"], r["offered_msgs_per_s"],
                      r["deliveries_per_s"], f'{e["message"]:,} / {e["edit"]:,} / {e["reaction"]:,}',
                      fmt_num(r["p50_ms"], 1), fmt_num(r["p99_ms"], 1), fmt_num(r.get("edit_p99_ms"), 1),
                      fmt_num(r.get("ack_p99_ms"), 1), fmt_num(r.get("reply_p99_ms"), 1),
                      f'{r["received"]:,}/{r["expected"]:,}', vs("deliveries_per_s"), vs("p99_ms"), vs("ack_p99_ms")])
     return ("### 7. Conversation: the chat mix on protocol version 2, with edits and reactions\n\n" + markdown_table(
-        ["row", "protocol", "turns", "connections", "offered turns/s", "deliveries/s", "message / edit / reaction",
+        ["round", "row", "protocol", "turns", "connections", "offered turns/s", "deliveries/s", "message / edit / reaction",
          "p50 ms", "p99 ms", "edit p99 ms", "ack p99 ms", "edit/react reply p99 ms", "delivered/expected",
          "deliveries/s ÷ chat v1", "p99 ÷ chat v1", "ack p99 ÷ chat v1"], rows)
         + "\n\nDeliveries: every `message`, `edit` and `reaction` frame; latency (p50, p99) over the stamped "
         "ones (messages and edits; a reaction has no text to stamp). ack p99: sends' acks; reply p99: the "
-        "`edited` / `reacted` replies.\n")
+        "`edited` / `reacted` replies. The second round runs the rows in the reverse order.\n")
 
 
 def targets(res: dict[str, Any]) -> list[str]:

@@ -123,3 +123,20 @@ def test_reactions_go_on_recent_messages_only_and_edits_on_the_newest_own_one():
     assert state.own_last == 9
     rng = random.Random(2)
     assert {state.toggle(rng)[1] for _ in range(200)} == {8, 9, 10}
+
+
+def test_the_table_reads_each_row_against_its_own_rounds_plain_chat_mix():
+    from bench.report import conversation_table
+
+    def row(target, rnd, dps, p99):
+        return {"target": target, "round": rnd, "protocol": 2, "mix": "m", "connections": 10,
+                "offered_msgs_per_s": 2.0, "deliveries_per_s": dps, "p50_ms": 1.0, "p99_ms": p99,
+                "ack_p99_ms": p99, "received": 20, "expected": 20,
+                "entries": {"message": 14, "edit": 3, "reaction": 3}}
+    text = conversation_table([row("chat v1 (sends)", 1, 100.0, 10.0), row("conversation v2", 1, 50.0, 30.0),
+                               row("conversation v2", 2, 100.0, 10.0), row("chat v1 (sends)", 2, 200.0, 40.0)])
+    lines = [ln for ln in text.splitlines() if ln.startswith("| 1 ") or ln.startswith("| 2 ")]
+    assert lines[1].endswith("| 0.50× | 3.00× | 3.00× |")   # round 1: against 100 / 10
+    assert lines[2].endswith("| 0.50× | 0.25× | 0.25× |")   # round 2: against 200 / 40, listed after it
+    assert lines[0].endswith("| — | — | — |") and lines[3].endswith("| — | — | — |")
+    assert "| 14 / 3 / 3 |" in lines[1]
