@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     cmdline = "scripts/bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     res: dict[str, Any] = {"command": cmdline.strip(), "started": stamp, "quick": args.quick, "ws": args.ws,
                            "machine": machine(), "server_revision": server_revision(), "config": {k: str(v) for k, v in vars(cfg).items()}}
-    fan_targets = ["parley", "parley-asgi", "parley-layer", "bare", "tutorial-memory", "tutorial-redis"]
+    fan_targets = ["parley", "parley-v2", "parley-asgi", "parley-layer", "bare", "tutorial-memory", "tutorial-redis"]
     if args.targets:
         fan_targets = [t for t in fan_targets if t in args.targets.split(",")]
     est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30,

@@ -118,6 +118,8 @@ class Target:
         port = self.server.ports[i % len(self.server.ports)]
         if self.kind == "simple":
             return f"ws://127.0.0.1:{port}/ws/chat/{room}/"
+        if self.name == "parley-v2":  # the same server, its sockets on protocol version 2
+            return f"ws://127.0.0.1:{port}/ws/chat/?protocol=2"
         return f"ws://127.0.0.1:{port}/ws/chat/"
 
     def spec(self, i: int, room: str | list[str], role: str, *, server_index: int | None = None,
@@ -141,7 +143,10 @@ class Target:
 @contextlib.contextmanager
 def target(cfg: Config, name: str, *, users: int = 0, rooms: list[str] | int = 0, db: str = "sqlite",
            nproc: int = 1, ws: str | None = None) -> Iterator[Target]:
-    """name: parley | parley-asgi | parley-redis | parley-layer | bare | tutorial-memory | tutorial-redis.
+    """name: parley | parley-v2 | parley-asgi | parley-redis | parley-layer | bare | tutorial-memory | tutorial-redis.
+
+    parley-v2 is Parley with every client on protocol version 2 (docs/protocol.md §10: a plain
+    message's frame is the same bytes; the server's per-socket protocol checks are what differs).
 
     parley-asgi is Parley with PARLEY_PREPARED_FRAMES=0: every frame through the ASGI send, as
     the bare app's go (parley/realtime/uvicorn_writer.py). parley-layer is Parley with its broadcasts
