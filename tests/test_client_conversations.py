@@ -11,6 +11,7 @@ that user): they must be equal, key for key.
 from __future__ import annotations  # noqa: I001  (tests.support must come before parley_client)
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -397,3 +398,76 @@ async def test_conversation_requests_stay_inside_the_default_edit_bucket(servers
         await client.close()
     await a_events.stop()
     await b_events.stop()
+
+
+@pytest.mark.slow
+@pytestmark_db
+async def test_three_members_see_every_entry_once_across_drops_and_a_sigkill(servers: Any) -> None:
+    """Three members post, reply, edit, react and delete at once while their sockets are dropped
+    and the server is SIGKILLed and restarted: each receives every entry of the log once, in
+    seq order, and ends with the server's view of every message."""
+    server = servers(extra_env=RELAXED_EDITS)
+    await make_room(ROOM)
+    members: list[tuple[ParleyClient, Collector, str]] = []
+    for name in ("ada", "bob", "cy"):
+        _, token = await make_user_token(name)
+        client = fast_client(server.ws_url, token)
+        await client.start()
+        members.append((client, Collector(client), token))
+        await client.join(ROOM)
+    posted: list[int] = []  # every member's messages, for the others' reactions
+    refused: list[str] = []
+
+    async def tolerate(call: Any) -> Any:
+        # Another member may delete a message between our choosing it and our request landing.
+        try:
+            return await asyncio.wait_for(call, 60)
+        except ParleyError as err:
+            assert err.code == "message_deleted", err
+            refused.append(err.code)
+            return None
+
+    async def member(i: int, client: ParleyClient) -> None:
+        rng = random.Random(i)
+        mine: list[int] = []
+        for k in range(20):
+            reply_to = rng.choice(posted) if posted and rng.random() < 0.3 else None
+            ack = await tolerate(client.send(ROOM, f"{i}:{k}", reply_to=reply_to))
+            if ack is not None:
+                mine.append(ack["seq"])
+                posted.append(ack["seq"])
+            if mine and rng.random() < 0.4:
+                await client.edit(ROOM, rng.choice(mine), f"{i}:{k} edited @ada", timeout=60)
+            if posted:
+                await tolerate(client.react(ROOM, rng.choice(posted), rng.choice(["👍", "🎉", "👀"])))
+            if posted and rng.random() < 0.2:
+                await tolerate(client.unreact(ROOM, rng.choice(posted), "👍"))
+            if len(mine) > 3 and rng.random() < 0.15:
+                await client.delete(ROOM, mine.pop(rng.randrange(len(mine))), timeout=60)
+            await asyncio.sleep(rng.uniform(0.0, 0.03))
+
+    async def chaos() -> None:
+        rng = random.Random(99)
+        for n in range(7):
+            await asyncio.sleep(rng.uniform(0.1, 0.3))
+            if n == 3:
+                await asyncio.to_thread(server.kill)  # no close frames, no cleanup
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(server.start)  # same port, same database
+                continue
+            client = rng.choice(members)[0]
+            if client.connected:
+                client.abort_connection()
+
+    await asyncio.wait_for(asyncio.gather(chaos(), *(member(i, c) for i, (c, _, _) in enumerate(members))), 120)
+    await _settled(server, members)
+    assert server.starts == 2
+    kinds = {e["type"] for e in members[0][1].entries[ROOM]}
+    assert kinds == {"message", "edit", "delete", "reaction"}
+    for client, _, _ in members:
+        assert client.stats.resumes_recovered >= 1
+        stats = client.room(ROOM).stats
+        assert (stats.duplicates, stats.out_of_order, stats.resets) == (0, 0, 0), (client.user, stats)
+    for client, collector, _ in members:
+        await client.close()
+        await collector.stop()

@@ -109,5 +109,5 @@ class RoomState:
         self.epoch = epoch
         self.high_seq = high_seq
         self.pending = {s: m for s, m in self.pending.items() if s > high_seq}
-        self.history_until = min(self.history_until, high_seq)
+        self.history_until = 0  # the application starts over from the page: nothing to catch up
         self.stats.resets += 1

@@ -173,6 +173,8 @@ class RoomSync:
                     self.stats.request_retries += 1
                     await asyncio.sleep(retry_delay(reply, refusals))
                     continue
+                if code == "room_not_found" and self.rooms.get(room) is st:
+                    self._drop(st, reply)  # access was lost: the server's socket left the room
                 raise ParleyError(code, reply.get("message", ""), reply)
             return reply
 
@@ -319,6 +321,8 @@ class RoomSync:
             entries = [e for e in entries if not _held(st, e)]
         for entry in entries:
             self._offer(st, entry)
+        if st.high_seq >= st.history_until:
+            self._catchup_done(st)  # e.g. a recovered resume finished an interrupted catch-up
         self._check_gap(conn, st, delay=0.0)
 
     def on_entry(self, conn: Connection, frame: dict[str, Any]) -> None:
