@@ -166,16 +166,19 @@ async def _pages(client: ParleyClient) -> dict[int, dict[str, Any]]:
 
 async def _settled(server: Any, members: list[tuple[ParleyClient, Collector, str]]) -> None:
     """Every member's entries are 1..last_seq once each, and their folded view of every message
-    equals the server's pages (with their own `me`)."""
+    equals the server's pages (socket and HTTP, with their own `me`)."""
     rooms = (await asyncio.to_thread(server.api, "GET", "/api/rooms", members[0][2]))["rooms"]
     last_seq = next(r["last_seq"] for r in rooms if r["slug"] == ROOM)
     for client, collector, _ in members:
         await wait_for(lambda c=collector: c.entry_seqs(ROOM)[-1:] == [last_seq], 15,
                        f"{client.user} to reach seq {last_seq}; has {collector.entry_seqs(ROOM)[-3:]}")
     await asyncio.sleep(0.3)  # anything doubled would arrive now
-    for client, collector, _ in members:
+    for client, collector, token in members:
         assert collector.entry_seqs(ROOM) == list(range(1, last_seq + 1)), client.user
         db = await _pages(client)
+        # The HTTP API's pages (GET …/messages) are the same objects, `me` included.
+        http = {m["seq"]: m for m in await asyncio.to_thread(server.all_messages, ROOM, token)}
+        assert http == db, client.user
         view = collector.state(ROOM)
         assert view.keys() == db.keys(), client.user
         for seq, message in db.items():
