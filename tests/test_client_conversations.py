@@ -474,3 +474,52 @@ async def test_three_members_see_every_entry_once_across_drops_and_a_sigkill(ser
     for client, collector, _ in members:
         await client.close()
         await collector.stop()
+
+
+@pytestmark_db
+async def test_a_fresh_join_and_the_backlog_of_a_log_with_edits_and_reactions(servers: Any) -> None:
+    """A page folds the entries in: a fresh join's view is its page, and the entries after the
+    page's newest message (already folded, or about older messages: harmless) come with the
+    next live one; the backlog (emit_backlog=True) pages the messages from history and passes
+    over the other seqs."""
+    server = servers(extra_env={**RELAXED_EDITS, "PARLEY_HISTORY_PAGE_MAX": "3", "PARLEY_HISTORY_PAGE_DEFAULT": "3"})
+    await make_room(ROOM)
+    _, a_token = await make_user_token("ada")
+    _, b_token = await make_user_token("bob")
+    async with fast_client(server.ws_url, a_token) as ada:
+        await ada.join(ROOM)
+        acks = [await ada.send(ROOM, f"m{i}") for i in range(7)]
+        await ada.edit(ROOM, acks[1]["seq"], "m1 edited")
+        await ada.react(ROOM, acks[2]["seq"], "👍")
+        await ada.delete(ROOM, acks[3]["seq"])
+        await ada.react(ROOM, acks[6]["seq"], "🎉")  # after the newest message: in no page's seqs
+        last = await ada.react(ROOM, acks[5]["seq"], "👀")
+        async with fast_client(server.ws_url, b_token) as fresh:
+            events = Collector(fresh)
+            joined = await fresh.join(ROOM)
+            assert [m["seq"] for m in joined["messages"]] == [a["seq"] for a in acks[-3:]]
+            pages = await _pages(fresh)
+            assert {m["seq"]: m for m in joined["messages"]} == {s: m for s, m in pages.items() if s >= acks[-3]["seq"]}
+            later = await ada.send(ROOM, "later")
+            await wait_for(lambda: events.entry_seqs(ROOM)[-1:] == [later["seq"]], 5, "the next entry")
+            # Every entry after the page's newest message: the edit, reactions and delete of
+            # older messages too (their targets are not in the page: apply passes over them).
+            assert events.entry_seqs(ROOM) == list(range(acks[-1]["seq"] + 1, later["seq"] + 1))
+            assert later["seq"] == last["seq"] + 1
+            view = events.state(ROOM, start=joined["messages"])
+            assert view == {s: m for s, m in (await _pages(fresh)).items() if s >= acks[-3]["seq"]}
+            stats = fresh.room(ROOM).stats
+            assert (stats.gap_fills, stats.out_of_order, stats.duplicates, stats.skipped) == (0, 0, 0, 0)
+            await events.stop()
+    async with fast_client(server.ws_url, b_token, emit_backlog=True) as backlog:
+        events = Collector(backlog)
+        await backlog.join(ROOM)
+        await wait_for(lambda: events.entry_seqs(ROOM)[-1:] == [later["seq"]], 10, "the whole backlog")
+        await asyncio.sleep(0.2)
+        # Every message once, in order, as it is now; the five other seqs passed over.
+        assert events.seqs(ROOM) == [a["seq"] for a in [*acks, later]]
+        assert events.state(ROOM) == await _pages(backlog)
+        room = backlog.room(ROOM)
+        assert room.stats.skipped == 5 and room.stats.gap_fills >= 3  # pages of 3
+        assert not [e for e in events.events if e["type"] in ("stale", "reset")]
+        await events.stop()
