@@ -275,8 +275,11 @@ class RoomSync:
         messages = frame.get("messages") or []
         epoch = info["epoch"]
         recovered = frame.get("recovered")
-        # The server delivers live every entry after the page's newest message (or after_seq).
         page_high = messages[-1]["seq"] if messages else 0
+        # After a join that is not a recovered resume the server delivers live every entry after
+        # the room's last_seq as the join read it (docs/protocol.md §10, "Pages"): the page
+        # shows the effect of every entry up to it.
+        live_high = max(page_high, int(info.get("last_seq") or 0))
         gap_fill = st.filling  # a resume this client sent to fill a gap, not a reconnect's
         st.joined_on = conn.id
         st.last_joined = frame
@@ -289,7 +292,7 @@ class RoomSync:
                 entries = [message_event(m) for m in messages]
                 st.history_until = max(st.history_until, page_high)
             else:
-                st.high_seq = page_high
+                st.high_seq = live_high
         elif recovered is True:
             if not gap_fill:
                 self.stats.resumes_recovered += 1
@@ -311,7 +314,7 @@ class RoomSync:
                     st.history_until = max(st.history_until, page_high)
             else:
                 st.pending.clear()
-                st.reset(epoch, page_high)
+                st.reset(epoch, live_high)
                 st.catchup_from = None
                 self._emit({"type": "reset", "room": st.slug, "epoch": epoch, "messages": messages,
                             "has_more": frame.get("has_more", False)})
