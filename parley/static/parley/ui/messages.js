@@ -1,5 +1,6 @@
 // The timeline: messages grouped by author, with day separators and pending sends at the end.
 import { avatar, h, icon } from "./dom.js";
+import { messageEl } from "./message.js";
 
 const GROUP_GAP_MS = 5 * 60 * 1000;
 // Refusals that the same text will get again: offer to edit it instead of retrying.
@@ -32,7 +33,7 @@ function groupHeader(author, date, pending) {
  * Keeps the view pinned to the bottom if it was there, and keeps the reading position when
  * older messages are prepended.
  */
-export function renderTimeline(listEl, scroller, snap, me, handlers) {
+export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }) {
   const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
   const wasAtBottom = fromBottom < 48;
 
@@ -53,20 +54,19 @@ export function renderTimeline(listEl, scroller, snap, me, handlers) {
       frag.append(h("li", { class: "day-sep", role: "separator" }, h("span", {}, dayLabel(date))));
       prev = null;
     }
-    if (!prev || prev.authorId !== m.author.id || date - prev.date > GROUP_GAP_MS) {
-      group = startGroup(m.author.id, m.author.username, date, false);
+    const authorId = m.author?.id ?? null;
+    if (!prev || prev.authorId !== authorId || date - prev.date > GROUP_GAP_MS) {
+      group = startGroup(authorId, m.author?.username ?? "?", date, false);
     }
-    group.append(h("div", {
-      class: "msg", testid: "message", dataset: { seq: String(m.seq), author: m.author.username },
-    },
-    h("div", { class: "msg-text", testid: "message-text" }, m.text),
-    prev && prev.authorId === m.author.id ? timeEl(date) : null));
-    prev = { authorId: m.author.id, date };
+    const item = messageEl(m, ui, handlers);
+    if (prev && prev.authorId === authorId) item.append(timeEl(date));
+    group.append(item);
+    prev = { authorId, date };
   }
 
   if (snap.pending.length) {
     const last = snap.messages[snap.messages.length - 1];
-    if (!last || last.author.id !== me.id) group = startGroup(me.id, me.username, new Date(), true);
+    if (!last || last.author?.id !== me.id) group = startGroup(me.id, me.username, new Date(), true);
     for (const p of snap.pending) {
       const failed = p.status === "failed";
       group.append(h("div", {
