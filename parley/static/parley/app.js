@@ -101,6 +101,7 @@ function openRoom(slug, jumpTo = null) {
   current = slug;
   sidebar.setCurrent(slug);
   el.list.replaceChildren();
+  el.list._items = null; // the message elements of the room left (seqs are per room)
   el.input.value = localStorage.getItem(draftKey(slug)) || "";
   updateComposer();
   if (location.hash !== `#/${slug}` && !jumpTo) history.replaceState(null, "", `#/${slug}`);

@@ -69,7 +69,7 @@ export class Actions {
         const mine = new Set((m.reactions || []).filter((r) => r.me).map((r) => r.emoji));
         return this.picker.open(anchor, (emoji) => this.react(m, emoji, mine.has(emoji)));
       },
-      edit: (m) => this.startEdit(m),
+      startEdit: (m) => this.startEdit(m), // not "edit": the timeline uses that for failed sends
       delete: (m) => this.delete(m),
       copyLink: (m) => this.copyLink(m),
       openActions: (seq) => {

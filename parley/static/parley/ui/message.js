@@ -8,7 +8,7 @@ const LONG_PRESS_MS = 450;
 
 /**
  * ui: {me, canModerate, editingSeq, editor (the persistent textarea wrapper), actionsSeq,
- * confirmDeleteSeq}; on: {reply, react(m, emoji, mine), pick(m, anchor), edit, delete, copyLink,
+ * confirmDeleteSeq}; on: {reply, react(m, emoji, mine), pick(m, anchor), startEdit, delete, copyLink,
  * openActions(seq), scrollTo(seq)}.
  */
 export function messageEl(m, ui, on) {
@@ -16,7 +16,8 @@ export function messageEl(m, ui, on) {
   const cls = ["msg"];
   if (m.deleted) cls.push("msg--deleted");
   if (!m.deleted && mentionsMe(m, ui.me)) cls.push("msg--mention");
-  if (ui.actionsSeq === m.seq) cls.push("msg--actions-open");
+  // A delete waiting for its confirming click keeps the bar open (the re-render drops :hover).
+  if (ui.actionsSeq === m.seq || ui.confirmDeleteSeq === m.seq) cls.push("msg--actions-open");
   if (ui.editingSeq === m.seq) cls.push("msg--editing");
   const main = h("div", { class: "msg-main" });
   if (m.reply_to) main.append(quoteEl(m.reply_to, on));
@@ -77,7 +78,7 @@ function actionsEl(m, mine, ui, on) {
     ...QUICK.slice(0, 3).map((e) => btn("quick-react", `React ${e}`, e, () => on.react(m, e, mineSet.has(e)), { dataset: { emoji: e } })),
     btn("action-react", "Add reaction", "☺︎+", (ev) => on.pick(m, ev.currentTarget), { dataset: { pickerAnchor: "" } }),
     btn("action-reply", "Reply", "↩︎", () => on.reply(m)),
-    mine ? btn("action-edit", "Edit", "✎", () => on.edit(m)) : null,
+    mine ? btn("action-edit", "Edit", "✎", () => on.startEdit(m)) : null,
     mine || ui.canModerate ? btn("action-delete", confirming ? "Confirm delete" : "Delete", confirming ? "Delete?" : "🗑", () => on.delete(m),
       { class: `msg-tool${confirming ? " msg-tool--danger" : ""}` }) : null,
     btn("action-link", "Copy link", "🔗", () => on.copyLink(m)));

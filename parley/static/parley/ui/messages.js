@@ -38,6 +38,10 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
   const wasAtBottom = fromBottom < 48;
 
   const frag = document.createDocumentFragment();
+  // Unchanged messages keep their elements: a live event re-rendering the list must not swap
+  // the button under a pressed mouse (the click would be lost) or drop a hover.
+  const cache = listEl._items || new Map();
+  const nextCache = new Map();
   let prev = null; // {authorId, date}
   let group = null;
   const startGroup = (authorId, name, date, pending) => {
@@ -58,9 +62,16 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
     if (!prev || prev.authorId !== authorId || date - prev.date > GROUP_GAP_MS) {
       group = startGroup(authorId, m.author?.username ?? "?", date, false);
     }
-    const item = messageEl(m, ui, handlers);
-    if (prev && prev.authorId === authorId) item.append(timeEl(date));
-    group.append(item);
+    const continued = !!prev && prev.authorId === authorId;
+    const key = itemKey(m, ui, continued);
+    let item = cache.get(m.seq);
+    if (!item || item.message !== m || item.key !== key) {
+      const el = messageEl(m, ui, handlers);
+      if (continued) el.append(timeEl(date));
+      item = { message: m, key, el };
+    }
+    nextCache.set(m.seq, item);
+    group.append(item.el);
     prev = { authorId, date };
   }
 
@@ -92,6 +103,7 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
 
   const oldHeight = scroller.scrollHeight;
   listEl.replaceChildren(frag);
+  listEl._items = nextCache;
   if (wasAtBottom) {
     scroller.scrollTop = scroller.scrollHeight;
   } else {
@@ -100,6 +112,12 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
     const grewAbove = handlers.lastReason === "history";
     if (grewAbove) scroller.scrollTop += scroller.scrollHeight - oldHeight;
   }
+}
+
+/** What, besides the message object itself, changes how a message renders. */
+function itemKey(m, ui, continued) {
+  const on = (seq) => (seq === m.seq ? 1 : 0);
+  return `${continued ? 1 : 0}${on(ui.editingSeq)}${on(ui.actionsSeq)}${on(ui.confirmDeleteSeq)}${ui.canModerate ? 1 : 0}`;
 }
 
 export function typingText(users) {
