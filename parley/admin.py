@@ -1,6 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
+from parley import conversation
 from parley.models import ApiToken, Membership, Message, Room
 from parley.services import membership_remove, token_revoke
 from parley.throttles import AdminLoginForm
@@ -37,19 +40,49 @@ class RoomAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["room", "seq", "author", "short_text", "created_at"]
-    list_filter = ["room"]
+    """Every entry of the rooms' logs; a message's edit and delete go through parley.conversation,
+    as a socket's do, so open pages see them at once (an `edit` / `delete` entry)."""
+
+    list_display = ["room", "seq", "kind", "author", "short_text", "target_seq", "created_at"]
+    list_filter = ["kind", "room"]
     search_fields = ["text", f"author__{get_user_model().USERNAME_FIELD}"]
     list_select_related = ["room", "author"]
     # The log is append-only from the outside: sequence numbers are assigned by parley.services.
-    readonly_fields = ["room", "seq", "author", "client_id", "created_at"]
+    readonly_fields = ["room", "seq", "kind", "author", "client_id", "created_at", "target_seq", "mentions",
+                       "mention_room", "edited_at", "deleted_at", "reactions", "emoji", "count", "versions"]
 
     @admin.display(description="text")
     def short_text(self, obj: Message) -> str:
         return obj.text[:80]
 
+    @admin.display(description="edit history (oldest first; erased when the message is deleted)")
+    def versions(self, obj: Message) -> str:
+        edits = Message.objects.filter(room_id=obj.room_id, kind=Message.Kind.EDIT, target_seq=obj.seq).order_by("seq")
+        return format_html_join(mark_safe("<br>"), "#{}, {}: {}", ((e.seq, e.created_at, e.text) for e in edits)) or "—"
+
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Only a message's text can change (an edit); the other entries are history.
+        return super().has_change_permission(request, obj) and (obj is None or obj.kind == Message.Kind.MESSAGE)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and (obj is None or obj.kind == Message.Kind.MESSAGE)
+
+    def save_model(self, request, obj: Message, form, change) -> None:
+        if change and "text" in form.changed_data:
+            conversation.message_edit(room=obj.room, actor=request.user, seq=obj.seq, text=obj.text.strip(),
+                                      source="admin", moderator=True)
+
+    def delete_model(self, request, obj: Message) -> None:
+        # A tombstone, not a row deleted: the log keeps its seq, and open pages see the delete.
+        if obj.kind == Message.Kind.MESSAGE:
+            conversation.message_delete(room=obj.room, actor=request.user, seq=obj.seq, source="admin")
+
+    def delete_queryset(self, request, queryset) -> None:
+        for obj in queryset.filter(kind=Message.Kind.MESSAGE).select_related("room"):
+            self.delete_model(request, obj)
 
 
 @admin.register(ApiToken)

@@ -17,9 +17,13 @@ from django.db import DatabaseError
 from parley import consumer_db as db
 from parley import fanout, limits, metrics, protocol
 from parley.conf import parley_settings
+from parley.conversation import Change
 from parley.ingest import get_writer
-from parley.payloads import message_payload, room_payload, timestamp
+from parley.payloads import entry_frame, message_payload, room_payload, timestamp
 from parley.protocol import ProtocolError
+from parley.realtime.dbthread import database_thread
+from parley.realtime.ordering import Subscription
+from parley.services import MessageRefused
 from parley.session import Session, room_not_found
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 # /api/rooms/<slug>/messages together, cluster-wide with REDIS_URL (one Redis round trip per
 # send); the history budget is per process (parley/limits.py).
 _user_message_buckets = limits.USER_MESSAGE_BUCKETS
+_user_edit_buckets = limits.USER_EDIT_BUCKETS
 _history_budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
                                     limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
 
@@ -57,7 +62,7 @@ async def join(session: Session, cmd: protocol.Join, ref: str | None) -> None:
         # Read after subscribing: whatever commits after the read is then certain to arrive
         # live, and whatever the read saw is dropped by seq when it arrives. The same hop
         # checks that the user may see the room.
-        found = await db.join_snapshot(user, cmd, session.token_id)
+        found = await db.join_snapshot(user, cmd, session.token_id, session.v2)
         if found is not None and found[0].pk == sub.room_id:
             break
         await session.unsubscribe(sub)
@@ -66,16 +71,20 @@ async def join(session: Session, cmd: protocol.Join, ref: str | None) -> None:
         session.relearn_room(cmd.room, found[0].pk)
     else:
         raise room_not_found(cmd.room)
-    room, messages, has_more, recovered, high, last_seq = found
+    room, messages, has_more, recovered, high, last_seq, mine = found
     members = await session.presence_join(room.pk, room.slug, first_join, sub)
+    replay = recovered and session.v2  # a version 2 resume lists the log's entries (protocol.md §10)
     reply = with_ref({
         "type": "joined",
         "room": room_payload(room, last_seq=last_seq),
-        "messages": [message_payload(m, room_slug=room.slug) for m in messages],
+        "messages": [] if replay else [message_payload(m, room_slug=room.slug, reader_reactions=mine)
+                                       for m in messages],
         "has_more": has_more,
         "members": [{"id": m.id, "username": m.username} for m in members],
         "recovered": recovered,
     }, ref)
+    if replay:
+        reply["events"] = [entry_frame(m, room_slug=room.slug) for m in messages]
     text, size = protocol.encode_sized(reply)
     if size > protocol.max_server_frame_bytes():
         # The messages fit their budget already (consumer_db): only a room with thousands of
@@ -106,11 +115,14 @@ async def send(session: Session, cmd: protocol.Send, ref: str | None) -> None:
                             room=sub.slug, retry_after_ms=ms(wait))
     try:
         result = await get_writer().submit(user=session.user, room_id=sub.room_id, text=cmd.text,
-                                           client_id=cmd.client_id, token_id=session.token_id)
+                                           client_id=cmd.client_id, token_id=session.token_id,
+                                           reply_to=cmd.reply_to)
     except DatabaseError:
         log.exception("could not store a message in room %s", sub.slug)
         raise ProtocolError(protocol.COMMIT_FAILED, "the message was not stored; retry with the same client_id",
                             room=sub.slug) from None
+    except MessageRefused as refused:  # a reply to no message of the room, or to a deleted one
+        raise ProtocolError(refused.code, refused.message, field=refused.field, room=sub.slug) from None
     if result is None:
         await session.unsubscribe(sub)
         raise room_not_found(cmd.room)
@@ -148,15 +160,79 @@ async def history(session: Session, cmd: protocol.History, ref: str | None) -> N
         if result is None:
             await session.unsubscribe(sub)
             raise room_not_found(cmd.room)
-        messages, has_more = result
+        messages, has_more, mine = result
         text, size = protocol.encode_sized(with_ref({
             "type": "history", "room": sub.slug, "has_more": has_more,
-            "messages": [message_payload(m, room_slug=sub.slug) for m in messages],
+            "messages": [message_payload(m, room_slug=sub.slug, reader_reactions=mine) for m in messages],
         }, ref))
         used = max(used, size)
         session.send_message(text, size)
     finally:
         _history_budget.settle(user.pk, reserved, used)
+
+
+async def edit(session: Session, cmd: protocol.Edit, ref: str | None) -> None:
+    change, sub = await _change(session, cmd, "edit", text=cmd.text)
+    message = change.message
+    session.send_frame(with_ref({
+        "type": "edited", "room": sub.slug, "target": cmd.seq, "seq": _entry_seq(change),
+        "edited_at": timestamp(message.edited_at) if message.edited_at else None,
+    }, ref))
+    await _broadcast_entry(sub, change)
+
+
+async def delete(session: Session, cmd: protocol.Delete, ref: str | None) -> None:
+    change, sub = await _change(session, cmd, "delete")
+    session.send_frame(with_ref({"type": "deleted", "room": sub.slug, "target": cmd.seq,
+                                 "seq": _entry_seq(change)}, ref))
+    await _broadcast_entry(sub, change)
+
+
+async def react(session: Session, cmd: protocol.React, ref: str | None) -> None:
+    change, sub = await _change(session, cmd, "react", emoji=cmd.emoji, add=cmd.add)
+    session.send_frame(with_ref({
+        "type": "reacted", "room": sub.slug, "target": cmd.seq, "emoji": cmd.emoji,
+        "op": "add" if cmd.add else "remove", "seq": _entry_seq(change), "count": change.count(cmd.emoji),
+    }, ref))
+    await _broadcast_entry(sub, change)
+
+
+async def _change(session: Session, cmd: protocol.Edit | protocol.Delete | protocol.React, what: str,
+                  **fields: Any) -> tuple[Change, Subscription]:
+    """Charge the user's edit bucket, then make the change on the database thread's write lane
+    (parley.conversation checks access and rights there): the change and the joined room."""
+    sub = session.joined(cmd.room)
+    wait = await _user_edit_buckets.shared_take(session.user.pk)
+    if wait:
+        metrics.refused("edits")
+        raise ProtocolError(protocol.RATE_LIMITED, "too many edits and reactions; retry later",
+                            room=sub.slug, retry_after_ms=ms(wait))
+    try:
+        change = await database_thread.submit(db.change_entry, what, session.user, sub.room_id, cmd.seq,
+                                              session.token_id, fields)
+    except DatabaseError:
+        log.exception("could not store a change in room %s", sub.slug)
+        raise ProtocolError(protocol.COMMIT_FAILED, "nothing was changed; retry", room=sub.slug) from None
+    except MessageRefused as refused:
+        if refused.code == protocol.ROOM_NOT_FOUND:  # access lost meanwhile: leave, as send does
+            await session.unsubscribe(sub)
+            raise room_not_found(cmd.room) from None
+        raise ProtocolError(refused.code, refused.message, field=refused.field, room=sub.slug) from None
+    return change, sub
+
+
+def _entry_seq(change: Change) -> int | None:
+    return change.entry.seq if change.entry is not None else None
+
+
+async def _broadcast_entry(sub: Subscription, change: Change) -> None:
+    if change.entry is None:
+        return
+    try:
+        await fanout.broadcast_entry(room_id=sub.room_id, room_slug=sub.slug, entry=change.entry)
+    except Exception:
+        # Committed and answered: sockets that missed it fill the gap from the database.
+        log.exception("broadcast of %s#%s failed", sub.slug, change.entry.seq)
 
 
 async def typing(session: Session, cmd: protocol.Typing, ref: str | None) -> None:

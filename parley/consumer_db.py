@@ -12,13 +12,14 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from parley import protocol, selectors
+from parley import conversation, protocol, selectors
 from parley.conf import parley_settings
 from parley.models import Message, Room
-from parley.payloads import fit_page, messages_bytes
+from parley.payloads import ReaderReactions, entries_bytes, fit_page, messages_bytes
 from parley.realtime.dbthread import Batched, read_thread
 from parley.revocation import CredentialsRevoked
 from parley.selectors import Credential
+from parley.services import MessageRefused
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,7 +41,10 @@ def db_call(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     return call
 
 
-Snapshot = tuple[Room, list[Message], bool, bool | None, int, int]
+# (room, messages, has_more, recovered, high_seq, last_seq, what the reader put on the page's
+# messages). For a recovered resume of a version 2 socket, `messages` holds every log entry
+# after after_seq (the reply's `events`); otherwise `message` entries only.
+Snapshot = tuple[Room, list[Message], bool, bool | None, int, int, ReaderReactions]
 
 
 def load_room(user: Any, slug: str) -> Awaitable[Room | None]:
@@ -52,7 +56,8 @@ _load_rooms: Batched[tuple[Any, str], Room | None] = Batched(
     lambda wanted: selectors.rooms_get_visible(wanted=wanted), thread=read_thread)
 
 
-async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = None) -> Snapshot | None:
+async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = None,
+                        v2: bool = False) -> Snapshot | None:
     """(room, messages, has_more, recovered, high_seq, last_seq) for a join, or None if the user
     may not see the room. Read after subscribing (parley.commands.join). Raises
     CredentialsRevoked if the user, or the socket's API token `token_id`, no longer holds.
@@ -60,20 +65,21 @@ async def join_snapshot(user: Any, cmd: protocol.Join, token_id: int | None = No
     Joins that reach the read lane together are read together (join_snapshots): in a
     reconnect storm that is one hop and a few queries for many sockets, not two each.
     """
-    found = await _join_snapshots((user, cmd, token_id))
+    found = await _join_snapshots((user, cmd, token_id, v2))
     if isinstance(found, CredentialsRevoked):
         raise found
     return found
 
 
-def join_snapshots(items: list[tuple[Any, protocol.Join]],
-                   tokens: list[int | None] | None = None) -> list[Snapshot | CredentialsRevoked | None]:
+def join_snapshots(items: list[tuple[Any, protocol.Join]], tokens: list[int | None] | None = None,
+                   versions: list[bool] | None = None) -> list[Snapshot | CredentialsRevoked | None]:
     """join_snapshot for each (user, join), `tokens` the API token of each join's socket: one
     query for all their rooms (and with it, in the same round trip on PostgreSQL, one for
     whether their users and tokens still hold), one for the messages of every resuming join
     (the ten members of a room that resume after the same seq share the rows), and each
     distinct page read once. A join whose credentials were lost gets CredentialsRevoked."""
     tokens = tokens if tokens is not None else [None] * len(items)
+    v2s = versions if versions is not None else [False] * len(items)
     credentials = [("user", user.pk) for user, _ in items] + [("token", t) for t in tokens if t is not None]
     rooms, lost = selectors.rooms_get_visible_checked(wanted=[(user, cmd.room) for user, cmd in items],
                                                       credentials=credentials)
@@ -83,12 +89,13 @@ def join_snapshots(items: list[tuple[Any, protocol.Join]],
                if room is not None and _resumable(room, cmd)}
     ranges = dict(zip(resumes, selectors.messages_in_ranges(ranges=list(resumes.values())), strict=True))
     pages: dict[tuple[int, int], tuple[list[Message], bool]] = {}
-    return [no or (_snapshot(room, cmd, ranges.get(i), pages) if room is not None else None)
-            for i, (room, (_, cmd), no) in enumerate(zip(rooms, items, refused, strict=True))]
+    return [no or (_snapshot(room, user, cmd, ranges.get(i), pages, v2) if room is not None else None)
+            for i, (room, (user, cmd), no, v2) in enumerate(zip(rooms, items, refused, v2s, strict=True))]
 
 
-_join_snapshots: Batched[tuple[Any, protocol.Join, int | None], Snapshot | CredentialsRevoked | None] = Batched(
-    lambda items: join_snapshots([(user, cmd) for user, cmd, _ in items], [t for _, _, t in items]),
+_join_snapshots: Batched[tuple[Any, protocol.Join, int | None, bool], Snapshot | CredentialsRevoked | None] = Batched(
+    lambda items: join_snapshots([(user, cmd) for user, cmd, _, _ in items], [t for _, _, t, _ in items],
+                                 [v2 for _, _, _, v2 in items]),
     thread=read_thread)
 
 
@@ -112,27 +119,34 @@ def _resumable(room: Room, cmd: protocol.Join) -> bool:
     return 0 <= room.last_seq - cmd.after_seq <= parley_settings.RESUME_MAX_GAP
 
 
-def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
-              pages: dict[tuple[int, int], tuple[list[Message], bool]]) -> Snapshot:
-    """One join's snapshot: `missed` are the messages after its after_seq up to the room's
-    last_seq if it resumes (else None); pages holds the page reads already made."""
+def _snapshot(room: Room, user: Any, cmd: protocol.Join, missed: list[Message] | None,
+              pages: dict[tuple[int, int], tuple[list[Message], bool]], v2: bool) -> Snapshot:
+    """One join's snapshot: `missed` are the log entries after its after_seq up to the room's
+    last_seq if it resumes (else None); pages holds the page reads already made. A version 2
+    resume replays every entry (the reply's `events`), a version 1 resume the messages."""
     last_seq = room.last_seq
     recovered: bool | None = None
     if missed is not None and cmd.after_seq is not None:
+        high = max([cmd.after_seq] + [m.seq for m in missed])
+        if not v2:
+            missed = [m for m in missed if m.kind == Message.Kind.MESSAGE]
         # Measured as encoded (JSON escapes included), like the page below: the reply is one frame.
-        if messages_bytes(missed, room_slug=room.slug) <= parley_settings.REPLY_MAX_BYTES:
-            high = max([cmd.after_seq] + [m.seq for m in missed])
-            return room, missed, cmd.after_seq > 0, True, high, max(last_seq, high)
+        size = entries_bytes(missed, room_slug=room.slug) if v2 else messages_bytes(missed, room_slug=room.slug)
+        if size <= parley_settings.REPLY_MAX_BYTES:
+            return room, missed, cmd.after_seq > 0, True, high, max(last_seq, high), {}
     if cmd.after_seq is not None:
         recovered = False  # asked to resume, and cannot: a page instead
     key = (room.pk, cmd.limit)
     if key not in pages:
         pages[key] = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
     messages, has_more = _fit(*pages[key], room.slug)
-    # Not last_seq: a message committed after the page was read is still on its way to us as a
-    # live event, and must not be dropped as "already seen".
+    # Not last_seq: an entry committed after the page was read is still on its way to us as a
+    # live event, and must not be dropped as "already seen". The page holds messages only, so
+    # its newest message's seq is the high mark: the entries after it (an edit of an older
+    # message, say) come live or by gap fill, each once.
     high = messages[-1].seq if messages else 0
-    return room, messages, has_more, recovered, high, max(last_seq, high)
+    mine = selectors.reactions_mine(user_id=user.pk, messages=messages)
+    return room, messages, has_more, recovered, high, max(last_seq, high), mine
 
 
 def _fit(messages: list[Message], has_more: bool, room_slug: str) -> tuple[list[Message], bool]:
@@ -156,12 +170,13 @@ def history_reserve_bytes(limit: int) -> int:
 
 @db_call
 def history(user: Any, room_id: int, room_slug: str, before: int | None, limit: int,
-            token_id: int | None = None) -> tuple[list[Message], bool] | None:
-    """A page of the room's history, None if the user may not see it; CredentialsRevoked if
-    the user or the socket's API token no longer holds."""
+            token_id: int | None = None) -> tuple[list[Message], bool, ReaderReactions] | None:
+    """A page of the room's history and what the reader put on it, None if the user may not
+    see the room; CredentialsRevoked if the user or the socket's API token no longer holds."""
     if not _check(*selectors.room_user_can_use(user=user, room_id=room_id, token_id=token_id)):
         return None
-    return _fit(*selectors.message_page(room_id=room_id, before=before, limit=limit), room_slug)
+    messages, has_more = _fit(*selectors.message_page(room_id=room_id, before=before, limit=limit), room_slug)
+    return messages, has_more, selectors.reactions_mine(user_id=user.pk, messages=messages)
 
 
 @db_call
@@ -173,5 +188,19 @@ def can_access(user: Any, room_id: int, token_id: int | None = None) -> bool:
 
 @db_call
 def messages_after(room_id: int, after_seq: int, before: int | None, limit: int) -> list[Message]:
-    """Committed messages with after_seq < seq (< before): fills gaps in live delivery."""
+    """Committed log entries with after_seq < seq (< before): fills gaps in live delivery."""
     return selectors.message_range(room_id=room_id, after_seq=after_seq, before=before, limit=limit)
+
+
+def change_entry(what: str, user: Any, room_id: int, seq: int, token_id: int | None,
+                 fields: dict[str, Any]) -> Any:
+    """An edit, delete or reaction from a socket (parley.conversation), on the database
+    thread's write lane (parley.commands submits it there: it writes)."""
+    room = Room.objects.filter(pk=room_id).first()
+    if room is None:
+        raise MessageRefused(protocol.ROOM_NOT_FOUND, "no such room")
+    if what == "edit":
+        return conversation.message_edit(room=room, actor=user, seq=seq, token_id=token_id, source="socket", **fields)
+    if what == "delete":
+        return conversation.message_delete(room=room, actor=user, seq=seq, token_id=token_id, source="socket")
+    return conversation.reaction_set(room=room, actor=user, seq=seq, token_id=token_id, source="socket", **fields)

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -67,6 +68,18 @@ def _give_slot(user_id: int, socket_id: str) -> None:
         shared_limits.release_socket(user_id, socket_id)
 
 
+def requested_version(scope: dict[str, Any]) -> int | None:
+    """The protocol version the socket's URL asks for (`?protocol=2`; none: 1), or None for one
+    this server does not speak (docs/protocol.md §10)."""
+    query = scope.get("query_string", b"")
+    if b"protocol=" not in query:
+        return 1
+    values = parse_qs(query.decode("latin-1")).get("protocol", [])
+    if len(values) != 1 or not values[0].isdigit() or int(values[0]) not in protocol.PROTOCOL_VERSIONS:
+        return None
+    return int(values[0])
+
+
 def heartbeat_timeout_secs() -> float:
     """Two missed heartbeats and a little slack."""
     return 2 * parley_settings.HEARTBEAT_INTERVAL_SECS + 5
@@ -86,6 +99,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         protocol.History: commands.history,
         protocol.Typing: commands.typing,
         protocol.Ping: commands.ping,
+        protocol.Edit: commands.edit,
+        protocol.Delete: commands.delete,
+        protocol.React: commands.react,
     }
 
     @classmethod
@@ -136,6 +152,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close()
             return
+        version = requested_version(self.scope)
+        if version is None:
+            await self._refuse_version()
+            return
         self.user = user
         # This socket's task logs with its ids from here on (parley.logs).
         logs.socket_id.set(self.channel_name)
@@ -146,7 +166,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.outbound = Outbound(raw_send, self._close_socket, self._on_outbound_overflow)
         session = self.session = Session(user=user, token_id=self.scope.get("token_id"),
                                          socket_id=self.channel_name, send_message=self.send_message,
-                                         close=self._close_after_flush)
+                                         close=self._close_after_flush, protocol_version=version)
         if not await _take_slot(user.pk, self.channel_name):
             err = ProtocolError(protocol.TOO_MANY_SOCKETS, "too many open sockets for this user; close one")
             session.send_frame(err.to_frame(None))
@@ -166,7 +186,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._arm_watchdog(heartbeat_timeout_secs())
         session.send_frame({
             "type": "hello",
-            "protocol": protocol.PROTOCOL_VERSION,
+            "protocol": version,
             "user": user_payload(user),
             "heartbeat_secs": parley_settings.HEARTBEAT_INTERVAL_SECS,
             "limits": {
@@ -179,6 +199,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "frames_burst": parley_settings.FRAMES_BURST,
                 "typing_interval_ms": parley_settings.TYPING_MIN_INTERVAL_MS,
                 "max_rooms": parley_settings.MAX_ROOMS_PER_SOCKET,
+                **({"edits_per_sec": parley_settings.EDITS_PER_SEC, "edits_burst": parley_settings.EDITS_BURST,
+                    "max_reactions_per_message": parley_settings.MAX_REACTIONS_PER_MESSAGE,
+                    "max_reactions_per_user": parley_settings.MAX_REACTIONS_PER_USER} if version >= 2 else {}),
             },
         })
 
@@ -233,7 +256,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             frame = protocol.decode_frame(text_data, bytes_data)
             ref = protocol.frame_ref(frame)
-            command = protocol.parse_command(frame)
+            command = protocol.parse_command(frame, version=session.protocol_version)
             await self.handlers[type(command)](session, command, ref)
         except ProtocolError as err:
             session.send_frame(err.to_frame(ref))
@@ -263,6 +286,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_GOING_AWAY)
 
     # --- refusing and closing ---------------------------------------------------------------
+
+    async def _refuse_version(self) -> None:
+        """The URL asked for a protocol version this server does not speak: an HTTP 400 with a
+        JSON error where the ASGI server can send one (uvicorn can), else the plain refusal (403)."""
+        if "websocket.http.response" in self.scope.get("extensions", {}):
+            body = protocol.encode({"error": {"code": protocol.UNSUPPORTED_PROTOCOL,
+                                              "message": f"protocol versions spoken: {list(protocol.PROTOCOL_VERSIONS)}"}})
+            await self.base_send({"type": "websocket.http.response.start", "status": 400,
+                                  "headers": [(b"content-type", b"application/json")]})
+            await self.base_send({"type": "websocket.http.response.body", "body": body.encode()})
+            return
+        await self.close()
 
     def _refuse_frame(self, text_data: str | None, wait: float) -> None:
         """A frame over the socket's frame budget: dropped, answered `rate_limited`, one strike.

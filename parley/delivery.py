@@ -1,5 +1,6 @@
 """The delivery side of one socket: what parley.realtime.hub calls, and what reaches the socket
-from a room without the client asking — messages in seq order, presence, typing, removals.
+from a room without the client asking — the room log's entries in seq order (messages, and for
+version 2 sockets edits, deletes and reactions), presence, typing, removals.
 
 A `Delivery` is the socket's hub receiver (parley.realtime.hub.Receiver). The hub calls it
 synchronously, once per local socket of the room, with the frame already encoded for everyone
@@ -18,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from parley import consumer_db as db
 from parley import metrics, protocol
 from parley.conf import parley_settings
-from parley.payloads import message_payload
-from parley.realtime.ordering import Subscription
+from parley.models import Message
+from parley.payloads import entry_frame
+from parley.realtime.ordering import SKIP, Subscription
 from parley.realtime.tasks import spawn
 
 if TYPE_CHECKING:
@@ -35,12 +37,13 @@ class Delivery:
     """One socket's receiver of room events (the hub holds it in its room and credential sets)."""
 
     # The fan-out's hot path reads these once per recipient: plain slots, no property.
-    __slots__ = ("send_message", "session", "subs")
+    __slots__ = ("send_message", "session", "subs", "v2")
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.subs = session.subs_by_id  # the same dict: a room joined is a room delivered
         self.send_message = session.send_message
+        self.v2 = session.v2
 
     # --- parley.realtime.hub.Receiver -------------------------------------------------------
 
@@ -56,6 +59,11 @@ class Delivery:
         if kind == "chat.message":
             sub = self.subs.get(event["room_id"])
             if sub is not None and sub.offer(event["seq"], event["frame"], event.get("size"), self.send_message):
+                self.schedule_gap_fill(sub)
+        elif kind == "chat.entry":  # an edit, delete or reaction: version 2 sockets only (SKIP)
+            sub = self.subs.get(event["room_id"])
+            if sub is not None and sub.offer(event["seq"], event["frame"] if self.v2 else SKIP, event.get("size"),
+                                             self.send_message):
                 self.schedule_gap_fill(sub)
         elif kind in ("chat.presence", "chat.custom"):  # custom: parley.fanout.custom_event
             self.relay_presence(event)
@@ -137,11 +145,11 @@ class Delivery:
         missing = await db.messages_after(sub.room_id, sub.high_seq, up_to, limit)
         if self.subs.get(sub.room_id) is not sub:
             return
-        for message in missing:
-            if message.seq == sub.high_seq + 1:  # live delivery may have moved on meanwhile
-                frame = {"type": "message", "room": sub.slug, "message": message_payload(message, room_slug=sub.slug)}
-                self.send_message(*protocol.encode_sized(frame))
-                sub.high_seq = message.seq
+        for entry in missing:
+            if entry.seq == sub.high_seq + 1:  # live delivery may have moved on meanwhile
+                if self.v2 or entry.kind == Message.Kind.MESSAGE:
+                    self.send_message(*protocol.encode_sized(entry_frame(entry, room_slug=sub.slug)))
+                sub.high_seq = entry.seq
         first = sub.first_pending()
         if up_to is not None and first is not None and first == up_to and sub.high_seq + 1 < first:
             log.error("room %s: seqs %s..%s are not in the database; skipping them",

@@ -42,6 +42,19 @@ class MessagePosted:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryAdded:
+    """An edit, delete or reaction entry was stored in a room's log (parley.conversation).
+    `source` as MessagePosted's: "socket" (the command broadcasts it itself), "http", "python"
+    or "admin"."""
+
+    entry: Any
+    message: Any  # the message the entry changed, as it is after the change
+    room_id: int
+    room_slug: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class AppEventPublished:
     """parley.publish_event: an app-defined payload for the room's sockets, never stored."""
 

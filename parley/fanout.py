@@ -17,7 +17,7 @@ from asgiref.sync import async_to_sync
 from parley import events, protocol
 from parley.conf import parley_settings
 from parley.models import Message
-from parley.payloads import message_payload, user_payload
+from parley.payloads import entry_frame, message_payload, user_payload
 from parley.realtime.hub import LocalHub, get_hub, local_hubs, publish_from_sync
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,25 @@ def message_event(*, room_id: int, room_slug: str, message: Message) -> dict[str
 
 async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -> None:
     await broadcast(room_id, message_event(room_id=room_id, room_slug=room_slug, message=message))
+
+
+def entry_event(*, room_id: int, room_slug: str, entry: Message) -> dict[str, Any]:
+    """The room event of an edit, delete or reaction entry (docs/protocol.md §10): ordered by
+    seq with the messages, sent to version 2 sockets only (a version 1 socket's order skips it:
+    parley.delivery)."""
+    frame, size = protocol.encode_sized(entry_frame(entry, room_slug=room_slug))
+    return {"type": "chat.entry", "room_id": room_id, "seq": entry.seq, "frame": frame, "size": size}
+
+
+def log_event(*, room_id: int, room_slug: str, entry: Message) -> dict[str, Any]:
+    """The room event of any log entry read back from the database (parley.roomwatch)."""
+    if entry.kind == Message.Kind.MESSAGE:
+        return message_event(room_id=room_id, room_slug=room_slug, message=entry)
+    return entry_event(room_id=room_id, room_slug=room_slug, entry=entry)
+
+
+async def broadcast_entry(*, room_id: int, room_slug: str, entry: Message) -> None:
+    await broadcast(room_id, entry_event(room_id=room_id, room_slug=room_slug, entry=entry))
 
 
 def custom_event(*, room_id: int, room_slug: str, payload: Any) -> dict[str, Any]:
@@ -152,6 +171,17 @@ def _on_message_posted(event: events.MessagePosted) -> None:
     log.debug("%s#%s posted from %s, delivered by %s", event.room_slug, event.message.seq, event.source, how)
 
 
+def _on_entry_added(event: events.EntryAdded) -> None:
+    if event.source == "socket":
+        return  # the command broadcasts it after its reply, as a socket's send does
+    try:
+        deliver_from_sync(event.room_id, entry_event(room_id=event.room_id, room_slug=event.room_slug,
+                                                     entry=event.entry))
+    except Exception:
+        log.exception("live delivery of %s#%s failed; clients get it from the room log",
+                      event.room_slug, event.entry.seq)
+
+
 def _on_app_event(event: events.AppEventPublished) -> None:
     deliver_from_sync(event.room_id, custom_event(room_id=event.room_id, room_slug=event.room_slug,
                                                   payload=event.payload))
@@ -166,6 +196,7 @@ def _on_credential_revoked(event: events.CredentialRevoked) -> None:
 
 
 events.subscribe(events.MessagePosted, _on_message_posted)
+events.subscribe(events.EntryAdded, _on_entry_added)
 events.subscribe(events.AppEventPublished, _on_app_event)
 events.subscribe(events.MemberRemoved, _on_member_removed)
 events.subscribe(events.CredentialRevoked, _on_credential_revoked)

@@ -28,6 +28,7 @@ class _Send:
     text: str
     client_id: str | None
     token_id: int | None  # the API token of the sender's socket (None: a session)
+    reply_to: int | None  # the seq the message replies to (version 2)
     future: asyncio.Future[tuple[Message, bool] | None]
 
 
@@ -36,6 +37,7 @@ def _store(batch: list[_Send]) -> list[Any]:
     return services.message_create_batch(
         items=[(item.user, item.room_id, item.text, item.client_id) for item in batch],
         tokens=[item.token_id for item in batch],
+        replies=[item.reply_to for item in batch] if any(item.reply_to is not None for item in batch) else None,
     )
 
 
@@ -45,15 +47,16 @@ class MessageWriter:
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, *, user: Any, room_id: int, text: str, client_id: str | None,
-                     token_id: int | None = None) -> tuple[Message, bool] | None:
+                     token_id: int | None = None, reply_to: int | None = None) -> tuple[Message, bool] | None:
         """Store one message; (message, duplicate), or None if the user may no longer use the room.
 
         Raises parley.revocation.CredentialsRevoked (nothing stored) if the user was deactivated or
-        deleted, or the API token `token_id` revoked; the database's error if the transaction
+        deleted, or the API token `token_id` revoked; parley.services.MessageRefused if `reply_to`
+        is no message of the room or a deleted one; the database's error if the transaction
         could not commit (nothing was stored).
         """
         future: asyncio.Future[tuple[Message, bool] | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Send(user, room_id, text, client_id, token_id, future))
+        self._queue.append(_Send(user, room_id, text, client_id, token_id, reply_to, future))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         return await future

@@ -171,6 +171,22 @@ HISTORY_PROCESS_BURST_BYTES = Limit("history read burst (process)", "HISTORY_PRO
 CLOSE_GRACE_SECS = Limit("close grace", "CLOSE_GRACE_SECS", 2, "s",
                          "after the server's close frame, the TCP connection is reset if it is still open")
 
+# --- Conversations (protocol version 2: edit, delete, reactions, mentions; docs/protocol.md §10) ---
+EDITS_PER_SEC = Limit("edit rate", "EDITS_PER_SEC", 2, "changes/s per user",
+                      "edits, deletes, reactions added and removed per user, all their sockets and "
+                      "HTTP requests together (in a cluster with REDIS_URL, else in a process)")
+EDITS_BURST = Limit("edit burst", "EDITS_BURST", 20, "changes",
+                    "edits, deletes and reactions a user may make at once before the rate applies")
+MAX_REACTIONS_PER_MESSAGE = Limit("reactions per message", "MAX_REACTIONS_PER_MESSAGE", 20, "emoji",
+                                  "different emoji on one message")
+MAX_REACTIONS_PER_USER = Limit("reactions per user and message", "MAX_REACTIONS_PER_USER", 10, "emoji",
+                               "emoji one user may put on one message")
+MAX_MENTIONS_PER_MESSAGE = Limit("mentions per message", "MAX_MENTIONS_PER_MESSAGE", 20, "users",
+                                 "users one message mentions; further @names stay plain text")
+ROOM_MENTIONS_PER_HOUR = Limit("@room rate", "ROOM_MENTIONS_PER_HOUR", 10, "messages/hour per user",
+                               "messages (and edits) with @room by a room owner or admin that mention "
+                               "the room, per process; beyond it @room stays plain text")
+
 # type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
 # which loads it (config/serve.py imports this module in processes with no settings).
 ALL = [v for v in list(globals().values()) if type(v) is Limit]
@@ -293,6 +309,12 @@ class BucketMap:
 # Each user's message bucket: one for every way a user sends (WebSocket `send`, the HTTP API).
 # Cluster-wide with REDIS_URL (shared_take), so the two paths share it across processes too.
 USER_MESSAGE_BUCKETS = BucketMap(MESSAGES_PER_SEC, MESSAGES_BURST, shared="messages")
+# Each user's edit bucket: edit, delete, react and unreact, on sockets and over HTTP alike.
+USER_EDIT_BUCKETS = BucketMap(EDITS_PER_SEC, EDITS_BURST, shared="edits")
+# @room by owners and admins: 10 an hour, all at once if need be (burst = the hourly number).
+# Taken on the database thread (parley.mentions) and in views' threads: a race between two
+# threads for one user can let one extra through, which is all it costs.
+ROOM_MENTION_BUCKETS = BucketMap(ROOM_MENTIONS_PER_HOUR, per=3600)
 
 
 class Strikes:

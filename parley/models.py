@@ -1,4 +1,5 @@
-"""Parley's data: rooms, their members, their sequenced message logs, and API tokens.
+"""Parley's data: rooms, their members, their sequenced logs (messages and what happened to
+them), reactions, and API tokens.
 
 Every message is in the database before anyone sees it; nothing about the log lives only in
 memory. Presence (who is online) is deliberately not here: it is ephemeral, see parley/presence.py.
@@ -61,14 +62,48 @@ class Membership(models.Model):
 
 
 class Message(models.Model):
+    """One entry of a room's log (docs/protocol.md §10): a posted message, or an edit, delete or
+    reaction of one. Every entry takes the room's next seq, so resume, gap filling and live
+    delivery carry all of them in one order with the same machinery; pages show the
+    `message` entries only, each in its current state (the other kinds are folded into it).
+    """
+
+    class Kind(models.TextChoices):
+        MESSAGE = "message"
+        EDIT = "edit"
+        DELETE = "delete"
+        REACT = "react"
+        UNREACT = "unreact"
+
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     seq = models.BigIntegerField()
+    # db_default: ingest's hand-written INSERTs (parley.storage) name only the columns they set.
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.MESSAGE, db_default=Kind.MESSAGE)
+    # The author of a message; for the other kinds, who edited, deleted or reacted.
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # A message's current text, an edit's new text; "" for a tombstone (the text is erased, not
+    # hidden), and for deletes and reactions.
     text = models.TextField()
     # The sender's idempotency key: a retried send with the same key returns the first message.
     # NULL (not "") when absent, because NULLs never collide in the unique constraint below.
     client_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     created_at = models.DateTimeField()
+    # The seq of the message this entry is about: the one edited, deleted or reacted to; for a
+    # message, the one it replies to (NULL: not a reply).
+    target_seq = models.BigIntegerField(null=True, blank=True)
+    # [{"id", "username"}] of the users a message (or an edit's text) mentions, as the wire has
+    # them (parley.mentions); NULL for none.
+    mentions = models.JSONField(null=True, blank=True)
+    mention_room = models.BooleanField(default=False, db_default=False)
+    edited_at = models.DateTimeField(null=True, blank=True)  # a message's last edit
+    deleted_at = models.DateTimeField(null=True, blank=True)  # a message's tombstone
+    # A message's reactions as [[emoji, count], …] in the order each emoji was first added
+    # (a list: PostgreSQL's jsonb does not keep an object's key order); NULL for none. Who
+    # reacted is in Reaction; this is what pages show without counting rows.
+    reactions = models.JSONField(null=True, blank=True)
+    # A reaction entry's emoji, and how many users had it on the message after the entry.
+    emoji = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
+    count = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["room", "seq"]
@@ -78,9 +113,31 @@ class Message(models.Model):
                 fields=["room", "author", "client_id"], name="message_idempotency_unique"
             ),
         ]
+        indexes = [
+            # A message's edit entries (erased with it) and the replies to it (quotes).
+            models.Index(fields=["room", "target_seq"], name="message_room_target_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.room_id}#{self.seq}"
+
+
+class Reaction(models.Model):
+    """Who put which emoji on which message: one row per (message, user, emoji), so adding the
+    same reaction twice is one reaction. Message.reactions keeps the counts."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reaction_rows")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    emoji = models.CharField(max_length=32)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user", "emoji"], name="reaction_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.emoji} by {self.user_id} on {self.message_id}"
 
 
 class ApiToken(models.Model):

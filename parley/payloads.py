@@ -31,9 +31,26 @@ def timestamp(value: Any) -> str:
             f"{v.microsecond // 1000:03d}Z")
 
 
-def message_payload(message: Message, *, room_slug: str) -> dict[str, Any]:
-    # author must be loaded (select_related) or passed in; this runs for every delivered message.
-    return {
+# A reply's quote of its target: this many characters of the target's text (docs/protocol.md §10).
+REPLY_EXCERPT_CHARS = 100
+
+# What a page's reader put on its messages (parley.selectors.reactions_mine): message id → emoji.
+ReaderReactions = dict[int, set[str]]
+_NONE: frozenset[str] = frozenset()
+
+
+def message_payload(message: Message, *, room_slug: str,
+                    reader_reactions: ReaderReactions | None = None) -> dict[str, Any]:
+    """The wire's message object (docs/protocol.md §2, §10). Version 2's fields are added only
+    when they differ from their defaults, so a plain new message — every broadcast of the
+    fan-out's hot path — is the seven keys it always was.
+
+    `reader_reactions` is given for pages (joined, history, GET …/messages): then `reactions`
+    appear, with `me` for that reader. Log events carry none (their `reaction` entries follow).
+    The author must be loaded (select_related) or passed in; a reply's quote is attached by
+    the read that loaded the message (parley.selectors), as `reply_quote`.
+    """
+    payload = {
         "room": room_slug,
         "seq": message.seq,
         "id": message.pk,
@@ -42,6 +59,65 @@ def message_payload(message: Message, *, room_slug: str) -> dict[str, Any]:
         "text": message.text,
         "ts": timestamp(message.created_at),
     }
+    if message.target_seq is not None:
+        payload["reply_to"] = getattr(message, "reply_quote", None) or quote_missing(message.target_seq)
+    if message.deleted_at is not None:
+        payload["deleted"] = True
+        return payload
+    if message.mentions:
+        payload["mentions"] = message.mentions
+    if message.mention_room:
+        payload["mention_room"] = True
+    if message.edited_at is not None:
+        payload["edited_at"] = timestamp(message.edited_at)
+    if reader_reactions is not None and message.reactions:
+        mine = reader_reactions.get(message.pk, _NONE)
+        payload["reactions"] = [{"emoji": e, "count": n, "me": e in mine} for e, n in message.reactions]
+    return payload
+
+
+def reply_quote(target: Message) -> dict[str, Any]:
+    """How a reply quotes its target, as the target is now."""
+    deleted = target.deleted_at is not None
+    return {"seq": target.seq, "author": user_payload(target.author),
+            "excerpt": "" if deleted else target.text[:REPLY_EXCERPT_CHARS], "deleted": deleted}
+
+
+def quote_missing(seq: int) -> dict[str, Any]:
+    """The quote of a target the read did not find (its room's log was cut by an operator)."""
+    return {"seq": seq, "author": None, "excerpt": "", "deleted": True}
+
+
+def entry_frame(entry: Message, *, room_slug: str) -> dict[str, Any]:
+    """The event frame of one log entry (docs/protocol.md §10), as live delivery sends it and a
+    version 2 resume lists it."""
+    kind = entry.kind
+    if kind == Message.Kind.MESSAGE:
+        return {"type": "message", "room": room_slug, "message": message_payload(entry, room_slug=room_slug)}
+    head = {"room": room_slug, "seq": entry.seq, "target": entry.target_seq}
+    if kind == Message.Kind.EDIT:
+        frame = {"type": "edit", **head, "text": entry.text, "edited_at": timestamp(entry.created_at),
+                 "by": user_payload(entry.author)}
+        if entry.mentions:
+            frame["mentions"] = entry.mentions
+        if entry.mention_room:
+            frame["mention_room"] = True
+        return frame
+    if kind == Message.Kind.DELETE:
+        return {"type": "delete", **head, "by": user_payload(entry.author)}
+    return {"type": "reaction", **head, "emoji": entry.emoji, "user": user_payload(entry.author),
+            "op": "add" if kind == Message.Kind.REACT else "remove", "count": entry.count}
+
+
+def entries_bytes(entries: list[Message], *, room_slug: str) -> int:
+    """The encoded size of the JSON array of these entries' event frames (a resume's `events`)."""
+    return 2 + sum(len(orjson.dumps(entry_frame(e, room_slug=room_slug))) + 1 for e in entries) - (1 if entries else 0)
+
+
+def _plain(message: Message) -> bool:
+    """A message whose object is §2's seven keys (message_payload_bytes can count it)."""
+    return (message.target_seq is None and message.deleted_at is None and not message.mentions
+            and not message.mention_room and message.edited_at is None and not message.reactions)
 
 
 # What one message adds to a frame, exactly as orjson encodes message_payload: the fixed part
@@ -56,8 +132,12 @@ _TIMESTAMP_CHARS = len("2026-11-25T10:00:00.123Z")
 def message_payload_bytes(message: Message, *, room_slug: str) -> int:
     """len(orjson.dumps(message_payload(message, room_slug=room_slug))), without building it.
 
-    tests/test_payloads.py checks the two agree. Cheap: three small encodings and no dicts.
+    tests/test_payloads.py checks the two agree. Cheap: three small encodings and no dicts. A
+    message with version 2's fields (a reply, an edit …) is encoded instead, with `me` false for
+    each reaction (the larger form).
     """
+    if not _plain(message):
+        return len(orjson.dumps(message_payload(message, room_slug=room_slug, reader_reactions={})))
     client_id = message.client_id
     return (_MESSAGE_FIXED_BYTES + len(orjson.dumps(room_slug)) - 2
             + len(str(message.seq)) - 1 + len(str(message.pk)) - 1

@@ -10,12 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import emoji as emoji_lib
 import orjson
 
 from parley.conf import parley_settings
 from parley.models import SLUG_RE
 
-PROTOCOL_VERSION = 1
+# The newest version; a socket speaks 1 unless its URL asks for 2 (`?protocol=2`, docs/protocol.md §10).
+PROTOCOL_VERSION = 2
+PROTOCOL_VERSIONS = (1, 2)
 
 # Where the socket is, relative to the ASGI root path (parley.routing mounts the consumer here).
 WEBSOCKET_PATH = "ws/chat/"
@@ -47,6 +50,13 @@ RATE_LIMITED = "rate_limited"
 TOO_MANY_ROOMS = "too_many_rooms"
 TOO_MANY_SOCKETS = "too_many_sockets"
 INTERNAL_ERROR = "internal_error"
+# Version 2 (docs/protocol.md §10).
+MESSAGE_NOT_FOUND = "message_not_found"
+MESSAGE_DELETED = "message_deleted"
+FORBIDDEN = "forbidden"
+TOO_MANY_REACTIONS = "too_many_reactions"
+UNSUPPORTED_PROTOCOL = "unsupported_protocol"  # the handshake's ?protocol= (an HTTP 400)
+MAX_EMOJI_CHARS = 32
 
 MAX_REF_CHARS = 64
 MAX_CLIENT_ID_CHARS = 64
@@ -125,6 +135,28 @@ class Send:
     room: str
     text: str
     client_id: str | None
+    reply_to: int | None = None  # version 2
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    room: str
+    seq: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    room: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    room: str
+    seq: int
+    emoji: str
+    add: bool  # react (True) or unreact (False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +176,7 @@ class Ping:
     pass
 
 
-Command = Join | Leave | Send | History | Typing | Ping
+Command = Join | Leave | Send | History | Typing | Ping | Edit | Delete | React
 
 
 def decode_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
@@ -185,12 +217,14 @@ def frame_ref(frame: dict[str, Any]) -> str | None:
     return None
 
 
-def parse_command(frame: dict[str, Any]) -> Command:
-    """Validate a decoded frame against its type's fields (docs/protocol.md §3)."""
+def parse_command(frame: dict[str, Any], *, version: int = PROTOCOL_VERSION) -> Command:
+    """Validate a decoded frame against its type's fields (docs/protocol.md §3, §10), as the
+    socket's protocol `version` has them: version 1 knows neither the commands of version 2
+    (`unknown_type`) nor `send`'s `reply_to` (ignored)."""
     if frame.get("ref") is not None and frame_ref(frame) is None:  # null is absent, as everywhere
         raise ProtocolError(BAD_FIELD, f"'ref' must be a string of 1-{MAX_REF_CHARS} characters", field="ref")
     kind = frame["type"]
-    parser = _PARSERS.get(kind)
+    parser = (_PARSERS_V2 if version >= 2 else _PARSERS).get(kind)
     if parser is None:
         raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", field="type")
     return parser(frame)
@@ -257,6 +291,44 @@ def _parse_join(frame: dict[str, Any]) -> Join:
 
 def _parse_send(frame: dict[str, Any]) -> Send:
     room = _room(frame)
+    text = _text(frame)
+    client_id = _string(frame, "client_id", MAX_CLIENT_ID_CHARS, required=False)
+    return Send(room=room, text=text, client_id=client_id)
+
+
+def _parse_send_v2(frame: dict[str, Any]) -> Send:
+    send = _parse_send(frame)
+    return Send(room=send.room, text=send.text, client_id=send.client_id,
+                reply_to=_integer(frame, "reply_to", 1, MAX_SEQ))
+
+
+def _seq(frame: dict[str, Any]) -> int:
+    seq = _integer(frame, "seq", 1, MAX_SEQ)
+    if seq is None:
+        raise ProtocolError(MISSING_FIELD, "'seq' is required", field="seq")
+    return seq
+
+
+def _emoji(frame: dict[str, Any]) -> str:
+    value = _string(frame, "emoji", MAX_EMOJI_CHARS)
+    assert value is not None
+    if not emoji_lib.is_emoji(value):
+        raise ProtocolError(BAD_FIELD, "'emoji' must be one Unicode emoji", field="emoji")
+    return value
+
+
+def _parse_react(frame: dict[str, Any], add: bool) -> React:
+    room, seq = _room(frame), _seq(frame)
+    return React(room=room, seq=seq, emoji=_emoji(frame), add=add)
+
+
+def _parse_edit(frame: dict[str, Any]) -> Edit:
+    room, seq = _room(frame), _seq(frame)
+    return Edit(room=room, seq=seq, text=_text(frame))
+
+
+def _text(frame: dict[str, Any]) -> str:
+    """A message's text (send, edit): trimmed, 1 to MAX_TEXT_CHARS characters, no NUL."""
     text = frame.get("text")
     if text is None:
         raise ProtocolError(MISSING_FIELD, "'text' is required", field="text")
@@ -271,8 +343,7 @@ def _parse_send(frame: dict[str, Any]) -> Send:
         raise ProtocolError(
             TEXT_TOO_LONG, f"text is {len(text):,} characters; the limit is {max_chars:,}", field="text"
         )
-    client_id = _string(frame, "client_id", MAX_CLIENT_ID_CHARS, required=False)
-    return Send(room=room, text=text, client_id=client_id)
+    return text
 
 
 def _parse_history(frame: dict[str, Any]) -> History:
@@ -286,4 +357,13 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], Command]] = {
     "history": _parse_history,
     "typing": lambda f: Typing(room=_room(f)),
     "ping": lambda f: Ping(),
+}
+
+_PARSERS_V2: dict[str, Callable[[dict[str, Any]], Command]] = {
+    **_PARSERS,
+    "send": _parse_send_v2,
+    "edit": _parse_edit,
+    "delete": lambda f: Delete(room=_room(f), seq=_seq(f)),
+    "react": lambda f: _parse_react(f, True),
+    "unreact": lambda f: _parse_react(f, False),
 }

@@ -10,7 +10,8 @@ announces (`QuerySet.update`, SQL) or one made in a process that shares no Redis
 servers (a shell beside the embedded default) is caught by parley.revocation's periodic check
 within PARLEY_REVOCATION_CHECK_SECS, and by the next command of each socket.
 
-`message_posted` (parley.signals): sent from parley.events' MessagePosted.
+`message_posted` and `message_changed` (parley.signals): sent from parley.events' MessagePosted
+and EntryAdded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from django.dispatch import receiver
 
 from parley import events
 from parley.models import Message
-from parley.signals import message_posted
+from parley.signals import message_changed, message_posted
 
 log = logging.getLogger("parley.signals")
 User = get_user_model()
@@ -78,4 +79,33 @@ def _on_message_posted(event: events.MessagePosted) -> None:
     _signal_thread.submit(_on_signal_thread, event.message, event.source)
 
 
+def _send_message_changed(entry: Any, message: Any, source: str) -> None:
+    for receiver_fn, result in message_changed.send_robust(sender=Message, entry=entry, message=message,
+                                                           source=source):
+        if isinstance(result, Exception):
+            log.error("a message_changed receiver (%r) raised", receiver_fn, exc_info=result)
+
+
+def _changed_on_signal_thread(entry: Any, message: Any, source: str) -> None:
+    close_old_connections()
+    try:
+        _send_message_changed(entry, message, source)
+    finally:
+        close_old_connections()
+
+
+def _on_entry_added(event: events.EntryAdded) -> None:
+    global _signal_thread
+    if not message_changed.has_listeners(Message):
+        return
+    if event.source != "socket":
+        _send_message_changed(event.entry, event.message, event.source)  # the committing caller's thread
+        return
+    # Committed on the database thread (parley.commands): receivers must not hold it up.
+    if _signal_thread is None:
+        _signal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-signals")
+    _signal_thread.submit(_changed_on_signal_thread, event.entry, event.message, event.source)
+
+
 events.subscribe(events.MessagePosted, _on_message_posted)
+events.subscribe(events.EntryAdded, _on_entry_added)

@@ -137,8 +137,8 @@ class RoomLogWatch(Periodic):
                 continue
             for message in messages:
                 if message.seq > self.hub.seen.get(room_id, 0) or room_id in first:
-                    self.hub.deliver(room_id, fanout.message_event(room_id=room_id, room_slug=slugs[room_id],
-                                                                   message=message))
+                    self.hub.deliver(room_id, fanout.log_event(room_id=room_id, room_slug=slugs[room_id],
+                                                               entry=message))
                     delivered += 1
         return delivered
 

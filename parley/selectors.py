@@ -9,7 +9,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from parley.models import SLUG_RE, ApiToken, Membership, Message, Room
+from parley.models import SLUG_RE, ApiToken, Membership, Message, Reaction, Room
+from parley.payloads import ReaderReactions, quote_missing, reply_quote
 from parley.storage import db
 
 # ("user", id) or ("token", ApiToken id): what a socket's right to stay open rests on (parley.realtime.hub).
@@ -153,6 +154,16 @@ def _sees_all(user: Any) -> bool:
     return bool(getattr(user, "is_staff", False) or getattr(user, "is_superuser", False))
 
 
+def sees_all(user: Any) -> bool:
+    """Staff and superusers see (and moderate) every room."""
+    return _sees_all(user)
+
+
+def accessible_pairs(*, pairs: list[tuple[Any, int]], is_private: dict[int, bool]) -> set[tuple[int, int]]:
+    """The (user id, room id) of `pairs` whose user may use the room, rooms' privacy known."""
+    return _accessible(pairs=pairs, is_private=is_private)
+
+
 def room_user_can_manage(*, room: Room, user: Any) -> bool:
     """Owners and staff manage a room's members."""
     if _sees_all(user):
@@ -179,32 +190,77 @@ def token_list(*, user: Any) -> list[ApiToken]:
 
 
 def message_page(*, room_id: int, before: int | None, limit: int) -> tuple[list[Message], bool]:
-    """The newest `limit` messages with seq < before (all if None), ascending, and whether older exist."""
-    newest_first = _messages(room_id=room_id, after_seq=None, before=before, limit=limit + 1, newest_first=True)
+    """The newest `limit` messages (`message` entries, each in its current state) with
+    seq < before (all if None), ascending, and whether older exist."""
+    newest_first = _messages(room_id=room_id, after_seq=None, before=before, limit=limit + 1, newest_first=True,
+                             messages_only=True)
     has_more = len(newest_first) > limit
-    return newest_first[:limit][::-1], has_more
+    return _with_quotes(newest_first[:limit][::-1]), has_more
 
 
 def message_range(*, room_id: int, after_seq: int, limit: int, before: int | None = None) -> list[Message]:
-    """Messages with after_seq < seq (< before), ascending, at most `limit`."""
-    return _messages(room_id=room_id, after_seq=after_seq, before=before, limit=limit, newest_first=False)
+    """Log entries (every kind) with after_seq < seq (< before), ascending, at most `limit`."""
+    return _with_quotes(_messages(room_id=room_id, after_seq=after_seq, before=before, limit=limit,
+                                  newest_first=False))
 
 
 def messages_in_ranges(*, ranges: list[tuple[int, int, int]]) -> list[list[Message]]:
-    """For each (room id, after_seq, up_to) the room's messages with after_seq < seq <= up_to,
+    """For each (room id, after_seq, up_to) the room's log entries with after_seq < seq <= up_to,
     ascending, authors loaded: one query for all of them (the resuming joins of a batch,
     parley.consumer_db), each row built once however many ranges include it."""
     if not ranges:
         return []
     by_room = db().messages_in_ranges(list(dict.fromkeys(ranges)))
+    _with_quotes([m for entries in by_room.values() for m in entries])
     return [[m for m in by_room.get(room_id, ()) if after < m.seq <= up_to] for room_id, after, up_to in ranges]
 
 
 def _messages(*, room_id: int, after_seq: int | None, before: int | None, limit: int,
-              newest_first: bool) -> list[Message]:
-    """Messages of a room by seq, each with its author loaded (select_related, as plain SQL:
+              newest_first: bool, messages_only: bool = False) -> list[Message]:
+    """Log entries of a room by seq, each with its author loaded (select_related, as plain SQL:
     every join and resume reads one of these; parley.storage.rows says why)."""
-    return db().messages(room_id=room_id, after_seq=after_seq, before=before, limit=limit, newest_first=newest_first)
+    return db().messages(room_id=room_id, after_seq=after_seq, before=before, limit=limit, newest_first=newest_first,
+                         messages_only=messages_only)
+
+
+def _with_quotes(entries: list[Message]) -> list[Message]:
+    """Attach to each reply among `entries` the quote of its target as it is now (`reply_quote`,
+    parley.payloads): one query for all the targets, none when no entry is a reply."""
+    wanted: dict[int, set[int]] = {}
+    for m in entries:
+        if m.target_seq is not None and m.kind == Message.Kind.MESSAGE:
+            wanted.setdefault(m.room_id, set()).add(m.target_seq)
+    if not wanted:
+        return entries
+    where = Q()
+    for room_id, seqs in wanted.items():
+        where |= Q(room_id=room_id, seq__in=sorted(seqs))
+    targets = {(t.room_id, t.seq): t for t in
+               Message.objects.filter(where, kind=Message.Kind.MESSAGE).select_related("author")}
+    for m in entries:
+        if m.target_seq is not None and m.kind == Message.Kind.MESSAGE:
+            target = targets.get((m.room_id, m.target_seq))
+            m.reply_quote = reply_quote(target) if target is not None else quote_missing(m.target_seq)
+    return entries
+
+
+def reactions_mine(*, user_id: int, messages: Iterable[Message]) -> ReaderReactions:
+    """What this reader put on these messages (a page's `me`), by message id: one query, none
+    when no message of the page has reactions."""
+    ids = [m.pk for m in messages if m.reactions]
+    mine: ReaderReactions = {}
+    if ids:
+        for message_id, emoji in Reaction.objects.filter(message_id__in=ids, user_id=user_id).values_list(
+                "message_id", "emoji"):
+            mine.setdefault(message_id, set()).add(emoji)
+    return mine
+
+
+def message_get(*, room_id: int, seq: int) -> Message | None:
+    """The `message` entry with this seq in the room (any other kind, or none: None), its author
+    loaded and its quote attached."""
+    found = Message.objects.filter(room_id=room_id, seq=seq, kind=Message.Kind.MESSAGE).select_related("author").first()
+    return _with_quotes([found])[0] if found is not None else None
 
 
 def message_get_by_client_id(*, room_id: int, author_id: int, client_id: str) -> Message | None:

@@ -9,11 +9,13 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, DataError, IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from parley import events, protocol
+from parley import events, mentions, protocol
 from parley.conf import parley_settings
 from parley.models import ApiToken, Membership, Message, Room
+from parley.payloads import reply_quote
 from parley.revocation import CredentialsRevoked
 from parley.selectors import (
     credentials_lost,
@@ -87,24 +89,34 @@ def membership_remove(*, room: Room, user: Any) -> bool:
     return bool(deleted)
 
 
-def message_create(*, room_id: int, author: Any, text: str, client_id: str | None) -> tuple[Message, bool]:
+def message_create(*, room_id: int, author: Any, text: str, client_id: str | None,
+                   reply_to: int | None = None) -> tuple[Message, bool]:
     """Store one message and give it the room's next sequence number.
 
     Returns (message, duplicate). A second call with the same (room, author, client_id) returns the
     first message and duplicate=True instead of storing another, also when both calls race.
     The text must already be validated and trimmed (parley.protocol does it for sockets).
+    `reply_to` is the seq of a message of the room (MessageRefused if it is none, or deleted);
+    the text's mentions are resolved (parley.mentions).
     """
     if client_id:
         existing = message_get_by_client_id(room_id=room_id, author_id=author.pk, client_id=client_id)
         if existing is not None:
             return existing, True
+    draft = Message(room_id=room_id, author=author, text=text, client_id=client_id)
     try:
         with transaction.atomic():
+            _prepare_new([draft], [reply_to])
+            if isinstance(refused := getattr(draft, "refused", None), MessageRefused):
+                raise refused
             seq = room_reserve_seqs(room_id=room_id, count=1)
             message = Message.objects.create(
                 room_id=room_id, seq=seq, author=author, text=text, client_id=client_id,
-                created_at=timezone.now(),
+                created_at=timezone.now(), target_seq=draft.target_seq, mentions=draft.mentions,
+                mention_room=draft.mention_room,
             )
+            if draft.target_seq is not None:
+                message.reply_quote = draft.reply_quote
     except IntegrityError:
         # A concurrent retry of the same client_id won the race; its row is committed now.
         if client_id:
@@ -113,6 +125,34 @@ def message_create(*, room_id: int, author: Any, text: str, client_id: str | Non
                 return existing, True
         raise
     return message, False
+
+
+def _prepare_new(messages: list[Message], replies: list[int | None]) -> None:
+    """Before new messages are stored: check each reply target (a message of the same room, not
+    deleted; else `refused` is set on the message, a MessageRefused) and attach its quote, and
+    resolve the mentions of those whose text has an `@`. Queries only for what needs one."""
+    wanted = [(m, r) for m, r in zip(messages, replies, strict=True) if r is not None]
+    if wanted:
+        where = Q()
+        for m, seq in wanted:
+            where |= Q(room_id=m.room_id, seq=seq)
+        targets = {(t.room_id, t.seq): t for t in
+                   Message.objects.filter(where, kind=Message.Kind.MESSAGE).select_related("author")}
+        for m, seq in wanted:
+            target = targets.get((m.room_id, seq))
+            if target is None:
+                m.refused = MessageRefused(protocol.MESSAGE_NOT_FOUND, f"no message {seq} in this room",
+                                           field="reply_to")
+            elif target.deleted_at is not None:
+                m.refused = MessageRefused(protocol.MESSAGE_DELETED, f"message {seq} was deleted",
+                                           field="reply_to")
+            else:
+                m.target_seq = seq
+                m.reply_quote = reply_quote(target)
+    named = [m for m in messages if "@" in m.text and getattr(m, "refused", None) is None]
+    if named:
+        privacy = dict(Room.objects.filter(pk__in={m.room_id for m in named}).values_list("pk", "is_private"))
+        mentions.resolve(named, is_private=privacy)
 
 
 class MessageRefused(ValueError):
@@ -140,7 +180,7 @@ class PostForbidden(MessageRefused):
 
 
 def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = None,
-                 source: str) -> tuple[Message, bool]:
+                 reply_to: Any = None, source: str) -> tuple[Message, bool]:
     """Post a message as `author` from outside a socket (parley.post_message, the HTTP API):
     the WebSocket `send`'s validation (parley.protocol) and access rule, stored with the room's
     next seq; returns (message, duplicate) as message_create. A new message is announced to
@@ -151,7 +191,8 @@ def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = N
     if not isinstance(slug, str):
         raise MessageRefused(protocol.BAD_FIELD, "room must be a slug or a Room", field="room")
     try:
-        command = protocol.parse_command({"type": "send", "room": slug, "text": text, "client_id": client_id})
+        command = protocol.parse_command({"type": "send", "room": slug, "text": text, "client_id": client_id,
+                                          "reply_to": reply_to})
     except protocol.ProtocolError as exc:
         if exc.code == protocol.ROOM_NOT_FOUND:
             raise RoomNotFound(slug) from None
@@ -166,7 +207,7 @@ def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = N
         raise RoomNotFound(slug)
     try:
         message, duplicate = message_create(room_id=target.pk, author=author, text=command.text,
-                                            client_id=command.client_id)
+                                            client_id=command.client_id, reply_to=command.reply_to)
     except Room.DoesNotExist:  # deleted since the lookup
         raise RoomNotFound(slug) from None
     if not duplicate:
@@ -176,8 +217,12 @@ def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = N
 
 
 def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
-                         tokens: list[int | None] | None = None) -> list[Any]:
+                         tokens: list[int | None] | None = None,
+                         replies: list[int | None] | None = None) -> list[Any]:
     """Store several (author, room_id, text, client_id) sends together (parley.ingest).
+
+    `replies` holds, item by item, the seq the send replies to (None: not a reply); a send whose
+    target is not a message of its room, or is deleted, gets a MessageRefused and is not stored.
 
     `tokens` holds, item by item, the id of the API token the send's socket was opened with
     (None: a session). Each item gets what message_create returns, or None if its author may no
@@ -195,12 +240,13 @@ def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
     the duplicate from the others.
     """
     token_ids: list[int | None] = tokens if tokens is not None else [None] * len(items)
+    reply_seqs: list[int | None] = replies if replies is not None else [None] * len(items)
     try:
         with db().write_transaction():
-            return _messages_create_together(items, token_ids)
+            return _messages_create_together(items, token_ids, reply_seqs)
     except (IntegrityError, DataError):
         pass
-    return _messages_create_each(items, token_ids)
+    return _messages_create_each(items, token_ids, reply_seqs)
 
 
 def _revoked(author: Any, token_id: int | None, lost: set[tuple[str, int]]) -> CredentialsRevoked | None:
@@ -209,7 +255,8 @@ def _revoked(author: Any, token_id: int | None, lost: set[tuple[str, int]]) -> C
     return CredentialsRevoked(mine) if mine else None
 
 
-def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None]) -> list[Any]:
+def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None],
+                              replies: list[int | None]) -> list[Any]:
     allowed, existing, lost = message_send_checks(
         pairs=[(author, room_id) for author, room_id, _, _ in items],
         keys=[(room_id, author.pk, client_id) for author, room_id, _, client_id in items if client_id],
@@ -236,13 +283,22 @@ def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tok
             new.append((i, message))
             if key is not None:
                 first_in_batch[key] = message
+    if new and (any(replies[i] is not None for i, _ in new) or any("@" in m.text for _, m in new)):
+        _prepare_new([m for _, m in new], [replies[i] for i, _ in new])
+        for i, message in new:
+            if (refused := getattr(message, "refused", None)) is not None:
+                results[i] = refused
+        new = [(i, m) for i, m in new if getattr(m, "refused", None) is None]
     _messages_store([message for _, message in new])
     for i, message in new:
         if message.pk is not None:  # else its room was deleted since the access check
             results[i] = (message, False)
     for i, key in later_copies:
-        if first_in_batch[key].pk is not None:
-            results[i] = (first_in_batch[key], True)
+        first = first_in_batch[key]
+        if (refused := getattr(first, "refused", None)) is not None:
+            results[i] = refused
+        elif first.pk is not None:
+            results[i] = (first, True)
     return results
 
 
@@ -253,13 +309,14 @@ def _messages_store(messages: list[Message]) -> None:
         db().messages_store(messages)
 
 
-def _messages_create_each(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None]) -> list[Any]:
+def _messages_create_each(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None],
+                          replies: list[int | None]) -> list[Any]:
     """The careful path: one savepoint per item, so one item's error leaves the others stored."""
     results: list[Any] = []
     with transaction.atomic():
         lost = credentials_lost(credentials=[("user", author.pk) for author, *_ in items]
                                 + [("token", t) for t in tokens if t is not None])
-        for (author, room_id, text, client_id), token_id in zip(items, tokens, strict=True):
+        for (author, room_id, text, client_id), token_id, reply_to in zip(items, tokens, replies, strict=True):
             if lost and (refused := _revoked(author, token_id, lost)) is not None:
                 results.append(refused)
                 continue
@@ -268,7 +325,10 @@ def _messages_create_each(items: list[tuple[Any, int, str, str | None]], tokens:
                     if not room_user_can_access(user=author, room_id=room_id):
                         results.append(None)
                         continue
-                    results.append(message_create(room_id=room_id, author=author, text=text, client_id=client_id))
+                    results.append(message_create(room_id=room_id, author=author, text=text, client_id=client_id,
+                                                  reply_to=reply_to))
+            except MessageRefused as refused:
+                results.append(refused)
             except DatabaseError as exc:
                 results.append(exc)
     return results

@@ -42,8 +42,13 @@ class Session:
     """The state of one open, authenticated socket, and the room operations on it."""
 
     def __init__(self, *, user: Any, token_id: int | None, socket_id: str,
-                 send_message: Callable[[str, int | None], None], close: Callable[[int], None]) -> None:
+                 send_message: Callable[[str, int | None], None], close: Callable[[int], None],
+                 protocol_version: int = 1) -> None:
         self.user = user
+        # 1 or 2 (docs/protocol.md §10): what the socket's URL asked for. Version 1 sockets get
+        # `message` events only, the other entries skipped in their order.
+        self.protocol_version = protocol_version
+        self.v2 = protocol_version >= 2
         self.token_id = token_id  # the API token the socket was opened with (None: a session)
         self.member = Member(user.pk, user.get_username())
         self.socket_id = socket_id  # this socket among the room's, in presence and its events

@@ -8,7 +8,8 @@ Keyword arguments:
 
 - `sender`: the Message model class;
 - `message`: the stored Message (`room_id`, `seq`, `author` loaded, `text`, `client_id`,
-  `created_at`; `message.room` is one more query);
+  `created_at`, `target_seq` (the seq it replies to, or None), `mentions` (the mentioned users as
+  `[{"id", "username"}]`, or None), `mention_room`; `message.room` is one more query);
 - `source`: "socket", "http" or "python".
 
 Where it runs: for "http" and "python", in the thread that committed, before the view or the
@@ -25,3 +26,11 @@ from __future__ import annotations
 from django.dispatch import Signal
 
 message_posted = Signal()
+
+# Sent once for every edit, delete and reaction (docs/protocol.md §10) after its transaction
+# committed, never for a request that changed nothing. Keyword arguments: `sender` (Message),
+# `entry` (the log entry: `kind` "edit", "delete", "react" or "unreact", `seq`, `author` = who
+# did it, `target_seq`, and `text`/`mentions` for an edit, `emoji`/`count` for a reaction),
+# `message` (the message changed, as it is after the change) and `source` ("socket", "http",
+# "python" or "admin"). Where it runs, and send_robust: as message_posted.
+message_changed = Signal()

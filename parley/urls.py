@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from parley import health, views
+from parley import health, message_views, views
 
 app_name = "parley"
 
@@ -12,6 +12,9 @@ urlpatterns = [
     path("api/me", views.me, name="api-me"),
     path("api/rooms", views.rooms, name="api-rooms"),
     path("api/rooms/<str:slug>/messages", views.room_messages, name="api-room-messages"),
+    path("api/rooms/<str:slug>/messages/<str:seq>", message_views.message_detail, name="api-room-message"),
+    path("api/rooms/<str:slug>/messages/<str:seq>/reactions/<str:emoji>", message_views.message_reaction,
+         name="api-room-message-reaction"),
     path("api/rooms/<str:slug>/members", views.room_members, name="api-room-members"),
     path("api/rooms/<str:slug>/members/<str:username>", views.room_member_detail, name="api-room-member"),
     path("api/tokens", views.tokens, name="api-tokens"),

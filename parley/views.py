@@ -282,7 +282,9 @@ def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
         return api_error(400, "bad_field", f"'before' and 'limit' must be integers from 1 to {protocol.MAX_SEQ}")
     page = selectors.message_page(room_id=room.pk, before=before, limit=protocol.page_limit(limit))
     messages, has_more = fit_page(*page, room_slug=room.slug, budget_bytes=parley_settings.REPLY_MAX_BYTES)
-    body = {"messages": [message_payload(m, room_slug=room.slug) for m in messages], "has_more": has_more}
+    mine = selectors.reactions_mine(user_id=request.user.pk, messages=messages)
+    body = {"messages": [message_payload(m, room_slug=room.slug, reader_reactions=mine) for m in messages],
+            "has_more": has_more}
     return HttpResponse(orjson.dumps(body), content_type="application/json")
 
 
@@ -309,12 +311,14 @@ def room_message_post(request: HttpRequest, slug: str) -> HttpResponse:
         client_id = header
     try:
         message, duplicate = services.message_post(room=slug, text=body.get("text"), author=request.user,
-                                                   client_id=client_id, source="http")
+                                                   client_id=client_id, reply_to=body.get("reply_to"),
+                                                   source="http")
     except services.RoomNotFound:
         return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
     except services.MessageRefused as exc:
         extra = {"field": exc.field} if exc.field else {}
-        return api_error(403 if exc.code == "forbidden" else 400, exc.code, exc.message, **extra)
+        status = {"forbidden": 403, protocol.MESSAGE_NOT_FOUND: 404, protocol.MESSAGE_DELETED: 409}.get(exc.code, 400)
+        return api_error(status, exc.code, exc.message, **extra)
     except DatabaseError:
         log.exception("could not store a message in room %s", slug)
         return api_error(503, protocol.COMMIT_FAILED, "the message was not stored; retry with the same client_id")

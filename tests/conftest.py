@@ -198,26 +198,29 @@ class Client:
         await self.ws.disconnect()
 
 
-async def open_socket(*, headers: list[tuple[bytes, bytes]]) -> tuple[bool, WebsocketCommunicator]:
+async def open_socket(*, headers: list[tuple[bytes, bytes]],
+                      path: str = "/ws/chat/") -> tuple[bool, WebsocketCommunicator]:
     """A handshake with these headers, plus `Host: localhost` unless they name a host."""
     if not any(name == b"host" for name, _ in headers):
         headers = [*headers, (b"host", HOST)]
-    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     return connected, communicator
 
 
 @pytest.fixture
 async def connect() -> AsyncIterator[Callable[..., Any]]:
-    """`await connect(user)` → a Client authenticated by a fresh bearer token, hello consumed."""
+    """`await connect(user)` → a Client authenticated by a fresh bearer token, hello consumed;
+    `connect(user, protocol=2)` asks for that protocol version (docs/protocol.md §10)."""
     opened: list[Client] = []
 
-    async def _connect(user: Any, *, origin: bytes | None = ORIGIN) -> Client:
+    async def _connect(user: Any, *, origin: bytes | None = ORIGIN, protocol: int | None = None) -> Client:
         token = await make_token(user)
         headers = [(b"authorization", f"Bearer {token}".encode())]
         if origin is not None:
             headers.append((b"origin", origin))
-        connected, communicator = await open_socket(headers=headers)
+        path = "/ws/chat/" if protocol is None else f"/ws/chat/?protocol={protocol}"
+        connected, communicator = await open_socket(headers=headers, path=path)
         assert connected, "handshake refused"
         hello = await communicator.receive_json_from(timeout=3)
         assert hello["type"] == "hello"

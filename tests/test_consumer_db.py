@@ -71,8 +71,8 @@ def test_joins_read_together_answer_each_join_as_alone(django_assert_num_queries
         return (room.pk, [(m.seq, m.text, m.author.username) for m in messages], *rest)
 
     assert [plain(s) for s in together] == [plain(s) for s in alone]
-    assert plain(together[0]) == (lobby.pk, [(5, "m5", "u0"), (6, "m6", "u0"), (7, "m7", "u0")], True, True, 7, 7)
+    assert plain(together[0]) == (lobby.pk, [(5, "m5", "u0"), (6, "m6", "u0"), (7, "m7", "u0")], True, True, 7, 7, {})
     assert all(a is b for s in together[:10] for a, b in zip(s[1], together[0][1], strict=True))  # rows shared
-    assert plain(together[10]) == (lobby.pk, [(5, "m5", "u0"), (6, "m6", "u0"), (7, "m7", "u0")], True, False, 7, 7)
+    assert plain(together[10]) == (lobby.pk, [(5, "m5", "u0"), (6, "m6", "u0"), (7, "m7", "u0")], True, False, 7, 7, {})
     assert plain(together[11])[1] == [(1, "s1", "u0")]
     assert together[12] is None and together[13] is None

@@ -40,13 +40,13 @@ async def test_one_failing_item_does_not_spoil_its_batch(monkeypatch):
     room, user = await make_room("lobby"), await make_user("ada")
     original = services.message_create
 
-    def conflict(items, tokens):
+    def conflict(items, tokens, replies):
         raise IntegrityError("a retry of one of these client_ids committed elsewhere")
 
-    def flaky(*, room_id, author, text, client_id):
+    def flaky(*, room_id, author, text, client_id, reply_to=None):
         if text == "bad":
             raise DatabaseError("disk says no")
-        return original(room_id=room_id, author=author, text=text, client_id=client_id)
+        return original(room_id=room_id, author=author, text=text, client_id=client_id, reply_to=reply_to)
 
     monkeypatch.setattr(services, "_messages_create_together", conflict)
     monkeypatch.setattr(services, "message_create", flaky)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from parley import protocol
@@ -181,12 +183,15 @@ def test_encode_is_compact_json():
 def test_error_codes_match_the_documentation():
     documented = {"bad_json", "bad_frame", "binary_not_supported", "frame_too_large", "unknown_type",
                   "missing_field", "bad_field", "text_empty", "text_too_long", "room_not_found",
-                  "not_joined", "commit_failed", "internal_error"}
+                  "not_joined", "commit_failed", "internal_error", "message_not_found", "message_deleted",
+                  "forbidden", "too_many_reactions"}
     defined = {getattr(protocol, name) for name in dir(protocol) if name.isupper()
                and isinstance(getattr(protocol, name), str)}
     assert documented <= defined
     assert (protocol.CLOSE_CREDENTIALS_REVOKED, protocol.CLOSE_HEARTBEAT_TIMEOUT) == (4401, 4408)
-    assert protocol.PROTOCOL_VERSION == 1
+    assert protocol.PROTOCOL_VERSIONS == (1, 2) and protocol.PROTOCOL_VERSION == 2
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    assert all(f"`{code}`" in doc for code in documented)
 
 
 # --- rules a client needs from protocol.md §2-§3: null, ranges, limit, bad_frame's ref ---------

@@ -11,6 +11,7 @@ import functools
 from contextlib import nullcontext
 from typing import Any
 
+import orjson
 from django.db import connection, transaction
 
 from parley.models import Message, Room
@@ -131,6 +132,9 @@ def messages_store(messages: list[Message]) -> None:
             *_seqs_update_params(counts),
             [m.room_id for m in messages], backs, [m.author_id for m in messages], [m.text for m in messages],
             [m.client_id for m in messages], [m.created_at for m in messages],
+            [m.target_seq for m in messages],
+            [None if m.mentions is None else orjson.dumps(m.mentions).decode() for m in messages],
+            [m.mention_room for m in messages],
         ])
         rows = cursor.fetchall()
     ids: dict[tuple[int, int], int] = {}
@@ -150,14 +154,17 @@ def messages_store(messages: list[Message]) -> None:
 def _insert_numbered_sql() -> str:
     table = qn(Message._meta.db_table)
     seqs, v = qn("seqs"), qn("v")
-    columns = ("room_id", "back", "author_id", "text", "client_id", "created_at")
-    types = ("bigint", "bigint", "bigint", "text", "text", "timestamp with time zone")
+    columns = ("room_id", "back", "author_id", "text", "client_id", "created_at", "target_seq", "mentions",
+               "mention_room")
+    types = ("bigint", "bigint", "bigint", "text", "text", "timestamp with time zone", "bigint", "text", "boolean")
     arrays = ", ".join(f"%s::{t}[]" for t in types)
-    stored = ("room_id", "seq", "author_id", "text", "client_id", "created_at")
+    stored = ("room_id", "seq", "author_id", "text", "client_id", "created_at", "target_seq", "mentions",
+              "mention_room")
     return (f"WITH {seqs} AS ({_seqs_update_sql()}) "
             f"INSERT INTO {table} ({', '.join(qn(c) for c in stored)}) "
             f"SELECT {v}.{qn('room_id')}, {seqs}.{qn('last_seq')} - {v}.{qn('back')}, {v}.{qn('author_id')}, "
-            f"{v}.{qn('text')}, {v}.{qn('client_id')}, {v}.{qn('created_at')} "
+            f"{v}.{qn('text')}, {v}.{qn('client_id')}, {v}.{qn('created_at')}, {v}.{qn('target_seq')}, "
+            f"{v}.{qn('mentions')}::jsonb, {v}.{qn('mention_room')} "
             f"FROM unnest({arrays}) AS {v} ({', '.join(qn(c) for c in columns)}) "
             f"INNER JOIN {seqs} ON {seqs}.{qn('id')} = {v}.{qn('room_id')} "
             f"RETURNING {qn(Message._meta.pk.column)}, {qn('room_id')}, {qn('seq')}")

@@ -61,16 +61,19 @@ def _rooms_by_slug_sql(vendor: str, n: int) -> Select:
 
 
 def messages(*, room_id: int, after_seq: int | None, before: int | None, limit: int,
-             newest_first: bool) -> list[Message]:
-    """A room's messages with after_seq < seq < before (either bound optional), by seq (newest
-    first if asked), at most `limit`, each with its author loaded."""
+             newest_first: bool, messages_only: bool = False) -> list[Message]:
+    """A room's log entries with after_seq < seq < before (either bound optional), by seq
+    (newest first if asked), at most `limit`, each with its author loaded; with
+    `messages_only`, the `message` entries only (a page)."""
     params: list[Any] = [room_id]
+    if messages_only:
+        params.append(str(Message.Kind.MESSAGE))
     if after_seq is not None:
         params.append(after_seq)
     if before is not None:
         params.append(before)
     params.append(limit)
-    query = _messages_sql(connection.vendor, after_seq is not None, before is not None, newest_first)
+    query = _messages_sql(connection.vendor, after_seq is not None, before is not None, newest_first, messages_only)
     message, author = cols(Message, "m"), cols(get_user_model(), "u")
     found = [message.build_with(row, "author", author) for row in fetch(query, params)]
     found.sort(key=_by_seq, reverse=newest_first)  # (a JSON aggregate has no order of its own)
@@ -78,7 +81,7 @@ def messages(*, room_id: int, after_seq: int | None, before: int | None, limit: 
 
 
 def messages_in_ranges(ranges: list[tuple[int, int, int]]) -> dict[int, list[Message]]:
-    """The messages of every (room id, after_seq, up_to) range, after_seq < seq <= up_to, authors
+    """The log entries (every kind) of every (room id, after_seq, up_to) range, after_seq < seq <= up_to, authors
     loaded, by room and ascending by seq: one query, each row built once however many ranges
     include it."""
     message, author = cols(Message, "m"), cols(get_user_model(), "u")
@@ -102,10 +105,11 @@ def _ranges_sql(vendor: str, n: int) -> Select:
 
 
 @functools.cache
-def _messages_sql(vendor: str, after: bool, before: bool, newest_first: bool) -> Select:
+def _messages_sql(vendor: str, after: bool, before: bool, newest_first: bool, messages_only: bool) -> Select:
     seq = c("m", Message, "seq")
     return _messages_select(
         f"{c('m', Message, 'room')} = %s"
+        + (f" AND {c('m', Message, 'kind')} = %s" if messages_only else "")
         + (f" AND {seq} > %s" if after else "")
         + (f" AND {seq} < %s" if before else "")
         + f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s"

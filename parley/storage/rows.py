@@ -33,6 +33,8 @@ JSON_SAFE_TYPES = frozenset({
     "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField", "SmallIntegerField",
     "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField", "BooleanField",
     "CharField", "TextField", "SlugField", "EmailField", "DateTimeField", "DateField", "ForeignKey",
+    # Stored as JSON text, which json_array() carries as a string: the field parses it after.
+    "JSONField",
 })
 
 

@@ -131,8 +131,9 @@ def _messages_insert(messages: list[Message]) -> None:
     ids from one JSON row read by (room, seq): the seqs are this transaction's own.
     """
     meta = Message._meta
-    fields = [meta.get_field(name) for name in ("room", "seq", "author", "text", "client_id", "created_at")]
-    created = fields[-1]
+    fields = [meta.get_field(name) for name in ("room", "seq", "author", "text", "client_id", "created_at",
+                                                "target_seq", "mentions", "mention_room")]
+    created, mentioned = fields[5], fields[7]
     adapted: dict[Any, Any] = {}  # a batch shares one created_at: adapt it once
     head = f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) VALUES "
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
@@ -144,7 +145,9 @@ def _messages_insert(messages: list[Message]) -> None:
             for m in chunk:
                 if m.created_at not in adapted:
                     adapted[m.created_at] = created.get_db_prep_save(m.created_at, connection)
-                params += [m.room_id, m.seq, m.author_id, m.text, m.client_id, adapted[m.created_at]]
+                params += [m.room_id, m.seq, m.author_id, m.text, m.client_id, adapted[m.created_at], m.target_seq,
+                           None if m.mentions is None else mentioned.get_db_prep_save(m.mentions, connection),
+                           m.mention_room]
             cursor.execute(head + ", ".join([row] * len(chunk)), params)
     ranges: dict[int, tuple[int, int]] = {}
     for m in messages:

@@ -1,0 +1,155 @@
+"""Writes to a room's conversation after a message is posted: edit, delete, reactions.
+
+Each change is an entry of the room's log (docs/protocol.md §10) with the room's next seq, in the
+same transaction as the change to the message itself, so the log and the messages' state never
+disagree: a client that applies the entries in seq order ends with the database's state. Every
+function checks the actor's access to the room and their right to the change, and raises
+parley.services.MessageRefused (with the protocol's code) for a refusal; a request that changes
+nothing stores no entry and says so (`Change.entry` is None), which makes every retry safe.
+
+The new entry is announced on commit (events.EntryAdded): parley.fanout delivers it, except
+from a socket, whose command broadcasts it after its reply (as `send` does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from parley import events, mentions, protocol
+from parley.conf import parley_settings
+from parley.models import Message, Reaction, Room
+from parley.revocation import CredentialsRevoked
+from parley.selectors import room_user_can_manage, room_user_can_use, sees_all
+from parley.services import MessageRefused, room_reserve_seqs
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a change did: its log entry (None: nothing changed, nothing stored) and the message
+    as it is now (author loaded)."""
+
+    entry: Message | None
+    message: Message
+
+    def count(self, emoji: str) -> int:
+        """How many users have `emoji` on the message now."""
+        return next((n for e, n in self.message.reactions or [] if e == emoji), 0)
+
+
+class _Unchanged(Exception):
+    """Raised inside the transaction to roll back the seq it reserved: nothing to store."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
+def message_edit(*, room: Room, actor: Any, seq: int, text: str, token_id: int | None = None,
+                 source: str = "python", moderator: bool = False) -> Change:
+    """Replace the text of the actor's own message `seq` (validated and trimmed already, as
+    parley.protocol does). Its mentions are parsed again; the `edit` entry keeps this version.
+    `moderator`: an admin editing someone else's message (the Django admin does)."""
+    def change(target: Message, entry: Message) -> None:
+        if target.author_id != actor.pk and not (moderator and sees_all(actor)):
+            raise MessageRefused(protocol.FORBIDDEN, "only its author may edit a message")
+        if target.text == text:
+            raise _Unchanged(target)
+        entry.text = text
+        mentions.resolve([entry], is_private={room.pk: room.is_private})
+        target.text, target.mentions, target.mention_room = text, entry.mentions, entry.mention_room
+        target.edited_at = entry.created_at
+        target.save(update_fields=["text", "mentions", "mention_room", "edited_at"])
+
+    return _change(room, actor, seq, Message.Kind.EDIT, change, token_id=token_id, source=source)
+
+
+def message_delete(*, room: Room, actor: Any, seq: int, token_id: int | None = None,
+                   source: str = "python") -> Change:
+    """Delete message `seq`: by its author, the room's owner or an admin. Its text and the text of
+    every edit of it are erased from the database (not hidden), its reactions removed; the
+    message stays as a tombstone, so the log keeps its seq."""
+    def change(target: Message, entry: Message) -> None:
+        if target.deleted_at is not None:
+            raise _Unchanged(target)
+        if target.author_id != actor.pk and not room_user_can_manage(room=room, user=actor):
+            raise MessageRefused(protocol.FORBIDDEN, "only its author, the room's owner or an admin may delete a message")
+        target.text, target.mentions, target.mention_room, target.reactions = "", None, False, None
+        target.deleted_at = entry.created_at
+        target.save(update_fields=["text", "mentions", "mention_room", "reactions", "deleted_at"])
+        Message.objects.filter(room_id=room.pk, kind=Message.Kind.EDIT, target_seq=seq).update(
+            text="", mentions=None, mention_room=False)
+        Reaction.objects.filter(message=target).delete()
+
+    return _change(room, actor, seq, Message.Kind.DELETE, change, token_id=token_id, source=source,
+                   tombstones_too=True)
+
+
+def reaction_set(*, room: Room, actor: Any, seq: int, emoji: str, add: bool, token_id: int | None = None,
+                 source: str = "python") -> Change:
+    """Add (or, with add=False, remove) the actor's `emoji` on message `seq` (one emoji,
+    validated by parley.protocol). Adding one already there, or removing one that is not,
+    changes nothing. The entry carries the emoji's count after it."""
+    def change(target: Message, entry: Message) -> None:
+        summary = [list(pair) for pair in target.reactions or []]
+        counts = {e: n for e, n in summary}
+        mine = Reaction.objects.filter(message=target, user=actor)
+        if add:
+            if mine.filter(emoji=emoji).exists():
+                raise _Unchanged(target)
+            if emoji not in counts and len(counts) >= parley_settings.MAX_REACTIONS_PER_MESSAGE:
+                raise MessageRefused(protocol.TOO_MANY_REACTIONS,
+                                     f"a message holds at most {parley_settings.MAX_REACTIONS_PER_MESSAGE} different emoji")
+            if mine.count() >= parley_settings.MAX_REACTIONS_PER_USER:
+                raise MessageRefused(protocol.TOO_MANY_REACTIONS,
+                                     f"you may put at most {parley_settings.MAX_REACTIONS_PER_USER} emoji on a message")
+            Reaction.objects.create(message=target, user=actor, emoji=emoji)
+            if emoji in counts:
+                summary = [[e, n + 1 if e == emoji else n] for e, n in summary]
+            else:
+                summary.append([emoji, 1])
+        else:
+            if not mine.filter(emoji=emoji).delete()[0]:
+                raise _Unchanged(target)
+            summary = [[e, n - 1 if e == emoji else n] for e, n in summary]
+        entry.emoji = emoji
+        entry.count = next((n for e, n in summary if e == emoji), 0)
+        target.reactions = [pair for pair in summary if pair[1] > 0] or None
+        target.save(update_fields=["reactions"])
+
+    kind = Message.Kind.REACT if add else Message.Kind.UNREACT
+    return _change(room, actor, seq, kind, change, token_id=token_id, source=source)
+
+
+def _change(room: Room, actor: Any, seq: int, kind: str, change: Any, *, token_id: int | None, source: str,
+            tombstones_too: bool = False) -> Change:
+    """The frame of every change: access, the seq, the target, the entry, the announcement."""
+    allowed, lost = room_user_can_use(user=actor, room_id=room.pk, token_id=token_id)
+    if lost:
+        raise CredentialsRevoked(lost)
+    if not allowed:
+        raise MessageRefused(protocol.ROOM_NOT_FOUND, f"no room {room.slug!r} that you may see")
+    try:
+        with transaction.atomic():
+            # The room's lock first (the seq), then the message: changes to one room queue here,
+            # so each entry's view of the message is the one its seq says.
+            entry_seq = room_reserve_seqs(room_id=room.pk, count=1)
+            target = (Message.objects.select_related("author")
+                      .filter(room_id=room.pk, seq=seq, kind=Message.Kind.MESSAGE).first())
+            if target is None:
+                raise MessageRefused(protocol.MESSAGE_NOT_FOUND, f"no message {seq} in this room")
+            if target.deleted_at is not None and not tombstones_too:
+                raise MessageRefused(protocol.MESSAGE_DELETED, f"message {seq} was deleted")
+            entry = Message(room_id=room.pk, seq=entry_seq, kind=kind, author=actor, text="", target_seq=seq,
+                            created_at=timezone.now())
+            change(target, entry)
+            entry.save(force_insert=True)
+            events.send_event_on_commit(events.EntryAdded(entry=entry, message=target, room_id=room.pk,
+                                                          room_slug=room.slug, source=source))
+    except _Unchanged as unchanged:
+        return Change(entry=None, message=unchanged.message)
+    except Room.DoesNotExist:
+        raise MessageRefused(protocol.ROOM_NOT_FOUND, f"no room {room.slug!r} that you may see") from None
+    return Change(entry=entry, message=target)
