@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.helpers import signup, unique, wait_joined
+from tests.browser.helpers import open_room, signup, unique, wait_joined
 
 pytestmark = [pytest.mark.browser]
 
@@ -50,18 +50,24 @@ PAYLOADS = [
 ]
 
 
-def _two_in_lobby(parley: Any, new_page: Any, width: int = 1280) -> tuple[Any, Any]:
-    p1, p2 = new_page(width=width), new_page(width=width)
+def _two_in_a_room(parley: Any, new_page: Any) -> tuple[Any, Any, str]:
+    """Two users in a new room of their own (the session's lobby is shared with other tests)."""
+    p1, p2 = new_page(), new_page()
     signup(p1, parley.url, unique("ada"))
     signup(p2, parley.url, unique("bob"))
-    for p in (p1, p2):
-        wait_joined(p, "lobby")
-    return p1, p2
+    slug = unique("md").lower()
+    p1.get_by_test_id("new-room-toggle").click()
+    p1.get_by_test_id("new-room-title").fill("Markdown")
+    p1.get_by_test_id("new-room-slug").fill(slug)
+    p1.get_by_test_id("new-room-submit").click()
+    wait_joined(p1, slug)
+    open_room(p2, slug)
+    return p1, p2, slug
 
 
-def _send(page: Any, text: str) -> None:
+def _send(page: Any, slug: str, text: str) -> int:
     """Send through the app's client, byte for byte (the composer would turn a tab into focus)."""
-    page.evaluate("text => window.parley.send('lobby', text)", text)
+    return page.evaluate("([slug, text]) => window.parley.send(slug, text)", [slug, text])["seq"]
 
 
 def _message_text(page: Any, seq: int) -> Any:
@@ -102,11 +108,8 @@ def _poke_everything(page: Any) -> None:
 
 
 def test_hostile_markdown_renders_inert(parley: Any, new_page: Any) -> None:
-    p1, p2 = _two_in_lobby(parley, new_page)
-    seqs = []
-    for payload in PAYLOADS:
-        ack = p1.evaluate("text => window.parley.send('lobby', text)", payload)
-        seqs.append(ack["seq"])
+    p1, p2, slug = _two_in_a_room(parley, new_page)
+    seqs = [_send(p1, slug, payload) for payload in PAYLOADS]
     for p in (p1, p2):
         for seq in seqs:
             expect(_message_text(p, seq)).to_have_count(1)
@@ -150,8 +153,14 @@ def test_hostile_markdown_renders_inert(parley: Any, new_page: Any) -> None:
     # A bare URL stops before "<".
     bare = _message_text(p2, by_payload[PAYLOADS[15]]).locator("a")
     expect(bare).to_have_attribute("href", "https://example.com/")
-    # @room from someone who is not the room's owner or an admin is plain text (mention_room false).
-    expect(_message_text(p2, by_payload[PAYLOADS[20]]).locator('[data-testid="mention"]')).to_have_count(0)
+    # ada owns the room: her @room is a room mention (the server says mention_room), the tag text.
+    room_mention = _message_text(p2, by_payload[PAYLOADS[20]]).locator('[data-testid="mention"]')
+    expect(room_mention).to_have_class("mention mention--room")
+    assert text_of(PAYLOADS[20]) == PAYLOADS[20]
+    # From bob, who is neither the owner nor an admin, @room is plain text.
+    bobs = _send(p2, slug, "@room listen up")
+    expect(_message_text(p1, bobs)).to_have_text("@room listen up")
+    expect(_message_text(p1, bobs).locator('[data-testid="mention"]')).to_have_count(0)
     assert p1.errors == [] and p2.errors == []
 
 
@@ -164,9 +173,9 @@ BLOCKS = "> quoted *text*\n\n- one\n- **two**\n\n3. three\n4. four\n\n```\nline 
 
 
 def test_the_subset_renders(parley: Any, new_page: Any) -> None:
-    p1, p2 = _two_in_lobby(parley, new_page)
-    s1 = p1.evaluate("text => window.parley.send('lobby', text)", FORMATTED)["seq"]
-    s2 = p1.evaluate("text => window.parley.send('lobby', text)", BLOCKS)["seq"]
+    p1, p2, slug = _two_in_a_room(parley, new_page)
+    s1 = _send(p1, slug, FORMATTED)
+    s2 = _send(p1, slug, BLOCKS)
     t1, t2 = _message_text(p2, s1), _message_text(p2, s2)
     expect(t1.locator("strong")).to_have_text("bold")
     expect(t1.locator("em")).to_have_text(["italic", "also italic"])
