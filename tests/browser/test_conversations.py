@@ -291,3 +291,56 @@ def test_phone_width_long_press_actions(parley: Any, phone_page: Any) -> None:
     for p in (ada, bob):
         assert p.evaluate("() => document.documentElement.scrollWidth") <= 375
     assert ada.errors == [] and bob.errors == []
+
+
+VIEW = """slug => window.parley.room(slug).messages.filter((m) => !m._fromAck).map((m) => ({
+  seq: m.seq, text: m.text, deleted: !!m.deleted, edited: !!m.edited_at,
+  reactions: (m.reactions || []).map((r) => [r.emoji, r.count]),
+  reply: m.reply_to ? [m.reply_to.seq, m.reply_to.deleted] : null,
+}))"""
+
+
+def test_changes_made_while_offline_arrive_on_resume(parley: Any, new_page: Any) -> None:
+    ada_name, bob_name = unique("ada"), unique("bob")
+    ada, bob = new_page(), new_page()
+    signup(ada, parley.url, ada_name)
+    signup(bob, parley.url, bob_name)
+    slug = unique("resume").lower()
+    _create_room(ada, slug)
+    open_room(bob, slug)
+    call = "([slug, op, args]) => window.parley[op](slug, ...args)"
+    seqs = [ada.evaluate(call, [slug, "send", [f"m{i}"]])["seq"] for i in range(4)]
+    for s in seqs:
+        expect(_msg(bob, s)).to_have_count(1)
+
+    bob.evaluate("() => { window.__reasons = []; window.parley.on('room', (e) => window.__reasons.push(e.reason)); }")
+    bob.context.set_offline(True)
+    expect(bob.get_by_test_id("conn-state")).to_have_attribute("data-state", "offline")
+    ada.evaluate(call, [slug, "edit", [seqs[0], "m0 **edited**"]])
+    ada.evaluate(call, [slug, "react", [seqs[1], "👍"]])
+    ada.evaluate(call, [slug, "react", [seqs[1], "🎉"]])
+    ada.evaluate(call, [slug, "unreact", [seqs[1], "🎉"]])
+    ada.evaluate(call, [slug, "delete", [seqs[2]]])
+    reply = ada.evaluate("([slug, text, to]) => window.parley.send(slug, text, {replyTo: to})", [slug, "re m3", seqs[3]])
+    ada.evaluate(call, [slug, "delete", [seqs[3]]])
+    expect(_msg(ada, seqs[3]).get_by_test_id("message-tombstone")).to_have_count(1)
+    assert _msg(bob, seqs[0]).get_by_test_id("message-text").text_content() == "m0"  # bob missed it all
+
+    bob.context.set_offline(False)
+    wait_connected(bob)
+    expect(_msg(bob, seqs[0]).get_by_test_id("message-text")).to_have_text("m0 edited")
+    expect(_msg(bob, reply["seq"]).get_by_test_id("reply-quote")).to_contain_text("message deleted")
+    # The resume was a recovered one (events), not a fresh page, and bob's copy equals ada's.
+    reasons = bob.evaluate("() => window.__reasons")
+    assert "joined" in reasons and "reset" not in reasons, reasons
+    assert bob.evaluate("slug => window.parley.room(slug).epoch", slug) == ada.evaluate(
+        "slug => window.parley.room(slug).epoch", slug)
+    ada_view = ada.evaluate(VIEW, slug)
+    assert bob.evaluate(VIEW, slug) == ada_view
+    assert ada_view[1]["reactions"] == [["👍", 1]]
+    assert bob.evaluate("slug => window.parley.room(slug).highSeq", slug) == ada.evaluate(
+        "slug => window.parley.room(slug).highSeq", slug)
+    bob.reload()
+    wait_joined(bob, slug)
+    assert bob.evaluate(VIEW, slug) == ada_view
+    assert ada.errors == [] and bob.errors == []
