@@ -344,3 +344,30 @@ def test_changes_made_while_offline_arrive_on_resume(parley: Any, new_page: Any)
     wait_joined(bob, slug)
     assert bob.evaluate(VIEW, slug) == ada_view
     assert ada.errors == [] and bob.errors == []
+
+
+def test_copy_link_opens_the_message(parley: Any, new_page: Any) -> None:
+    ada = new_page()
+    signup(ada, parley.url, unique("ada"))
+    slug = unique("link").lower()
+    _create_room(ada, slug)
+    call = "([slug, text]) => window.parley.send(slug, text)"
+    first = ada.evaluate(call, [slug, "the one to link to"])["seq"]
+    for i in range(40):  # enough below it that it is scrolled out of view
+        ada.evaluate(call, [slug, f"filler {i}"])
+    expect(_msg(ada, first)).to_have_count(1)
+    ada.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    _action(ada, first, "action-link").click()
+    expect(ada.get_by_test_id("flash")).to_have_text("Link copied.")
+    link = ada.evaluate("() => navigator.clipboard.readText()")
+    assert link.endswith(f"#/{slug}/{first}"), link
+
+    # A second tab of the same user (same cookies) opens the link.
+    other = ada.context.new_page()
+    other.errors = []
+    other.on("pageerror", lambda exc: other.errors.append(str(exc)))
+    other.goto(link)
+    wait_joined(other, slug)
+    expect(_msg(other, first)).to_have_class(re.compile(r"msg--flash"))
+    expect(_msg(other, first)).to_be_in_viewport()
+    assert ada.errors == [] and other.errors == []

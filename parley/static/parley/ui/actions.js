@@ -175,7 +175,9 @@ export class Actions {
     for (let pages = 0; pages < 20; pages++) {
       const target = document.getElementById(`msg-${seq}`);
       if (target) {
-        target.scrollIntoView({ block: "center", behavior: "smooth" });
+        // Instant, not smooth: a re-render during a smooth scroll that began at the bottom would
+        // see "at the bottom" and pin the view back there.
+        target.scrollIntoView({ block: "center" });
         target.classList.add("msg--flash");
         setTimeout(() => target.classList.remove("msg--flash"), 1600);
         return true;
