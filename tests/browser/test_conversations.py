@@ -8,6 +8,7 @@ Run: .venv/bin/python -m pytest -p no:cacheprovider -q tests/browser/test_conver
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.helpers import open_room, signup, unique, wait_connected, wait_joined
+from tests.browser.server import PYTHON, REPO
 
 pytestmark = [pytest.mark.browser]
 
@@ -371,3 +373,34 @@ def test_copy_link_opens_the_message(parley: Any, new_page: Any) -> None:
     expect(_msg(other, first)).to_have_class(re.compile(r"msg--flash"))
     expect(_msg(other, first)).to_be_in_viewport()
     assert ada.errors == [] and other.errors == []
+
+
+def _make_staff(server: Any, username: str) -> None:
+    code = ("from django.contrib.auth import get_user_model; "
+            f"get_user_model().objects.filter(username={username!r}).update(is_staff=True)")
+    subprocess.run([PYTHON, "manage.py", "shell", "-c", code], cwd=REPO, env=server.env, check=True,
+                   capture_output=True, timeout=60)
+
+
+def test_an_admin_deletes_anyones_message(parley: Any, new_page: Any) -> None:
+    admin_name, bob_name = unique("admin"), unique("bob")
+    admin, bob = new_page(), new_page()
+    signup(admin, parley.url, admin_name)
+    signup(bob, parley.url, bob_name)
+    slug = unique("mod").lower()
+    _create_room(bob, slug)
+    open_room(admin, slug)
+    bob.get_by_test_id("composer-input").fill("spam spam spam")
+    bob.get_by_test_id("composer-input").press("Enter")
+    seq = _seq_of(admin, slug, "spam spam spam")
+    _msg(admin, seq).hover()
+    expect(_msg(admin, seq).get_by_test_id("action-delete")).to_have_count(0)  # not an admin yet
+
+    _make_staff(parley, admin_name)
+    admin.reload()
+    wait_joined(admin, slug)
+    _action(admin, seq, "action-delete").click()
+    _msg(admin, seq).get_by_test_id("action-delete").click()
+    for p in (admin, bob):
+        expect(_msg(p, seq).get_by_test_id("message-tombstone")).to_have_count(1)
+    assert admin.errors == [] and bob.errors == []

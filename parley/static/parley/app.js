@@ -55,6 +55,7 @@ let pendingJump = null; // {slug, seq}: a message link (#/room/seq) to scroll to
 const actions = new Actions({
   client,
   me,
+  moderator: urls.moderator === "1",
   room: () => current,
   render: (reason) => render(reason),
   flash: (text) => flash(text),

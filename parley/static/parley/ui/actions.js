@@ -6,12 +6,12 @@ import { EmojiPicker } from "./emoji.js";
 
 export class Actions {
   /**
-   * client: the ParleyClient; me: the user; room(): the slug on screen; render(): redraw;
+   * client: the ParleyClient; me: the user; moderator: an admin; room(): the slug on screen; render(): redraw;
    * flash(text); composer: the composer textarea; replyBar: {el, author, excerpt, cancel};
    * linkFor(slug, seq): a URL that opens the message.
    */
-  constructor({ client, me, room, render, flash, composer, replyBar, linkFor }) {
-    Object.assign(this, { client, me, room, render, flash, composer, replyBar, linkFor });
+  constructor({ client, me, moderator = false, room, render, flash, composer, replyBar, linkFor }) {
+    Object.assign(this, { client, me, moderator, room, render, flash, composer, replyBar, linkFor });
     this.picker = new EmojiPicker();
     this.editingSeq = null;
     this.actionsSeq = null;
@@ -50,8 +50,9 @@ export class Actions {
     const info = snap?.info || {};
     return {
       me: this.me,
-      // The room object may say who owns it; admins are told by the server (forbidden otherwise).
-      canModerate: !!(this.me.is_staff || this.me.is_superuser || (info.owner && info.owner.id === this.me.id)),
+      // Admins (the page says so) and the room's owner (if the room object names one) may delete
+      // anyone's message; the server decides either way (forbidden).
+      canModerate: !!(this.moderator || (info.owner && info.owner.id === this.me.id)),
       editingSeq: this.editingSeq,
       editor: this.editor,
       actionsSeq: this.actionsSeq,
