@@ -1,6 +1,6 @@
 // One delivered message: reply quote, rendered text (or tombstone, or the inline editor),
 // "(edited)", reaction chips and the action bar (hover on desktop, long-press on touch).
-import { h } from "./dom.js";
+import { h, icon } from "./dom.js";
 import { QUICK } from "./emoji.js";
 import { mentionsMe, renderMarkdown } from "./markdown.js";
 
@@ -76,12 +76,12 @@ function actionsEl(m, mine, ui, on) {
   const confirming = ui.confirmDeleteSeq === m.seq;
   return h("div", { class: "msg-tools", testid: "message-actions", role: "toolbar", "aria-label": "Message actions" },
     ...QUICK.slice(0, 3).map((e) => btn("quick-react", `React ${e}`, e, () => on.react(m, e, mineSet.has(e)), { dataset: { emoji: e } })),
-    btn("action-react", "Add reaction", "☺︎+", (ev) => on.pick(m, ev.currentTarget), { dataset: { pickerAnchor: "" } }),
-    btn("action-reply", "Reply", "↩︎", () => on.reply(m)),
-    mine ? btn("action-edit", "Edit", "✎", () => on.startEdit(m)) : null,
-    mine || ui.canModerate ? btn("action-delete", confirming ? "Confirm delete" : "Delete", confirming ? "Delete?" : "🗑", () => on.delete(m),
+    btn("action-react", "Add reaction", icon("smile"), (ev) => on.pick(m, ev.currentTarget), { dataset: { pickerAnchor: "" } }),
+    btn("action-reply", "Reply", icon("reply"), () => on.reply(m)),
+    mine ? btn("action-edit", "Edit", icon("edit"), () => on.startEdit(m)) : null,
+    mine || ui.canModerate ? btn("action-delete", confirming ? "Confirm delete" : "Delete", confirming ? "Delete?" : icon("trash"), () => on.delete(m),
       { class: `msg-tool${confirming ? " msg-tool--danger" : ""}` }) : null,
-    btn("action-link", "Copy link", "🔗", () => on.copyLink(m)));
+    btn("action-link", "Copy link", icon("link"), () => on.copyLink(m)));
 }
 
 /** Touch: a press held LONG_PRESS_MS opens the actions (a moving finger is a scroll). */
