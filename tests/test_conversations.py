@@ -417,3 +417,35 @@ async def test_three_clients_dropping_mid_stream_end_with_the_database_view(conn
     assert highs == [last] * 3
     for i in range(3):
         assert states[i] == await db_view(room, users[i].pk), users[i].username
+
+
+async def test_entries_missed_live_are_filled_from_the_log_in_order(connect, parley_settings):
+    """Changes stored without a broadcast (as another process's, whose broadcast was lost) reach
+    a version 2 socket by gap fill, in seq order, as their live events would; a version 1 socket
+    skips them and gets the message after them."""
+    from parley import conversation, fanout
+
+    parley_settings.GAP_FILL_DELAY_MS = 50
+    ada = await make_user("ada")
+    room = await make_room("lobby")
+    a, old = await connect(ada, protocol=2), await connect(ada)
+    await a.join("lobby")
+    await old.join("lobby")
+    first = await post(a, "lobby", "one")
+    await next_event(a)
+    await next_event(old)
+
+    def quietly() -> None:  # no hub delivery: parley.fanout's subscriber is skipped for "socket"
+        conversation.message_edit(room=room, actor=ada, seq=first["seq"], text="uno", source="socket")
+        conversation.reaction_set(room=room, actor=ada, seq=first["seq"], emoji="🎉", add=True, source="socket")
+
+    await database_sync_to_async(quietly)()
+    last = (await database_sync_to_async(services.message_create)(room_id=room.pk, author=ada, text="two",
+                                                                    client_id=None))[0]
+    await fanout.broadcast_message(room_id=room.pk, room_slug="lobby", message=last)
+    got = [await next_event(a) for _ in range(3)]
+    assert [(f["type"], f.get("seq") or f["message"]["seq"]) for f in got] == [
+        ("edit", first["seq"] + 1), ("reaction", first["seq"] + 2), ("message", last.seq)]
+    assert got[0]["text"] == "uno" and got[1]["count"] == 1
+    assert (await next_event(old))["message"]["seq"] == last.seq
+    assert await old.nothing(timeout=0.2)

@@ -102,3 +102,35 @@ async def test_a_message_posted_while_no_server_runs_is_there_on_join(servers): 
     reply = await sock.request({"type": "join", "room": "lobby"})
     assert [m["text"] for m in reply["messages"]] == ["from a shell"]
     await sock.close()
+
+
+CHANGE = """
+import parley
+from parley import conversation
+from parley.models import Room
+from django.contrib.auth import get_user_model
+bot = get_user_model().objects.get(username="bot")
+room = Room.objects.get(slug="lobby")
+m = parley.post_message("lobby", "draft", author=bot)
+conversation.message_edit(room=room, actor=bot, seq=m.seq, text="final")
+conversation.reaction_set(room=room, actor=bot, seq=m.seq, emoji="✅", add=True)
+print("done")
+"""
+
+
+async def test_edits_and_reactions_from_a_shell_reach_live_version_2_sockets(servers):  # noqa: F811
+    """docs/protocol.md §10: every entry, from any process, reaches the room's sockets in seq
+    order — through the room log without Redis, through Redis with it."""
+    await make_room("lobby")
+    await make_user_token("bot")
+    server = servers()
+    _, token = await make_user_token()
+    sock = await RawSocket.open(server.ws_url + "?protocol=2", token)
+    assert (await sock.request({"type": "join", "room": "lobby"}))["type"] == "joined"
+    out = await asyncio.to_thread(server.manage, "shell", "-v", "0", "-c", CHANGE)
+    assert out.split() == ["done"], out
+    got = [await sock.take(lambda f: f["type"] in ("message", "edit", "reaction"), timeout=DELIVERY_BOUND_SECS)
+           for _ in range(3)]
+    assert [f["type"] for f in got] == ["message", "edit", "reaction"]
+    assert (got[1]["text"], got[2]["emoji"], got[2]["count"]) == ("final", "✅", 1)
+    await sock.close()
