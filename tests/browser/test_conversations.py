@@ -158,10 +158,13 @@ def test_two_users_edit_delete_react_reply_and_mention(parley: Any, new_page: An
     # The edit keeps the reactions and the mention.
     _expect_chip(bob, m1, "👍", 1, False)
     expect(_msg(bob, m1).locator('[data-testid="mention"]')).to_have_class("mention mention--me")
-    # Only the author gets an edit action.
+    # Only the author gets an edit action; delete, the author and the room's owner (ada).
     _msg(bob, m1).hover()
     expect(_msg(bob, m1).get_by_test_id("action-edit")).to_have_count(0)
     expect(_msg(bob, m1).get_by_test_id("action-delete")).to_have_count(0)
+    _msg(ada, m2).hover()
+    expect(_msg(ada, m2).get_by_test_id("action-edit")).to_have_count(0)
+    expect(_msg(ada, m2).get_by_test_id("action-delete")).to_have_count(1)
 
     # bob deletes a message of his: a second click confirms; both pages show a tombstone.
     bob.get_by_test_id("composer-input").fill("oops, wrong room")
@@ -382,7 +385,7 @@ def _make_staff(server: Any, username: str) -> None:
                    capture_output=True, timeout=60)
 
 
-def test_an_admin_deletes_anyones_message(parley: Any, new_page: Any) -> None:
+def test_the_rooms_owner_and_an_admin_delete_anyones_message(parley: Any, new_page: Any) -> None:
     admin_name, bob_name = unique("admin"), unique("bob")
     admin, bob = new_page(), new_page()
     signup(admin, parley.url, admin_name)
@@ -403,4 +406,13 @@ def test_an_admin_deletes_anyones_message(parley: Any, new_page: Any) -> None:
     _msg(admin, seq).get_by_test_id("action-delete").click()
     for p in (admin, bob):
         expect(_msg(p, seq).get_by_test_id("message-tombstone")).to_have_count(1)
+
+    # bob owns the room: he deletes the admin's message too.
+    admin.get_by_test_id("composer-input").fill("an admin's note")
+    admin.get_by_test_id("composer-input").press("Enter")
+    note = _seq_of(bob, slug, "an admin's note")
+    _action(bob, note, "action-delete").click()
+    _msg(bob, note).get_by_test_id("action-delete").click()
+    for p in (admin, bob):
+        expect(_msg(p, note).get_by_test_id("message-tombstone")).to_have_count(1)
     assert admin.errors == [] and bob.errors == []

@@ -108,6 +108,11 @@ function openRoom(slug, jumpTo = null) {
   if (location.hash !== `#/${slug}` && !jumpTo) history.replaceState(null, "", `#/${slug}`);
   render("open");
   if (!sidebar.find(slug)) sidebar.load().then(() => render("rooms")).catch(() => {});
+  // The room's owner may delete anyone's message: the memberships say who that is (§8).
+  api(`${urls.apiRooms}/${encodeURIComponent(slug)}/members`).then(({ members }) => {
+    actions.owners.set(slug, members.find((m) => m.role === "owner")?.id ?? null);
+    if (slug === current) render("actions");
+  }).catch(() => {});
   client.join(slug).then(() => {
     if (pendingJump && pendingJump.slug === current) {
       const { seq } = pendingJump;

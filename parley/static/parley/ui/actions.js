@@ -17,6 +17,7 @@ export class Actions {
     this.actionsSeq = null;
     this.confirmDeleteSeq = null;
     this.replyTo = null; // the message being replied to
+    this.owners = new Map(); // room slug -> the owner's user id (GET …/members), once known
     this.editor = h("div", { class: "msg-editor", testid: "editor" });
     this.editInput = h("textarea", { class: "msg-edit-input", testid: "edit-input", rows: "2", "aria-label": "Edit message" });
     this.editor.append(this.editInput,
@@ -47,12 +48,11 @@ export class Actions {
 
   /** The `ui` argument of renderTimeline. */
   ui(snap) {
-    const info = snap?.info || {};
     return {
       me: this.me,
-      // Admins (the page says so) and the room's owner (if the room object names one) may delete
-      // anyone's message; the server decides either way (forbidden).
-      canModerate: !!(this.moderator || (info.owner && info.owner.id === this.me.id)),
+      // Admins (the page says so) and the room's owner may delete anyone's message; the server
+      // decides either way (forbidden).
+      canModerate: this.moderator || (!!snap && this.owners.get(snap.slug) === this.me.id),
       editingSeq: this.editingSeq,
       editor: this.editor,
       actionsSeq: this.actionsSeq,
