@@ -70,7 +70,10 @@ const actions = new Actions({
 });
 const mentions = new MentionAutocomplete(el.input, el.mentionList, () => {
   const snap = current && client.room(current);
-  return snap ? roomPeople(snap, me) : [];
+  if (!snap) return [];
+  // @room reaches everyone only from the room's owner or an admin (the server decides).
+  const everyone = actions.ui(snap).canModerate ? [{ id: "@room", username: "room" }] : [];
+  return [...roomPeople(snap, me), ...everyone];
 });
 
 // --- rooms ---------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ export class Actions {
     this.editingSeq = null;
     this.actionsSeq = null;
     this.confirmDeleteSeq = null;
+    this.flashSeq = null; // the message just jumped to (a quote's target, a link's)
+    this.flashTimer = null;
     this.replyTo = null; // the message being replied to
     this.owners = new Map(); // room slug -> the owner's user id (GET …/members), once known
     this.editor = h("div", { class: "msg-editor", testid: "editor" });
@@ -57,6 +59,7 @@ export class Actions {
       editor: this.editor,
       actionsSeq: this.actionsSeq,
       confirmDeleteSeq: this.confirmDeleteSeq,
+      flashSeq: this.flashSeq,
     };
   }
 
@@ -179,8 +182,14 @@ export class Actions {
         // Instant, not smooth: a re-render during a smooth scroll that began at the bottom would
         // see "at the bottom" and pin the view back there.
         target.scrollIntoView({ block: "center" });
-        target.classList.add("msg--flash");
-        setTimeout(() => target.classList.remove("msg--flash"), 1600);
+        // The highlight is state, not a class on the element: a re-render may replace it.
+        this.flashSeq = seq;
+        this.render("actions");
+        clearTimeout(this.flashTimer);
+        this.flashTimer = setTimeout(() => {
+          this.flashSeq = null;
+          this.render("actions");
+        }, 1600);
         return true;
       }
       const snap = this.client.room(slug);

@@ -32,6 +32,19 @@ export class EmojiPicker {
     document.addEventListener("keydown", (ev) => {
       if (ev.key === "Escape" && !this.el.hidden) this.close();
     });
+    // Arrow keys move through the grid (its column count depends on the screen width).
+    this.el.addEventListener("keydown", (ev) => {
+      const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -this.columns(), ArrowDown: this.columns() }[ev.key];
+      if (!step) return;
+      ev.preventDefault();
+      const buttons = [...this.el.querySelectorAll("button")];
+      const at = buttons.indexOf(document.activeElement);
+      buttons[Math.max(0, Math.min(buttons.length - 1, at + step))]?.focus();
+    });
+  }
+
+  columns() {
+    return getComputedStyle(this.el).gridTemplateColumns.split(" ").length || 1;
   }
 
   get isOpen() {

@@ -98,6 +98,7 @@ export class MentionAutocomplete {
 
   close() {
     this.listEl.hidden = true;
+    this.listEl.replaceChildren();
     this.matches = [];
     this.active = 0;
   }

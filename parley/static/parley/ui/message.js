@@ -19,6 +19,7 @@ export function messageEl(m, ui, on) {
   // A delete waiting for its confirming click keeps the bar open (the re-render drops :hover).
   if (ui.actionsSeq === m.seq || ui.confirmDeleteSeq === m.seq) cls.push("msg--actions-open");
   if (ui.editingSeq === m.seq) cls.push("msg--editing");
+  if (ui.flashSeq === m.seq) cls.push("msg--flash");
   const main = h("div", { class: "msg-main" });
   if (m.reply_to) main.append(quoteEl(m.reply_to, on));
   if (m.deleted) {

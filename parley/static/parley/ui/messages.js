@@ -85,7 +85,8 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
         testid: "message", dataset: { pending: "true", status: p.status, clientId: p.client_id },
         title: failed ? `Not sent: ${p.error?.message || p.error?.code || "error"}` : "Sending…",
       },
-      h("div", { class: "msg-text", testid: "message-text" }, p.text),
+      p.replyTo != null ? pendingQuote(snap, p.replyTo) : null,
+      h("div", { class: "msg-main" }, h("div", { class: "msg-text", testid: "message-text" }, p.text)),
       failed
         ? h("div", { class: "msg-actions", testid: "message-failed" },
           h("span", { class: "msg-fail" }, p.error?.message || "Not sent"),
@@ -114,10 +115,19 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
   }
 }
 
+/** A pending reply quotes its target as loaded (the server's quote comes with the message). */
+function pendingQuote(snap, seq) {
+  const target = snap.messages.find((m) => m.seq === seq);
+  if (!target) return null;
+  return h("div", { class: "reply-quote", testid: "reply-quote", dataset: { target: String(seq) } },
+    h("span", { class: "reply-author" }, target.author ? `@${target.author.username}` : "someone"),
+    h("span", { class: "reply-excerpt" }, target.deleted ? "message deleted" : Array.from(target.text).slice(0, 100).join("")));
+}
+
 /** What, besides the message object itself, changes how a message renders. */
 function itemKey(m, ui, continued) {
   const on = (seq) => (seq === m.seq ? 1 : 0);
-  return `${continued ? 1 : 0}${on(ui.editingSeq)}${on(ui.actionsSeq)}${on(ui.confirmDeleteSeq)}${ui.canModerate ? 1 : 0}`;
+  return `${continued ? 1 : 0}${on(ui.editingSeq)}${on(ui.actionsSeq)}${on(ui.confirmDeleteSeq)}${on(ui.flashSeq)}${ui.canModerate ? 1 : 0}`;
 }
 
 export function typingText(users) {
