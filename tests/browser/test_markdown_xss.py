@@ -170,7 +170,8 @@ FORMATTED = (
     "[a link](https://example.com/page) and https://example.org/x. and [mail](mailto:ada@example.com)\n"
     "second line"
 )
-BLOCKS = "> quoted *text*\n\n- one\n- **two**\n\n3. three\n4. four\n\n```\nline 1\n  **not bold**\n```"
+BLOCKS = ("> quoted *text*\n\n- one\n- **two**\n\n3. three\n4. four\n\n```\nline 1\n  **not bold**\n```\n\n"
+          ">not a quote\n1) not a list\n-not a list")
 
 
 def test_the_subset_renders(parley: Any, new_page: Any) -> None:
@@ -199,5 +200,9 @@ def test_the_subset_renders(parley: Any, new_page: Any) -> None:
     assert t2.locator("ol").get_attribute("start") == "3"
     expect(t2.locator("pre > code")).to_have_text("line 1\n  **not bold**")
     expect(t2.locator("pre strong")).to_have_count(0)
+    # Outside the subset: stays a paragraph of text.
+    expect(t2.locator("p").last).to_have_text(">not a quote\n1) not a list\n-not a list")
+    expect(t2.locator("blockquote")).to_have_count(1)
+    expect(t2.locator("ol, ul")).to_have_count(2)
     assert _audit(p2) == []
     assert p1.errors == [] and p2.errors == []

@@ -9,9 +9,9 @@
 const LINK_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
 const MAX_DEPTH = 16; // deeper nesting (quotes in quotes, emphasis in emphasis) renders as text
 const FENCE = /^\s{0,3}```/;
-const QUOTE = /^\s{0,3}>\s?/;
+const QUOTE = /^\s{0,3}>(?: |$)/; // "> text" (or a bare ">" line inside a quote), not ">text"
 const BULLET = /^\s{0,3}[-*]\s+/;
-const ORDERED = /^\s{0,3}(\d{1,9})[.)]\s+/;
+const ORDERED = /^\s{0,3}(\d{1,9})\.\s+/;
 const BARE_URL = /https?:\/\/[^\s<>"'`]+/iy; // sticky: matched at lastIndex
 const MENTION = /@([\p{L}\p{N}_.@+-]+)/uy;
 const TRAILING_PUNCT = /[.,:;!?'")\]}*_~]+$/;
