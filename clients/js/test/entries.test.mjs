@@ -174,3 +174,49 @@ test("a version 1 server (hello without protocol 2) is served as before", async 
   assert.equal(ws.framesOfType("join").length, 1, "v1 seqs are message seqs: no resync");
   await tick();
 });
+
+test("a gap whose resume the server cannot serve resets the room; a refused resync is retried", async () => {
+  const env = makeClient();
+  const ws = await connectAndJoinV2(env, [msg(1), msg(2)]);
+  let resets = 0;
+  env.client.on("room", (e) => { if (e.reason === "reset") resets++; });
+  ws.receive(msgEvent(9));
+  let joins = ws.framesOfType("join");
+  assert.equal(joins.length, 2);
+  ws.receive({ type: "error", ref: joins[1].ref, code: "rate_limited", message: "slow down", retry_after_ms: 400 });
+  env.clock.advance(399);
+  assert.equal(ws.framesOfType("join").length, 2);
+  env.clock.advance(1);
+  joins = ws.framesOfType("join");
+  assert.equal(joins.length, 3, "the resync is sent again after retry_after_ms");
+  assert.deepEqual([joins[2].after_seq, joins[2].epoch], [2, "E1"]);
+  ws.receive({ type: "joined", ref: joins[2].ref, room: room("lobby", { epoch: "E2", last_seq: 12 }),
+    messages: [msg(10, { text: "fresh" }), msg(11)], has_more: true, members: [], recovered: false });
+  const r = env.client.room("lobby");
+  assert.deepEqual(r.messages.map((m) => m.seq), [10, 11]);
+  assert.equal(r.highSeq, 12);
+  assert.equal(r.epoch, "E2");
+  assert.equal(resets, 1);
+  ws.receive(msgEvent(13));
+  assert.deepEqual(env.client.room("lobby").messages.map((m) => m.seq), [10, 11, 13]);
+});
+
+test("a reply queued while offline is sent with its reply_to after the reconnect", async () => {
+  const env = makeClient();
+  const ws = await connectAndJoinV2(env, [msg(1)]);
+  ws.serverClose(1006);
+  const p = env.client.send("lobby", "later", { replyTo: 1 });
+  assert.equal(env.client.room("lobby").pending[0].replyTo, 1);
+  env.clock.advance(env.states.at(-1).delay);
+  const ws2 = env.sock();
+  ws2.open();
+  ws2.hello({ protocol: 2 });
+  const join = ws2.lastOfType("join");
+  ws2.receive({ type: "joined", ref: join.ref, room: room("lobby", { last_seq: 1 }), messages: [], has_more: true,
+    members: [], recovered: true, events: [] });
+  const send = ws2.lastOfType("send");
+  assert.equal(send.reply_to, 1);
+  ws2.receive({ type: "ack", ref: send.ref, room: "lobby", client_id: send.client_id, seq: 2, id: 102, ts: "2026-12-02T10:00:00.000Z", duplicate: false });
+  assert.equal((await p).seq, 2);
+  assert.equal(env.client.room("lobby").messages.find((m) => m.seq === 2).reply_to.seq, 1);
+});
