@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.utils.html import format_html_join
@@ -5,7 +6,7 @@ from django.utils.safestring import mark_safe
 
 from parley import conversation
 from parley.models import ApiToken, Membership, Message, Room
-from parley.services import membership_remove, token_revoke
+from parley.services import MessageRefused, membership_remove, token_revoke
 from parley.throttles import AdminLoginForm
 
 admin.site.login_form = AdminLoginForm  # failed sign-ins are limited here too (parley/throttles.py)
@@ -38,11 +39,25 @@ class RoomAdmin(admin.ModelAdmin):
         formset.save_m2m()
 
 
+class MessageAdminForm(forms.ModelForm):
+    class Meta:
+        model = Message
+        fields = ["text"]
+
+    def clean_text(self) -> str:
+        # The socket's rules for a text (length, NUL, trimming): an admin's edit is one too.
+        try:
+            return conversation.valid_text(self.cleaned_data["text"])
+        except MessageRefused as refused:
+            raise forms.ValidationError(refused.message) from None
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     """Every entry of the rooms' logs; a message's edit and delete go through parley.conversation,
     as a socket's do, so open pages see them at once (an `edit` / `delete` entry)."""
 
+    form = MessageAdminForm
     list_display = ["room", "seq", "kind", "author", "short_text", "target_seq", "created_at"]
     list_filter = ["kind", "room"]
     search_fields = ["text", f"author__{get_user_model().USERNAME_FIELD}"]
@@ -72,7 +87,7 @@ class MessageAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj: Message, form, change) -> None:
         if change and "text" in form.changed_data:
-            conversation.message_edit(room=obj.room, actor=request.user, seq=obj.seq, text=obj.text.strip(),
+            conversation.message_edit(room=obj.room, actor=request.user, seq=obj.seq, text=obj.text,
                                       source="admin", moderator=True)
 
     def delete_model(self, request, obj: Message) -> None:

@@ -89,8 +89,23 @@ def join_snapshots(items: list[tuple[Any, protocol.Join]], tokens: list[int | No
                if room is not None and _resumable(room, cmd)}
     ranges = dict(zip(resumes, selectors.messages_in_ranges(ranges=list(resumes.values())), strict=True))
     pages: dict[tuple[int, int], tuple[list[Message], bool]] = {}
-    return [no or (_snapshot(room, user, cmd, ranges.get(i), pages, v2) if room is not None else None)
-            for i, (room, (user, cmd), no, v2) in enumerate(zip(rooms, items, refused, v2s, strict=True))]
+    found = [no or (_snapshot(room, cmd, ranges.get(i), pages, v2) if room is not None else None)
+             for i, (room, (_, cmd), no, v2) in enumerate(zip(rooms, items, refused, v2s, strict=True))]
+    return _with_readers_reactions(found, [user for user, _ in items], v2s)
+
+
+def _with_readers_reactions(found: list[Any], users: list[Any], v2s: list[bool]) -> list[Any]:
+    """Each snapshot with what its reader put on its messages (a page's `me`): one query for the
+    whole batch, none when no message of it has reactions. A version 2 resume has no pages'
+    reactions (its `reaction` entries carry them)."""
+    wanted = [(i, users[i].pk, s[1]) for i, s in enumerate(found)
+              if isinstance(s, tuple) and not (s[3] and v2s[i]) and any(m.reactions for m in s[1])]
+    if not wanted:
+        return found
+    mine = selectors.reactions_of(pairs={(user_id, m.pk) for _, user_id, ms in wanted for m in ms if m.reactions})
+    for i, user_id, messages in wanted:
+        found[i] = (*found[i][:6], {m.pk: mine[(user_id, m.pk)] for m in messages if (user_id, m.pk) in mine})
+    return found
 
 
 _join_snapshots: Batched[tuple[Any, protocol.Join, int | None, bool], Snapshot | CredentialsRevoked | None] = Batched(
@@ -119,7 +134,7 @@ def _resumable(room: Room, cmd: protocol.Join) -> bool:
     return 0 <= room.last_seq - cmd.after_seq <= parley_settings.RESUME_MAX_GAP
 
 
-def _snapshot(room: Room, user: Any, cmd: protocol.Join, missed: list[Message] | None,
+def _snapshot(room: Room, cmd: protocol.Join, missed: list[Message] | None,
               pages: dict[tuple[int, int], tuple[list[Message], bool]], v2: bool) -> Snapshot:
     """One join's snapshot: `missed` are the log entries after its after_seq up to the room's
     last_seq if it resumes (else None); pages holds the page reads already made. A version 2
@@ -140,13 +155,12 @@ def _snapshot(room: Room, user: Any, cmd: protocol.Join, missed: list[Message] |
     if key not in pages:
         pages[key] = selectors.message_page(room_id=room.pk, before=None, limit=cmd.limit)
     messages, has_more = _fit(*pages[key], room.slug)
-    # Not last_seq: an entry committed after the page was read is still on its way to us as a
-    # live event, and must not be dropped as "already seen". The page holds messages only, so
-    # its newest message's seq is the high mark: the entries after it (an edit of an older
-    # message, say) come live or by gap fill, each once.
-    high = messages[-1].seq if messages else 0
-    mine = selectors.reactions_mine(user_id=user.pk, messages=messages)
-    return room, messages, has_more, recovered, high, max(last_seq, high), mine
+    # The room's last_seq as read before the page: every entry up to it was committed before
+    # the page was read, so the page shows its effect (an edit of an older message included) and
+    # it is not sent again; an entry committed later has a greater seq and comes live. (Not a
+    # last_seq read after the page: an entry committed in between would be dropped as seen.)
+    high = max(messages[-1].seq if messages else 0, last_seq)
+    return room, messages, has_more, recovered, high, high, {}
 
 
 def _fit(messages: list[Message], has_more: bool, room_slug: str) -> tuple[list[Message], bool]:

@@ -71,13 +71,15 @@ def _give_slot(user_id: int, socket_id: str) -> None:
 def requested_version(scope: dict[str, Any]) -> int | None:
     """The protocol version the socket's URL asks for (`?protocol=2`; none: 1), or None for one
     this server does not speak (docs/protocol.md §10)."""
-    query = scope.get("query_string", b"")
-    if b"protocol=" not in query:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("protocol")
+    if values is None:
         return 1
-    values = parse_qs(query.decode("latin-1")).get("protocol", [])
-    if len(values) != 1 or not values[0].isdigit() or int(values[0]) not in protocol.PROTOCOL_VERSIONS:
+    if len(values) != 1 or values[0] not in _VERSIONS:  # once, and exactly "1" or "2"
         return None
-    return int(values[0])
+    return _VERSIONS[values[0]]
+
+
+_VERSIONS = {str(v): v for v in protocol.PROTOCOL_VERSIONS}
 
 
 def heartbeat_timeout_secs() -> float:

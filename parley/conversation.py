@@ -23,7 +23,7 @@ from parley import events, mentions, protocol
 from parley.conf import parley_settings
 from parley.models import Message, Reaction, Room
 from parley.revocation import CredentialsRevoked
-from parley.selectors import room_user_can_manage, room_user_can_use, sees_all
+from parley.selectors import room_user_can_manage, room_user_can_use, sees_all, with_quote
 from parley.services import MessageRefused, room_reserve_seqs
 
 
@@ -49,9 +49,12 @@ class _Unchanged(Exception):
 
 def message_edit(*, room: Room, actor: Any, seq: int, text: str, token_id: int | None = None,
                  source: str = "python", moderator: bool = False) -> Change:
-    """Replace the text of the actor's own message `seq` (validated and trimmed already, as
-    parley.protocol does). Its mentions are parsed again; the `edit` entry keeps this version.
-    `moderator`: an admin editing someone else's message (the Django admin does)."""
+    """Replace the text of the actor's own message `seq`. The text is validated and trimmed as a
+    socket's `edit` is (MessageRefused: `text_empty`, `text_too_long`, `bad_field`). Its
+    mentions are parsed again; the `edit` entry keeps this version. `moderator`: an admin
+    editing someone else's message (the Django admin does)."""
+    text = valid_text(text)
+
     def change(target: Message, entry: Message) -> None:
         if target.author_id != actor.pk and not (moderator and sees_all(actor)):
             raise MessageRefused(protocol.FORBIDDEN, "only its author may edit a message")
@@ -72,10 +75,10 @@ def message_delete(*, room: Room, actor: Any, seq: int, token_id: int | None = N
     every edit of it are erased from the database (not hidden), its reactions removed; the
     message stays as a tombstone, so the log keeps its seq."""
     def change(target: Message, entry: Message) -> None:
-        if target.deleted_at is not None:
-            raise _Unchanged(target)
         if target.author_id != actor.pk and not room_user_can_manage(room=room, user=actor):
             raise MessageRefused(protocol.FORBIDDEN, "only its author, the room's owner or an admin may delete a message")
+        if target.deleted_at is not None:
+            raise _Unchanged(target)
         target.text, target.mentions, target.mention_room, target.reactions = "", None, False, None
         target.deleted_at = entry.created_at
         target.save(update_fields=["text", "mentions", "mention_room", "reactions", "deleted_at"])
@@ -91,7 +94,10 @@ def reaction_set(*, room: Room, actor: Any, seq: int, emoji: str, add: bool, tok
                  source: str = "python") -> Change:
     """Add (or, with add=False, remove) the actor's `emoji` on message `seq` (one emoji,
     validated by parley.protocol). Adding one already there, or removing one that is not,
-    changes nothing. The entry carries the emoji's count after it."""
+    changes nothing. The entry carries the emoji's count after it. `emoji` must be one emoji
+    (MessageRefused `bad_field` otherwise), as a socket's `react` checks."""
+    emoji = _checked(protocol.React, {"type": "react", "room": room.slug, "seq": seq, "emoji": emoji}).emoji
+
     def change(target: Message, entry: Message) -> None:
         summary = [list(pair) for pair in target.reactions or []]
         counts = {e: n for e, n in summary}
@@ -123,6 +129,24 @@ def reaction_set(*, room: Room, actor: Any, seq: int, emoji: str, add: bool, tok
     return _change(room, actor, seq, kind, change, token_id=token_id, source=source)
 
 
+def valid_text(text: Any) -> str:
+    """A message's new text as a socket's `edit` checks it: trimmed, 1 to PARLEY_MAX_TEXT_CHARS
+    characters, no NUL; else MessageRefused (`text_empty`, `text_too_long`, `bad_field`)."""
+    command = _checked(protocol.Edit, {"type": "edit", "room": "x", "seq": 1, "text": text})
+    return str(command.text)
+
+
+def _checked(kind: type[Any], frame: dict[str, Any]) -> Any:
+    """The command as parley.protocol parses it, or MessageRefused with its code: server code
+    and the admin get the socket's validation."""
+    try:
+        command = protocol.parse_command(frame)
+    except protocol.ProtocolError as exc:
+        raise MessageRefused(exc.code, exc.message, field=exc.field) from None
+    assert isinstance(command, kind)
+    return command
+
+
 def _change(room: Room, actor: Any, seq: int, kind: str, change: Any, *, token_id: int | None, source: str,
             tombstones_too: bool = False) -> Change:
     """The frame of every change: access, the seq, the target, the entry, the announcement."""
@@ -149,7 +173,7 @@ def _change(room: Room, actor: Any, seq: int, kind: str, change: Any, *, token_i
             events.send_event_on_commit(events.EntryAdded(entry=entry, message=target, room_id=room.pk,
                                                           room_slug=room.slug, source=source))
     except _Unchanged as unchanged:
-        return Change(entry=None, message=unchanged.message)
+        return Change(entry=None, message=with_quote(unchanged.message))
     except Room.DoesNotExist:
         raise MessageRefused(protocol.ROOM_NOT_FOUND, f"no room {room.slug!r} that you may see") from None
-    return Change(entry=entry, message=target)
+    return Change(entry=entry, message=with_quote(target))

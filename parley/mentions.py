@@ -3,8 +3,11 @@
 
 Parsed on the server, when a message is stored or edited, so every client highlights the same
 people and the "attention" features can notify them. A name is a mention only if it is an active
-user who may see the room: mentioning anyone else stores nothing and tells the author nothing
-(the text simply stays text), so a mention never reveals who exists or who is in a private room.
+user who is in the room: a member of it (its owner included), or, in a public room, someone who
+has posted in it; and who may see it (a private room's members only, not admins by privilege).
+Mentioning anyone else stores nothing and tells the author nothing (the text stays text): a
+mention reveals only people the author can see in the room anyway, never whether an account
+exists, which accounts are staff, or who is in a private room.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from django.contrib.auth import get_user_model
 
 from parley import limits
 from parley.conf import parley_settings
-from parley.models import Message, Room
-from parley.selectors import accessible_pairs, sees_all
+from parley.models import Membership, Message, Room
+from parley.selectors import sees_all
 
 # Django's default username characters (letters, digits, @ . + - _): `@ada` and, for a host that
 # signs in by e-mail, `@ada@example.com`. Not after a word character or another @ (an e-mail
@@ -44,6 +47,21 @@ def candidates(text: str) -> list[str]:
     return list(names)
 
 
+def _in_the_room(pairs: set[tuple[int, int]], is_private: dict[int, bool]) -> set[tuple[int, int]]:
+    """The (user id, room id) pairs whose user is in the room: a member, or (public rooms) an
+    author of one of its messages. Two queries at most, on the (room, user) and (room, author,
+    client_id) indexes."""
+    users = {u for u, _ in pairs}
+    rooms = {r for _, r in pairs}
+    found = set(Membership.objects.filter(room_id__in=rooms, user_id__in=users).values_list("user_id", "room_id"))
+    public = {r for r in rooms if not is_private.get(r, True)}
+    rest = {(u, r) for u, r in pairs if r in public and (u, r) not in found}
+    if rest:
+        found |= set(Message.objects.filter(room_id__in={r for _, r in rest}, author_id__in={u for u, _ in rest},
+                                            kind=Message.Kind.MESSAGE).order_by().values_list("author_id", "room_id").distinct())
+    return pairs & found
+
+
 def resolve(messages: Sequence[Message], *, is_private: dict[int, bool]) -> None:
     """Set `mentions` and `mention_room` on each unsaved message (or edit entry) from its text:
     one query for every named user of the batch, one for the memberships of private rooms.
@@ -58,9 +76,9 @@ def resolve(messages: Sequence[Message], *, is_private: dict[int, bool]) -> None
     if names:
         field = User.USERNAME_FIELD
         users = {getattr(u, field): u for u in User._default_manager.filter(**{f"{field}__in": names}, is_active=True)}
-    pairs = [(user, m.room_id) for m in messages for name in wanted[id(m)]
-             if (user := users.get(name)) is not None]
-    allowed = accessible_pairs(pairs=pairs, is_private=is_private) if pairs else set()
+    pairs = {(user.pk, m.room_id) for m in messages for name in wanted[id(m)]
+             if (user := users.get(name)) is not None}
+    allowed = _in_the_room(pairs, is_private) if pairs else set()
     owners: dict[int, int | None] = {}
     if any(ROOM_WORD in found for found in wanted.values()):
         owners = dict(Room.objects.filter(pk__in={m.room_id for m in messages}).values_list("pk", "owner_id"))

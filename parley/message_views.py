@@ -54,6 +54,8 @@ def _room(request: HttpRequest, slug: str) -> Any:
 def message_detail(request: HttpRequest, slug: str, seq: str) -> HttpResponse:
     """GET the message; PATCH {"text"} edits it (its author); DELETE makes it a tombstone (its
     author, the room's owner, an admin)."""
+    if request.method != "GET" and (refused := _charge(request)) is not None:
+        return refused
     number = _seq(seq)
     if number is None:
         return api_error(400, protocol.BAD_FIELD, f"the seq must be an integer from 1 to {protocol.MAX_SEQ}",
@@ -85,6 +87,8 @@ def message_detail(request: HttpRequest, slug: str, seq: str) -> HttpResponse:
 @api("PUT", "DELETE")
 def message_reaction(request: HttpRequest, slug: str, seq: str, emoji: str) -> HttpResponse:
     """PUT adds the caller's reaction `emoji` (percent-encoded in the path), DELETE removes it."""
+    if (refused := _charge(request)) is not None:
+        return refused
     number = _seq(seq)
     if number is None:
         return api_error(400, protocol.BAD_FIELD, f"the seq must be an integer from 1 to {protocol.MAX_SEQ}",
@@ -102,12 +106,17 @@ def message_reaction(request: HttpRequest, slug: str, seq: str, emoji: str) -> H
         source="http"))
 
 
-def _changed(request: HttpRequest, room: Any, make: Any) -> HttpResponse:
-    """Charge the edit bucket (before any work), make the change, answer with the message."""
+def _charge(request: HttpRequest) -> HttpResponse | None:
+    """Take a token of the user's edit bucket before any other work (a refusal, else None)."""
     wait = limits.USER_EDIT_BUCKETS.shared_take_blocking(request.user.pk)
     if wait:
         metrics.refused("edits")
         return rate_limited(wait, "too many edits and reactions; retry later")
+    return None
+
+
+def _changed(request: HttpRequest, room: Any, make: Any) -> HttpResponse:
+    """Make the change (charged already), answer with the message as it is now."""
     try:
         change: Change = make()
     except MessageRefused as exc:

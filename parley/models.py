@@ -116,6 +116,9 @@ class Message(models.Model):
         indexes = [
             # A message's edit entries (erased with it) and the replies to it (quotes).
             models.Index(fields=["room", "target_seq"], name="message_room_target_idx"),
+            # Pages read the message entries only: without this, a page behind 300,000 reaction
+            # entries read them all (PostgreSQL, 20-47 ms → 92-107 ms per page).
+            models.Index(fields=["room", "seq"], condition=models.Q(kind="message"), name="message_room_page_idx"),
         ]
 
     def __str__(self) -> str:

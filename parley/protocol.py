@@ -6,6 +6,7 @@ Nothing in this module touches the database or the socket, so it can be fuzzed o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -310,11 +311,21 @@ def _seq(frame: dict[str, Any]) -> int:
 
 
 def _emoji(frame: dict[str, Any]) -> str:
+    """One emoji, as Unicode's fully-qualified form: "❤" and "❤️" are one reaction (the second),
+    and a component alone (a skin tone, a hair style) is none."""
     value = _string(frame, "emoji", MAX_EMOJI_CHARS)
     assert value is not None
-    if not emoji_lib.is_emoji(value):
+    canonical = _fully_qualified().get(value.replace("\ufe0f", ""))
+    if canonical is None:
         raise ProtocolError(BAD_FIELD, "'emoji' must be one Unicode emoji", field="emoji")
-    return value
+    return canonical
+
+
+@functools.cache
+def _fully_qualified() -> dict[str, str]:
+    """Each fully-qualified emoji by its form without variation selector 16 (U+FE0F)."""
+    wanted = emoji_lib.STATUS["fully_qualified"]
+    return {e.replace("\ufe0f", ""): e for e, data in emoji_lib.EMOJI_DATA.items() if data.get("status") == wanted}
 
 
 def _parse_react(frame: dict[str, Any], add: bool) -> React:

@@ -159,11 +159,6 @@ def sees_all(user: Any) -> bool:
     return _sees_all(user)
 
 
-def accessible_pairs(*, pairs: list[tuple[Any, int]], is_private: dict[int, bool]) -> set[tuple[int, int]]:
-    """The (user id, room id) of `pairs` whose user may use the room, rooms' privacy known."""
-    return _accessible(pairs=pairs, is_private=is_private)
-
-
 def room_user_can_manage(*, room: Room, user: Any) -> bool:
     """Owners and staff manage a room's members."""
     if _sees_all(user):
@@ -244,6 +239,11 @@ def _with_quotes(entries: list[Message]) -> list[Message]:
     return entries
 
 
+def with_quote(message: Message) -> Message:
+    """The message, its reply quote attached (as pages have it)."""
+    return _with_quotes([message])[0]
+
+
 def reactions_mine(*, user_id: int, messages: Iterable[Message]) -> ReaderReactions:
     """What this reader put on these messages (a page's `me`), by message id: one query, none
     when no message of the page has reactions."""
@@ -254,6 +254,19 @@ def reactions_mine(*, user_id: int, messages: Iterable[Message]) -> ReaderReacti
                 "message_id", "emoji"):
             mine.setdefault(message_id, set()).add(emoji)
     return mine
+
+
+def reactions_of(*, pairs: set[tuple[int, int]]) -> dict[tuple[int, int], set[str]]:
+    """For (user id, message id) pairs, the emoji each user put on each message (pairs with none
+    absent): one query for a batch of joins' readers (parley.consumer_db)."""
+    users = {u for u, _ in pairs}
+    messages = {m for _, m in pairs}
+    found: dict[tuple[int, int], set[str]] = {}
+    for user_id, message_id, emoji in Reaction.objects.filter(user_id__in=users, message_id__in=messages).values_list(
+            "user_id", "message_id", "emoji"):
+        if (user_id, message_id) in pairs:
+            found.setdefault((user_id, message_id), set()).add(emoji)
+    return found
 
 
 def message_get(*, room_id: int, seq: int) -> Message | None:

@@ -106,10 +106,12 @@ def message_create(*, room_id: int, author: Any, text: str, client_id: str | Non
     draft = Message(room_id=room_id, author=author, text=text, client_id=client_id)
     try:
         with transaction.atomic():
+            # The seq first: it takes the room's lock, so the reply's target is read as no
+            # delete or edit can change it before this commits (they take the lock first too).
+            seq = room_reserve_seqs(room_id=room_id, count=1)
             _prepare_new([draft], [reply_to])
             if isinstance(refused := getattr(draft, "refused", None), MessageRefused):
                 raise refused
-            seq = room_reserve_seqs(room_id=room_id, count=1)
             message = Message.objects.create(
                 room_id=room_id, seq=seq, author=author, text=text, client_id=client_id,
                 created_at=timezone.now(), target_seq=draft.target_seq, mentions=draft.mentions,
@@ -241,12 +243,25 @@ def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
     """
     token_ids: list[int | None] = tokens if tokens is not None else [None] * len(items)
     reply_seqs: list[int | None] = replies if replies is not None else [None] * len(items)
+    # A batch with replies is one transaction everywhere (not PostgreSQL's autocommit
+    # statement), whose rooms are locked before the reply targets are read: a delete or an
+    # edit of a target (parley.conversation, which locks the room first too) then lands either
+    # wholly before the check or wholly after this batch's commit.
+    replying = replies is not None and any(r is not None for r in replies)
     try:
-        with db().write_transaction():
+        with transaction.atomic() if replying else db().write_transaction():
+            if replying:
+                _rooms_lock({room_id for _, room_id, _, _ in items})
             return _messages_create_together(items, token_ids, reply_seqs)
     except (IntegrityError, DataError):
         pass
     return _messages_create_each(items, token_ids, reply_seqs)
+
+
+def _rooms_lock(room_ids: set[int]) -> None:
+    """Take the rooms' row locks until commit, in id order (as the seq reservation does: no
+    deadlock between batches). SQLite's IMMEDIATE transaction holds the database's lock already."""
+    list(Room.objects.select_for_update().filter(pk__in=room_ids).order_by("pk").values_list("pk", flat=True))
 
 
 def _revoked(author: Any, token_id: int | None, lost: set[tuple[str, int]]) -> CredentialsRevoked | None:

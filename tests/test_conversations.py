@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
 
 from parley import services
 from parley.models import Membership, Message, Reaction
@@ -70,10 +71,14 @@ async def test_the_url_chooses_the_version_and_an_unknown_one_is_refused(connect
     assert v1.hello["protocol"] == 1 and "edits_burst" not in v1.hello["limits"]
     assert v2.hello["protocol"] == 2 and v2.hello["limits"]["edits_burst"] >= 1
     token = await make_token(ada)
-    for bad in ("3", "two", "2&protocol=2"):
+    for bad in ("3", "two", "2&protocol=2", "%D9%A2", "", " 2"):
         connected, _ws = await open_socket(headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN)],
                                           path=f"/ws/chat/?protocol={bad}")
         assert not connected, bad
+    connected, other = await open_socket(headers=[(b"authorization", f"Bearer {token}".encode()), (b"origin", ORIGIN)],
+                                         path="/ws/chat/?xprotocol=2&protocolx=9")
+    assert connected and (await other.receive_json_from())["protocol"] == 1  # no `protocol` parameter: 1
+    await other.disconnect()
     await make_room("lobby")
     await v1.join("lobby")
     err = await v1.request({"type": "edit", "room": "lobby", "seq": 1, "text": "x"})
@@ -256,18 +261,21 @@ async def test_a_reply_quotes_its_target_as_it_is_now(connect):
 
 
 async def test_mentions_name_only_people_who_can_see_the_room(connect):
-    ada, bob, _carol = await make_user("ada"), await make_user("bob"), await make_user("carol")
+    ada, bob, carol = await make_user("ada"), await make_user("bob"), await make_user("carol")
     await make_user("dave")
+    await database_sync_to_async(get_user_model().objects.create_superuser)("root", "root@example.com", "x")
     team = await make_room("team", owner=ada, private=True)
     await database_sync_to_async(services.membership_add)(room=team, user=bob)
-    await make_room("lobby")
+    lobby = await make_room("lobby")
+    await database_sync_to_async(services.message_create)(room_id=lobby.pk, author=carol, text="hi", client_id=None)
     a, b = await connect(ada, protocol=2), await connect(bob, protocol=2)
     await a.join("team")
     await a.join("lobby")
     await b.join("team")
-    ack = await post(a, "team", "@bob and @carol and @ghost, see @bob. @room! mail ada@bob.com")
+    ack = await post(a, "team", "@bob and @carol and @ghost, see @bob. @root @room! mail ada@bob.com")
     got = (await next_event(b))["message"]
-    assert got["mentions"] == [{"id": bob.pk, "username": "bob"}]  # carol cannot see it; ghost is no one
+    # carol cannot see it; ghost is no one; root (staff) sees every room but is not in this one
+    assert got["mentions"] == [{"id": bob.pk, "username": "bob"}]
     assert got["mention_room"] is True  # ada owns the room
     by_member = await post(b, "team", "@room hello @ada")
     got = (await next_event(a, ("message",)))
@@ -276,12 +284,14 @@ async def test_mentions_name_only_people_who_can_see_the_room(connect):
     assert "mention_room" not in got["message"] and got["message"]["mentions"] == [{"id": ada.pk, "username": "ada"}]
     public = await post(a, "lobby", "hi @carol @dave")
     page = await a.request({"type": "history", "room": "lobby"})
-    assert [u["username"] for u in page["messages"][-1]["mentions"]] == ["carol", "dave"]
-    edited = await a.request({"type": "edit", "room": "lobby", "seq": public["seq"], "text": "hi @bob"})
+    # in a public room: people who posted in it (carol), not every account (dave never did)
+    assert [u["username"] for u in page["messages"][-1]["mentions"]] == ["carol"]
+    edited = await a.request({"type": "edit", "room": "lobby", "seq": public["seq"], "text": "hi @ada @carol @bob"})
     assert edited["seq"]
     stored = await database_sync_to_async(lambda: Message.objects.get(room__slug="lobby", seq=public["seq"]).mentions)()
-    assert stored == [{"id": bob.pk, "username": "bob"}]
+    assert stored == [{"id": ada.pk, "username": "ada"}, {"id": carol.pk, "username": "carol"}]
     assert ack["seq"] == 1
+    assert (await post(a, "lobby", "@zed @nobody.")) and True
     with override_parley(ROOM_MENTIONS_PER_HOUR=1):
         from parley import limits
         limits.ROOM_MENTION_BUCKETS.forget(ada.pk)
@@ -449,3 +459,52 @@ async def test_entries_missed_live_are_filled_from_the_log_in_order(connect, par
     assert got[0]["text"] == "uno" and got[1]["count"] == 1
     assert (await next_event(old))["message"]["seq"] == last.seq
     assert await old.nothing(timeout=0.2)
+
+
+async def test_review_fixes_v1_resume_me_emoji_forms_tombstone_rights_and_the_join_mark(connect):
+    """A version 1 resume says `me` right; "❤" and "❤️" are one reaction and a skin tone alone
+    none; deleting someone's tombstone is forbidden, not a no-op; a fresh join does not resend
+    the entries its page already shows."""
+    ada, bob = await make_user("ada"), await make_user("bob")
+    await make_room("lobby")
+    a, b = await connect(ada, protocol=2), await connect(bob, protocol=2)
+    joined = await a.join("lobby")
+    await b.join("lobby")
+    first = await post(a, "lobby", "love it")
+    assert (await a.request({"type": "react", "room": "lobby", "seq": first["seq"], "emoji": "❤"}))["emoji"] == "❤️"
+    again = await a.request({"type": "react", "room": "lobby", "seq": first["seq"], "emoji": "❤️"})
+    assert (again["seq"], again["count"]) == (None, 1)
+    assert (await a.request({"type": "react", "room": "lobby", "seq": first["seq"], "emoji": "🏻"}))["code"] == "bad_field"
+    old = await connect(ada)
+    resumed = await old.join("lobby", after_seq=0, epoch=joined["room"]["epoch"])
+    assert resumed["recovered"] is True
+    assert resumed["messages"][0]["reactions"] == [{"emoji": "❤️", "count": 1, "me": True}]
+    await a.request({"type": "delete", "room": "lobby", "seq": first["seq"]})
+    assert (await b.request({"type": "delete", "room": "lobby", "seq": first["seq"]}))["code"] == "forbidden"
+    fresh = await connect(bob, protocol=2)
+    page = await fresh.join("lobby")
+    assert page["room"]["last_seq"] == first["seq"] + 2  # the message, its reaction, its delete
+    nxt = await post(b, "lobby", "next")
+    assert (await next_event(fresh))["message"]["seq"] == nxt["seq"]  # not the delete again
+
+
+async def test_a_reply_racing_the_delete_of_its_target_never_lands_after_it(connect):
+    """The reply's target is read under the room's lock (PostgreSQL: a transaction that locks
+    the room first), so a reply is stored before the delete or refused after it."""
+    import asyncio
+
+    ada, bob = await make_user("ada"), await make_user("bob")
+    await make_room("lobby")
+    a, b = await connect(ada, protocol=2), await connect(bob, protocol=2)
+    await a.join("lobby")
+    await b.join("lobby")
+    for i in range(20):
+        target = await post(a, "lobby", f"secret {i}")
+        reply, deleted = await asyncio.gather(
+            b.request({"type": "send", "room": "lobby", "text": "re", "reply_to": target["seq"]}),
+            a.request({"type": "delete", "room": "lobby", "seq": target["seq"]}))
+        assert deleted["type"] == "deleted"
+        if reply["type"] == "ack":
+            assert reply["seq"] < deleted["seq"], (reply, deleted)
+        else:
+            assert reply["code"] == "message_deleted"

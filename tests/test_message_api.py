@@ -143,6 +143,8 @@ async def test_http_admin_and_python_changes_reach_open_sockets_live(connect):
         row = Message.objects.get(room__slug="lobby", seq=second.seq)
         page = client.get(f"/admin/parley/message/{row.pk}/change/")
         assert page.status_code == 200
+        too_long = client.post(f"/admin/parley/message/{row.pk}/change/", {"text": "x" * 5000})
+        assert too_long.status_code == 200 and b"the limit is" in too_long.content  # the form's error
         response = client.post(f"/admin/parley/message/{row.pk}/change/", {"text": "moderated"})
         assert response.status_code == 302, response.content[:500]
         versions = client.get(f"/admin/parley/message/{Message.objects.get(room__slug='lobby', seq=first.seq).pk}/change/")
@@ -169,8 +171,9 @@ def test_post_message_reply_to_refusals():
         parley.post_message("lobby", "x", author=ada, reply_to="5")  # type: ignore[arg-type]
     assert refused.value.code == "bad_field"
     with override_parley(MAX_MENTIONS_PER_MESSAGE=2):
-        for name in ("bob", "cy", "dee"):
-            user(name)
+        lobby = services.room_ensure(slug="lobby", title="Lobby")
+        for name in ("bob", "cy", "dee"):  # people in the room: they posted in it
+            services.message_create(room_id=lobby.pk, author=user(name), text="hi", client_id=None)
         message = parley.post_message("lobby", "@dee @cy @bob @dee", author=ada)
     assert [m["username"] for m in message.mentions] == ["dee", "cy"]
 
@@ -204,3 +207,21 @@ async def test_message_changed_is_sent_for_every_change_from_every_path(connect)
     finally:
         message_changed.disconnect(receiver)
     assert sorted(got) == [("edit", first.seq, "uno", "socket"), ("react", first.seq, "uno", "http")]
+
+
+@pytest.mark.django_db
+def test_the_python_api_checks_what_a_socket_checks():
+    from parley import conversation
+
+    ada = user("ada")
+    room = services.room_create(slug="lobby", title="Lobby")
+    message = parley.post_message(room, "x", author=ada)
+    for text, code in (("", "text_empty"), ("   ", "text_empty"), ("x" * 4001, "text_too_long"), ("a\x00b", "bad_field")):
+        with pytest.raises(services.MessageRefused) as refused:
+            conversation.message_edit(room=room, actor=ada, seq=message.seq, text=text)
+        assert refused.value.code == code
+    with pytest.raises(services.MessageRefused) as refused:
+        conversation.reaction_set(room=room, actor=ada, seq=message.seq, emoji="not an emoji", add=True)
+    assert (refused.value.code, refused.value.field) == ("bad_field", "emoji")
+    assert conversation.message_edit(room=room, actor=ada, seq=message.seq, text="  y ").message.text == "y"
+    assert not Message.objects.filter(kind=Message.Kind.REACT).exists()

@@ -66,8 +66,6 @@ def messages(*, room_id: int, after_seq: int | None, before: int | None, limit: 
     (newest first if asked), at most `limit`, each with its author loaded; with
     `messages_only`, the `message` entries only (a page)."""
     params: list[Any] = [room_id]
-    if messages_only:
-        params.append(str(Message.Kind.MESSAGE))
     if after_seq is not None:
         params.append(after_seq)
     if before is not None:
@@ -109,7 +107,9 @@ def _messages_sql(vendor: str, after: bool, before: bool, newest_first: bool, me
     seq = c("m", Message, "seq")
     return _messages_select(
         f"{c('m', Message, 'room')} = %s"
-        + (f" AND {c('m', Message, 'kind')} = %s" if messages_only else "")
+        # A literal, not a parameter: only then may the planners use the partial index of
+        # message entries (Message.Meta, message_room_page_idx).
+        + (f" AND {c('m', Message, 'kind')} = 'message'" if messages_only else "")
         + (f" AND {seq} > %s" if after else "")
         + (f" AND {seq} < %s" if before else "")
         + f" ORDER BY {seq} {'DESC' if newest_first else 'ASC'} LIMIT %s"

@@ -27,6 +27,7 @@ __all__ = [
     "RawSocket",
     "assert_exactly_once",
     "closing_db",
+    "entry_seq",
     "fast_client",
     "make_room",
     "make_user_token",
@@ -161,12 +162,21 @@ def fast_client(url: str, token: str, **kw: Any) -> ParleyClient:
     return ParleyClient(url, token=token, **kw)
 
 
+ENTRY_TYPES = ("message", "edit", "delete", "reaction")  # the log's entries (protocol §10)
+
+
+def entry_seq(entry: dict[str, Any]) -> int:
+    return entry["message"]["seq"] if entry["type"] == "message" else entry["seq"]
+
+
 class Collector:
-    """Reads a client's events() in the background; keeps message payloads per room."""
+    """Reads a client's events() in the background; keeps message payloads per room, and every
+    log entry (message, edit, delete, reaction) per room."""
 
     def __init__(self, client: ParleyClient) -> None:
         self.client = client
         self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.entries: dict[str, list[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
         self.task = asyncio.create_task(self._run())
 
@@ -175,9 +185,25 @@ class Collector:
             self.events.append(event)
             if event["type"] == "message":
                 self.messages.setdefault(event["room"], []).append(event["message"])
+            if event["type"] in ENTRY_TYPES:
+                self.entries.setdefault(event["room"], []).append(event)
 
     def seqs(self, room: str) -> list[int]:
         return [m["seq"] for m in self.messages.get(room, [])]
+
+    def entry_seqs(self, room: str) -> list[int]:
+        return [entry_seq(e) for e in self.entries.get(room, [])]
+
+    def state(self, room: str, start: list[dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
+        """The room's messages as this client sees them: `start` (a page) with every entry
+        received folded in by parley_client.apply."""
+        from parley_client import apply
+
+        me = (self.client.user or {}).get("id")
+        state = {m["seq"]: dict(m) for m in start or []}
+        for entry in self.entries.get(room, []):
+            apply(state, entry, me=me)
+        return state
 
     async def stop(self) -> None:
         self.task.cancel()

@@ -23,7 +23,7 @@ from parley_client.requests import Requests
 from parley_client.rooms import RoomState
 from parley_client.sending import Sender
 from parley_client.stats import ClientStats
-from parley_client.sync import RoomSync
+from parley_client.sync import ENTRY_TYPES, RoomSync
 from parley_client.transport import Connection, Transport
 
 
@@ -166,8 +166,9 @@ class ParleyClient:
         await self._sync.leave(room)
 
     async def send(self, room: str, text: str, *, client_id: str | None = None,
-                   timeout: float | None = None) -> dict[str, Any]:
-        """Send a message; returns its `ack` once it is stored.
+                   reply_to: int | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Send a message (a reply to the message with seq `reply_to`, if given); returns its
+        `ack` once it is stored.
 
         Retried with the same client_id across reconnects until acked, so the message is stored
         once. On timeout the send is abandoned and TimeoutError raised: the message may or may
@@ -176,7 +177,31 @@ class ParleyClient:
         self._transport.check_alive()
         if self._sync.rooms.get(room) is None:
             raise ParleyError("not_joined", f"join {room!r} first")
-        return await self._sender.send(room, text, client_id, timeout)
+        return await self._sender.send(room, text, client_id, timeout, reply_to)
+
+    # Conversation requests (protocol §10). Each is retried across reconnects until answered:
+    # repeating one changes nothing (the server answers "seq": null), so it is never doubled.
+
+    async def edit(self, room: str, seq: int, text: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Replace the text of your message `seq`; returns the `edited` reply."""
+        return await self._conversation(room, {"type": "edit", "room": room, "seq": seq, "text": text}, timeout)
+
+    async def delete(self, room: str, seq: int, *, timeout: float | None = None) -> dict[str, Any]:
+        """Delete message `seq` (yours; anyone's as the room's owner or an admin); `deleted`."""
+        return await self._conversation(room, {"type": "delete", "room": room, "seq": seq}, timeout)
+
+    async def react(self, room: str, seq: int, emoji: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Put `emoji` on message `seq`; returns the `reacted` reply (with the emoji's `count`)."""
+        return await self._conversation(room, {"type": "react", "room": room, "seq": seq, "emoji": emoji},
+                                        timeout)
+
+    async def unreact(self, room: str, seq: int, emoji: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Take your `emoji` off message `seq`; returns the `reacted` reply."""
+        return await self._conversation(room, {"type": "unreact", "room": room, "seq": seq, "emoji": emoji},
+                                        timeout)
+
+    async def _conversation(self, room: str, frame: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        return await asyncio.wait_for(self._sync.room_request(room, frame, edit_bucket=True), timeout)
 
     async def history(self, room: str, *, before: int | None = None, limit: int = 50) -> dict[str, Any]:
         """One page of older messages (seq < before), ascending. Retried across reconnects."""
@@ -187,9 +212,10 @@ class ParleyClient:
         self._sync.typing(room)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Server events in arrival order: `message` (each once, in seq order per room),
+        """Server events in arrival order: the log's entries `message`, `edit`, `delete` and
+        `reaction` (each once, in seq order per room; fold them with parley_client.apply),
         `presence`, `typing`, `error` (unsolicited), plus the client's own `connected`,
-        `disconnected`, `reset` and, last, `closed`. Meant for one consumer."""
+        `disconnected`, `reset`, `stale` and, last, `closed`. Meant for one consumer."""
         while True:
             event = await self._events.get()
             if event is None:
@@ -204,7 +230,6 @@ class ParleyClient:
         self._sender.fail_all(exc)
         self._emit({"type": "closed", "reason": str(exc)})
         self._events.put_nowait(None)
-
 
 
 class _Router:
@@ -232,8 +257,8 @@ class _Router:
     def frame(self, conn: Connection, frame: dict[str, Any]) -> None:
         c = self.client
         kind = frame.get("type")
-        if kind == "message":
-            c._sync.on_message(conn, frame)
+        if kind in ENTRY_TYPES and "ref" not in frame:
+            c._sync.on_entry(conn, frame)
         elif kind == "ack":
             c._sender.on_ack(conn, frame)
         elif kind == "error" and c._sender.on_error(conn, frame):

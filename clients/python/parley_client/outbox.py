@@ -28,9 +28,14 @@ class OutboxEntry:
     attempts: int = 0
     not_before: float = 0.0  # monotonic time before which a retry must not leave (retry_after_ms)
     errors: list[str] = field(default_factory=list)
+    reply_to: int | None = None  # the seq of the message this one replies to (protocol §10)
 
     def frame(self, ref: str) -> dict[str, Any]:
-        return {"type": "send", "ref": ref, "room": self.room, "text": self.text, "client_id": self.client_id}
+        frame: dict[str, Any] = {"type": "send", "ref": ref, "room": self.room, "text": self.text,
+                                 "client_id": self.client_id}
+        if self.reply_to is not None:
+            frame["reply_to"] = self.reply_to
+        return frame
 
 
 class Outbox:
@@ -46,7 +51,7 @@ class Outbox:
     def get(self, client_id: str) -> OutboxEntry | None:
         return self._entries.get(client_id)
 
-    def add(self, room: str, text: str, client_id: str | None = None) -> OutboxEntry:
+    def add(self, room: str, text: str, client_id: str | None = None, reply_to: int | None = None) -> OutboxEntry:
         """A new entry, or the pending one with the same client_id (two callers, one message)."""
         cid = client_id or new_client_id()
         existing = self._entries.get(cid)
@@ -54,7 +59,7 @@ class Outbox:
             if existing.room != room:
                 raise ValueError(f"client_id {cid!r} is already pending for room {existing.room!r}")
             return existing
-        entry = OutboxEntry(room, text, cid, asyncio.get_running_loop().create_future())
+        entry = OutboxEntry(room, text, cid, asyncio.get_running_loop().create_future(), reply_to=reply_to)
         self._entries[cid] = entry
         return entry
 

@@ -32,6 +32,7 @@ from parley_client.transport import Connection, encode
 PERMANENT_SEND_ERRORS = frozenset({
     "text_empty", "text_too_long", "bad_field", "missing_field", "room_not_found",
     "frame_too_large", "bad_frame", "bad_json", "unknown_type", "forbidden",
+    "message_not_found", "message_deleted",  # reply_to names no message, or a tombstone
 })
 
 
@@ -58,8 +59,8 @@ class Sender:
         self._sent.pop(conn.id, None)
 
     async def send(self, room: str, text: str, client_id: str | None,
-                   timeout: float | None) -> dict[str, Any]:
-        entry = self.outbox.add(room, text, client_id)
+                   timeout: float | None, reply_to: int | None = None) -> dict[str, Any]:
+        entry = self.outbox.add(room, text, client_id, reply_to)
         conn = self._current()
         if conn is not None:
             conn.wake()

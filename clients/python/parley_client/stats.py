@@ -15,4 +15,5 @@ class ClientStats:
     catchups: int = 0             # refused resumes repaired from history (same epoch)
     delivered: int = 0            # message events handed to the application
     send_retries: int = 0         # retransmissions of a send (reconnect or retryable error)
+    request_retries: int = 0      # history/edit/delete/react/unreact sent again after a refusal
     paced_waits: int = 0          # times a frame waited for a token of hello.limits' buckets

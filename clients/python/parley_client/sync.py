@@ -1,23 +1,34 @@
-"""Room sync: which rooms are joined, and their messages delivered once each, in seq order.
+"""Room sync: which rooms are joined, and their log entries delivered once each, in seq order.
 
-Every joined room has a RoomState (parley_client.rooms): its epoch and the highest seq
-delivered. On every new connection each room is rejoined with `after_seq`/`epoch`, and:
+A room's log (docs/protocol.md §10) holds entries — `message`, `edit`, `delete`, `reaction` —
+each with the room's next seq. Every joined room has a RoomState (parley_client.rooms): its epoch
+and the highest entry seq delivered. On every new connection each room is rejoined with
+`after_seq`/`epoch`, and:
 
-- `recovered: true`: the reply holds what was missed; live messages follow;
+- `recovered: true`: the reply's `events` are the entries missed; live entries follow;
 - `recovered: false` with the *same* epoch (the gap was larger than the server's resume window):
-  the reply's page goes into the reorder buffer and the gap below it is read from `history`,
-  page by page, up to `catchup_max` messages, so nothing is lost;
+  the reply's page (messages in their current state) goes into the reorder buffer and the
+  messages below it are read from `history`, page by page, up to `catchup_max`. Pages hold
+  messages only, so the seqs between them (edits, deletes, reactions, folded into the pages'
+  messages) are skipped; if any were, older messages may have changed unseen, and the
+  application gets a `stale` event;
 - a *different* epoch (the room was deleted and created again), or more than `catchup_max`
   behind: the log starts over, and the application gets a `reset` event;
 - a resume cut off twice before its `joined` arrived (4413: the server could not send the whole
   gap) becomes a fresh join whose gap is paged from `history` the same way.
 
-Every message passes `RoomState.offer`: a seq already delivered is dropped, one ahead of a gap is
-held back, and a gap still open after `gap_fill_delay` is read from `history`.
+Every entry passes `RoomState.offer`: a seq already delivered is dropped, one ahead of a gap is
+held back, and a gap still open after `gap_fill_delay` is filled by a resume `join` on the same
+socket (after_seq = the high-water mark), whose `events` are exactly the missing entries; a gap
+below `RoomState.history_until` (a catch-up in progress) is paged from `history` instead.
 
 A join's frame leaving the socket opens the room for sends on that connection
 (`join_sent_on`, read by parley_client.sending): the server handles a socket's frames in
 order, so sends pipelined after the join are handled after it.
+
+The conversation requests (`edit`, `delete`, `react`, `unreact`) change nothing when repeated
+(protocol §10), so they are retried like `history`: on the next connection, and after a
+refusal a retry can fix; they are paced by the server's edit bucket (hello.limits.edits_*).
 """
 
 from __future__ import annotations
@@ -30,8 +41,9 @@ from typing import Any
 
 from parley_client.backoff import retry_delay
 from parley_client.errors import ConnectionLost, ParleyError
+from parley_client.pacing import TokenBucket, bucket_from_limits
 from parley_client.requests import Requests
-from parley_client.rooms import RoomState
+from parley_client.rooms import RoomState, entry_seq
 from parley_client.sending import Sender
 from parley_client.stats import ClientStats
 from parley_client.transport import Connection, retrieve
@@ -40,6 +52,24 @@ log = logging.getLogger("parley_client")
 
 PERMANENT_JOIN_ERRORS = frozenset({"room_not_found", "bad_field", "missing_field", "forbidden",
                                    "too_many_rooms"})
+# Refusals of a request that the same request can get past later: wait (retry_after_ms, or a
+# jittered delay) and send it again. not_joined: the room's rejoin is still on its way.
+RETRYABLE_REQUEST_ERRORS = frozenset({"rate_limited", "commit_failed", "internal_error", "not_joined"})
+# The log's entry events (protocol §10): each takes the room's next seq.
+ENTRY_TYPES = frozenset({"message", "edit", "delete", "reaction"})
+
+
+def _held(st: RoomState, entry: dict[str, Any]) -> bool:
+    try:
+        seq = entry_seq(entry)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return seq <= st.high_seq or seq in st.pending
+
+
+def message_event(message: dict[str, Any]) -> dict[str, Any]:
+    """A page's message as the `message` entry event it is in the log."""
+    return {"type": "message", "room": message.get("room"), "message": message}
 
 
 def _spawn_detached(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -65,6 +95,7 @@ class RoomSync:
         self.gap_fill_delay = gap_fill_delay
         self.catchup_max = catchup_max
         self.emit_backlog = emit_backlog
+        self._edits: TokenBucket | None = None  # the user's edit bucket, mirrored (pacing)
 
     def may_send(self, conn: Connection, room: str) -> bool:
         st = self.rooms.get(room)
@@ -106,29 +137,55 @@ class RoomSync:
                 pass
 
     async def history(self, room: str, before: int | None, limit: int) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "history", "room": room, "limit": limit}
+        if before is not None:
+            frame["before"] = before
+        # Only the user's history byte budget (protocol §3) is transient for a page.
+        return await self.room_request(room, frame, retry=frozenset({"rate_limited"}))
+
+    async def room_request(self, room: str, frame: dict[str, Any], *,
+                           retry: frozenset[str] = RETRYABLE_REQUEST_ERRORS,
+                           edit_bucket: bool = False) -> dict[str, Any]:
+        """Send a request about a joined room until it is answered; the reply, or ParleyError
+        for a refusal not in `retry`. Only for requests that may be repeated safely: a
+        connection lost before the reply sends it again on the next one, after the room's
+        rejoin. `edit_bucket`: it takes a token of the user's edit bucket (protocol §10)."""
         self._check_alive()
         st = self.rooms.get(room)
         if st is None:
             raise ParleyError("not_joined", f"join {room!r} first")
-        frame: dict[str, Any] = {"type": "history", "room": room, "limit": limit}
-        if before is not None:
-            frame["before"] = before
         refusals = 0
         while True:
             await self._joined(st)
             conn = await self._ready()
+            if edit_bucket:
+                await self._edit_token()
+                if conn.closed:
+                    continue
             try:
                 reply = await self._requests.request(conn, frame)
             except ConnectionLost:
                 continue
             if reply["type"] == "error":
-                if reply.get("code") == "rate_limited":
-                    # The user's history byte budget (protocol §3): transient, wait as told.
+                code = reply.get("code", "error")
+                if code in retry:
                     refusals += 1
+                    self.stats.request_retries += 1
                     await asyncio.sleep(retry_delay(reply, refusals))
                     continue
-                raise ParleyError(reply.get("code", "error"), reply.get("message", ""), reply)
+                if code == "room_not_found" and self.rooms.get(room) is st:
+                    self._drop(st, reply)  # access was lost: the server's socket left the room
+                raise ParleyError(code, reply.get("message", ""), reply)
             return reply
+
+    async def _edit_token(self) -> None:
+        # Waiting here, not in the writer: the frame still waits for its frame token there.
+        while self._edits is not None:
+            wait = self._edits.take()
+            if wait == 0.0:
+                return
+            self.stats.paced_waits += 1
+            await asyncio.sleep(wait)
 
     def typing(self, room: str) -> None:
         conn, st = self._current(), self.rooms.get(room)
@@ -146,6 +203,9 @@ class RoomSync:
     # --- connections ------------------------------------------------------------------------
 
     def connected(self, conn: Connection) -> None:
+        # Per user on the server (on all processes with Redis): refilled full, as the message
+        # bucket is (parley_client.sending).
+        self._edits = bucket_from_limits(conn.limits, "edits_per_sec", "edits_burst")
         for st in list(self.rooms.values()):  # rejoin (resume) everything; sends follow each join
             self._joiner(conn, st)
 
@@ -183,14 +243,20 @@ class RoomSync:
             code = reply.get("code", "")
             st.join_sent_on = None
             if code in PERMANENT_JOIN_ERRORS:
-                self.rooms.pop(st.slug, None)
-                self._sender.fail_room(st.slug, ParleyError(code, reply.get("message", ""), reply))
-                self._emit(reply)
+                self._drop(st, reply)
                 return reply
             attempt += 1
             self._sender.requeue_room(conn, st.slug)
             await asyncio.sleep(retry_delay(reply, attempt))
         return None
+
+    def _drop(self, st: RoomState, reply: dict[str, Any]) -> None:
+        """The server refused the room for good (it is gone, or access was lost)."""
+        code = reply.get("code", "")
+        if self.rooms.get(st.slug) is st:
+            self.rooms.pop(st.slug, None)
+        self._sender.fail_room(st.slug, ParleyError(code, reply.get("message", ""), reply))
+        self._emit(reply)
 
     # --- frames in --------------------------------------------------------------------------
 
@@ -206,48 +272,81 @@ class RoomSync:
         st = self.rooms.get(info["slug"])
         if st is None:
             return
-        messages = frame.get("messages", [])
+        messages = frame.get("messages") or []
         epoch = info["epoch"]
         recovered = frame.get("recovered")
+        # The server delivers live every entry after the page's newest message (or after_seq).
+        page_high = messages[-1]["seq"] if messages else 0
+        gap_fill = st.filling  # a resume this client sent to fill a gap, not a reconnect's
         st.joined_on = conn.id
         st.last_joined = frame
         st.resume_failures = 0
+        entries: list[dict[str, Any]] = []
         if not st.known:
             st.epoch = epoch
-            if not self.emit_backlog:
-                st.high_seq = messages[-1]["seq"] if messages else 0
-                messages = []
+            if self.emit_backlog:
+                # The whole log from its start: the page, and history below it.
+                entries = [message_event(m) for m in messages]
+                st.history_until = max(st.history_until, page_high)
+            else:
+                st.high_seq = page_high
         elif recovered is True:
-            self.stats.resumes_recovered += 1
+            if not gap_fill:
+                self.stats.resumes_recovered += 1
+            events = frame.get("events")
+            # A version 1 server lists the missed messages instead of the entries.
+            entries = events if isinstance(events, list) else [message_event(m) for m in messages]
         else:
-            self.stats.resumes_refused += 1
-            behind = info["last_seq"] - st.high_seq
+            if not gap_fill:
+                self.stats.resumes_refused += 1
+            behind = max(int(info.get("last_seq") or 0), page_high) - st.high_seq
             if epoch == st.epoch and 0 <= behind <= self.catchup_max:
                 # Same log, only too far behind for the server: the page goes into the reorder
-                # buffer and the gap below it is read from history, so nothing is lost.
+                # buffer and the messages below it are read from history, so none is lost.
                 self.stats.catchups += 1
-                messages = [m for m in messages if m["seq"] > st.high_seq]  # overlap: not the server's fault
+                entries = [message_event(m) for m in messages if m["seq"] > st.high_seq]
+                if page_high > st.high_seq:
+                    if st.catchup_from is None:
+                        st.catchup_from, st.catchup_skipped = st.high_seq, st.stats.skipped
+                    st.history_until = max(st.history_until, page_high)
             else:
                 st.pending.clear()
-                st.reset(epoch, messages[-1]["seq"] if messages else 0)
+                st.reset(epoch, page_high)
+                st.catchup_from = None
                 self._emit({"type": "reset", "room": st.slug, "epoch": epoch, "messages": messages,
                             "has_more": frame.get("has_more", False)})
-                messages = []
-        for message in messages:
-            self._deliver(st, st.offer(message))
+        if gap_fill:
+            # A gap's resume lists everything after the gap too, which is held back already:
+            # expected, not the duplicates RoomStats counts.
+            entries = [e for e in entries if not _held(st, e)]
+        for entry in entries:
+            self._offer(st, entry)
+        if st.high_seq >= st.history_until:
+            self._catchup_done(st)  # e.g. a recovered resume finished an interrupted catch-up
         self._check_gap(conn, st, delay=0.0)
 
-    def on_message(self, conn: Connection, frame: dict[str, Any]) -> None:
+    def on_entry(self, conn: Connection, frame: dict[str, Any]) -> None:
+        """A live log entry: `message`, `edit`, `delete` or `reaction`."""
         st = self.rooms.get(frame.get("room", ""))
         if st is None or st.joined_on != conn.id:
             return
-        self._deliver(st, st.offer(frame["message"]))
+        self._offer(st, frame)
         self._check_gap(conn, st, delay=self.gap_fill_delay)
 
-    def _deliver(self, st: RoomState, messages: list[dict[str, Any]]) -> None:
-        for message in messages:
+    on_message = on_entry
+
+    def _offer(self, st: RoomState, entry: dict[str, Any]) -> None:
+        try:
+            entry_seq(entry)
+        except (KeyError, TypeError, ValueError):
+            log.warning("parley: ignoring a %s entry without a seq in %s", entry.get("type"), st.slug)
+            return
+        self._deliver(st, st.offer(entry))
+
+    def _deliver(self, st: RoomState, entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
             self.stats.delivered += 1
-            self._emit({"type": "message", "room": st.slug, "message": message})
+            self._emit(entry)
 
     # --- gaps -------------------------------------------------------------------------------
 
@@ -256,36 +355,91 @@ class RoomSync:
             st.gap_task = conn.spawn(self._fill_gap(conn, st, delay))
 
     async def _fill_gap(self, conn: Connection, st: RoomState, delay: float) -> None:
-        """Read missing seqs from history, oldest first, until nothing is held back."""
+        """Fill the room's gaps, oldest first, until nothing is missing."""
         await asyncio.sleep(delay)
         failures = 0
         # Narrowed when the server cuts a page to fit one frame.
         window = int(conn.limits.get("history_page_max", 100))
+        resumed_from: int | None = None  # the high-water mark of the last recovered gap resume
         while not conn.closed and st.joined_on == conn.id and self.rooms.get(st.slug) is st:
             gap = st.gap()
+            if gap is None or gap[0] > st.history_until:
+                self._catchup_done(st)
             if gap is None:
                 return
-            first_missing, first_pending = gap
-            before = min(first_pending, first_missing + window)
-            st.stats.gap_fills += 1
+            first_missing, past = gap
             try:
-                reply = await self._requests.request(conn, {"type": "history", "room": st.slug,
-                                                            "before": before, "limit": before - first_missing})
+                if first_missing <= st.history_until:
+                    reply = await self._page_gap(conn, st, first_missing, min(past, st.history_until + 1), window)
+                    if isinstance(reply, int):
+                        window, reply = reply, None
+                elif resumed_from == st.high_seq:
+                    # A recovered resume lists every entry after after_seq (protocol §10): the
+                    # server has no such seqs. It never skips one; do not wait forever.
+                    log.error("parley: %s seqs %s..%s missing on the server; skipping them",
+                              st.slug, first_missing, past - 1)
+                    self._deliver(st, st.skip_to(past - 1))
+                    continue
+                else:
+                    resumed_from = st.high_seq
+                    reply = await self._resume_gap(conn, st)
             except ConnectionLost:
                 return  # the resume on the next connection covers it
-            if reply["type"] == "error":
-                failures += 1
-                await asyncio.sleep(retry_delay(reply, failures))
+            if reply is None:
                 continue
-            got = reply["messages"]
-            if got and got[0]["seq"] > first_missing and reply.get("has_more"):
-                # Cut short by PARLEY_REPLY_MAX_BYTES (protocol §3): ask for fewer, older ones.
-                window = max(1, len(got))
+            if reply.get("type") != "error":
+                if reply.get("type") == "joined" and reply.get("recovered") is not True:
+                    resumed_from = None  # refused: a catch-up from history is under way
                 continue
-            for message in got:
-                self._deliver(st, st.offer(message))
-            if st.high_seq < first_missing:
-                # The server has no such messages (it never skips seqs; see protocol §2).
-                log.error("parley: %s seqs %s..%s missing on the server; skipping them",
-                          st.slug, first_missing, before - 1)
-                self._deliver(st, st.skip_to(before - 1))
+            code = reply.get("code", "")
+            if code in PERMANENT_JOIN_ERRORS:
+                self._drop(st, reply)  # e.g. room_not_found: access was lost, the socket left it
+                return
+            if code == "not_joined":
+                return  # the server and this state disagree: the next connection's rejoin settles it
+            resumed_from = None
+            failures += 1
+            await asyncio.sleep(retry_delay(reply, failures))
+
+    async def _resume_gap(self, conn: Connection, st: RoomState) -> dict[str, Any]:
+        """A resume join on this socket: on_joined takes its `events` (the missing entries)."""
+        st.stats.gap_fills += 1
+        st.filling = True
+        try:
+            return await self._requests.request(conn, {"type": "join", "room": st.slug,
+                                                       "after_seq": st.high_seq, "epoch": st.epoch})
+        finally:
+            st.filling = False
+
+    async def _page_gap(self, conn: Connection, st: RoomState, first_missing: int, past: int,
+                        window: int) -> dict[str, Any] | int | None:
+        """Read the messages with seqs first_missing..past-1 from history and deliver them; pass
+        over the seqs between them (not messages: folded into the pages). Returns the error
+        reply, a narrower window (the server cut the page to fit one frame), or None."""
+        before = min(past, first_missing + window)
+        st.stats.gap_fills += 1
+        reply = await self._requests.request(conn, {"type": "history", "room": st.slug,
+                                                    "before": before, "limit": before - first_missing})
+        if reply["type"] == "error":
+            return reply
+        got = [m for m in reply.get("messages") or [] if isinstance(m, dict) and isinstance(m.get("seq"), int)]
+        if got and got[0]["seq"] > first_missing and reply.get("has_more"):
+            # Cut short by PARLEY_REPLY_MAX_BYTES (protocol §3): ask for fewer, older ones.
+            # (Not by `limit`: that many messages cannot fit above first_missing.)
+            return max(1, min(window - 1, len(got)))
+        for message in got:
+            if first_missing <= message["seq"] < before:
+                self._deliver(st, st.skip_to(message["seq"] - 1))
+                self._offer(st, message_event(message))
+        self._deliver(st, st.skip_to(before - 1))
+        return None
+
+    def _catchup_done(self, st: RoomState) -> None:
+        """After a catch-up from history: if it passed over entries, older messages than the
+        resume point may have been edited, deleted or reacted to unseen. Tell the application."""
+        if st.catchup_from is None:
+            return
+        since, skipped_before = st.catchup_from, st.catchup_skipped
+        st.catchup_from = None
+        if since > 0 and st.stats.skipped > skipped_before:
+            self._emit({"type": "stale", "room": st.slug, "through_seq": since})

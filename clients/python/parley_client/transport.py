@@ -23,6 +23,7 @@ import json
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -41,6 +42,16 @@ from parley_client.stats import ClientStats
 log = logging.getLogger("parley_client")
 
 CLOSE_CREDENTIALS_REVOKED = 4401
+PROTOCOL_VERSION = 2  # docs/protocol.md §10: the log's edits, deletes and reactions as entries
+
+
+def versioned_url(url: str, version: int = PROTOCOL_VERSION) -> str:
+    """The socket URL asking for this protocol version (`?protocol=2`), unless it asks already."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "protocol" for key, _ in query):
+        return url
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode([*query, ("protocol", str(version))])))
 
 
 def encode(frame: dict[str, Any]) -> str:
@@ -211,7 +222,7 @@ class Transport:
             while not self.closing:
                 try:
                     ws = await connect(
-                        self.url, additional_headers=self.headers, open_timeout=self.connect_timeout,
+                        versioned_url(self.url), additional_headers=self.headers, open_timeout=self.connect_timeout,
                         ping_interval=None, close_timeout=2, proxy=None, max_size=2**22,
                     )
                 except InvalidURI as exc:
