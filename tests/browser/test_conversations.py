@@ -73,6 +73,10 @@ def test_two_users_edit_delete_react_reply_and_mention(parley: Any, new_page: An
     _create_room(ada, slug)
     open_room(bob, slug)
     expect(ada.locator(f'[data-testid="member"][data-username="{bob_name}"]')).to_have_count(1)
+    # In a public room a mention names its owner or someone who has posted there: bob says hi.
+    bob.get_by_test_id("composer-input").fill("hi")
+    bob.get_by_test_id("composer-input").press("Enter")
+    _seq_of(ada, slug, "hi")
 
     # ada mentions bob through the @ autocomplete (bob is online in the room).
     _type(ada, "hello @" + bob_name[:4])
