@@ -209,7 +209,8 @@ def test_two_users_edit_delete_react_reply_and_mention(parley: Any, new_page: An
         expect(_msg(p, m1).get_by_test_id("message-tombstone")).to_have_count(1)
         expect(_msg(p, m1).get_by_test_id("reaction")).to_have_count(0)
         expect(_msg(p, m2).get_by_test_id("reply-quote")).to_contain_text("message deleted")
-    # @room is offered to the room's owner only.
+    # @room is offered to the room's owner only (once the page knows it is hers: delete on m2).
+    expect(_action(ada, m2, "action-delete")).to_have_count(1)
     _type(ada, "@ro")
     expect(ada.locator('[data-testid="mention-option"][data-username="room"]')).to_be_visible()
     ada.get_by_test_id("composer-input").fill("")

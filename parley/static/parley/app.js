@@ -111,11 +111,7 @@ function openRoom(slug, jumpTo = null) {
   if (location.hash !== `#/${slug}` && !jumpTo) history.replaceState(null, "", `#/${slug}`);
   render("open");
   if (!sidebar.find(slug)) sidebar.load().then(() => render("rooms")).catch(() => {});
-  // The room's owner may delete anyone's message: the memberships say who that is (§8).
-  api(`${urls.apiRooms}/${encodeURIComponent(slug)}/members`).then(({ members }) => {
-    actions.owners.set(slug, members.find((m) => m.role === "owner")?.id ?? null);
-    if (slug === current) render("actions");
-  }).catch(() => {});
+  loadOwner(slug);
   client.join(slug).then(() => {
     if (pendingJump && pendingJump.slug === current) {
       const { seq } = pendingJump;
@@ -127,6 +123,18 @@ function openRoom(slug, jumpTo = null) {
       flash(`No room “${slug}” that you may see.`);
       if (slug !== "lobby") openRoom("lobby");
     }
+  });
+}
+
+// The room's owner may delete anyone's message: the memberships say who that is (§8). Asked
+// again on every connect until known (a failed request is not an answer).
+function loadOwner(slug, retries = 2) {
+  if (actions.owners.has(slug)) return;
+  api(`${urls.apiRooms}/${encodeURIComponent(slug)}/members`).then(({ members }) => {
+    actions.owners.set(slug, members.find((m) => m.role === "owner")?.id ?? null);
+    if (slug === current) render("actions");
+  }).catch(() => {
+    if (retries > 0) setTimeout(() => loadOwner(slug, retries - 1), 1500);
   });
 }
 
@@ -268,7 +276,10 @@ function renderConn(s) {
 
 client.on("state", (s) => {
   renderConn(s);
-  if (s.state === STATES.CONNECTED) sidebar.load().then(() => render("rooms")).catch(() => {});
+  if (s.state === STATES.CONNECTED) {
+    sidebar.load().then(() => render("rooms")).catch(() => {});
+    if (current) loadOwner(current);
+  }
   // Repeated refusals may mean the session ended: ask the HTTP side, which can tell us.
   if (s.state === STATES.RECONNECTING && s.attempt >= 3 && !s.opened) checkSession();
 });
