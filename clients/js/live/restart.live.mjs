@@ -85,6 +85,33 @@ for (const [name, c] of [["a", a], ["b", b]]) {
   if (!c.states.includes(STATES.RECONNECTING)) fail(`${name} never reported reconnecting`);
 }
 if (JSON.stringify(texts(a)) !== JSON.stringify(texts(b))) fail("a and b disagree");
+
+// Protocol version 2: edits, reactions, deletes and a reply, part of them while b is away; b's
+// resume brings the entries it missed, and its copy of every message ends equal to a's.
+if (a.protocol !== 2 || b.protocol !== 2) fail(`protocol ${a.protocol}/${b.protocol}, not 2`);
+const seqOf = (text) => a.room(slug).messages.find((m) => m.text === text).seq;
+const view = (c) => JSON.stringify(c.room(slug).messages.filter((m) => !m._fromAck).map((m) => [m.seq, m.text, !!m.deleted,
+  !!m.edited_at, (m.reactions || []).map((r) => [r.emoji, r.count]), m.reply_to ? [m.reply_to.seq, m.reply_to.deleted] : null]));
+const [s1, s2, s3, s4] = ["before", ...during].map(seqOf);
+await a.edit(slug, s1, "before, edited");
+await a.react(slug, s2, "👍");
+await b.react(slug, s2, "👍");
+await until("b sees the first changes", () => view(b) === view(a));
+b._drop("live check"); // b is away for what follows, then resumes
+await a.delete(slug, s3);
+await a.react(slug, s4, "🎉");
+await a.unreact(slug, s2, "👍");
+const again = await a.react(slug, s4, "🎉");
+if (again.seq !== null || again.count !== 1) fail(`a second react should change nothing: ${JSON.stringify(again)}`);
+await a.send(slug, "a reply", { replyTo: s4 });
+await until("b converges after its resume", () => b.state === STATES.CONNECTED && view(b) === view(a));
+const final = JSON.parse(view(a));
+const row = (seq) => final.find((m) => m[0] === seq);
+if (row(s1)[1] !== "before, edited" || !row(s1)[3]) fail(`edit: ${JSON.stringify(row(s1))}`);
+if (JSON.stringify(row(s2)[4]) !== JSON.stringify([["👍", 1]])) fail(`reactions: ${JSON.stringify(row(s2))}`);
+if (!row(s3)[2] || row(s3)[1] !== "") fail(`delete: ${JSON.stringify(row(s3))}`);
+if (JSON.stringify(final.at(-1)[5]) !== JSON.stringify([s4, false])) fail(`reply: ${JSON.stringify(final.at(-1))}`);
+if (a.room(slug).highSeq !== b.room(slug).highSeq) fail(`highSeq ${a.room(slug).highSeq} vs ${b.room(slug).highSeq}`);
 console.log(`OK ${JSON.stringify({ texts: texts(a), duplicates: acks.filter((x) => x.duplicate).length })}`);
 a.close();
 b.close();

@@ -136,3 +136,25 @@ export async function connectAndJoin(env, messages = [], joinedExtra = {}) {
 }
 
 export const tick = () => new Promise((r) => setImmediate(r));
+
+/** Version 2 (docs/protocol.md §10): hello says protocol 2; `joined` carries room.last_seq. */
+export async function connectAndJoinV2(env, messages = [], { lastSeq = null, ...joinedExtra } = {}) {
+  env.client.connect();
+  const ws = env.sock();
+  ws.open();
+  ws.hello({ protocol: 2 });
+  const p = env.client.join("lobby");
+  const join = ws.lastOfType("join");
+  const last = lastSeq ?? (messages.length ? messages[messages.length - 1].seq : 0);
+  ws.receive({ type: "joined", ref: join.ref, room: room("lobby", { last_seq: last }), messages, has_more: false,
+    members: [{ id: 1, username: "ada" }], recovered: null, ...joinedExtra });
+  await p;
+  return ws;
+}
+
+export const edit = (seq, target, text, extra = {}) => ({ type: "edit", room: "lobby", seq, target, text,
+  edited_at: "2026-12-02T10:00:00.000Z", by: { id: 2, username: "bob" }, ...extra });
+export const del = (seq, target, extra = {}) => ({ type: "delete", room: "lobby", seq, target, by: { id: 2, username: "bob" }, ...extra });
+export const reaction = (seq, target, emoji, op, count, user = { id: 2, username: "bob" }) => ({ type: "reaction", room: "lobby",
+  seq, target, emoji, op, count, user });
+export const msgEvent = (seq, extra = {}) => ({ type: "message", room: "lobby", message: msg(seq, extra) });

@@ -3,6 +3,8 @@ import { ParleyClient, STATES } from "./parley-client.js";
 import { avatar, byTestId, colourFor, h, hydrateIcons, icon } from "./ui/dom.js";
 import { renderTimeline, typingText } from "./ui/messages.js";
 import { Sidebar, api } from "./ui/sidebar.js";
+import { Actions } from "./ui/actions.js";
+import { MentionAutocomplete, roomPeople } from "./ui/mentions.js";
 
 hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
@@ -29,6 +31,8 @@ const el = {
   input: byTestId("composer-input"),
   counter: byTestId("char-count"),
   send: byTestId("send"),
+  mentionList: byTestId("mention-list"),
+  replyBar: byTestId("reply-bar"),
 };
 
 for (const a of document.querySelectorAll("[data-avatar]")) {
@@ -46,6 +50,31 @@ const client = new ParleyClient({ url: socketUrl });
 window.parley = client; // handy in the console and for tests
 
 let current = null; // slug of the room on screen
+let pendingJump = null; // {slug, seq}: a message link (#/room/seq) to scroll to once joined
+
+const actions = new Actions({
+  client,
+  me,
+  moderator: urls.moderator === "1",
+  room: () => current,
+  render: (reason) => render(reason),
+  flash: (text) => flash(text),
+  composer: el.input,
+  replyBar: {
+    el: el.replyBar,
+    author: byTestId("reply-bar-author"),
+    excerpt: byTestId("reply-bar-excerpt"),
+    cancel: byTestId("reply-cancel"),
+  },
+  linkFor: (slug, seq) => `${location.origin}${urls.appUrl}#/${slug}/${seq}`,
+});
+const mentions = new MentionAutocomplete(el.input, el.mentionList, () => {
+  const snap = current && client.room(current);
+  if (!snap) return [];
+  // @room reaches everyone only from the room's owner or an admin (the server decides).
+  const everyone = actions.ui(snap).canModerate ? [{ id: "@room", username: "room" }] : [];
+  return [...roomPeople(snap, me), ...everyone];
+});
 
 // --- rooms ---------------------------------------------------------------------------------
 
@@ -61,21 +90,35 @@ const sidebar = new Sidebar({
   },
 });
 
+// #/room, or #/room/seq: a link to one message (the "copy link" action).
+function routeFromHash() {
+  const m = /^#\/([a-z0-9_-]{1,50})(?:\/(\d{1,16}))?$/.exec(location.hash);
+  return m ? { slug: m[1], seq: m[2] ? Number(m[2]) : null } : null;
+}
 function slugFromHash() {
-  const m = /^#\/([a-z0-9_-]{1,50})$/.exec(location.hash);
-  return m ? m[1] : null;
+  return routeFromHash()?.slug ?? null;
 }
 
-function openRoom(slug) {
+function openRoom(slug, jumpTo = null) {
+  pendingJump = jumpTo ? { slug, seq: jumpTo } : null;
+  if (current !== slug) actions.reset();
   current = slug;
   sidebar.setCurrent(slug);
   el.list.replaceChildren();
+  el.list._items = null; // the message elements of the room left (seqs are per room)
   el.input.value = localStorage.getItem(draftKey(slug)) || "";
   updateComposer();
-  if (location.hash !== `#/${slug}`) history.replaceState(null, "", `#/${slug}`);
+  if (location.hash !== `#/${slug}` && !jumpTo) history.replaceState(null, "", `#/${slug}`);
   render("open");
   if (!sidebar.find(slug)) sidebar.load().then(() => render("rooms")).catch(() => {});
-  client.join(slug).catch((err) => {
+  loadOwner(slug);
+  client.join(slug).then(() => {
+    if (pendingJump && pendingJump.slug === current) {
+      const { seq } = pendingJump;
+      pendingJump = null;
+      actions.scrollTo(seq);
+    }
+  }).catch((err) => {
     if (err.code === "room_not_found" && slug === current) {
       flash(`No room “${slug}” that you may see.`);
       if (slug !== "lobby") openRoom("lobby");
@@ -83,9 +126,23 @@ function openRoom(slug) {
   });
 }
 
+// The room's owner may delete anyone's message: the memberships say who that is (§8). Asked
+// again on every connect until known (a failed request is not an answer).
+function loadOwner(slug, retries = 2) {
+  if (actions.owners.has(slug)) return;
+  api(`${urls.apiRooms}/${encodeURIComponent(slug)}/members`).then(({ members }) => {
+    actions.owners.set(slug, members.find((m) => m.role === "owner")?.id ?? null);
+    if (slug === current) render("actions");
+  }).catch(() => {
+    if (retries > 0) setTimeout(() => loadOwner(slug, retries - 1), 1500);
+  });
+}
+
 window.addEventListener("hashchange", () => {
-  const slug = slugFromHash();
-  if (slug && slug !== current) openRoom(slug);
+  const route = routeFromHash();
+  if (!route) return;
+  if (route.slug !== current) openRoom(route.slug, route.seq);
+  else if (route.seq) actions.scrollTo(route.seq);
 });
 
 // --- rendering -----------------------------------------------------------------------------
@@ -101,7 +158,11 @@ function render(reason) {
     if (selectingInTimeline()) timelineDirty = true; // don't pull the text out from under a selection
     else {
       timelineDirty = false;
+      // Re-rendering moves the edit box: keep its focus and caret.
+      const editing = document.activeElement === actions.editInput;
+      const caret = editing ? [actions.editInput.selectionStart, actions.editInput.selectionEnd] : null;
       renderTimeline(el.list, el.timeline, snap, me, {
+        ...actions.handlers(),
         lastReason: reason,
         retry: (id) => client.retry(id),
         discard: (id) => client.discard(id),
@@ -111,7 +172,14 @@ function render(reason) {
           updateComposer();
           el.input.focus();
         },
-      });
+      }, actions.ui(snap));
+      if (editing && actions.editInput.isConnected) {
+        actions.editInput.focus({ preventScroll: true });
+        actions.editInput.setSelectionRange(...caret);
+      }
+      // The message being edited or replied to was deleted meanwhile.
+      if (actions.editingSeq !== null && !actions.editInput.isConnected) actions.editingSeq = null;
+      if (actions.replyTo && snap.messages.find((m) => m.seq === actions.replyTo.seq)?.deleted) actions.setReply(null);
     }
   }
   el.loadOlder.hidden = !snap.hasMore;
@@ -208,7 +276,10 @@ function renderConn(s) {
 
 client.on("state", (s) => {
   renderConn(s);
-  if (s.state === STATES.CONNECTED) sidebar.load().then(() => render("rooms")).catch(() => {});
+  if (s.state === STATES.CONNECTED) {
+    sidebar.load().then(() => render("rooms")).catch(() => {});
+    if (current) loadOwner(current);
+  }
   // Repeated refusals may mean the session ended: ask the HTTP side, which can tell us.
   if (s.state === STATES.RECONNECTING && s.attempt >= 3 && !s.opened) checkSession();
 });
@@ -262,7 +333,9 @@ function submit() {
   const text = el.input.value;
   const trimmed = text.trim();
   if (!current || !trimmed || charCount(trimmed) > maxChars()) return;
-  client.send(current, trimmed).catch(() => {}); // failures show on the pending message
+  const replyTo = actions.replyTo?.seq ?? null;
+  client.send(current, trimmed, { replyTo }).catch(() => {}); // failures show on the pending message
+  if (replyTo !== null) actions.setReply(null);
   el.input.value = "";
   localStorage.removeItem(draftKey(current));
   updateComposer();
@@ -274,6 +347,19 @@ el.composer.addEventListener("submit", (ev) => {
   submit();
 });
 el.input.addEventListener("keydown", (ev) => {
+  if (mentions.keydown(ev)) {
+    ev.preventDefault();
+    return;
+  }
+  if (ev.key === "ArrowUp" && !el.input.value && current) {
+    const snap = client.room(current);
+    if (snap && actions.editLast(snap)) ev.preventDefault();
+    return;
+  }
+  if (ev.key === "Escape" && actions.replyTo) {
+    actions.setReply(null);
+    return;
+  }
   if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
     ev.preventDefault();
     submit();
@@ -335,6 +421,6 @@ client.on("error", (err) => {
 
 sidebar.load().catch((err) => flash(`Could not load rooms: ${err.message}`));
 client.connect();
-openRoom(slugFromHash() || "lobby");
+openRoom(slugFromHash() || "lobby", routeFromHash()?.seq ?? null);
 updateComposer();
 el.input.focus({ preventScroll: true });

@@ -11,6 +11,11 @@
 //   client.connect();
 //   await client.join("lobby");
 //   await client.send("lobby", "hello");
+//   await client.react("lobby", 42, "👍");
+//
+// It speaks protocol version 2 (docs/protocol.md §10): every change to a room (a message, an edit,
+// a delete, a reaction) is an entry of the room's log with the next seq, applied to the room's
+// messages in seq order, each once.
 
 export const STATES = Object.freeze({
   IDLE: "idle", // not started yet
@@ -23,6 +28,11 @@ export const STATES = Object.freeze({
 });
 
 export const CLOSE_CREDENTIALS_REVOKED = 4401;
+export const PROTOCOL_VERSION = 2;
+
+// Event frames that are entries of a room's log (§10): each carries the entry's seq.
+const ENTRY_TYPES = new Set(["message", "edit", "delete", "reaction"]);
+const EXCERPT_CHARS = 100; // reply quotes hold the first 100 characters of their target (§10)
 
 // Errors after which retrying the same send (same client_id) can succeed.
 const RETRIABLE_SEND_ERRORS = new Set(["commit_failed", "internal_error", "not_joined", "rate_limited"]);
@@ -73,6 +83,53 @@ function defaultUrl() {
   return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws/chat/`;
 }
 
+/** The URL with protocol=2 in its query (replacing any protocol= already there). */
+export function withProtocol(url, version = PROTOCOL_VERSION) {
+  const [base, hash = null] = url.split("#", 2);
+  const [path, query = ""] = base.split("?", 2);
+  const params = query.split("&").filter((p) => p && !p.startsWith("protocol="));
+  params.push(`protocol=${version}`);
+  return `${path}?${params.join("&")}${hash === null ? "" : `#${hash}`}`;
+}
+
+const excerptOf = (text) => Array.from(text || "").slice(0, EXCERPT_CHARS).join("");
+
+/** A message's state after one edit/delete/reaction entry (a new object: snapshots stay immutable). */
+export function applyEntry(message, entry, meId) {
+  if (entry.type === "edit") {
+    if (message.deleted) return message; // an edit read back after the delete carries no text
+    const next = { ...message, text: entry.text, edited_at: entry.edited_at };
+    delete next.mentions;
+    delete next.mention_room;
+    if (entry.mentions && entry.mentions.length) next.mentions = entry.mentions;
+    if (entry.mention_room) next.mention_room = true;
+    return next;
+  }
+  if (entry.type === "delete") {
+    const next = { ...message, text: "", deleted: true };
+    delete next.mentions;
+    delete next.mention_room;
+    delete next.reactions;
+    return next;
+  }
+  if (entry.type === "reaction") {
+    if (message.deleted) return message;
+    const mine = meId != null && entry.user && entry.user.id === meId;
+    const list = (message.reactions || []).map((r) => ({ ...r }));
+    let r = list.find((x) => x.emoji === entry.emoji);
+    if (!r) {
+      r = { emoji: entry.emoji, count: 0, me: false };
+      list.push(r);
+    }
+    r.count = entry.count;
+    if (mine) r.me = entry.op === "add";
+    const next = { ...message, reactions: list.filter((x) => x.count > 0) };
+    if (!next.reactions.length) delete next.reactions;
+    return next;
+  }
+  return message;
+}
+
 /** Per-room state. Messages are kept in ascending seq order, each seq once. */
 class RoomState {
   constructor(slug) {
@@ -84,7 +141,9 @@ class RoomState {
     this.epoch = null;
     this.messages = [];
     this.bySeq = new Map();
-    this.highSeq = 0; // highest seq delivered by the server in joined/message (not acks)
+    this.highSeq = 0; // highest entry seq applied (joined/events/live entries; not acks)
+    this.early = new Map(); // seq -> entry frame that arrived past a gap, applied once it closes
+    this.resyncing = false; // a resume join is in flight to fill a gap
     this.hasMore = false;
     this.members = new Map(); // user id -> user
     this.typing = new Map(); // user id -> {user, until}
@@ -94,7 +153,7 @@ class RoomState {
   }
 
   /** Insert one message by seq; returns true if the list changed. */
-  add(message, { fromAck = false } = {}) {
+  add(message, { fromAck = false, fromPage = false } = {}) {
     const existing = this.bySeq.get(message.seq);
     if (existing) {
       if (existing._fromAck && !fromAck) {
@@ -121,7 +180,8 @@ class RoomState {
       }
       list.splice(lo, 0, stored);
     }
-    if (!fromAck && message.seq > this.highSeq) this.highSeq = message.seq;
+    // A history page is older than what was applied; only the log's entries move highSeq.
+    if (!fromAck && !fromPage && message.seq > this.highSeq) this.highSeq = message.seq;
     return true;
   }
 
@@ -129,13 +189,73 @@ class RoomState {
     this.messages = [];
     this.bySeq = new Map();
     this.highSeq = 0;
+    this.early = new Map();
+  }
+
+  /** Replace the stored copy of message `seq` (edits, deletes, reactions; quotes of it). */
+  replace(seq, next) {
+    const old = this.bySeq.get(seq);
+    if (!old || old === next) return false;
+    this.messages[this.messages.indexOf(old)] = next;
+    this.bySeq.set(seq, next);
+    return true;
+  }
+
+  /** Keep reply quotes of `target` in step with it (they quote it as it is now). */
+  requote(target, message) {
+    for (const m of this.messages) {
+      if (!m.reply_to || m.reply_to.seq !== target) continue;
+      const quote = message.deleted
+        ? { ...m.reply_to, excerpt: "", deleted: true }
+        : { ...m.reply_to, excerpt: excerptOf(message.text) };
+      this.replace(m.seq, { ...m, reply_to: quote });
+    }
+  }
+
+  /**
+   * Apply one entry frame of the log. Returns "old" (seq already applied), "gap" (kept until
+   * the entries before it arrive) or "applied"; each seq is applied once, in order.
+   */
+  applyFrame(frame, meId) {
+    const seq = entrySeq(frame);
+    if (!(seq > this.highSeq)) return "old";
+    if (seq > this.highSeq + 1) {
+      this.early.set(seq, frame);
+      return "gap";
+    }
+    this._applyOne(frame, meId);
+    for (let next = this.early.get(this.highSeq + 1); next; next = this.early.get(this.highSeq + 1)) {
+      this.early.delete(this.highSeq + 1);
+      this._applyOne(next, meId);
+    }
+    for (const s of this.early.keys()) if (s <= this.highSeq) this.early.delete(s);
+    return "applied";
+  }
+
+  _applyOne(frame, meId) {
+    const seq = entrySeq(frame);
+    if (frame.type === "message") {
+      this.add(frame.message);
+    } else {
+      const target = this.bySeq.get(frame.target);
+      // An entry for a message older than what is loaded changes nothing here: a page brings
+      // that message in its current state.
+      if (target) {
+        const next = applyEntry(target, frame, meId);
+        if (this.replace(frame.target, next) && frame.type !== "reaction") this.requote(frame.target, next);
+      }
+    }
+    if (seq > this.highSeq) this.highSeq = seq;
   }
 }
+
+const entrySeq = (frame) => (frame.type === "message" ? frame.message?.seq : frame.seq);
 
 export class ParleyClient {
   /**
    * @param {object} options
    * @param {string} [options.url] ws(s):// URL; defaults to /ws/chat/ on the page's host
+   *   (protocol=2 is added to its query)
    * @param {Function} [options.WebSocket] constructor called as new WebSocket(url)
    * @param {Function} [options.createSocket] (url) => socket; overrides WebSocket (e.g. to add headers in node)
    * @param {object} [options.timers] {setTimeout, clearTimeout}
@@ -146,7 +266,8 @@ export class ParleyClient {
    */
   constructor(options = {}) {
     this.opts = { ...DEFAULTS, ...options };
-    this.url = options.url || defaultUrl();
+    this.url = withProtocol(options.url || defaultUrl());
+    this.protocol = null; // hello.protocol of the current connection
     const WS = options.WebSocket || globalThis.WebSocket;
     this._createSocket = options.createSocket || ((url) => new WS(url));
     const timers = options.timers || globalThis;
@@ -213,8 +334,9 @@ export class ParleyClient {
     this._emit("state", { state, nextAttemptAt: this.nextAttemptAt, attempt: this.attempt, ...extra });
   }
 
-  _roomChanged(slug, reason) {
-    this._emit("room", { slug, reason });
+  /** `room` event: {slug, reason, seq?}; seq is the message a live entry touched. */
+  _roomChanged(slug, reason, seq = undefined) {
+    this._emit("room", seq === undefined ? { slug, reason } : { slug, reason, seq });
   }
 
   // --- connection lifecycle -------------------------------------------------------------------
@@ -402,7 +524,10 @@ export class ParleyClient {
       case "hello":
         return this._onHello(frame);
       case "message":
-        return this._onMessage(frame);
+      case "edit":
+      case "delete":
+      case "reaction":
+        return this._onEntry(frame);
       case "presence":
         return this._onPresence(frame);
       case "typing":
@@ -419,6 +544,7 @@ export class ParleyClient {
     this._connectTimer = null;
     this._helloAt = this._now();
     this.user = frame.user;
+    this.protocol = frame.protocol ?? 1;
     if (frame.limits) this.limits = { ...this.limits, ...frame.limits };
     if (frame.heartbeat_secs > 0) this.heartbeatSecs = frame.heartbeat_secs;
     this._setState(STATES.CONNECTED);
@@ -427,15 +553,53 @@ export class ParleyClient {
     for (const room of this.rooms.values()) if (room.wanted) this._sendJoin(room);
   }
 
-  _onMessage(frame) {
+  _onEntry(frame) {
     const room = this.rooms.get(frame.room);
-    if (!room || !frame.message) return;
-    const msg = frame.message;
-    // Whoever just sent a message has stopped typing it.
+    if (!room || !ENTRY_TYPES.has(frame.type)) return;
+    if (frame.type === "message") {
+      if (!frame.message) return;
+      if (this.protocol !== 2) return this._onMessageV1(room, frame.message);
+    }
+    if (typeof entrySeq(frame) !== "number") return;
+    // Entries that come while a resume join is in flight wait in room.early, as after a gap.
+    const outcome = room.resyncing ? "gap" : room.applyFrame(frame, this.user?.id);
+    if (outcome === "gap") {
+      if (room.resyncing) room.early.set(entrySeq(frame), frame);
+      else this._resync(room);
+      return;
+    }
+    if (outcome === "old") return;
+    this._afterEntries(room, [frame]);
+  }
+
+  /** After entries were applied: typing, the outbox and one `room` event. */
+  _afterEntries(room, frames, reason = null) {
+    for (const f of frames) {
+      if (f.type !== "message") continue;
+      // Whoever just sent a message has stopped typing it.
+      if (f.message.author) room.typing.delete(f.message.author.id);
+      this._settleOutbox(room.slug, f.message.client_id, room.bySeq.get(f.message.seq) || f.message);
+    }
+    if (reason) return;
+    const last = frames[frames.length - 1];
+    this._roomChanged(room.slug, last.type, last.type === "message" ? last.message.seq : last.target);
+  }
+
+  /**
+   * A gap in the log (an entry past highSeq + 1): a resume join from highSeq fills it. Pages
+   * (history) hold messages only and cannot bring the edits, deletes and reactions missed.
+   */
+  _resync(room) {
+    if (room.resyncing || !room.live) return;
+    room.resyncing = true;
+    this._sendJoin(room);
+  }
+
+  _onMessageV1(room, msg) {
     const wasTyping = msg.author ? room.typing.delete(msg.author.id) : false;
     const changed = room.add(msg) || wasTyping;
     const settled = this._settleOutbox(room.slug, msg.client_id, msg);
-    if (changed || settled) this._roomChanged(room.slug, "message");
+    if (changed || settled) this._roomChanged(room.slug, "message", msg.seq);
   }
 
   _onPresence(frame) {
@@ -565,10 +729,14 @@ export class ParleyClient {
       },
       (err) => {
         room.joining = false;
+        room.resyncing = false;
         if (err.code === "disconnected") return; // the next connection tries again
         if (err.code === "rate_limited") {
           this._setTimeout(() => {
-            if (this._ws === ws && this.state === STATES.CONNECTED && room.wanted && !room.live && !room.joining) this._sendJoin(room);
+            if (this._ws === ws && this.state === STATES.CONNECTED && room.wanted && !room.joining && (!room.live || room.early.size)) {
+              if (room.live) room.resyncing = true;
+              this._sendJoin(room);
+            }
           }, err.frame?.retry_after_ms ?? 1000);
           return;
         }
@@ -589,18 +757,31 @@ export class ParleyClient {
     room.epoch = reply.room.epoch;
     room.live = true;
     room.members = new Map((reply.members || []).map((u) => [u.id, u]));
+    room.resyncing = false;
     const messages = reply.messages || [];
-    if (reply.recovered === true) {
-      for (const m of messages) room.add(m);
+    const meId = this.user?.id;
+    if (reply.recovered === true && this.protocol !== 2) {
+      for (const m of messages) room.add(m); // version 1: seqs may skip the entries it is not sent
+      for (const m of messages) this._settleOutbox(room.slug, m.client_id, m);
+    } else if (reply.recovered === true) {
+      // `events` are the entries after after_seq (a server may also list messages: both count).
+      const early = [...room.early.values()];
+      room.early = new Map();
+      const frames = [...(reply.events || []), ...messages.map((m) => ({ type: "message", room: room.slug, message: m })), ...early];
+      frames.sort((a, b) => entrySeq(a) - entrySeq(b));
+      for (const f of frames) if (typeof entrySeq(f) === "number") room.applyFrame(f, meId);
+      this._afterEntries(room, frames.filter((f) => f.type === "message" && f.message), "joined");
     } else {
       // A fresh join, or a resume the server could not serve (recovered: false): the page we
-      // got replaces what we had, and older messages are paged with history().
+      // got replaces what we had, and older messages are paged with history(). The page folds
+      // in every entry up to room.last_seq; live delivery continues after it.
       room.reset();
       for (const m of messages) room.add(m);
+      room.highSeq = Math.max(room.highSeq, reply.room?.last_seq ?? 0);
       room.hasMore = !!reply.has_more;
+      for (const m of messages) this._settleOutbox(room.slug, m.client_id, m);
     }
     room.everJoined = true;
-    for (const m of messages) this._settleOutbox(room.slug, m.client_id, m);
     const waiters = room.joinWaiters.splice(0);
     for (const w of waiters) w.resolve(this.room(room.slug));
     this._roomChanged(room.slug, reply.recovered === false ? "reset" : "joined");
@@ -622,7 +803,7 @@ export class ParleyClient {
         frame,
         (reply) => {
           room.loadingOlder = false;
-          for (const m of reply.messages || []) room.add(m);
+          for (const m of reply.messages || []) room.add(m, { fromPage: true });
           room.hasMore = !!reply.has_more;
           this._roomChanged(slug, "history");
           resolve(reply);
@@ -646,6 +827,35 @@ export class ParleyClient {
     return this._transmit({ type: "typing", room: slug });
   }
 
+  // --- edit, delete, reactions (version 2) ------------------------------------------------------
+
+  /**
+   * Each resolves with the server's reply (`edited`, `deleted`, `reacted`; `seq: null` when it
+   * changed nothing) once the entry is committed; the entry itself arrives as an event and is
+   * applied to the room then. Rejects with a ParleyError (message_not_found, forbidden, …).
+   */
+  edit(slug, seq, text) {
+    return this._roomRequest(slug, { type: "edit", room: slug, seq, text });
+  }
+
+  delete(slug, seq) {
+    return this._roomRequest(slug, { type: "delete", room: slug, seq });
+  }
+
+  react(slug, seq, emoji) {
+    return this._roomRequest(slug, { type: "react", room: slug, seq, emoji });
+  }
+
+  unreact(slug, seq, emoji) {
+    return this._roomRequest(slug, { type: "unreact", room: slug, seq, emoji });
+  }
+
+  _roomRequest(slug, frame) {
+    const room = this.rooms.get(slug);
+    if (!room || !room.live) return Promise.reject(new ParleyError("not_joined", `not in ${slug} right now`));
+    return this._request(frame);
+  }
+
   // --- outbox ---------------------------------------------------------------------------------
 
   /**
@@ -653,13 +863,14 @@ export class ParleyClient {
    * joined, and re-sent with the same client_id after reconnects until acked. Resolves with the
    * ack; rejects on a permanent error (text_too_long, room_not_found, …).
    */
-  send(slug, text) {
+  send(slug, text, { replyTo = null } = {}) {
     const room = this.rooms.get(slug);
     if (!room) return Promise.reject(new ParleyError("not_joined", `join ${slug} first`));
     const entry = {
       client_id: this._clientId(),
       room: slug,
       text,
+      replyTo: replyTo ?? null,
       status: "pending",
       createdAt: this._now(),
       attempts: 0,
@@ -743,8 +954,10 @@ export class ParleyClient {
   _transmitEntry(entry, room) {
     entry.status = "sending";
     entry.attempts += 1;
+    const frame = { type: "send", room: entry.room, text: entry.text, client_id: entry.client_id };
+    if (entry.replyTo != null) frame.reply_to = entry.replyTo;
     this._call(
-      { type: "send", room: entry.room, text: entry.text, client_id: entry.client_id },
+      frame,
       (ack) => {
         const msg = {
           room: entry.room,
@@ -755,6 +968,8 @@ export class ParleyClient {
           text: entry.text.trim(),
           ts: ack.ts,
         };
+        const target = entry.replyTo != null ? room.bySeq.get(entry.replyTo) : null;
+        if (target) msg.reply_to = { seq: target.seq, author: target.author, excerpt: excerptOf(target.text), deleted: !!target.deleted };
         // Show our own message at its seq right away; the `message` event (same seq) replaces it.
         // A duplicate ack for a message older than what is loaded stays out of the list.
         const first = room.messages[0];
@@ -820,7 +1035,7 @@ export class ParleyClient {
       epoch: room.epoch,
       pending: this.outbox
         .filter((e) => e.room === slug)
-        .map((e) => ({ client_id: e.client_id, text: e.text, status: e.status, createdAt: e.createdAt, error: e.error })),
+        .map((e) => ({ client_id: e.client_id, text: e.text, status: e.status, createdAt: e.createdAt, error: e.error, replyTo: e.replyTo })),
       members: [...room.members.values()].sort((a, b) => a.username.localeCompare(b.username)),
       typing: [...room.typing.values()].filter((t) => t.until > now).map((t) => t.user),
     };

@@ -1,5 +1,6 @@
 // The timeline: messages grouped by author, with day separators and pending sends at the end.
 import { avatar, h, icon } from "./dom.js";
+import { messageEl } from "./message.js";
 
 const GROUP_GAP_MS = 5 * 60 * 1000;
 // Refusals that the same text will get again: offer to edit it instead of retrying.
@@ -32,11 +33,15 @@ function groupHeader(author, date, pending) {
  * Keeps the view pinned to the bottom if it was there, and keeps the reading position when
  * older messages are prepended.
  */
-export function renderTimeline(listEl, scroller, snap, me, handlers) {
+export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }) {
   const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
   const wasAtBottom = fromBottom < 48;
 
   const frag = document.createDocumentFragment();
+  // Unchanged messages keep their elements: a live event re-rendering the list must not swap
+  // the button under a pressed mouse (the click would be lost) or drop a hover.
+  const cache = listEl._items || new Map();
+  const nextCache = new Map();
   let prev = null; // {authorId, date}
   let group = null;
   const startGroup = (authorId, name, date, pending) => {
@@ -53,20 +58,26 @@ export function renderTimeline(listEl, scroller, snap, me, handlers) {
       frag.append(h("li", { class: "day-sep", role: "separator" }, h("span", {}, dayLabel(date))));
       prev = null;
     }
-    if (!prev || prev.authorId !== m.author.id || date - prev.date > GROUP_GAP_MS) {
-      group = startGroup(m.author.id, m.author.username, date, false);
+    const authorId = m.author?.id ?? null;
+    if (!prev || prev.authorId !== authorId || date - prev.date > GROUP_GAP_MS) {
+      group = startGroup(authorId, m.author?.username ?? "?", date, false);
     }
-    group.append(h("div", {
-      class: "msg", testid: "message", dataset: { seq: String(m.seq), author: m.author.username },
-    },
-    h("div", { class: "msg-text", testid: "message-text" }, m.text),
-    prev && prev.authorId === m.author.id ? timeEl(date) : null));
-    prev = { authorId: m.author.id, date };
+    const continued = !!prev && prev.authorId === authorId;
+    const key = itemKey(m, ui, continued);
+    let item = cache.get(m.seq);
+    if (!item || item.message !== m || item.key !== key) {
+      const el = messageEl(m, ui, handlers);
+      if (continued) el.append(timeEl(date));
+      item = { message: m, key, el };
+    }
+    nextCache.set(m.seq, item);
+    group.append(item.el);
+    prev = { authorId, date };
   }
 
   if (snap.pending.length) {
     const last = snap.messages[snap.messages.length - 1];
-    if (!last || last.author.id !== me.id) group = startGroup(me.id, me.username, new Date(), true);
+    if (!last || last.author?.id !== me.id) group = startGroup(me.id, me.username, new Date(), true);
     for (const p of snap.pending) {
       const failed = p.status === "failed";
       group.append(h("div", {
@@ -74,7 +85,8 @@ export function renderTimeline(listEl, scroller, snap, me, handlers) {
         testid: "message", dataset: { pending: "true", status: p.status, clientId: p.client_id },
         title: failed ? `Not sent: ${p.error?.message || p.error?.code || "error"}` : "Sending…",
       },
-      h("div", { class: "msg-text", testid: "message-text" }, p.text),
+      p.replyTo != null ? pendingQuote(snap, p.replyTo) : null,
+      h("div", { class: "msg-main" }, h("div", { class: "msg-text", testid: "message-text" }, p.text)),
       failed
         ? h("div", { class: "msg-actions", testid: "message-failed" },
           h("span", { class: "msg-fail" }, p.error?.message || "Not sent"),
@@ -92,6 +104,7 @@ export function renderTimeline(listEl, scroller, snap, me, handlers) {
 
   const oldHeight = scroller.scrollHeight;
   listEl.replaceChildren(frag);
+  listEl._items = nextCache;
   if (wasAtBottom) {
     scroller.scrollTop = scroller.scrollHeight;
   } else {
@@ -100,6 +113,21 @@ export function renderTimeline(listEl, scroller, snap, me, handlers) {
     const grewAbove = handlers.lastReason === "history";
     if (grewAbove) scroller.scrollTop += scroller.scrollHeight - oldHeight;
   }
+}
+
+/** A pending reply quotes its target as loaded (the server's quote comes with the message). */
+function pendingQuote(snap, seq) {
+  const target = snap.messages.find((m) => m.seq === seq);
+  if (!target) return null;
+  return h("div", { class: "reply-quote", testid: "reply-quote", dataset: { target: String(seq) } },
+    h("span", { class: "reply-author" }, target.author ? `@${target.author.username}` : "someone"),
+    h("span", { class: "reply-excerpt" }, target.deleted ? "message deleted" : Array.from(target.text).slice(0, 100).join("")));
+}
+
+/** What, besides the message object itself, changes how a message renders. */
+function itemKey(m, ui, continued) {
+  const on = (seq) => (seq === m.seq ? 1 : 0);
+  return `${continued ? 1 : 0}${on(ui.editingSeq)}${on(ui.actionsSeq)}${on(ui.confirmDeleteSeq)}${on(ui.flashSeq)}${ui.canModerate ? 1 : 0}`;
 }
 
 export function typingText(users) {
