@@ -46,8 +46,17 @@ def _seq(raw: str) -> int | None:
     return int(raw)
 
 
-def _room(request: HttpRequest, slug: str) -> Any:
-    return selectors.room_get_visible(user=request.user, slug=slug)
+def _target(request: HttpRequest, slug: str, seq: str) -> tuple[Any, int] | HttpResponse:
+    """(the room, the seq) of a message path, or the error answer: 400 for a seq that is not one,
+    404 for a room the caller may not see."""
+    number = _seq(seq)
+    if number is None:
+        return api_error(400, protocol.BAD_FIELD, f"the seq must be an integer from 1 to {protocol.MAX_SEQ}",
+                         field="seq")
+    room = selectors.room_get_visible(user=request.user, slug=slug)
+    if room is None:
+        return api_error(404, protocol.ROOM_NOT_FOUND, f"no room {slug!r} that you may see")
+    return room, number
 
 
 @api("GET", "PATCH", "DELETE")
@@ -56,13 +65,10 @@ def message_detail(request: HttpRequest, slug: str, seq: str) -> HttpResponse:
     author, the room's owner, an admin)."""
     if request.method != "GET" and (refused := _charge(request)) is not None:
         return refused
-    number = _seq(seq)
-    if number is None:
-        return api_error(400, protocol.BAD_FIELD, f"the seq must be an integer from 1 to {protocol.MAX_SEQ}",
-                         field="seq")
-    room = _room(request, slug)
-    if room is None:
-        return api_error(404, protocol.ROOM_NOT_FOUND, f"no room {slug!r} that you may see")
+    found = _target(request, slug, seq)
+    if isinstance(found, HttpResponse):
+        return found
+    room, number = found
     if request.method == "GET":
         message = selectors.message_get(room_id=room.pk, seq=number)
         if message is None:
@@ -89,13 +95,10 @@ def message_reaction(request: HttpRequest, slug: str, seq: str, emoji: str) -> H
     """PUT adds the caller's reaction `emoji` (percent-encoded in the path), DELETE removes it."""
     if (refused := _charge(request)) is not None:
         return refused
-    number = _seq(seq)
-    if number is None:
-        return api_error(400, protocol.BAD_FIELD, f"the seq must be an integer from 1 to {protocol.MAX_SEQ}",
-                         field="seq")
-    room = _room(request, slug)
-    if room is None:
-        return api_error(404, protocol.ROOM_NOT_FOUND, f"no room {slug!r} that you may see")
+    found = _target(request, slug, seq)
+    if isinstance(found, HttpResponse):
+        return found
+    room, number = found
     try:
         command = protocol.parse_command({"type": "react", "room": room.slug, "seq": number, "emoji": emoji})
     except protocol.ProtocolError as exc:

@@ -50,61 +50,50 @@ def user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
 _signal_thread: ThreadPoolExecutor | None = None
 
 
-def _send_message_posted(message: Any, source: str) -> None:
-    for receiver_fn, result in message_posted.send_robust(sender=Message, message=message, source=source):
+def _send(signal: Any, name: str, **kwargs: Any) -> None:
+    for receiver_fn, result in signal.send_robust(sender=Message, **kwargs):
         if isinstance(result, Exception):
-            log.error("a message_posted receiver (%r) raised", receiver_fn, exc_info=result)
+            log.error("a %s receiver (%r) raised", name, receiver_fn, exc_info=result)
 
 
-def _on_signal_thread(message: Any, source: str) -> None:
+def _on_signal_thread(signal: Any, name: str, kwargs: dict[str, Any]) -> None:
     close_old_connections()
     try:
-        _send_message_posted(message, source)
+        _send(signal, name, **kwargs)
     finally:
         close_old_connections()
 
 
-def _on_message_posted(event: events.MessagePosted) -> None:
+def _dispatch(signal: Any, name: str, *, here: bool, **kwargs: Any) -> None:
+    """Send `signal` in this thread (`here`: a synchronous caller's, which committed), or on the
+    signal thread: a commit made for an event loop or on the database thread must not wait for
+    receivers, which are synchronous and may query the database."""
     global _signal_thread
+    if here:
+        _send(signal, name, **kwargs)
+        return
+    if _signal_thread is None:
+        _signal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-signals")
+    _signal_thread.submit(_on_signal_thread, signal, name, kwargs)
+
+
+def _on_message_posted(event: events.MessagePosted) -> None:
     if not message_posted.has_listeners(Message):
         return
     try:
         asyncio.get_running_loop()
+        here = False  # on an event loop (parley.ingest)
     except RuntimeError:
-        _send_message_posted(event.message, event.source)  # a synchronous caller's thread
-        return
-    # On an event loop (parley.ingest): receivers are synchronous and may query the database.
-    if _signal_thread is None:
-        _signal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-signals")
-    _signal_thread.submit(_on_signal_thread, event.message, event.source)
-
-
-def _send_message_changed(entry: Any, message: Any, source: str) -> None:
-    for receiver_fn, result in message_changed.send_robust(sender=Message, entry=entry, message=message,
-                                                           source=source):
-        if isinstance(result, Exception):
-            log.error("a message_changed receiver (%r) raised", receiver_fn, exc_info=result)
-
-
-def _changed_on_signal_thread(entry: Any, message: Any, source: str) -> None:
-    close_old_connections()
-    try:
-        _send_message_changed(entry, message, source)
-    finally:
-        close_old_connections()
+        here = True
+    _dispatch(message_posted, "message_posted", here=here, message=event.message, source=event.source)
 
 
 def _on_entry_added(event: events.EntryAdded) -> None:
-    global _signal_thread
     if not message_changed.has_listeners(Message):
         return
-    if event.source != "socket":
-        _send_message_changed(event.entry, event.message, event.source)  # the committing caller's thread
-        return
-    # Committed on the database thread (parley.commands): receivers must not hold it up.
-    if _signal_thread is None:
-        _signal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-signals")
-    _signal_thread.submit(_changed_on_signal_thread, event.entry, event.message, event.source)
+    # A socket's change was committed on the database thread (parley.commands).
+    _dispatch(message_changed, "message_changed", here=event.source != "socket", entry=event.entry,
+              message=event.message, source=event.source)
 
 
 events.subscribe(events.MessagePosted, _on_message_posted)
