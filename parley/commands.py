@@ -208,7 +208,7 @@ async def _change(session: Session, cmd: protocol.Edit | protocol.Delete | proto
         raise ProtocolError(protocol.RATE_LIMITED, "too many edits and reactions; retry later",
                             room=sub.slug, retry_after_ms=ms(wait))
     try:
-        change = await database_thread.submit(db.change_entry, what, session.user, sub.room_id, cmd.seq,
+        change = await database_thread.submit(db.change_entry, what, session.user, sub.room_id, sub.slug, cmd.seq,
                                               session.token_id, fields)
     except DatabaseError:
         log.exception("could not store a change in room %s", sub.slug)

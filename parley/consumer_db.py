@@ -20,6 +20,7 @@ from parley.realtime.dbthread import Batched, read_thread
 from parley.revocation import CredentialsRevoked
 from parley.selectors import Credential
 from parley.services import MessageRefused
+from parley.storage import db as storage
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -206,11 +207,12 @@ def messages_after(room_id: int, after_seq: int, before: int | None, limit: int)
     return selectors.message_range(room_id=room_id, after_seq=after_seq, before=before, limit=limit)
 
 
-def change_entry(what: str, user: Any, room_id: int, seq: int, token_id: int | None,
+def change_entry(what: str, user: Any, room_id: int, room_slug: str, seq: int, token_id: int | None,
                  fields: dict[str, Any]) -> Any:
     """An edit, delete or reaction from a socket (parley.conversation), on the database
     thread's write lane (parley.commands submits it there: it writes)."""
-    room = Room.objects.filter(pk=room_id).first()
+    # The room by its slug in plain SQL (parley.storage.reads), as a join reads it.
+    room = next((r for r in storage().rooms_by_slug([room_slug]) if r.pk == room_id), None)
     if room is None:
         raise MessageRefused(protocol.ROOM_NOT_FOUND, "no such room")
     if what == "edit":
