@@ -13,6 +13,7 @@ from a socket, whose command broadcasts it after its reply (as `send` does).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,13 +49,13 @@ class _Unchanged(Exception):
         self.message = message
 
 
-def message_edit(*, room: Room, actor: Any, seq: int, text: str, token_id: int | None = None,
+def message_edit(*, room: Room, actor: Any, seq: int, text: Any, token_id: int | None = None,
                  source: str = "python", moderator: bool = False) -> Change:
     """Replace the text of the actor's own message `seq`. The text is validated and trimmed as a
     socket's `edit` is (MessageRefused: `text_empty`, `text_too_long`, `bad_field`). Its
     mentions are parsed again; the `edit` entry keeps this version. `moderator`: an admin
     editing someone else's message (the Django admin does)."""
-    text = valid_text(text)
+    text = _checked(protocol.message_text, text)
 
     def change(target: Message, entry: Message) -> None:
         if target.author_id != actor.pk and not (moderator and sees_all(actor)):
@@ -91,13 +92,13 @@ def message_delete(*, room: Room, actor: Any, seq: int, token_id: int | None = N
                    tombstones_too=True)
 
 
-def reaction_set(*, room: Room, actor: Any, seq: int, emoji: str, add: bool, token_id: int | None = None,
+def reaction_set(*, room: Room, actor: Any, seq: int, emoji: Any, add: bool, token_id: int | None = None,
                  source: str = "python") -> Change:
     """Add (or, with add=False, remove) the actor's `emoji` on message `seq` (one emoji,
     validated by parley.protocol). Adding one already there, or removing one that is not,
     changes nothing. The entry carries the emoji's count after it. `emoji` must be one emoji
     (MessageRefused `bad_field` otherwise), as a socket's `react` checks."""
-    emoji = _checked(protocol.React, {"type": "react", "room": room.slug, "seq": seq, "emoji": emoji}).emoji
+    emoji = _checked(protocol.reaction_emoji, emoji)
 
     def change(target: Message, entry: Message) -> None:
         summary = [list(pair) for pair in target.reactions or []]
@@ -134,19 +135,16 @@ def reaction_set(*, room: Room, actor: Any, seq: int, emoji: str, add: bool, tok
 def valid_text(text: Any) -> str:
     """A message's new text as a socket's `edit` checks it: trimmed, 1 to PARLEY_MAX_TEXT_CHARS
     characters, no NUL; else MessageRefused (`text_empty`, `text_too_long`, `bad_field`)."""
-    command = _checked(protocol.Edit, {"type": "edit", "room": "x", "seq": 1, "text": text})
-    return str(command.text)
+    return _checked(protocol.message_text, text)
 
 
-def _checked(kind: type[Any], frame: dict[str, Any]) -> Any:
-    """The command as parley.protocol parses it, or MessageRefused with its code: server code
-    and the admin get the socket's validation."""
+def _checked(check: Callable[[Any], str], value: Any) -> str:
+    """`check(value)` (parley.protocol's field check), its ProtocolError as MessageRefused with
+    the same code: server code, the HTTP API and the admin get the socket's validation."""
     try:
-        command = protocol.parse_command(frame)
+        return check(value)
     except protocol.ProtocolError as exc:
         raise MessageRefused(exc.code, exc.message, field=exc.field) from None
-    assert isinstance(command, kind)
-    return command
 
 
 def _change(room: Room, actor: Any, seq: int, kind: str, change: Any, *, token_id: int | None, source: str,

@@ -27,7 +27,7 @@ STATUS = {protocol.ROOM_NOT_FOUND: 404, protocol.MESSAGE_NOT_FOUND: 404, protoco
           protocol.FORBIDDEN: 403, protocol.TOO_MANY_REACTIONS: 409}
 
 
-def refusal(exc: MessageRefused | protocol.ProtocolError) -> HttpResponse:
+def refusal(exc: MessageRefused) -> HttpResponse:
     extra = {"field": exc.field} if exc.field else {}
     return api_error(STATUS.get(exc.code, 400), exc.code, exc.message, **extra)
 
@@ -74,20 +74,15 @@ def message_detail(request: HttpRequest, slug: str, seq: str) -> HttpResponse:
         if message is None:
             return api_error(404, protocol.MESSAGE_NOT_FOUND, f"no message {number} in this room")
         return answer(request, room.slug, message)
-    text = None
-    if request.method == "PATCH":
-        body = _json_body(request)
-        if body is None:
-            return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
-        try:
-            command = protocol.parse_command({"type": "edit", "room": room.slug, "seq": number, "text": body.get("text")})
-        except protocol.ProtocolError as exc:
-            return refusal(exc)
-        assert isinstance(command, protocol.Edit)
-        text = command.text
+    if request.method == "DELETE":
+        return _changed(request, room, lambda: conversation.message_delete(
+            room=room, actor=request.user, seq=number, source="http"))
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
+    # The text is checked by the service, as a socket's edit's is (its MessageRefused: 400).
     return _changed(request, room, lambda: conversation.message_edit(
-        room=room, actor=request.user, seq=number, text=text, source="http") if text is not None
-        else conversation.message_delete(room=room, actor=request.user, seq=number, source="http"))
+        room=room, actor=request.user, seq=number, text=body.get("text"), source="http"))
 
 
 @api("PUT", "DELETE")
@@ -99,14 +94,9 @@ def message_reaction(request: HttpRequest, slug: str, seq: str, emoji: str) -> H
     if isinstance(found, HttpResponse):
         return found
     room, number = found
-    try:
-        command = protocol.parse_command({"type": "react", "room": room.slug, "seq": number, "emoji": emoji})
-    except protocol.ProtocolError as exc:
-        return refusal(exc)
-    assert isinstance(command, protocol.React)
+    # The emoji is checked by the service, as a socket's react's is (its MessageRefused: 400).
     return _changed(request, room, lambda: conversation.reaction_set(
-        room=room, actor=request.user, seq=number, emoji=command.emoji, add=request.method == "PUT",
-        source="http"))
+        room=room, actor=request.user, seq=number, emoji=emoji, add=request.method == "PUT", source="http"))
 
 
 def _charge(request: HttpRequest) -> HttpResponse | None:

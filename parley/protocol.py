@@ -328,6 +328,17 @@ def _fully_qualified() -> dict[str, str]:
     return {e.replace("\ufe0f", ""): e for e, data in emoji_lib.EMOJI_DATA.items() if data.get("status") == wanted}
 
 
+def message_text(value: Any) -> str:
+    """A message's text (a `send`'s or an `edit`'s) checked and trimmed as a frame's `text`
+    field is: for server code and the admin, which take no frame. Raises ProtocolError."""
+    return _text({"text": value})
+
+
+def reaction_emoji(value: Any) -> str:
+    """A reaction's emoji checked and made fully qualified as a frame's `emoji` field is."""
+    return _emoji({"emoji": value})
+
+
 def _parse_react(frame: dict[str, Any], add: bool) -> React:
     room, seq = _room(frame), _seq(frame)
     return React(room=room, seq=seq, emoji=_emoji(frame), add=add)
