@@ -85,6 +85,12 @@ class Delivery:
                  extra={"socket_id": self.session.socket_id, "user_id": self.session.user.pk})
         self.session.close(protocol.CLOSE_CREDENTIALS_REVOKED)
 
+    def hub_user_event(self, event: dict[str, Any]) -> None:
+        """Called by parley.realtime.hub for an event addressed to this socket's user
+        (parley.fanout.user_event): version 2 sockets get its frame, unless they caused it."""
+        if self.v2 and event.get("skip") != self.session.socket_id:
+            self.send_message(event["frame"], None)
+
     # --- room events ------------------------------------------------------------------------
 
     # Presence and typing go only to sockets whose join completed (sub.ready): a join subscribes

@@ -78,6 +78,17 @@ class CredentialRevoked:
     credential: tuple[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class UserNotified:
+    """A frame for every socket of these users, not of a room (a room added to or removed from
+    their list, a read marker moved): parley.fanout.user_event. `skip_socket` is the socket id
+    whose own command caused it (its reply says so already)."""
+
+    user_ids: tuple[int, ...]
+    frame: dict[str, Any]
+    skip_socket: str | None = None
+
+
 _subscribers: dict[type, list[Callable[[Any], None]]] = {}
 
 

@@ -18,7 +18,14 @@ from parley import events, protocol
 from parley.conf import parley_settings
 from parley.models import Message
 from parley.payloads import entry_frame, message_payload, user_payload
-from parley.realtime.hub import LocalHub, get_hub, local_hubs, publish_from_sync
+from parley.realtime.hub import (
+    LocalHub,
+    get_hub,
+    local_hubs,
+    local_user_hubs,
+    publish_from_sync,
+    publish_user_from_sync,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,18 @@ async def broadcast_removed(*, room_id: int, user_id: int) -> None:
     await broadcast(room_id, {"type": "chat.revoke", "room_id": room_id, "user_id": user_id})
 
 
+def user_event(*, user_id: int, frame: dict[str, Any], skip_socket: str | None = None) -> dict[str, Any]:
+    """An event for every socket of one user (version 2 sockets: parley.delivery), the frame
+    encoded once; `skip_socket` (a socket id) does not get it — the socket whose own command
+    caused it, which has its reply."""
+    return {"type": "user.frame", "user_id": user_id, "frame": protocol.encode(frame), "skip": skip_socket}
+
+
+async def broadcast_user(*, user_id: int, frame: dict[str, Any], skip_socket: str | None = None) -> None:
+    """Send a frame to every socket of the user, in every process (with REDIS_URL)."""
+    await get_hub().publish_user(user_id, user_event(user_id=user_id, frame=frame, skip_socket=skip_socket))
+
+
 async def close_credential_sockets(*, credential: tuple[str, int]) -> None:
     """Not a room broadcast: closes (4401) the sockets opened with a revoked API token,
     ("token", id), or by a deactivated user, ("user", id), in every process (through the
@@ -132,16 +151,39 @@ def deliver_from_sync(room_id: int, event: dict[str, Any]) -> str:
     return "local" if hubs else "room-log"
 
 
-def _deliver_locally(hubs: list[LocalHub], room_id: int, event: dict[str, Any]) -> None:
+def deliver_user_from_sync(user_id: int, event: dict[str, Any]) -> str:
+    """deliver_from_sync for a user event (user_event): "redis" or "local" as there. Without
+    Redis only this process's sockets get it; a user's sockets on other processes learn the
+    state it announces (stored already) from their next `rooms` snapshot, on reconnect."""
+    hubs = local_user_hubs()
+    for hub in hubs:
+        _call_on_loop(hub, hub.deliver_user, user_id, event)
+    if parley_settings.REDIS_URL:
+        try:
+            publish_user_from_sync(parley_settings.REDIS_URL, parley_settings.REDIS_PREFIX, user_id, event,
+                                   delivered_by=[hub.origin for hub in hubs])
+        except Exception:
+            log.warning("Redis publish of a user event failed; other processes' sockets see the "
+                        "change on their next rooms snapshot", exc_info=True)
+            return "local"
+        return "redis"
+    return "local"
+
+
+def _call_on_loop(hub: LocalHub, fn: Any, *args: Any) -> None:
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
+    if hub.loop is running:
+        fn(*args)
+    else:
+        hub.loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
+
+
+def _deliver_locally(hubs: list[LocalHub], room_id: int, event: dict[str, Any]) -> None:
     for hub in hubs:
-        if hub.loop is running:
-            hub.deliver(room_id, event)
-        else:
-            hub.loop.call_soon_threadsafe(hub.deliver, room_id, event)  # type: ignore[union-attr]
+        _call_on_loop(hub, hub.deliver, room_id, event)
 
 
 def live_delivery_possible() -> bool:
@@ -191,6 +233,15 @@ def _on_member_removed(event: events.MemberRemoved) -> None:
     async_to_sync(broadcast_removed)(room_id=event.room_id, user_id=event.user_id)
 
 
+def _on_user_notified(event: events.UserNotified) -> None:
+    for user_id in event.user_ids:
+        try:
+            deliver_user_from_sync(user_id, user_event(user_id=user_id, frame=event.frame,
+                                                       skip_socket=event.skip_socket))
+        except Exception:
+            log.exception("live delivery of a %s event to user %s failed", event.frame.get("type"), user_id)
+
+
 def _on_credential_revoked(event: events.CredentialRevoked) -> None:
     async_to_sync(close_credential_sockets)(credential=event.credential)
 
@@ -200,3 +251,4 @@ events.subscribe(events.EntryAdded, _on_entry_added)
 events.subscribe(events.AppEventPublished, _on_app_event)
 events.subscribe(events.MemberRemoved, _on_member_removed)
 events.subscribe(events.CredentialRevoked, _on_credential_revoked)
+events.subscribe(events.UserNotified, _on_user_notified)

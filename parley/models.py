@@ -21,9 +21,16 @@ def new_epoch() -> str:
 
 
 class Room(models.Model):
+    class Kind(models.TextChoices):
+        ROOM = "room"
+        DM = "dm"  # a direct conversation: private, its members fixed when it is created
+
     slug = models.CharField(max_length=50, unique=True, validators=[SLUG_VALIDATOR])
     title = models.CharField(max_length=100, validators=[ProhibitNullCharactersValidator()])
     is_private = models.BooleanField(default=False)
+    kind = models.CharField(max_length=4, choices=Kind.choices, default=Kind.ROOM, db_default=Kind.ROOM)
+    # Archived: read-only, kept for its history and search; NULL while the room is in use.
+    archived_at = models.DateTimeField(null=True, blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -47,6 +54,7 @@ class Membership(models.Model):
 
     class Role(models.TextChoices):
         OWNER = "owner"
+        MODERATOR = "moderator"
         MEMBER = "member"
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
@@ -59,6 +67,34 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} in {self.room_id} ({self.role})"
+
+
+class RoomState(models.Model):
+    """One user's state in one room: how far they have read, how the room notifies them, and
+    whether it is in their room list. A public room gets a row when the user first opens it;
+    a private room or DM's members get one when they are added."""
+
+    class Notify(models.TextChoices):
+        ALL = "all"
+        MENTIONS = "mentions"
+        NOTHING = "nothing"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="states")
+    # The highest seq the user has read (0: nothing). Only ever moves forward.
+    last_read_seq = models.BigIntegerField(default=0)
+    # "" means the default: "all" for a DM, "mentions" for a room.
+    notify = models.CharField(max_length=8, choices=Notify.choices, blank=True, default="")
+    muted = models.BooleanField(default=False)
+    # False once the user left a public room: it leaves their list, the read marker is kept.
+    listed = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "room"], name="roomstate_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.room_id} read to {self.last_read_seq}"
 
 
 class Message(models.Model):

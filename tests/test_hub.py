@@ -17,6 +17,7 @@ class Recorder:
         self.events: list[dict] = []
         self.resyncs: list[int] = []
         self.revoked = 0
+        self.user_events: list[dict] = []
 
     def hub_event(self, event):
         self.events.append(event)
@@ -26,6 +27,9 @@ class Recorder:
 
     def hub_credentials_revoked(self):
         self.revoked += 1
+
+    def hub_user_event(self, event):
+        self.user_events.append(event)
 
 
 async def wait_for(predicate, timeout=5.0):
@@ -73,6 +77,22 @@ async def test_revoking_credentials_reaches_only_their_sockets_once():
     await hub.revoke(("token", 1))  # a second revocation finds nobody left
     assert (a1.revoked, a2.revoked, b.revoked, gone.revoked) == (1, 1, 0, 0)
     assert hub.credentials == {("token", 2): {b}, ("user", 1): {b}}
+
+
+async def test_user_events_reach_every_socket_of_that_user_and_no_one_else():
+    hub = LocalHub()
+    ada_1, ada_2, bob, ada_token = Recorder(), Recorder(), Recorder(), Recorder()
+    await hub.watch(("user", 1), ada_1)
+    await hub.watch(("user", 1), ada_2)
+    await hub.watch(("user", 2), bob)
+    await hub.watch(("token", 1), ada_token)  # a token's id is not a user's
+    await hub.subscribe(1, bob)  # nor is a room's
+    await hub.publish_user(1, {"type": "user.frame", "n": 1})
+    assert ada_1.user_events == ada_2.user_events == [{"type": "user.frame", "n": 1}]
+    assert bob.user_events == ada_token.user_events == bob.events == []
+    hub.unwatch(("user", 1), ada_1)  # that socket closed
+    await hub.publish_user(1, {"type": "user.frame", "n": 2})
+    assert len(ada_1.user_events) == 1 and len(ada_2.user_events) == 2
 
 
 @pytest.mark.django_db(transaction=True)
@@ -203,6 +223,28 @@ async def test_credentials_revoked_in_one_process_close_their_sockets_in_another
     await process_a.revoke(("token", 5))  # process A has no socket of that token: it publishes anyway
     await wait_for(lambda: on_b.revoked == 1)
     assert other_token.revoked == 0 and ("token", 5) not in process_b.credentials
+
+
+async def test_user_events_cross_processes_once_each_from_async_and_sync_code(private_redis):
+    from parley.realtime.hub import publish_user_from_sync
+
+    url, _, _ = private_redis
+    await ping(url)
+    process_a, process_b = RedisHub(url, "t"), RedisHub(url, "t")
+    on_a, on_b, other_user = Recorder(), Recorder(), Recorder()
+    await process_a.watch(("user", 4), on_a)
+    await process_b.watch(("user", 4), on_b)
+    await process_b.watch(("user", 5), other_user)
+    await asyncio.sleep(0.1)
+    await process_a.publish_user(4, {"type": "user.frame", "n": 1})
+    await wait_for(lambda: on_b.user_events)
+    assert on_a.user_events == on_b.user_events == [{"type": "user.frame", "n": 1}]  # A's own copy skipped
+    # From a view's thread or a worker: every process gets it but those that delivered it already.
+    await asyncio.to_thread(publish_user_from_sync, url, "t", 4, {"type": "user.frame", "n": 2},
+                            [process_a.origin])
+    await wait_for(lambda: len(on_b.user_events) == 2)
+    await asyncio.sleep(0.1)
+    assert [e["n"] for e in on_a.user_events] == [1] and other_user.user_events == []
 
 
 async def test_resubscribes_and_asks_for_catch_up_after_redis_restarts(private_redis):

@@ -70,6 +70,9 @@ class Receiver(Protocol):
     def hub_credentials_revoked(self) -> None:
         """The API token this socket was opened with was revoked, or its user deactivated."""
 
+    def hub_user_event(self, event: dict[str, Any]) -> None:
+        """Handle one event addressed to this socket's user, not to a room (publish_user)."""
+
 
 class RoomLogWatch(Protocol):
     def room_added(self, room_id: int) -> None:
@@ -123,6 +126,12 @@ def local_hubs() -> list[LocalHub]:
     """This process's hubs whose event loop is running and that have sockets in some room."""
     return [hub for hub in list(_hubs)
             if hub.rooms and hub.loop is not None and hub.loop.is_running() and not hub.loop.is_closed()]
+
+
+def local_user_hubs() -> list[LocalHub]:
+    """local_hubs for user events: the hubs with sockets, joined to a room or not."""
+    return [hub for hub in list(_hubs)
+            if hub.credentials and hub.loop is not None and hub.loop.is_running() and not hub.loop.is_closed()]
 
 
 class LocalHub:
@@ -213,6 +222,20 @@ class LocalHub:
     async def publish(self, room_id: int, event: dict[str, Any]) -> None:
         self.deliver(room_id, event)
 
+    async def publish_user(self, user_id: int, event: dict[str, Any]) -> None:
+        """Hand an event to every socket of one user (RedisHub: in every process)."""
+        self.deliver_user(user_id, event)
+
+    def deliver_user(self, user_id: int, event: dict[str, Any]) -> None:
+        """An event for one user's sockets, not a room's: the sockets this hub watches under
+        ("user", id) — every socket of a signed-in user is watched under it (for revocation),
+        so a user's events need no subscription of their own."""
+        for receiver in tuple(self.credentials.get(("user", user_id), ())):
+            try:
+                receiver.hub_user_event(event)
+            except Exception:
+                log.exception("delivering a user event to one socket failed")
+
     def deliver(self, room_id: int, event: dict[str, Any]) -> None:
         seq = event.get("seq")
         if seq is not None and seq > self.seen.get(room_id, 0) and room_id in self.rooms:
@@ -241,6 +264,10 @@ class RedisHub(LocalHub):
         self._prefix = f"{prefix}:room:"
         # One channel for every process's revocations: rare, so no per-token or per-user channel.
         self._control = f"{prefix}:control"
+        # One channel for every user's events (rooms added or removed, read markers): each
+        # process delivers to the users it has sockets of and drops the rest. One SUBSCRIBE
+        # per process instead of one per connected user.
+        self._user = user_channel(prefix)
         from parley.realtime.redis_options import redis_client_options
 
         # The publisher retries through a Redis restart, so a committed message still goes out.
@@ -269,6 +296,12 @@ class RedisHub(LocalHub):
         await super().watch(credential, receiver)
         if self._pubsub is None or self._control.encode() not in self._pubsub.channels:
             await self._subscribe_channel(self._control)
+        if self._user.encode() not in self._pubsub.channels:
+            await self._subscribe_channel(self._user)
+
+    async def publish_user(self, user_id: int, event: dict[str, Any]) -> None:
+        self.deliver_user(user_id, event)
+        self._enqueue(self._user, marked((self.origin,), {"user_id": user_id, "event": event}))
 
     async def revoke(self, credential: Credential) -> None:
         self.close_local(credential)
@@ -351,6 +384,9 @@ class RedisHub(LocalHub):
                     if channel == self._control:
                         kind, ident = orjson.loads(body)["revoke"]
                         self.close_local((str(kind), int(ident)))
+                    elif channel == self._user:
+                        addressed = orjson.loads(body)
+                        self.deliver_user(int(addressed["user_id"]), addressed["event"])
                     else:
                         self.deliver(int(channel[len(self._prefix):]), orjson.loads(body))
             except asyncio.CancelledError:
@@ -372,7 +408,7 @@ class RedisHub(LocalHub):
                 log.debug("closing the lost subscription failed", exc_info=True)
             channels = [self._channel(room_id) for room_id in self.rooms]
             if self.credentials:
-                channels.append(self._control)
+                channels += [self._control, self._user]
             if not channels:
                 return
             try:
@@ -392,6 +428,11 @@ def room_channel(prefix: str, room_id: int) -> str:
     return f"{prefix}{room_id}"
 
 
+def user_channel(prefix: str) -> str:
+    """The Redis channel of every user's events (publish_user)."""
+    return f"{prefix}:user"
+
+
 def marked(origins: Iterable[bytes], event: dict[str, Any]) -> bytes:
     """What goes on a Redis channel: the origin ids of the hubs that delivered the event to
     their sockets already (they skip it), then `|`, then the event as JSON."""
@@ -406,7 +447,19 @@ def publish_from_sync(url: str, prefix: str, room_id: int, event: dict[str, Any]
     """PUBLISH one room event from synchronous code (any thread, any process): every server
     process subscribed to the room delivers it, as RedisHub.publish's would be, except the hubs
     whose origin ids are in `delivered_by` (they had it handed to them directly). Returns how
-    many subscriptions received it (Redis's answer). One blocking client per URL, made on first use."""
+    many subscriptions received it (Redis's answer)."""
+    return int(_sync_client(url).publish(room_channel(f"{prefix}:room:", room_id), marked(delivered_by, event)))
+
+
+def publish_user_from_sync(url: str, prefix: str, user_id: int, event: dict[str, Any],
+                           delivered_by: Iterable[bytes] = ()) -> int:
+    """publish_from_sync's twin for an event addressed to one user's sockets (publish_user)."""
+    body = marked(delivered_by, {"user_id": user_id, "event": event})
+    return int(_sync_client(url).publish(user_channel(prefix), body))
+
+
+def _sync_client(url: str) -> Any:
+    """One blocking client per URL, made on first use."""
     import redis
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
@@ -419,7 +472,7 @@ def publish_from_sync(url: str, prefix: str, room_id: int, event: dict[str, Any]
         client = _sync_publishers[url] = redis.Redis.from_url(
             url, retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), RETRIES),
             health_check_interval=HEALTH_CHECK_INTERVAL_SECS, socket_keepalive=True)
-    return int(client.publish(room_channel(f"{prefix}:room:", room_id), marked(delivered_by, event)))
+    return client
 
 
 @per_loop
