@@ -209,6 +209,11 @@ STATIC_URL = "static/"
 # Set STATIC_ROOT and run collectstatic to serve compressed, hashed files instead.
 STATIC_ROOT = env_str("STATIC_ROOT") or None
 WHITENOISE_USE_FINDERS = True
+# Uploaded files (avatars, attachments) go through Django's storage API: the filesystem under the
+# data dir unless MEDIA_ROOT says otherwise. Parley serves them through its own views (access
+# checked, headers set), so MEDIA_URL is not routed; a deployment may point STORAGES' "default"
+# at any django-storages backend instead (docs/deploy.md).
+MEDIA_ROOT = env_str("MEDIA_ROOT") or str(DATA_DIR / "media")
 
 # --- Parley ----------------------------------------------------------------------------------
 # This server is one host project among others: it configures Parley with the PARLEY dict

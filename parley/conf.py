@@ -102,6 +102,9 @@ OPTIONS = [
            "uvicorn's websockets-sansio (parley/realtime/uvicorn_writer.py); False: every frame through "
            "the ASGI send"),
     # /metrics (parley.health, docs/security.md "Metrics"): a token, or else an address check.
+    Option("AVATAR_STORAGE", "default", STRING,
+           "the alias in Django's STORAGES where avatars are kept (re-encoded PNGs): the "
+           "filesystem by default, any django-storages backend in production"),
     Option("METRICS_TOKEN", "", STRING,
            "a secret that /metrics requires as `Authorization: Bearer <token>`, from any address; "
            "empty: no token, and only loopback and METRICS_ALLOWED_IPS may read /metrics"),

@@ -187,6 +187,20 @@ ROOM_MENTIONS_PER_HOUR = Limit("@room rate", "ROOM_MENTIONS_PER_HOUR", 10, "mess
                                "messages (and edits) with @room by a room owner or admin that mention "
                                "the room, per process; beyond it @room stays plain text")
 
+# --- People: display names and avatars (docs/protocol.md §15) ---------------------------------
+DISPLAY_NAME_MAX_CHARS = Limit("display name length", "DISPLAY_NAME_MAX_CHARS", 64, "characters",
+                               "a display name after trimming")
+AVATAR_MAX_BYTES = Limit("avatar size", "AVATAR_MAX_BYTES", 2 * 1024 * 1024, "bytes",
+                         "an uploaded avatar image, before Parley re-encodes it")
+AVATAR_MAX_PIXELS = Limit("avatar pixels", "AVATAR_MAX_PIXELS", 25_000_000, "pixels",
+                          "width x height of an uploaded avatar: larger ones are refused before "
+                          "they are decoded (decompression bombs)")
+PROFILE_UPDATES_PER_HOUR = Limit("profile update rate", "PROFILE_UPDATES_PER_HOUR", 30,
+                                 "changes/hour per user", "display name and avatar changes per user "
+                                 "(token bucket, per process)")
+MAX_PROFILE_IDS = Limit("profiles per lookup", "MAX_PROFILE_IDS", 100, "users",
+                        "user ids one GET /api/profiles may name")
+
 # type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
 # which loads it (config/serve.py imports this module in processes with no settings).
 ALL = [v for v in list(globals().values()) if type(v) is Limit]
@@ -315,6 +329,8 @@ USER_EDIT_BUCKETS = BucketMap(EDITS_PER_SEC, EDITS_BURST, shared="edits")
 # Taken on the database thread (parley.mentions) and in views' threads: a race between two
 # threads for one user can let one extra through, which is all it costs.
 ROOM_MENTION_BUCKETS = BucketMap(ROOM_MENTIONS_PER_HOUR, per=3600)
+# Display name and avatar changes: 30 at once, then one every 2 minutes.
+PROFILE_UPDATE_BUCKETS = BucketMap(PROFILE_UPDATES_PER_HOUR, per=3600)
 
 
 class Strikes:

@@ -179,6 +179,23 @@ class Reaction(models.Model):
         return f"{self.emoji} by {self.user_id} on {self.message_id}"
 
 
+class Profile(models.Model):
+    """How a user appears in the chat: a display name and an avatar. A user without a row (or
+    with blanks) shows as their full name or username, with generated initials (parley.profiles)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
+                                related_name="parley_profile")
+    display_name = models.CharField(max_length=64, blank=True, validators=[ProhibitNullCharactersValidator()])
+    # The avatar as Parley re-encoded it (a square PNG), in the PARLEY AVATAR_STORAGE storage.
+    avatar = models.CharField(max_length=200, blank=True)
+    # Bumped on every avatar change: part of its URL, so caches never show an old one.
+    avatar_version = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"profile of {self.user_id}"
+
+
 class ApiToken(models.Model):
     """A bearer token for non-browser clients. Only the SHA-256 of the secret is stored."""
 

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from parley import health, message_views, views
+from parley import health, message_views, profile_views, views
 
 app_name = "parley"
 
@@ -17,6 +17,10 @@ urlpatterns = [
          name="api-room-message-reaction"),
     path("api/rooms/<str:slug>/members", views.room_members, name="api-room-members"),
     path("api/rooms/<str:slug>/members/<str:username>", views.room_member_detail, name="api-room-member"),
+    path("api/profile", profile_views.profile, name="api-profile"),
+    path("api/profile/avatar", profile_views.profile_avatar, name="api-profile-avatar-mine"),
+    path("api/profiles", profile_views.profile_list, name="api-profiles"),
+    path("api/profiles/<int:user_id>/avatar", profile_views.avatar, name="api-profile-avatar"),
     path("api/tokens", views.tokens, name="api-tokens"),
     path("api/tokens/<int:token_id>", views.token_detail, name="api-token"),
     # Last: any other /api/ path is a JSON 404 (DEBUG's HTML 404 page included).
