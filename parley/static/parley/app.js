@@ -1,10 +1,11 @@
 // Parley browser app: wires the protocol client (parley-client.js) to the page (app.html).
 import { ParleyClient, STATES } from "./parley-client.js";
-import { avatar, byTestId, colourFor, h, hydrateIcons, icon } from "./ui/dom.js";
+import { byTestId, colourFor, h, hydrateIcons, icon } from "./ui/dom.js";
 import { renderTimeline, typingText } from "./ui/messages.js";
 import { Sidebar, api } from "./ui/sidebar.js";
 import { Actions } from "./ui/actions.js";
 import { MentionAutocomplete, roomPeople } from "./ui/mentions.js";
+import { Profiles, openProfileCard, openProfileDialog } from "./ui/profiles.js";
 
 hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
@@ -47,6 +48,15 @@ const socketUrl = `${location.protocol === "https:" ? "wss:" : "ws:"}//${locatio
 const loginUrl = (next) => `${urls.loginUrl}?next=${encodeURIComponent(next)}`;
 
 const client = new ParleyClient({ url: socketUrl });
+// Display names and pictures, by user id (docs/protocol.md §15): a render asks, an answer re-renders.
+const people = new Profiles({
+  url: urls.apiProfiles, profileUrl: urls.apiProfile, avatarUrl: urls.apiProfileAvatar,
+  onChange: () => {
+    renderMe();
+    render("profiles");
+  },
+});
+window.parleyPeople = people;
 window.parley = client; // handy in the console and for tests
 
 let current = null; // slug of the room on screen
@@ -74,7 +84,15 @@ const mentions = new MentionAutocomplete(el.input, el.mentionList, () => {
   // @room reaches everyone only from the room's owner or an admin (the server decides).
   const everyone = actions.ui(snap).canModerate ? [{ id: "@room", username: "room" }] : [];
   return [...roomPeople(snap, me), ...everyone];
-});
+}, people);
+
+// Your own name and picture (sidebar foot), a button that opens the profile dialog.
+const meButton = byTestId("profile-open");
+function renderMe() {
+  meButton.replaceChildren(people.avatar(me), h("span", { class: "me-name", testid: "me" }, people.name(me)));
+}
+meButton.addEventListener("click", () => openProfileDialog(people, me));
+renderMe();
 
 // --- rooms ---------------------------------------------------------------------------------
 
@@ -163,6 +181,7 @@ function render(reason) {
       const caret = editing ? [actions.editInput.selectionStart, actions.editInput.selectionEnd] : null;
       renderTimeline(el.list, el.timeline, snap, me, {
         ...actions.handlers(),
+        profile: (user, anchor) => openProfileCard(people, user, anchor),
         lastReason: reason,
         retry: (id) => client.retry(id),
         discard: (id) => client.discard(id),
@@ -172,7 +191,7 @@ function render(reason) {
           updateComposer();
           el.input.focus();
         },
-      }, actions.ui(snap));
+      }, { ...actions.ui(snap), people });
       if (editing && actions.editInput.isConnected) {
         actions.editInput.focus({ preventScroll: true });
         actions.editInput.setSelectionRange(...caret);
@@ -205,8 +224,8 @@ document.addEventListener("selectionchange", () => {
 function renderMembers(members) {
   el.memberCount.textContent = String(members.length);
   el.memberList.replaceChildren(...members.map((u) => h("li", { class: "member", testid: "member", dataset: { username: u.username } },
-    avatar(u.username, "avatar--small"),
-    h("span", { class: "member-name" }, u.username),
+    people.avatar(u, "avatar--small"),
+    h("span", { class: "member-name", title: `@${u.username}` }, people.name(u)),
     u.id === me.id ? h("span", { class: "member-you" }, "you") : null)));
 }
 
@@ -274,10 +293,13 @@ function renderConn(s) {
   }
 }
 
+let connects = 0;
 client.on("state", (s) => {
   renderConn(s);
   if (s.state === STATES.CONNECTED) {
     sidebar.load().then(() => render("rooms")).catch(() => {});
+    connects += 1;
+    if (connects > 1) people.refresh(); // names and pictures may have changed while away
     if (current) loadOwner(current);
   }
   // Repeated refusals may mean the session ended: ask the HTTP side, which can tell us.

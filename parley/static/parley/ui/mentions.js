@@ -18,11 +18,13 @@ export function roomPeople(snap, me) {
 }
 
 export class MentionAutocomplete {
-  /** input: the textarea; listEl: the (hidden) listbox; people(): the candidates now. */
-  constructor(input, listEl, people) {
+  /** input: the textarea; listEl: the (hidden) listbox; people(): the candidates now;
+   * profiles (optional, ui/profiles.js): display names and pictures to show and match. */
+  constructor(input, listEl, people, profiles = null) {
     this.input = input;
     this.listEl = listEl;
     this.people = people;
+    this.profiles = profiles;
     this.matches = [];
     this.active = 0;
     this.start = -1; // index of the "@" being completed
@@ -41,8 +43,9 @@ export class MentionAutocomplete {
     if (!m || this.input.selectionEnd !== caret) return this.close();
     const typed = m[1].toLowerCase();
     this.start = caret - m[1].length - 1;
+    const named = (u) => (this.profiles && u.id !== "@room" ? this.profiles.name(u) : u.username).toLowerCase();
     this.matches = this.people()
-      .filter((u) => u.username.toLowerCase().startsWith(typed))
+      .filter((u) => u.username.toLowerCase().startsWith(typed) || named(u).split(/\s+/).some((w) => w.startsWith(typed)))
       .sort((a, b) => a.username.localeCompare(b.username))
       .slice(0, MAX_SHOWN);
     if (!this.matches.length) return this.close();
@@ -61,7 +64,10 @@ export class MentionAutocomplete {
         ev.preventDefault();
         this.pick(u);
       },
-    }, avatar(u.username, "avatar--small"), h("span", {}, u.username))));
+    }, this.profiles && u.id !== "@room" ? this.profiles.avatar(u, "avatar--small") : avatar(u.username, "avatar--small"),
+    h("span", { class: "mention-name" }, this.profiles && u.id !== "@room" ? this.profiles.name(u) : u.username),
+    this.profiles && u.id !== "@room" && this.profiles.name(u) !== u.username
+      ? h("span", { class: "mention-username" }, `@${u.username}`) : null)));
   }
 
   /** Keyboard while open: returns true when the key was used here. */

@@ -22,9 +22,13 @@ function timeEl(date) {
   return h("time", { datetime: date.toISOString(), title: fullFmt.format(date), class: "msg-time" }, timeFmt.format(date));
 }
 
-function groupHeader(author, date, pending) {
-  return h("div", { class: "msg-head" },
-    h("span", { class: "msg-author", testid: "message-author" }, author),
+function groupHeader(user, name, date, pending, handlers) {
+  // The display name, a button that opens the person's card; @username on hover.
+  const author = handlers.profile
+    ? h("button", { type: "button", class: "msg-author", testid: "message-author", title: `@${user.username}`,
+      dataset: { username: user.username }, onclick: (ev) => handlers.profile(user, ev.currentTarget) }, name)
+    : h("span", { class: "msg-author", testid: "message-author" }, name);
+  return h("div", { class: "msg-head" }, author,
     pending ? h("span", { class: "msg-time" }, "sending…") : timeEl(date));
 }
 
@@ -44,10 +48,12 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
   const nextCache = new Map();
   let prev = null; // {authorId, date}
   let group = null;
-  const startGroup = (authorId, name, date, pending) => {
-    const li = h("li", { class: `msg-group${authorId === me.id ? " msg-group--mine" : ""}`, testid: "message-group" },
-      avatar(name, "msg-avatar"),
-      h("div", { class: "msg-body" }, groupHeader(name, date, pending)));
+  const people = ui.people;
+  const startGroup = (user, date, pending) => {
+    const name = people ? people.name(user) : user.username;
+    const li = h("li", { class: `msg-group${user.id === me.id ? " msg-group--mine" : ""}`, testid: "message-group" },
+      people ? people.avatar(user, "msg-avatar") : avatar(user.username, "msg-avatar"),
+      h("div", { class: "msg-body" }, groupHeader(user, name, date, pending, handlers)));
     frag.append(li);
     return li.lastChild;
   };
@@ -60,7 +66,7 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
     }
     const authorId = m.author?.id ?? null;
     if (!prev || prev.authorId !== authorId || date - prev.date > GROUP_GAP_MS) {
-      group = startGroup(authorId, m.author?.username ?? "?", date, false);
+      group = startGroup(m.author ?? { id: null, username: "?" }, date, false);
     }
     const continued = !!prev && prev.authorId === authorId;
     const key = itemKey(m, ui, continued);
@@ -77,7 +83,7 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
 
   if (snap.pending.length) {
     const last = snap.messages[snap.messages.length - 1];
-    if (!last || last.author?.id !== me.id) group = startGroup(me.id, me.username, new Date(), true);
+    if (!last || last.author?.id !== me.id) group = startGroup(me, new Date(), true);
     for (const p of snap.pending) {
       const failed = p.status === "failed";
       group.append(h("div", {

@@ -1,12 +1,14 @@
 // Rooms: the list from GET /api/rooms, unread counts, and the "new room" form (POST /api/rooms).
 import { h, icon, readCookie } from "./dom.js";
 
-export async function api(path, { method = "GET", body } = {}) {
+/** A JSON API call; `body` is sent as JSON, `raw` (a Blob, e.g. a File) as itself. */
+export async function api(path, { method = "GET", body, raw } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (raw !== undefined) headers["Content-Type"] = raw.type || "application/octet-stream";
   if (method !== "GET") headers["X-CSRFToken"] = readCookie("csrftoken");
   const res = await fetch(path, {
-    method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body),
+    method, headers, credentials: "same-origin", body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body),
   });
   let data = null;
   try {
