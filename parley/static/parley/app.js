@@ -5,6 +5,7 @@ import { renderTimeline, typingText } from "./ui/messages.js";
 import { Sidebar, api } from "./ui/sidebar.js";
 import { Actions } from "./ui/actions.js";
 import { MentionAutocomplete, roomPeople } from "./ui/mentions.js";
+import { Shortcuts } from "./ui/shortcuts.js";
 
 hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
@@ -393,9 +394,24 @@ el.sidebarToggle.addEventListener("click", () => setSidebar(!el.shell.classList.
 el.sidebarClose.addEventListener("click", () => setSidebar(false));
 el.backdrop.addEventListener("click", closePanels);
 el.membersToggle.addEventListener("click", () => setMembers(!el.shell.classList.contains("shell--members-open")));
-document.addEventListener("keydown", (ev) => {
-  if (ev.key === "Escape") closePanels();
+// Keyboard shortcuts (ui/shortcuts.js); Escape closes every panel and menu at once.
+const shortcuts = new Shortcuts({
+  rooms: () => sidebar.rooms,
+  current: () => current,
+  open: (slug) => {
+    closePanels();
+    openRoom(slug);
+  },
+  closeAll: () => {
+    closePanels();
+    actions.closeMenus();
+    byTestId("new-room").open = false;
+  },
+  timeline: el.timeline,
+  list: el.list,
+  composer: el.input,
 });
+window.parleyShortcuts = shortcuts; // for tests
 
 // --- notices -------------------------------------------------------------------------------
 

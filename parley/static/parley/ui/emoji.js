@@ -53,6 +53,7 @@ export class EmojiPicker {
 
   open(anchor, onPick) {
     this.onPick = onPick;
+    this.anchor = anchor;
     this.el.hidden = false;
     const r = anchor.getBoundingClientRect();
     const w = this.el.offsetWidth;
@@ -66,7 +67,11 @@ export class EmojiPicker {
   }
 
   close() {
+    // A keyboard user goes back to the button that opened it, not to the top of the page.
+    const hadFocus = !this.el.hidden && this.el.contains(document.activeElement);
     this.el.hidden = true;
     this.onPick = null;
+    if (hadFocus && this.anchor?.isConnected) this.anchor.focus({ preventScroll: true });
+    this.anchor = null;
   }
 }
