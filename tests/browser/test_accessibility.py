@@ -132,3 +132,203 @@ def test_sign_in_pages_contrast(parley: Any, new_page: Any, theme: str) -> None:
         page.goto(f"{parley.url}{path}")
         assert_contrast(page, f"{path}, {theme}", min_checked=4)
     assert page.errors == []
+
+
+def _focused(page: Any) -> dict[str, Any]:
+    return page.evaluate("""() => {
+        const a = document.activeElement;
+        const msg = a && a.closest && a.closest('[data-testid="message"]');
+        return {testid: a && a.dataset ? a.dataset.testid || null : null, tag: a ? a.tagName : null,
+                seq: msg ? msg.dataset.seq || null : null, isMessage: !!a && a === msg};
+    }""")
+
+
+def _ring(page: Any, where: str) -> None:
+    """The focused element shows a focus ring of at least 3:1, and nothing on screen fails."""
+    result = assert_contrast(page, where, min_checked=5)
+    assert result["ring"], f"{where}: no visible focus ring on {result['focused']}"
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_keyboard_tour(parley: Any, new_page: Any, theme: str) -> None:
+    ada, _bob, slug, _ada_name = _busy_room(parley, new_page)
+    ada.emulate_media(color_scheme=theme)
+    rooms = ada.evaluate("() => window.parleyShortcuts.rooms().map((r) => r.slug)")
+    assert slug in rooms and "lobby" in rooms
+
+    # The first Tab reaches the skip link, visible when focused; Enter lands in the composer.
+    # From the top of the page (the app puts the focus in the composer on load).
+    ada.evaluate("() => { document.body.tabIndex = -1; document.body.focus(); document.body.removeAttribute('tabindex'); }")
+    ada.keyboard.press("Tab")
+    assert _focused(ada)["testid"] == "skip-composer"
+    expect(ada.get_by_test_id("skip-composer")).to_be_in_viewport()
+    _ring(ada, f"skip link, {theme}")
+    ada.keyboard.press("Enter")
+    assert _focused(ada)["testid"] == "composer-input"
+    assert ada.evaluate("() => location.hash") == f"#/{slug}", "a skip link must not change the route"
+    _ring(ada, f"composer, {theme}")
+
+    # `?` in the composer is a character; outside it, the shortcut list.
+    ada.keyboard.type("?")
+    expect(ada.get_by_test_id("composer-input")).to_have_value("?")
+    expect(ada.get_by_test_id("shortcuts")).to_be_hidden()
+    ada.get_by_test_id("composer-input").fill("")
+    ada.get_by_test_id("skip-messages").focus()
+    ada.keyboard.press("?")
+    expect(ada.get_by_test_id("shortcuts")).to_be_visible()
+    expect(ada.get_by_test_id("shortcuts")).to_contain_text("Ctrl K")
+    assert _focused(ada)["testid"] == "shortcuts-close"
+    _ring(ada, f"shortcut list, {theme}")
+    ada.keyboard.press("Escape")
+    expect(ada.get_by_test_id("shortcuts")).to_be_hidden()
+
+    # Ctrl+K: type to filter, Enter opens; Escape closes and gives the focus back.
+    ada.get_by_test_id("composer-input").focus()
+    ada.keyboard.press("Control+k")
+    expect(ada.get_by_test_id("switcher")).to_be_visible()
+    assert _focused(ada)["testid"] == "switcher-input"
+    _ring(ada, f"switcher, {theme}")
+    ada.keyboard.type("lob")
+    expect(ada.get_by_test_id("switcher-option")).to_have_count(1)
+    ada.keyboard.press("Enter")
+    expect(ada.get_by_test_id("switcher")).to_be_hidden()
+    wait_joined(ada, "lobby")
+    expect(ada.get_by_test_id("room-title")).to_have_text("Lobby")
+    assert _focused(ada)["testid"] == "composer-input"
+    ada.keyboard.press("Control+k")
+    ada.keyboard.type("no-such-room-at-all")
+    expect(ada.get_by_test_id("switcher-empty")).to_be_visible()
+    ada.keyboard.press("Escape")
+    expect(ada.get_by_test_id("switcher")).to_be_hidden()
+    assert _focused(ada)["testid"] == "composer-input"
+
+    # Alt+Down / Alt+Up: the next / previous room of the sidebar, wrapping around.
+    at = rooms.index("lobby")
+    ada.keyboard.press("Alt+ArrowDown")
+    wait_joined(ada, rooms[(at + 1) % len(rooms)])
+    ada.keyboard.press("Alt+ArrowUp")
+    wait_joined(ada, "lobby")
+    ada.keyboard.press("Control+k")
+    ada.keyboard.type(slug)
+    ada.keyboard.press("Enter")
+    wait_joined(ada, slug)
+
+    # The timeline: one tab stop; arrows between messages; Enter into a message's actions.
+    expect(ada.locator('[data-testid="message"]').filter(has_text="a reply")).to_have_count(1)
+    ada.get_by_test_id("skip-messages").focus()
+    ada.keyboard.press("Enter")
+    newest = _focused(ada)
+    assert newest["isMessage"], newest
+    assert ada.locator('[data-testid="message"][tabindex="0"]').count() == 1
+    _ring(ada, f"a message, {theme}")
+    ada.keyboard.press("ArrowUp")
+    up = _focused(ada)
+    assert up["isMessage"] and int(up["seq"]) < int(newest["seq"])
+    ada.keyboard.press("End")
+    assert _focused(ada)["seq"] == newest["seq"]
+    ada.keyboard.press("Home")
+    first_seq = _focused(ada)["seq"]
+    assert int(first_seq) < int(up["seq"])
+    # Only the focused message is in the tab order, its buttons with it.
+    assert ada.locator('[data-testid="message"][tabindex="0"]').evaluate_all("els => els.map((e) => e.dataset.seq)") == [first_seq]
+
+    # My edited message: Enter, then along the toolbar to Delete; the confirm keeps the focus.
+    mine = _seq_of(ada, slug, "an edited answer")
+    ada.locator(f'[data-testid="message"][data-seq="{mine}"]').focus()
+    ada.keyboard.press("Enter")
+    assert _focused(ada)["testid"] == "quick-react"
+    expect(ada.locator(f'[data-testid="message"][data-seq="{mine}"] [data-testid="message-actions"]')).to_be_visible()
+    _ring(ada, f"a message's action, {theme}")
+    for _ in range(10):
+        if _focused(ada)["testid"] == "action-delete":
+            break
+        ada.keyboard.press("ArrowRight")
+    assert _focused(ada)["testid"] == "action-delete"
+    ada.keyboard.press("Enter")
+    delete = ada.locator(f'[data-testid="message"][data-seq="{mine}"] [data-testid="action-delete"]')
+    expect(delete).to_have_attribute("aria-label", "Confirm delete")
+    assert _focused(ada)["testid"] == "action-delete", "the re-render lost the focus"
+    # Escape backs out to the message and drops the confirmation.
+    ada.keyboard.press("Escape")
+    expect(delete).to_have_attribute("aria-label", "Delete")
+    assert _focused(ada) == {"testid": "message", "tag": "DIV", "seq": str(mine), "isMessage": True}
+
+    # The emoji picker from the keyboard; Escape closes it and returns to its button.
+    ada.keyboard.press("Enter")
+    for _ in range(10):
+        if _focused(ada)["testid"] == "action-react":
+            break
+        ada.keyboard.press("ArrowRight")
+    ada.keyboard.press("Enter")
+    expect(ada.get_by_test_id("emoji-picker")).to_be_visible()
+    assert _focused(ada)["testid"] == "emoji-option"
+    _ring(ada, f"emoji picker, {theme}")
+    ada.keyboard.press("Escape")
+    expect(ada.get_by_test_id("emoji-picker")).to_be_hidden()
+    assert _focused(ada)["testid"] == "action-react"
+
+    # Reply from the keyboard: the composer gets the focus and the reply bar shows.
+    ada.keyboard.press("Escape")
+    ada.keyboard.press("ArrowUp")
+    ada.keyboard.press("Enter")
+    for _ in range(10):
+        if _focused(ada)["testid"] == "action-reply":
+            break
+        ada.keyboard.press("ArrowRight")
+    ada.keyboard.press("Enter")
+    expect(ada.get_by_test_id("reply-bar")).to_be_visible()
+    assert _focused(ada)["testid"] == "composer-input"
+    ada.keyboard.press("Escape")
+    expect(ada.get_by_test_id("reply-bar")).to_be_hidden()
+
+    # The theme switch and the shortcut button are reachable and ringed too.
+    ada.get_by_test_id("theme-system").focus()
+    ada.keyboard.press("ArrowRight")  # radios: arrows move the choice
+    _ring(ada, f"theme switch, {theme}")
+    assert ada.evaluate("() => document.documentElement.dataset.theme") in ("light", "dark")
+    assert ada.errors == []
+
+
+def test_escape_closes_every_panel_at_phone_width(parley: Any, new_page: Any) -> None:
+    ada = new_page(width=375, height=740)
+    signup(ada, parley.url, unique("ada"))
+    wait_joined(ada, "lobby")
+    # The sidebar drawer.
+    ada.get_by_test_id("sidebar-toggle").click()
+    expect(ada.get_by_test_id("sidebar")).to_be_in_viewport()
+    ada.get_by_test_id("new-room-toggle").click()
+    expect(ada.get_by_test_id("new-room-form")).to_be_visible()
+    ada.keyboard.press("Escape")
+    expect(ada.get_by_test_id("backdrop")).to_be_hidden()
+    expect(ada.get_by_test_id("sidebar-toggle")).to_have_attribute("aria-expanded", "false")
+    expect(ada.get_by_test_id("new-room-form")).to_be_hidden()
+    # The members overlay.
+    ada.get_by_test_id("members-toggle").click()
+    expect(ada.get_by_test_id("members")).to_be_visible()
+    ada.keyboard.press("Escape")
+    expect(ada.get_by_test_id("members")).to_be_hidden()
+    # Another module's panel hears Escape through the `parley:escape` event.
+    ada.evaluate("() => { window.heard = 0; document.addEventListener('parley:escape', () => { window.heard += 1; }); }")
+    ada.keyboard.press("Escape")
+    assert ada.evaluate("() => window.heard") == 1
+    # The switcher fits the phone's width.
+    ada.keyboard.press("Control+k")
+    box = ada.locator(".switcher").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
+    ada.keyboard.press("Escape")
+    expect(ada.get_by_test_id("switcher")).to_be_hidden()
+    assert ada.errors == []
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_phone_width_contrast(parley: Any, new_page: Any, theme: str) -> None:
+    ada, _bob, _slug, _ = _busy_room(parley, new_page, width=375)
+    ada.emulate_media(color_scheme=theme)
+    assert_contrast(ada, f"phone, {theme}", min_checked=25)
+    ada.get_by_test_id("sidebar-toggle").click()
+    expect(ada.get_by_test_id("sidebar")).to_be_in_viewport()
+    assert_contrast(ada, f"phone, drawer open, {theme}", min_checked=10)
+    ada.keyboard.press("Escape")
+    ada.get_by_test_id("members-toggle").click()
+    assert_contrast(ada, f"phone, members open, {theme}", min_checked=10)
+    assert ada.errors == []

@@ -205,6 +205,9 @@ document.addEventListener("selectionchange", () => {
 
 function renderMembers(members) {
   el.memberCount.textContent = String(members.length);
+  // The honest bound (docs/protocol.md §3, "How long a user who left stays listed"): a closed
+  // tab leaves at once, a dropped network or a killed server process within 4/3 heartbeat.
+  byTestId("members-note").textContent = `Updated live. Someone whose connection dropped without closing may stay listed up to ${Math.ceil(client.heartbeatSecs * 4 / 3)} s.`;
   el.memberList.replaceChildren(...members.map((u) => h("li", { class: "member", testid: "member", dataset: { username: u.username } },
     avatar(u.username, "avatar--small"),
     h("span", { class: "member-name" }, u.username),

@@ -54,6 +54,9 @@ export class EmojiPicker {
   open(anchor, onPick) {
     this.onPick = onPick;
     this.anchor = anchor;
+    // Its message keeps the action bar shown while the focus is in the picker (the bar shows on
+    // hover or focus), so the keyboard can come back to the button.
+    anchor.closest(".msg")?.classList.add("msg--picking");
     this.el.hidden = false;
     const r = anchor.getBoundingClientRect();
     const w = this.el.offsetWidth;
@@ -72,6 +75,7 @@ export class EmojiPicker {
     this.el.hidden = true;
     this.onPick = null;
     if (hadFocus && this.anchor?.isConnected) this.anchor.focus({ preventScroll: true });
+    this.anchor?.closest(".msg")?.classList.remove("msg--picking");
     this.anchor = null;
   }
 }
