@@ -54,6 +54,13 @@ def production_args() -> list[str]:
         # compressed again for every recipient; chat frames are small, and fan-out speed comes
         # from encoding each message once (docs/benchmarks.md).
         "--ws-per-message-deflate", "false",
+        # A socket whose network went silent (no close frame, no FIN: a pulled cable, a phone
+        # leaving Wi-Fi) is dropped, and its user leaves the rooms' member lists, within one
+        # heartbeat: uvicorn pings each socket every half heartbeat and drops it when the pong
+        # has not come within another half. uvicorn's own 20 s + 20 s kept such a user listed
+        # for up to 40 s, past the 25 s heartbeat (tests/test_presence_bounds.py).
+        "--ws-ping-interval", str(edge.env_limit(limits.HEARTBEAT_INTERVAL_SECS) / 2),
+        "--ws-ping-timeout", str(edge.env_limit(limits.HEARTBEAT_INTERVAL_SECS) / 2),
         # After a network blip every client reconnects at once. uvicorn's default listen backlog
         # (2048) overflowed in the 5,000-client reconnect storm, and every dropped handshake
         # waited for TCP's retransmit (1 s, then 3 s, ...) while the server sat idle

@@ -6,6 +6,7 @@ import { Sidebar, api } from "./ui/sidebar.js";
 import { Actions } from "./ui/actions.js";
 import { MentionAutocomplete, roomPeople } from "./ui/mentions.js";
 import { Profiles, openProfileCard, openProfileDialog } from "./ui/profiles.js";
+import { Shortcuts } from "./ui/shortcuts.js";
 
 hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
@@ -223,6 +224,9 @@ document.addEventListener("selectionchange", () => {
 
 function renderMembers(members) {
   el.memberCount.textContent = String(members.length);
+  // The honest bound (docs/protocol.md §3, "How long a user who left stays listed"): a closed
+  // tab leaves at once, a dropped network or a killed server process within 4/3 heartbeat.
+  byTestId("members-note").textContent = `Updated live. Someone whose connection dropped without closing may stay listed up to ${Math.ceil(client.heartbeatSecs * 4 / 3)} s.`;
   el.memberList.replaceChildren(...members.map((u) => h("li", { class: "member", testid: "member", dataset: { username: u.username } },
     people.avatar(u, "avatar--small"),
     h("span", { class: "member-name", title: `@${u.username}` }, people.name(u)),
@@ -415,9 +419,24 @@ el.sidebarToggle.addEventListener("click", () => setSidebar(!el.shell.classList.
 el.sidebarClose.addEventListener("click", () => setSidebar(false));
 el.backdrop.addEventListener("click", closePanels);
 el.membersToggle.addEventListener("click", () => setMembers(!el.shell.classList.contains("shell--members-open")));
-document.addEventListener("keydown", (ev) => {
-  if (ev.key === "Escape") closePanels();
+// Keyboard shortcuts (ui/shortcuts.js); Escape closes every panel and menu at once.
+const shortcuts = new Shortcuts({
+  rooms: () => sidebar.rooms,
+  current: () => current,
+  open: (slug) => {
+    closePanels();
+    openRoom(slug);
+  },
+  closeAll: () => {
+    closePanels();
+    actions.closeMenus();
+    byTestId("new-room").open = false;
+  },
+  timeline: el.timeline,
+  list: el.list,
+  composer: el.input,
 });
+window.parleyShortcuts = shortcuts; // for tests
 
 // --- notices -------------------------------------------------------------------------------
 

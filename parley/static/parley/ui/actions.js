@@ -211,6 +211,14 @@ export class Actions {
     return !!mine;
   }
 
+  /** Escape: close a message's action bar, a pending delete confirmation and the picker. */
+  closeMenus() {
+    this.picker.close();
+    if (this.actionsSeq === null && this.confirmDeleteSeq === null) return;
+    this.actionsSeq = this.confirmDeleteSeq = null;
+    this.render("actions");
+  }
+
   /** Leaving a room drops what was tied to its messages. */
   reset() {
     this.editingSeq = this.actionsSeq = this.confirmDeleteSeq = null;

@@ -23,7 +23,8 @@ export function h(tag, props = {}, ...children) {
 export const $ = (sel, root = document) => root.querySelector(sel);
 export const byTestId = (id, root = document) => root.querySelector(`[data-testid="${id}"]`);
 
-const PALETTE = ["#4f5bd5", "#d6456b", "#1f9d75", "#c46a00", "#8e44c9", "#0b84a5", "#b8336a", "#3d7d2e", "#e0602f", "#5a6b8c"];
+// Each at least 4.5:1 with white text (WCAG AA; tests/browser/test_accessibility.py), in both themes.
+const PALETTE = ["#4f5bd5", "#c73a60", "#157a5a", "#a45800", "#8e44c9", "#08708c", "#b8336a", "#3d7d2e", "#b8461a", "#5a6b8c"];
 
 /** A stable, readable colour per username (white text on it stays legible). */
 export function colourFor(name) {

@@ -53,6 +53,10 @@ export class EmojiPicker {
 
   open(anchor, onPick) {
     this.onPick = onPick;
+    this.anchor = anchor;
+    // Its message keeps the action bar shown while the focus is in the picker (the bar shows on
+    // hover or focus), so the keyboard can come back to the button.
+    anchor.closest(".msg")?.classList.add("msg--picking");
     this.el.hidden = false;
     const r = anchor.getBoundingClientRect();
     const w = this.el.offsetWidth;
@@ -66,7 +70,12 @@ export class EmojiPicker {
   }
 
   close() {
+    // A keyboard user goes back to the button that opened it, not to the top of the page.
+    const hadFocus = !this.el.hidden && this.el.contains(document.activeElement);
     this.el.hidden = true;
     this.onPick = null;
+    if (hadFocus && this.anchor?.isConnected) this.anchor.focus({ preventScroll: true });
+    this.anchor?.closest(".msg")?.classList.remove("msg--picking");
+    this.anchor = null;
   }
 }
