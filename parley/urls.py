@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from parley import health, message_views, views
+from parley import health, message_views, search_views, views
 
 app_name = "parley"
 
@@ -17,6 +17,7 @@ urlpatterns = [
          name="api-room-message-reaction"),
     path("api/rooms/<str:slug>/members", views.room_members, name="api-room-members"),
     path("api/rooms/<str:slug>/members/<str:username>", views.room_member_detail, name="api-room-member"),
+    path("api/search", search_views.search_messages, name="api-search"),
     path("api/tokens", views.tokens, name="api-tokens"),
     path("api/tokens/<int:token_id>", views.token_detail, name="api-token"),
     # Last: any other /api/ path is a JSON 404 (DEBUG's HTML 404 page included).
