@@ -189,11 +189,11 @@ def cursor_decode(raw: str | None) -> tuple[float, int] | None:
 def message_search(*, user: Any, query: SearchQuery, limit: int, before: tuple[float, int] | None) -> SearchPage:
     """The page of `query`'s results the user may see: ranked best first (filters alone:
     newest first), each with its room's slug, the message as pages show it and its snippet."""
-    rooms = Room.objects.filter(room_visible_q(user=user))
+    rooms = Room.objects.filter(room_visible_q(user=user)).order_by()  # a subquery: no ORDER BY
     if query.rooms:
         rooms = rooms.filter(slug__in=query.rooms)
     User = get_user_model()
-    authors = (User._default_manager.filter(**{f"{User.USERNAME_FIELD}__in": query.authors}).values("pk")
+    authors = (User._default_manager.filter(**{f"{User.USERNAME_FIELD}__in": query.authors}).order_by().values("pk")
                if query.authors else None)
     found = db().search_matches(query=query, rooms=rooms.values("id"), authors=authors,
                                 limit=limit + 1, before=before)
