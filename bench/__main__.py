@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, scenarios, servers
+from bench import search as search_bench
 from bench.conversation import Mix
 from bench.loadgen import Pool
 
-ALL = ["fanout", "chat", "idle", "ingest", "reconnect", "scaleout", "conversation"]
+ALL = ["fanout", "chat", "idle", "ingest", "reconnect", "scaleout", "conversation", "search"]
 
 
 def machine() -> dict[str, Any]:
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.targets:
         fan_targets = [t for t in fan_targets if t in args.targets.split(",")]
     est = {"fanout": 11 * len(fan_targets), "chat": 3, "idle": 3, "ingest": 14, "reconnect": 1, "scaleout": 30,
-           "conversation": 6}
+           "conversation": 6, "search": 10}
     progress = scenarios.Progress(sum(est[s] for s in only))
     pool = Pool(cfg.conn_workers + 1)
     t_start = time.monotonic()
@@ -186,6 +187,15 @@ def run(args: argparse.Namespace) -> int:
                             out["round"] = rnd
                             return out
                     attempt("conversation", name, go)
+        if "search" in only:
+            # Search latency on a million messages (100,000 with --quick), beside a history page
+            # read of the same database in the same run; each database in a process of its own.
+            res["search"] = []
+            for db in ["sqlite", "postgres"]:
+                def go(db: str = db) -> dict[str, Any]:
+                    progress.note(f"search on {db}: seeding and measuring")
+                    return search_bench.scenario(db, args.quick, work)
+                attempt("search", db, go)
     finally:
         pool.close()
         progress.close()

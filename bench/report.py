@@ -94,6 +94,10 @@ def tables(res: dict[str, Any]) -> str:
     conv = res.get("conversation") or []
     if conv:
         out.append(conversation_table(conv))
+    found = res.get("search") or []
+    if found:
+        from bench.search import table as search_table
+        out.append("### 8. Search: latency beside a history page read, same run\n" + search_table(found))
     return "\n\n".join(out)
 
 

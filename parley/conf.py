@@ -84,6 +84,8 @@ OPTIONS = [
     Option("HISTORY_PAGE_DEFAULT", 50, NUMBER,
            "messages in a join or history page when the client names no limit (at most "
            "HISTORY_PAGE_MAX)"),
+    Option("SEARCH_PAGE_DEFAULT", 20, NUMBER,
+           "results in a search page when the request names no limit (at most SEARCH_PAGE_MAX)"),
     Option("GAP_FILL_DELAY_MS", 250, NUMBER,
            "how long a socket waits for a missing sequence number before reading it from the "
            "database"),

@@ -200,6 +200,18 @@ PROFILE_UPDATES_PER_HOUR = Limit("profile update rate", "PROFILE_UPDATES_PER_HOU
                                  "(token bucket, per process)")
 MAX_PROFILE_IDS = Limit("profiles per lookup", "MAX_PROFILE_IDS", 100, "users",
                         "user ids one GET /api/profiles may name")
+# --- Search (GET /api/search, docs/protocol.md §13) ---
+# A search reads an index over every visible room: far more work than a page of one room, so
+# it has its own budget (cluster-wide with REDIS_URL) rather than the history bytes'.
+SEARCHES_PER_MIN = Limit("search rate", "SEARCHES_PER_MIN", 30, "searches/min per user",
+                         "GET /api/search requests per user, refused ones included (token bucket; in "
+                         "a cluster with REDIS_URL, else in a process)")
+SEARCH_BURST = Limit("search burst", "SEARCH_BURST", 10, "searches",
+                     "searches a user may make at once before the rate applies")
+SEARCH_QUERY_MAX_CHARS = Limit("search length", "SEARCH_QUERY_MAX_CHARS", 256, "characters",
+                               "the q of one search, filters included")
+SEARCH_PAGE_MAX = Limit("search page", "SEARCH_PAGE_MAX", 50, "results",
+                        "results in one search page; a larger limit is clamped to it")
 
 # type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
 # which loads it (config/serve.py imports this module in processes with no settings).
@@ -325,6 +337,8 @@ class BucketMap:
 USER_MESSAGE_BUCKETS = BucketMap(MESSAGES_PER_SEC, MESSAGES_BURST, shared="messages")
 # Each user's edit bucket: edit, delete, react and unreact, on sockets and over HTTP alike.
 USER_EDIT_BUCKETS = BucketMap(EDITS_PER_SEC, EDITS_BURST, shared="edits")
+# Each user's searches (parley.search_views), on every process together with REDIS_URL.
+USER_SEARCH_BUCKETS = BucketMap(SEARCHES_PER_MIN, SEARCH_BURST, per=60.0, shared="searches")
 # @room by owners and admins: 10 an hour, all at once if need be (burst = the hourly number).
 # Taken on the database thread (parley.mentions) and in views' threads: a race between two
 # threads for one user can let one extra through, which is all it costs.

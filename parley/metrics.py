@@ -77,7 +77,7 @@ SLOW_READER_CLOSES = Counter(
 RATE_LIMITED = Counter(
     "parley_rate_limited_total", "Requests, frames and handshakes refused by a limit, by the limit "
     "(frames, messages, history, sockets_per_user, handshakes_per_ip, handshakes_per_user, "
-    "rooms_created, connections).", ["limit"])
+    "rooms_created, searches, connections).", ["limit"])
 GAP_FILLS = Counter(
     "parley_gap_fills_total", "Reads of missed messages from the database by one socket: reason=gap "
     "(a seq arrived ahead of a missing one), reason=resync (the Redis subscription came back).", ["reason"])

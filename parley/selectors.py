@@ -239,6 +239,11 @@ def _with_quotes(entries: list[Message]) -> list[Message]:
     return entries
 
 
+def with_quotes(messages: list[Message]) -> list[Message]:
+    """The messages, each reply's quote attached (as pages have them): one query for all."""
+    return _with_quotes(messages)
+
+
 def with_quote(message: Message) -> Message:
     """The message, its reply quote attached (as pages have it)."""
     return _with_quotes([message])[0]

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from parley import health, message_views, profile_views, views
+from parley import health, message_views, profile_views, search_views, views
 
 app_name = "parley"
 
@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/profile/avatar", profile_views.profile_avatar, name="api-profile-avatar-mine"),
     path("api/profiles", profile_views.profile_list, name="api-profiles"),
     path("api/profiles/<int:user_id>/avatar", profile_views.avatar, name="api-profile-avatar"),
+    path("api/search", search_views.search_messages, name="api-search"),
     path("api/tokens", views.tokens, name="api-tokens"),
     path("api/tokens/<int:token_id>", views.token_detail, name="api-token"),
     # Last: any other /api/ path is a JSON 404 (DEBUG's HTML 404 page included).

@@ -168,3 +168,73 @@ def _insert_numbered_sql() -> str:
             f"FROM unnest({arrays}) AS {v} ({', '.join(qn(c) for c in columns)}) "
             f"INNER JOIN {seqs} ON {seqs}.{qn('id')} = {v}.{qn('room_id')} "
             f"RETURNING {qn(Message._meta.pk.column)}, {qn('room_id')}, {qn('seq')}")
+
+
+# --- search (parley.search; migration 0005_search: the search_vector column and its GIN index) ---
+# The text search configuration of the generated column: a query must parse its words the same way.
+SEARCH_CONFIG = "english"
+
+
+def search_matches(*, query: Any, rooms: Any, authors: Any, limit: int,
+                   before: tuple[float, int] | None) -> list[tuple[int, float]]:
+    """(message id, score) of the live messages matching `query` in the rooms of the queryset
+    `rooms` (by `authors`, a queryset of user pks, if given), best first: ts_rank over the
+    stored tsvector (normalised by length, 1), ties newest first; after the cursor `before`.
+    Without words, every message of the filters, newest first (score 0)."""
+    where, params = _search_filters(query, rooms, authors)
+    m = qn("m")
+    if not query.terms:
+        sql = (f"SELECT {m}.id, 0.0 FROM {qn(Message._meta.db_table)} {m} WHERE {m}.kind = 'message' "
+               f"AND {m}.deleted_at IS NULL AND {where}")
+        if before is not None:
+            sql += f" AND {m}.id < %s"
+            params.append(before[1])
+        with connection.cursor() as cursor:
+            cursor.execute(sql + f" ORDER BY {m}.id DESC LIMIT %s", [*params, limit])
+            return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+    inner = (f"SELECT {m}.id, ts_rank({m}.search_vector, {qn('q')}.query, 1) AS score "
+             f"FROM {qn(Message._meta.db_table)} {m}, websearch_to_tsquery('{SEARCH_CONFIG}', %s) AS {qn('q')} (query) "
+             f"WHERE {m}.search_vector @@ {qn('q')}.query AND {where}")
+    sql = f"SELECT id, score FROM ({inner}) AS s"
+    params = [query.websearch(), *params]
+    if before is not None:
+        sql += " WHERE s.score < %s::real OR (s.score = %s::real AND s.id < %s)"
+        params += [before[0], before[0], before[1]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " ORDER BY s.score DESC, s.id DESC LIMIT %s", [*params, limit])
+        return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+
+
+def _search_filters(query: Any, rooms: Any, authors: Any) -> tuple[str, list[Any]]:
+    """The WHERE of a search, on `m`: the rooms (a subquery: room_visible_q's rule stays the
+    ORM's), the authors, the dates. Shared by both databases (parley.storage.sqlite)."""
+    m = qn("m")
+    room_sql, room_params = rooms.query.sql_with_params()
+    clauses, params = [f"{m}.room_id IN ({room_sql})"], list(room_params)
+    if authors is not None:
+        author_sql, author_params = authors.query.sql_with_params()
+        clauses.append(f"{m}.author_id IN ({author_sql})")
+        params += author_params
+    created = Message._meta.get_field("created_at")
+    if query.after is not None:
+        clauses.append(f"{m}.created_at >= %s")
+        params.append(created.get_db_prep_value(query.after, connection))
+    if query.before is not None:
+        clauses.append(f"{m}.created_at < %s")
+        params.append(created.get_db_prep_value(query.before, connection))
+    return " AND ".join(clauses), params
+
+
+def search_snippets(*, query: Any, ids: list[int], markers: Any, words: int, whole_chars: int) -> dict[int, str]:
+    """ts_headline of each message: hits between markers.start and .stop; a text of at most
+    `whole_chars` characters whole, a longer one as up to two fragments of about `words` words
+    joined by markers.gap (fragments override HighlightAll: the whole text takes options of its own)."""
+    options = (f"StartSel={markers.start}, StopSel={markers.stop}, MaxWords={words}, MinWords={max(1, words // 3)}, "
+               f"ShortWord=2, MaxFragments=2, FragmentDelimiter={markers.gap}")
+    headline = f"ts_headline('{SEARCH_CONFIG}', text, {qn('q')}.query, %s)"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, CASE WHEN char_length(text) <= %s THEN {headline} ELSE {headline} END "
+                       f"FROM {qn(Message._meta.db_table)}, websearch_to_tsquery('{SEARCH_CONFIG}', %s) AS {qn('q')} (query) "
+                       f"WHERE id = ANY(%s::bigint[])",
+                       [whole_chars, f"StartSel={markers.start}, StopSel={markers.stop}, HighlightAll=true", options, query.websearch(), ids])
+        return {int(pk): marked for pk, marked in cursor.fetchall()}

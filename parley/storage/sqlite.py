@@ -162,3 +162,52 @@ def _messages_insert(messages: list[Message]) -> None:
         m.pk = ids[(m.room_id, m.seq)]
         m._state.adding = False
         m._state.db = connection.alias
+
+
+# --- search (parley.search; migration 0005_search: the FTS5 table parley_message_fts) ---
+FTS_TABLE = "parley_message_fts"
+
+
+def search_matches(*, query: Any, rooms: Any, authors: Any, limit: int,
+                   before: tuple[float, int] | None) -> list[tuple[int, float]]:
+    """As parley.storage.postgres.search_matches, with FTS5: the score is -bm25 (higher is
+    better), ties newest first."""
+    from parley.storage.postgres import _search_filters  # the same WHERE on both databases
+
+    where, params = _search_filters(query, rooms, authors)
+    m, fts = qn("m"), qn(FTS_TABLE)
+    if not query.terms:
+        sql = (f"SELECT {m}.id, 0.0 FROM {qn(Message._meta.db_table)} {m} WHERE {m}.kind = 'message' "
+               f"AND {m}.deleted_at IS NULL AND {where}")
+        if before is not None:
+            sql += f" AND {m}.id < %s"
+            params.append(before[1])
+        with connection.cursor() as cursor:
+            cursor.execute(sql + f" ORDER BY {m}.id DESC LIMIT %s", [*params, limit])
+            return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+    inner = (f"SELECT {m}.id AS id, -bm25({fts}) AS score FROM {fts} "
+             f"INNER JOIN {qn(Message._meta.db_table)} {m} ON {m}.id = {fts}.rowid "
+             f"WHERE {fts} MATCH %s AND {where}")
+    sql = f"SELECT id, score FROM ({inner}) AS s"
+    params = [query.fts5(), *params]
+    if before is not None:
+        sql += " WHERE s.score < %s OR (s.score = %s AND s.id < %s)"
+        params += [before[0], before[0], before[1]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " ORDER BY s.score DESC, s.id DESC LIMIT %s", [*params, limit])
+        return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+
+
+def search_snippets(*, query: Any, ids: list[int], markers: Any, words: int, whole_chars: int) -> dict[int, str]:
+    """FTS5's highlight() of a text of at most `whole_chars` characters, snippet() of a longer
+    one (about `words` tokens, markers.gap where the excerpt cuts the text); hits between
+    markers.start and .stop."""
+    fts = qn(FTS_TABLE)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {fts}.rowid, CASE WHEN length({qn('m')}.text) <= %s "
+                       f"THEN highlight({fts}, 0, %s, %s) ELSE snippet({fts}, 0, %s, %s, %s, %s) END "
+                       f"FROM {fts} INNER JOIN {qn(Message._meta.db_table)} {qn('m')} ON {qn('m')}.id = {fts}.rowid "
+                       f"WHERE {fts} MATCH %s AND {fts}.rowid IN (SELECT value FROM json_each(%s))",
+                       [whole_chars, markers.start, markers.stop, markers.start, markers.stop, markers.gap,
+                        min(64, words), query.fts5(), _ids_param(ids)])
+        return {int(pk): marked for pk, marked in cursor.fetchall()}

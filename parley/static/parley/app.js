@@ -7,6 +7,7 @@ import { Actions } from "./ui/actions.js";
 import { MentionAutocomplete, roomPeople } from "./ui/mentions.js";
 import { Profiles, openProfileCard, openProfileDialog } from "./ui/profiles.js";
 import { Shortcuts } from "./ui/shortcuts.js";
+import { Search } from "./ui/search.js";
 
 hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
@@ -156,6 +157,19 @@ function loadOwner(slug, retries = 2) {
     if (retries > 0) setTimeout(() => loadOwner(slug, retries - 1), 1500);
   });
 }
+
+// Search (ui/search.js): a result opens its room at the message, highlighted, as a link does.
+new Search({
+  url: urls.apiSearch,
+  toggle: byTestId("search-toggle"),
+  panel: byTestId("search-panel"),
+  onOpen: (slug, seq) => {
+    closePanels();
+    history.replaceState(null, "", `#/${slug}/${seq}`);
+    if (slug !== current) openRoom(slug, seq);
+    else actions.scrollTo(seq);
+  },
+});
 
 window.addEventListener("hashchange", () => {
   const route = routeFromHash();
