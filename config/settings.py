@@ -210,6 +210,19 @@ STATIC_URL = "static/"
 STATIC_ROOT = env_str("STATIC_ROOT") or None
 WHITENOISE_USE_FINDERS = True
 
+# --- Uploads (docs/protocol.md §14) ------------------------------------------------------------
+# Files go through Django's storage API to the alias PARLEY's UPLOADS_STORAGE names ("default"):
+# here a folder under the data directory, never served as static files (parley.upload_views
+# serves each to whoever may see its room). docs/deploy.md: S3 and the like via django-storages.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": env_str("UPLOADS_DIR") or str(DATA_DIR / "uploads")}},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# An upload above this many bytes is spooled to a temporary file while the request is read, not
+# held in memory (Django's default, said here because uploads are why it matters).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+
 # --- Parley ----------------------------------------------------------------------------------
 # This server is one host project among others: it configures Parley with the PARLEY dict
 # (parley/conf.py; README "Configuration"), filled from the environment: PARLEY_<KEY> sets key
