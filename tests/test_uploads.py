@@ -163,7 +163,7 @@ def test_session_uploads_need_the_csrf_token():
     error(Client().post("/api/rooms/lobby/uploads", {}), 401, "unauthenticated")
 
 
-def test_refusals_of_the_upload_endpoint():
+def test_refusals_of_the_upload_endpoint(_storage):
     ada, bob = user("ada"), user("bob")
     services.room_create(slug="lobby", title="Lobby")
     services.room_create(slug="secret", title="Secret", owner=bob, is_private=True)
@@ -178,7 +178,9 @@ def test_refusals_of_the_upload_endpoint():
     error(upload(raw, "lobby", b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 50, name="x.png"), 415,
           "unsupported_file_type")
     assert Attachment.objects.count() == 0
-    assert list(storages["default"].listdir("")[1]) == []
+    assert [p for p in _storage.rglob("*") if p.is_file()] == []  # nothing refused was kept
+    assert upload(raw, "lobby", b"kept").status_code == 201
+    assert len([p for p in _storage.rglob("*") if p.is_file()]) == 1
 
 
 def test_the_allowed_types_are_a_setting():
@@ -377,6 +379,25 @@ def test_one_batch_cannot_give_one_upload_to_two_messages():
     assert isinstance(results[2], tuple) and results[2][0].attachments is None
     assert Attachment.objects.get().message_id == results[0][0].pk
     assert Message.objects.get(pk=results[0][0].pk).attachments == results[0][0].attachments
+
+
+def test_the_item_by_item_path_attaches_too(monkeypatch):
+    """A batch that hits a constraint is stored item by item (parley.services): files go along."""
+    from django.db import IntegrityError
+
+    ada = user("ada")
+    room = services.room_create(slug="lobby", title="Lobby")
+    up = upload(token(ada), "lobby", b"careful").json()["upload"]
+
+    def conflict(*args: Any) -> None:
+        raise IntegrityError("a retry of one of these client_ids committed elsewhere")
+
+    monkeypatch.setattr(services, "_messages_create_together", conflict)
+    results = services.message_create_batch(items=[(ada, room.pk, "", None), (ada, room.pk, "plain", None)],
+                                            attachments=[(up["id"],), ()])
+    message = results[0][0]
+    assert message.attachments[0]["id"] == up["id"] and results[1][0].attachments is None
+    assert Attachment.objects.get().message_id == message.pk
 
 
 def test_http_post_and_post_message_take_attachments():
