@@ -3,7 +3,7 @@
 from typing import Any
 
 import orjson
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 
 from parley.models import Message, Room
 
@@ -83,7 +83,11 @@ def message_payload(message: Message, *, room_slug: str,
 def attachment_payload(record: dict[str, Any], *, room_slug: str) -> dict[str, Any]:
     """One file of a message (docs/protocol.md §14): Message.attachments' record and its
     download URL (parley.upload_views, authorized as the room)."""
-    return {**record, "url": reverse("parley:api-room-upload", kwargs={"slug": room_slug, "upload_id": record["id"]})}
+    try:
+        url = reverse("parley:api-room-upload", kwargs={"slug": room_slug, "upload_id": record["id"]})
+    except NoReverseMatch:  # a host that routes parley.urls under another namespace (as views.is_api)
+        url = f"/api/rooms/{room_slug}/uploads/{record['id']}"
+    return {**record, "url": url}
 
 
 def reply_quote(target: Message) -> dict[str, Any]:
