@@ -20,7 +20,8 @@ from parley.realtime.frameless import FramelessProtocolTypeRouter  # noqa: E402
 # (parley/realtime/frameless.py); the WebSocket stack is the one any host gets (parley/asgi.py).
 application = FramelessProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Uploads larger than allowed are refused before Django reads their body (parley/asgi.py).
+        "http": parley.asgi.http_application(django_asgi_app),
         "websocket": parley.asgi.websocket_application(),
     }
 )

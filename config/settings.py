@@ -209,11 +209,20 @@ STATIC_URL = "static/"
 # Set STATIC_ROOT and run collectstatic to serve compressed, hashed files instead.
 STATIC_ROOT = env_str("STATIC_ROOT") or None
 WHITENOISE_USE_FINDERS = True
-# Uploaded files (avatars, attachments) go through Django's storage API: the filesystem under the
-# data dir unless MEDIA_ROOT says otherwise. Parley serves them through its own views (access
-# checked, headers set), so MEDIA_URL is not routed; a deployment may point STORAGES' "default"
-# at any django-storages backend instead (docs/deploy.md).
-MEDIA_ROOT = env_str("MEDIA_ROOT") or str(DATA_DIR / "media")
+
+# --- Uploads (docs/protocol.md §14) ------------------------------------------------------------
+# Files (and avatars: AVATAR_STORAGE) go through Django's storage API to the alias PARLEY's
+# UPLOADS_STORAGE names ("default"):
+# here a folder under the data directory, never served as static files (parley.upload_views
+# serves each to whoever may see its room). docs/deploy.md: S3 and the like via django-storages.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": env_str("UPLOADS_DIR") or str(DATA_DIR / "uploads")}},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# An upload above this many bytes is spooled to a temporary file while the request is read, not
+# held in memory (Django's default, said here because uploads are why it matters).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 # --- Parley ----------------------------------------------------------------------------------
 # This server is one host project among others: it configures Parley with the PARLEY dict

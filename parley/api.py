@@ -47,7 +47,7 @@ class EventNotDeliverable(RuntimeError):
 
 
 def post_message(room: Room | str, text: str, *, author: Any, client_id: str | None = None,
-                 reply_to: int | None = None) -> Message:
+                 reply_to: int | None = None, attachments: list[int] | None = None) -> Message:
     """Store `text` in `room` (a slug or a Room) as `author` (a user) and return the Message.
 
     Validated as a WebSocket `send` is: the text is trimmed, must not be empty, at most
@@ -56,7 +56,9 @@ def post_message(room: Room | str, text: str, *, author: Any, client_id: str | N
     message without storing or broadcasting another. `reply_to` is the seq of a message of the
     room this one answers (docs/protocol.md §10; `message_not_found` if there is none,
     `message_deleted` if it was deleted); `@username` mentions are resolved as for a socket's
-    send. Raises RoomNotFound (`code`
+    send. `attachments` are ids of `author`'s own unattached uploads in the room
+    (docs/protocol.md §14: `attachment_not_found`, `too_many_attachments`); with them `text`
+    may be empty. Raises RoomNotFound (`code`
     "room_not_found": no such room, or a private room `author` is not a member of),
     PostForbidden ("forbidden": `author` is inactive or unsaved) or MessageRefused (the text's
     or client_id's code), all subclasses of MessageRefused and ValueError; nothing is stored then.
@@ -67,15 +69,16 @@ def post_message(room: Room | str, text: str, *, author: Any, client_id: str | N
     the HTTP API applies the per-user message rate).
     """
     message, _ = services.message_post(room=room, text=text, author=author, client_id=client_id,
-                                       reply_to=reply_to, source="python")
+                                       reply_to=reply_to, attachments=attachments, source="python")
     return message
 
 
 async def apost_message(room: Room | str, text: str, *, author: Any, client_id: str | None = None,
-                        reply_to: int | None = None) -> Message:
+                        reply_to: int | None = None, attachments: list[int] | None = None) -> Message:
     """post_message for async code (async views, consumers, tasks): the same call, run in
     Django's thread for synchronous database work."""
-    return await sync_to_async(post_message)(room, text, author=author, client_id=client_id, reply_to=reply_to)
+    return await sync_to_async(post_message)(room, text, author=author, client_id=client_id, reply_to=reply_to,
+                                             attachments=attachments)
 
 
 def publish_event(room: Room | str, payload: Any) -> None:

@@ -77,8 +77,8 @@ async def join(session: Session, cmd: protocol.Join, ref: str | None) -> None:
     reply = with_ref({
         "type": "joined",
         "room": room_payload(room, last_seq=last_seq),
-        "messages": [] if replay else [message_payload(m, room_slug=room.slug, reader_reactions=mine)
-                                       for m in messages],
+        "messages": [] if replay else [message_payload(m, room_slug=room.slug, reader_reactions=mine,
+                                                       attachments=session.v2) for m in messages],
         "has_more": has_more,
         "members": [{"id": m.id, "username": m.username} for m in members],
         "recovered": recovered,
@@ -116,12 +116,12 @@ async def send(session: Session, cmd: protocol.Send, ref: str | None) -> None:
     try:
         result = await get_writer().submit(user=session.user, room_id=sub.room_id, text=cmd.text,
                                            client_id=cmd.client_id, token_id=session.token_id,
-                                           reply_to=cmd.reply_to)
+                                           reply_to=cmd.reply_to, attachments=cmd.attachments)
     except DatabaseError:
         log.exception("could not store a message in room %s", sub.slug)
         raise ProtocolError(protocol.COMMIT_FAILED, "the message was not stored; retry with the same client_id",
                             room=sub.slug) from None
-    except MessageRefused as refused:  # a reply to no message of the room, or to a deleted one
+    except MessageRefused as refused:  # a reply to no message of the room or a deleted one, a bad attachment
         raise ProtocolError(refused.code, refused.message, field=refused.field, room=sub.slug) from None
     if result is None:
         await session.unsubscribe(sub)
@@ -163,7 +163,8 @@ async def history(session: Session, cmd: protocol.History, ref: str | None) -> N
         messages, has_more, mine = result
         text, size = protocol.encode_sized(with_ref({
             "type": "history", "room": sub.slug, "has_more": has_more,
-            "messages": [message_payload(m, room_slug=sub.slug, reader_reactions=mine) for m in messages],
+            "messages": [message_payload(m, room_slug=sub.slug, reader_reactions=mine, attachments=session.v2)
+                         for m in messages],
         }, ref))
         used = max(used, size)
         session.send_message(text, size)

@@ -113,6 +113,14 @@ OPTIONS = [
     Option("METRICS_ALLOWED_IPS", (), STRINGS,
            "addresses or networks (`10.0.0.0/8`) besides loopback that may read /metrics when "
            "METRICS_TOKEN is empty", check=_networks_problem),
+    # Uploads (docs/protocol.md §14): where files go, and what they may be (by their bytes).
+    Option("UPLOADS_STORAGE", "default", STRING,
+           "the alias in Django's STORAGES that uploads are saved to (any Storage: the filesystem, "
+           "django-storages' S3 …); the standalone server's `default` is a folder under PARLEY_DATA_DIR"),
+    Option("UPLOAD_CONTENT_TYPES", ("image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf",
+                                    "text/plain", "application/zip", "application/gzip"), STRINGS,
+           "the content types an upload may have, as Parley sniffs them from its bytes (never the "
+           "client's claim); anything else is 415 unsupported_file_type"),
 ]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from parley import events, mentions, protocol
+from parley import events, mentions, protocol, uploads
 from parley.conf import parley_settings
 from parley.models import Message, Reaction, Room
 from parley.revocation import CredentialsRevoked
@@ -74,7 +74,7 @@ def message_edit(*, room: Room, actor: Any, seq: int, text: Any, token_id: int |
 def message_delete(*, room: Room, actor: Any, seq: int, token_id: int | None = None,
                    source: str = "python") -> Change:
     """Delete message `seq`: by its author, the room's owner or an admin. Its text and the text of
-    every edit of it are erased from the database (not hidden), its reactions removed; the
+    every edit of it are erased from the database (not hidden), its reactions and files removed; the
     message stays as a tombstone, so the log keeps its seq."""
     def change(target: Message, entry: Message) -> None:
         if target.author_id != actor.pk and not room_user_can_manage(room=room, user=actor):
@@ -82,8 +82,10 @@ def message_delete(*, room: Room, actor: Any, seq: int, token_id: int | None = N
         if target.deleted_at is not None:
             raise _Unchanged(target)
         target.text, target.mentions, target.mention_room, target.reactions = "", None, False, None
-        target.deleted_at = entry.created_at
-        target.save(update_fields=["text", "mentions", "mention_room", "reactions", "deleted_at"])
+        target.deleted_at, had_files, target.attachments = entry.created_at, bool(target.attachments), None
+        target.save(update_fields=["text", "mentions", "mention_room", "reactions", "deleted_at", "attachments"])
+        if had_files:  # its uploads' rows now, their files once this commits (parley.receivers)
+            uploads.message_files_delete(message=target)
         Message.objects.filter(room_id=room.pk, kind=Message.Kind.EDIT, target_seq=seq).update(
             text="", mentions=None, mention_room=False)
         Reaction.objects.filter(message=target).delete()

@@ -58,7 +58,12 @@ class Delivery:
         kind = event["type"]
         if kind == "chat.message":
             sub = self.subs.get(event["room_id"])
-            if sub is not None and sub.offer(event["seq"], event["frame"], event.get("size"), self.send_message):
+            if sub is None:
+                return
+            if not self.v2 and "v1" in event:  # a message with files: version 1's frame has none
+                if sub.offer(event["seq"], event["v1"][0], event["v1"][1], self.send_message):
+                    self.schedule_gap_fill(sub)
+            elif sub.offer(event["seq"], event["frame"], event.get("size"), self.send_message):
                 self.schedule_gap_fill(sub)
         elif kind == "chat.entry":  # an edit, delete or reaction: version 2 sockets only (SKIP)
             sub = self.subs.get(event["room_id"])
@@ -154,7 +159,8 @@ class Delivery:
         for entry in missing:
             if entry.seq == sub.high_seq + 1:  # live delivery may have moved on meanwhile
                 if self.v2 or entry.kind == Message.Kind.MESSAGE:
-                    self.send_message(*protocol.encode_sized(entry_frame(entry, room_slug=sub.slug)))
+                    self.send_message(*protocol.encode_sized(entry_frame(entry, room_slug=sub.slug,
+                                                                         attachments=self.v2)))
                 sub.high_seq = entry.seq
         first = sub.first_pending()
         if up_to is not None and first is not None and first == up_to and sub.high_seq + 1 < first:

@@ -44,7 +44,12 @@ def message_event(*, room_id: int, room_slug: str, message: Message) -> dict[str
     )
     # seq travels beside the frame so each socket can order and de-duplicate without decoding it;
     # size so each socket can account its outbound bytes without encoding it again.
-    return {"type": "chat.message", "room_id": room_id, "seq": message.seq, "frame": frame, "size": size}
+    event = {"type": "chat.message", "room_id": room_id, "seq": message.seq, "frame": frame, "size": size}
+    if message.attachments:
+        # Version 1 sockets keep version 1's frame: the message without its files (parley.delivery).
+        event["v1"] = protocol.encode_sized({"type": "message", "room": room_slug, "message": message_payload(
+            message, room_slug=room_slug, attachments=False)})
+    return event
 
 
 async def broadcast_message(*, room_id: int, room_slug: str, message: Message) -> None:

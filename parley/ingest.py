@@ -29,6 +29,7 @@ class _Send:
     client_id: str | None
     token_id: int | None  # the API token of the sender's socket (None: a session)
     reply_to: int | None  # the seq the message replies to (version 2)
+    attachments: tuple[int, ...]  # upload ids (version 2, docs/protocol.md §14); () for none
     future: asyncio.Future[tuple[Message, bool] | None]
 
 
@@ -38,6 +39,8 @@ def _store(batch: list[_Send]) -> list[Any]:
         items=[(item.user, item.room_id, item.text, item.client_id) for item in batch],
         tokens=[item.token_id for item in batch],
         replies=[item.reply_to for item in batch] if any(item.reply_to is not None for item in batch) else None,
+        # None for a batch of plain sends: the batch's write stays the one fast statement.
+        attachments=[item.attachments for item in batch] if any(item.attachments for item in batch) else None,
     )
 
 
@@ -47,16 +50,18 @@ class MessageWriter:
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, *, user: Any, room_id: int, text: str, client_id: str | None,
-                     token_id: int | None = None, reply_to: int | None = None) -> tuple[Message, bool] | None:
+                     token_id: int | None = None, reply_to: int | None = None,
+                     attachments: tuple[int, ...] = ()) -> tuple[Message, bool] | None:
         """Store one message; (message, duplicate), or None if the user may no longer use the room.
 
         Raises parley.revocation.CredentialsRevoked (nothing stored) if the user was deactivated or
         deleted, or the API token `token_id` revoked; parley.services.MessageRefused if `reply_to`
-        is no message of the room or a deleted one; the database's error if the transaction
+        is no message of the room or a deleted one, or an upload of `attachments` is not the
+        user's own unattached one in the room; the database's error if the transaction
         could not commit (nothing was stored).
         """
         future: asyncio.Future[tuple[Message, bool] | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Send(user, room_id, text, client_id, token_id, reply_to, future))
+        self._queue.append(_Send(user, room_id, text, client_id, token_id, reply_to, attachments, future))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         return await future

@@ -212,6 +212,21 @@ SEARCH_QUERY_MAX_CHARS = Limit("search length", "SEARCH_QUERY_MAX_CHARS", 256, "
                                "the q of one search, filters included")
 SEARCH_PAGE_MAX = Limit("search page", "SEARCH_PAGE_MAX", 50, "results",
                         "results in one search page; a larger limit is clamped to it")
+# --- Uploads (docs/protocol.md §14; parley/uploads.py) ---
+UPLOAD_MAX_BYTES = Limit("upload size", "UPLOAD_MAX_BYTES", 10 * 1024 * 1024, "bytes",
+                         "one uploaded file; a request announcing more is refused before its body "
+                         "is read (413 file_too_large)")
+UPLOADS_PER_USER_PER_HOUR = Limit("upload rate", "UPLOADS_PER_USER_PER_HOUR", 60, "uploads/hour per user",
+                                  "POST /api/rooms/<slug>/uploads requests per user, refused ones "
+                                  "included, per process (token bucket)")
+MAX_ATTACHMENTS_PER_MESSAGE = Limit("attachments per message", "MAX_ATTACHMENTS_PER_MESSAGE", 10, "files",
+                                    "uploads one message may carry (too_many_attachments)")
+UPLOAD_MAX_IMAGE_PIXELS = Limit("image size", "UPLOAD_MAX_IMAGE_PIXELS", 25_000_000, "pixels",
+                                "width x height x frames of an uploaded image, checked before it is "
+                                "decoded (decompression bombs; 413 image_too_large)")
+UPLOAD_UNATTACHED_TTL_SECS = Limit("unattached upload lifetime", "UPLOAD_UNATTACHED_TTL_SECS", 24 * 3600, "s",
+                                   "an upload no message took is deleted after this (manage.py "
+                                   "parley_expire_uploads, and lazily on each upload)")
 
 # type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
 # which loads it (config/serve.py imports this module in processes with no settings).
@@ -345,6 +360,8 @@ USER_SEARCH_BUCKETS = BucketMap(SEARCHES_PER_MIN, SEARCH_BURST, per=60.0, shared
 ROOM_MENTION_BUCKETS = BucketMap(ROOM_MENTIONS_PER_HOUR, per=3600)
 # Display name and avatar changes: 30 at once, then one every 2 minutes.
 PROFILE_UPDATE_BUCKETS = BucketMap(PROFILE_UPDATES_PER_HOUR, per=3600)
+# Uploads: UPLOADS_PER_USER_PER_HOUR at once, then one back every 3600/N seconds.
+USER_UPLOAD_BUCKETS = BucketMap(UPLOADS_PER_USER_PER_HOUR, per=3600)
 
 
 class Strikes:

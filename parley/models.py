@@ -140,6 +140,10 @@ class Message(models.Model):
     # A reaction entry's emoji, and how many users had it on the message after the entry.
     emoji = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     count = models.PositiveIntegerField(null=True, blank=True)
+    # A message's files as the wire describes them ([{"id", "name", "size", "content_type",
+    # "width"?, "height"?}], parley.uploads.attachment_record), NULL for none: pages and live
+    # events show them without a join; Attachment has the rows (and the stored files).
+    attachments = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["room", "seq"]
@@ -209,3 +213,34 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class Attachment(models.Model):
+    """A file uploaded to a room (docs/protocol.md §14): unattached until its uploader's next
+    message takes it, then the message's. Stored through Django's storage API (the STORAGES
+    alias PARLEY UPLOADS_STORAGE names) under a random name; `name` is only what the uploader
+    called it. Deleted with its message (a delete makes a tombstone), its room, or when it
+    expires unattached; its file is deleted after the row's transaction commits
+    (parley.receivers)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="+")
+    uploader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="attachment_rows")
+    file = models.CharField(max_length=255)  # the storage's name of the stored file
+    name = models.CharField(max_length=255)  # the uploader's file name, made safe (parley.uploads)
+    size = models.BigIntegerField()  # bytes
+    content_type = models.CharField(max_length=100)  # sniffed from the bytes, never the client's claim
+    width = models.PositiveIntegerField(null=True, blank=True)  # pixels, for a verified image
+    height = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            # The expiry sweep reads the unattached ones, oldest first.
+            models.Index(fields=["created_at"], condition=models.Q(message__isnull=True),
+                         name="attachment_unattached_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.size} bytes) in {self.room_id}"

@@ -3,6 +3,7 @@
 from typing import Any
 
 import orjson
+from django.urls import NoReverseMatch, reverse
 
 from parley.models import Message, Room
 
@@ -40,7 +41,7 @@ _NONE: frozenset[str] = frozenset()
 
 
 def message_payload(message: Message, *, room_slug: str,
-                    reader_reactions: ReaderReactions | None = None) -> dict[str, Any]:
+                    reader_reactions: ReaderReactions | None = None, attachments: bool = True) -> dict[str, Any]:
     """The wire's message object (docs/protocol.md §2, §10). Version 2's fields are added only
     when they differ from their defaults, so a plain new message — every broadcast of the
     fan-out's hot path — is the seven keys it always was.
@@ -48,7 +49,8 @@ def message_payload(message: Message, *, room_slug: str,
     `reader_reactions` is given for pages (joined, history, GET …/messages): then `reactions`
     appear, with `me` for that reader. Log events carry none (their `reaction` entries follow).
     The author must be loaded (select_related) or passed in; a reply's quote is attached by
-    the read that loaded the message (parley.selectors), as `reply_quote`.
+    the read that loaded the message (parley.selectors), as `reply_quote`. `attachments=False`
+    leaves a message's files out: a version 1 socket's frames stay exactly version 1's.
     """
     payload = {
         "room": room_slug,
@@ -70,10 +72,22 @@ def message_payload(message: Message, *, room_slug: str,
         payload["mention_room"] = True
     if message.edited_at is not None:
         payload["edited_at"] = timestamp(message.edited_at)
+    if attachments and message.attachments:
+        payload["attachments"] = [attachment_payload(a, room_slug=room_slug) for a in message.attachments]
     if reader_reactions is not None and message.reactions:
         mine = reader_reactions.get(message.pk, _NONE)
         payload["reactions"] = [{"emoji": e, "count": n, "me": e in mine} for e, n in message.reactions]
     return payload
+
+
+def attachment_payload(record: dict[str, Any], *, room_slug: str) -> dict[str, Any]:
+    """One file of a message (docs/protocol.md §14): Message.attachments' record and its
+    download URL (parley.upload_views, authorized as the room)."""
+    try:
+        url = reverse("parley:api-room-upload", kwargs={"slug": room_slug, "upload_id": record["id"]})
+    except NoReverseMatch:  # a host that routes parley.urls under another namespace (as views.is_api)
+        url = f"/api/rooms/{room_slug}/uploads/{record['id']}"
+    return {**record, "url": url}
 
 
 def reply_quote(target: Message) -> dict[str, Any]:
@@ -88,12 +102,13 @@ def quote_missing(seq: int) -> dict[str, Any]:
     return {"seq": seq, "author": None, "excerpt": "", "deleted": True}
 
 
-def entry_frame(entry: Message, *, room_slug: str) -> dict[str, Any]:
+def entry_frame(entry: Message, *, room_slug: str, attachments: bool = True) -> dict[str, Any]:
     """The event frame of one log entry (docs/protocol.md §10), as live delivery sends it and a
-    version 2 resume lists it."""
+    version 2 resume lists it (`attachments=False`: as a version 1 socket gets a message)."""
     kind = entry.kind
     if kind == Message.Kind.MESSAGE:
-        return {"type": "message", "room": room_slug, "message": message_payload(entry, room_slug=room_slug)}
+        return {"type": "message", "room": room_slug,
+                "message": message_payload(entry, room_slug=room_slug, attachments=attachments)}
     head = {"room": room_slug, "seq": entry.seq, "target": entry.target_seq}
     if kind == Message.Kind.EDIT:
         frame = {"type": "edit", **head, "text": entry.text, "edited_at": timestamp(entry.created_at),
@@ -117,7 +132,8 @@ def entries_bytes(entries: list[Message], *, room_slug: str) -> int:
 def _plain(message: Message) -> bool:
     """A message whose object is §2's seven keys (message_payload_bytes can count it)."""
     return (message.target_seq is None and message.deleted_at is None and not message.mentions
-            and not message.mention_room and message.edited_at is None and not message.reactions)
+            and not message.mention_room and message.edited_at is None and not message.reactions
+            and not message.attachments)
 
 
 # What one message adds to a frame, exactly as orjson encodes message_payload: the fixed part

@@ -56,6 +56,8 @@ MESSAGE_NOT_FOUND = "message_not_found"
 MESSAGE_DELETED = "message_deleted"
 FORBIDDEN = "forbidden"
 TOO_MANY_REACTIONS = "too_many_reactions"
+ATTACHMENT_NOT_FOUND = "attachment_not_found"  # version 2's send (docs/protocol.md §14)
+TOO_MANY_ATTACHMENTS = "too_many_attachments"
 UNSUPPORTED_PROTOCOL = "unsupported_protocol"  # the handshake's ?protocol= (an HTTP 400)
 MAX_EMOJI_CHARS = 32
 
@@ -137,6 +139,7 @@ class Send:
     text: str
     client_id: str | None
     reply_to: int | None = None  # version 2
+    attachments: tuple[int, ...] = ()  # version 2: upload ids (docs/protocol.md §14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,9 +301,33 @@ def _parse_send(frame: dict[str, Any]) -> Send:
 
 
 def _parse_send_v2(frame: dict[str, Any]) -> Send:
-    send = _parse_send(frame)
-    return Send(room=send.room, text=send.text, client_id=send.client_id,
-                reply_to=_integer(frame, "reply_to", 1, MAX_SEQ))
+    attachments = _attachments(frame)
+    if not attachments:
+        send = _parse_send(frame)
+        return Send(room=send.room, text=send.text, client_id=send.client_id,
+                    reply_to=_integer(frame, "reply_to", 1, MAX_SEQ))
+    # With files a message may have no text (absent, or empty after trimming).
+    room = _room(frame)
+    text = "" if frame.get("text") is None or (isinstance(frame["text"], str) and not frame["text"].strip()) \
+        else _text(frame)
+    return Send(room=room, text=text, client_id=_string(frame, "client_id", MAX_CLIENT_ID_CHARS, required=False),
+                reply_to=_integer(frame, "reply_to", 1, MAX_SEQ), attachments=attachments)
+
+
+def _attachments(frame: dict[str, Any]) -> tuple[int, ...]:
+    """A send's `attachments`: a list of upload ids (integers 1 to 2^53), at most
+    PARLEY_MAX_ATTACHMENTS_PER_MESSAGE of them; absent, null or [] is none."""
+    value = frame.get("attachments")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                              and 1 <= v <= MAX_SEQ for v in value):
+        raise ProtocolError(BAD_FIELD, "'attachments' must be a list of upload ids", field="attachments")
+    limit = parley_settings.MAX_ATTACHMENTS_PER_MESSAGE
+    if len(value) > limit:
+        raise ProtocolError(TOO_MANY_ATTACHMENTS, f"a message carries at most {limit:.0f} attachments",
+                            field="attachments")
+    return tuple(value)
 
 
 def _seq(frame: dict[str, Any]) -> int:

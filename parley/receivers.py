@@ -27,11 +27,31 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from parley import events
-from parley.models import Message
+from parley.models import Attachment, Message
 from parley.signals import message_changed, message_posted
 
 log = logging.getLogger("parley.signals")
 User = get_user_model()
+
+
+@receiver(post_delete, sender=Attachment, dispatch_uid="parley-attachment-file")
+def attachment_deleted(sender: Any, instance: Attachment, **kwargs: Any) -> None:
+    """An upload's row is gone (its message deleted, its room, its uploader, or it expired
+    unattached): its stored file goes once the deletion commits — never before, so a rolled
+    back deletion keeps both. A signal, so a room deleted in the admin loses its files too."""
+    from django.db import transaction
+
+    from parley.uploads import storage
+
+    name = instance.file
+
+    def remove() -> None:
+        try:
+            storage().delete(name)
+        except Exception:  # the row is gone either way; an orphan file is the operator's to sweep
+            log.exception("could not delete the stored file of upload %s", instance.pk)
+
+    transaction.on_commit(remove)
 
 
 @receiver(post_save, sender=User, dispatch_uid="parley-user-deactivated")

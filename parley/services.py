@@ -12,7 +12,7 @@ from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from parley import events, mentions, protocol
+from parley import events, mentions, protocol, uploads
 from parley.conf import parley_settings
 from parley.models import ApiToken, Membership, Message, Room
 from parley.payloads import reply_quote
@@ -90,14 +90,15 @@ def membership_remove(*, room: Room, user: Any) -> bool:
 
 
 def message_create(*, room_id: int, author: Any, text: str, client_id: str | None,
-                   reply_to: int | None = None) -> tuple[Message, bool]:
+                   reply_to: int | None = None, attachments: tuple[int, ...] = ()) -> tuple[Message, bool]:
     """Store one message and give it the room's next sequence number.
 
     Returns (message, duplicate). A second call with the same (room, author, client_id) returns the
     first message and duplicate=True instead of storing another, also when both calls race.
     The text must already be validated and trimmed (parley.protocol does it for sockets).
     `reply_to` is the seq of a message of the room (MessageRefused if it is none, or deleted);
-    the text's mentions are resolved (parley.mentions).
+    the text's mentions are resolved (parley.mentions). `attachments` are upload ids of the
+    author's in this room (parley.uploads.uploads_claim; MessageRefused if one is not).
     """
     if client_id:
         existing = message_get_by_client_id(room_id=room_id, author_id=author.pk, client_id=client_id)
@@ -110,13 +111,17 @@ def message_create(*, room_id: int, author: Any, text: str, client_id: str | Non
             # delete or edit can change it before this commits (they take the lock first too).
             seq = room_reserve_seqs(room_id=room_id, count=1)
             _prepare_new([draft], [reply_to])
+            if attachments:
+                _attachments_claim([draft], [attachments])
             if isinstance(refused := getattr(draft, "refused", None), MessageRefused):
                 raise refused
             message = Message.objects.create(
                 room_id=room_id, seq=seq, author=author, text=text, client_id=client_id,
                 created_at=timezone.now(), target_seq=draft.target_seq, mentions=draft.mentions,
-                mention_room=draft.mention_room,
+                mention_room=draft.mention_room, attachments=draft.attachments,
             )
+            if draft.attachments:
+                uploads.uploads_attach(links=[(message.pk, draft.attachments)])
             if draft.target_seq is not None:
                 message.reply_quote = draft.reply_quote
     except IntegrityError:
@@ -157,6 +162,18 @@ def _prepare_new(messages: list[Message], replies: list[int | None]) -> None:
         mentions.resolve(named, is_private=privacy)
 
 
+def _attachments_claim(messages: list[Message], wanted: list[tuple[int, ...]]) -> None:
+    """Before new messages are stored, in their transaction: lock and check the uploads each
+    names (parley.uploads.uploads_claim) and set its `attachments` records, or `refused`."""
+    claims = uploads.uploads_claim(wanted=[(m.author, m.room_id, ids) for m, ids in zip(messages, wanted, strict=True)])
+    for message, claim in zip(messages, claims, strict=True):
+        if isinstance(claim, tuple):
+            if getattr(message, "refused", None) is None:
+                message.refused = MessageRefused(claim[0], claim[1], field="attachments")
+        elif claim is not None:
+            message.attachments = claim
+
+
 class MessageRefused(ValueError):
     """A message that cannot be posted; nothing was stored. `code` is the protocol's error code
     for the same refusal of a WebSocket `send` (docs/protocol.md §5): `room_not_found` for a
@@ -182,19 +199,20 @@ class PostForbidden(MessageRefused):
 
 
 def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = None,
-                 reply_to: Any = None, source: str) -> tuple[Message, bool]:
+                 reply_to: Any = None, attachments: Any = None, source: str) -> tuple[Message, bool]:
     """Post a message as `author` from outside a socket (parley.post_message, the HTTP API):
     the WebSocket `send`'s validation (parley.protocol) and access rule, stored with the room's
     next seq; returns (message, duplicate) as message_create. A new message is announced to
     parley.events (MessagePosted: live delivery, the `message_posted` signal) when the caller's
-    transaction commits; a replay of a client_id announces nothing. Raises MessageRefused.
+    transaction commits; a replay of a client_id announces nothing. `attachments`: upload ids
+    (docs/protocol.md §14), as a version 2 send's. Raises MessageRefused.
     """
     slug = room.slug if isinstance(room, Room) else room
     if not isinstance(slug, str):
         raise MessageRefused(protocol.BAD_FIELD, "room must be a slug or a Room", field="room")
     try:
         command = protocol.parse_command({"type": "send", "room": slug, "text": text, "client_id": client_id,
-                                          "reply_to": reply_to})
+                                          "reply_to": reply_to, "attachments": attachments})
     except protocol.ProtocolError as exc:
         if exc.code == protocol.ROOM_NOT_FOUND:
             raise RoomNotFound(slug) from None
@@ -209,7 +227,8 @@ def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = N
         raise RoomNotFound(slug)
     try:
         message, duplicate = message_create(room_id=target.pk, author=author, text=command.text,
-                                            client_id=command.client_id, reply_to=command.reply_to)
+                                            client_id=command.client_id, reply_to=command.reply_to,
+                                            attachments=command.attachments)
     except Room.DoesNotExist:  # deleted since the lookup
         raise RoomNotFound(slug) from None
     if not duplicate:
@@ -220,11 +239,15 @@ def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = N
 
 def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
                          tokens: list[int | None] | None = None,
-                         replies: list[int | None] | None = None) -> list[Any]:
+                         replies: list[int | None] | None = None,
+                         attachments: list[tuple[int, ...]] | None = None) -> list[Any]:
     """Store several (author, room_id, text, client_id) sends together (parley.ingest).
 
     `replies` holds, item by item, the seq the send replies to (None: not a reply); a send whose
     target is not a message of its room, or is deleted, gets a MessageRefused and is not stored.
+    `attachments` holds, item by item, the upload ids the send carries (docs/protocol.md §14);
+    one whose uploads are not the author's own unattached ones in the room gets a MessageRefused.
+    None (the plain sends' batch) costs nothing.
 
     `tokens` holds, item by item, the id of the API token the send's socket was opened with
     (None: a session). Each item gets what message_create returns, or None if its author may no
@@ -243,19 +266,23 @@ def message_create_batch(*, items: list[tuple[Any, int, str, str | None]],
     """
     token_ids: list[int | None] = tokens if tokens is not None else [None] * len(items)
     reply_seqs: list[int | None] = replies if replies is not None else [None] * len(items)
+    files: list[tuple[int, ...]] | None = attachments if attachments is not None and any(attachments) else None
     # A batch with replies is one transaction everywhere (not PostgreSQL's autocommit
     # statement), whose rooms are locked before the reply targets are read: a delete or an
     # edit of a target (parley.conversation, which locks the room first too) then lands either
     # wholly before the check or wholly after this batch's commit.
+    # A batch with files is one transaction too: the uploads' row locks (uploads_claim) and the
+    # link to the stored messages commit with the messages.
     replying = replies is not None and any(r is not None for r in replies)
     try:
-        with transaction.atomic() if replying else db().write_transaction():
+        with transaction.atomic() if replying or files else db().write_transaction():
             if replying:
                 _rooms_lock({room_id for _, room_id, _, _ in items})
-            return _messages_create_together(items, token_ids, reply_seqs)
+            # Files only when there are some: a plain batch makes the calls it always made.
+            return _messages_create_together(items, token_ids, reply_seqs, *([files] if files else []))
     except (IntegrityError, DataError):
         pass
-    return _messages_create_each(items, token_ids, reply_seqs)
+    return _messages_create_each(items, token_ids, reply_seqs, *([files] if files else []))
 
 
 def _rooms_lock(room_ids: set[int]) -> None:
@@ -271,7 +298,7 @@ def _revoked(author: Any, token_id: int | None, lost: set[tuple[str, int]]) -> C
 
 
 def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None],
-                              replies: list[int | None]) -> list[Any]:
+                              replies: list[int | None], files: list[tuple[int, ...]] | None = None) -> list[Any]:
     allowed, existing, lost = message_send_checks(
         pairs=[(author, room_id) for author, room_id, _, _ in items],
         keys=[(room_id, author.pk, client_id) for author, room_id, _, client_id in items if client_id],
@@ -304,7 +331,15 @@ def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tok
             if (refused := getattr(message, "refused", None)) is not None:
                 results[i] = refused
         new = [(i, m) for i, m in new if getattr(m, "refused", None) is None]
+    if files is not None and (carrying := [(i, m) for i, m in new if files[i]]):
+        _attachments_claim([m for _, m in carrying], [files[i] for i, _ in carrying])
+        for i, message in carrying:
+            if (refused := getattr(message, "refused", None)) is not None:
+                results[i] = refused
+        new = [(i, m) for i, m in new if getattr(m, "refused", None) is None]
     _messages_store([message for _, message in new])
+    if files is not None:
+        _attachments_store([m for _, m in new if m.pk is not None and m.attachments])
     for i, message in new:
         if message.pk is not None:  # else its room was deleted since the access check
             results[i] = (message, False)
@@ -317,6 +352,14 @@ def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tok
     return results
 
 
+def _attachments_store(messages: list[Message]) -> None:
+    """After an ingest batch's INSERT (which names only the plain columns): the files of the
+    messages that carry some, on their rows and their uploads', in the batch's transaction."""
+    for message in messages:
+        Message.objects.filter(pk=message.pk).update(attachments=message.attachments)
+    uploads.uploads_attach(links=[(m.pk, m.attachments) for m in messages])
+
+
 def _messages_store(messages: list[Message]) -> None:
     """Number the messages (the next seqs of each room, in list order) and INSERT them. Each one
     stored gets its seq and id; one whose room was deleted since the access check keeps no id."""
@@ -325,13 +368,14 @@ def _messages_store(messages: list[Message]) -> None:
 
 
 def _messages_create_each(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None],
-                          replies: list[int | None]) -> list[Any]:
+                          replies: list[int | None], files: list[tuple[int, ...]] | None = None) -> list[Any]:
     """The careful path: one savepoint per item, so one item's error leaves the others stored."""
     results: list[Any] = []
     with transaction.atomic():
         lost = credentials_lost(credentials=[("user", author.pk) for author, *_ in items]
                                 + [("token", t) for t in tokens if t is not None])
-        for (author, room_id, text, client_id), token_id, reply_to in zip(items, tokens, replies, strict=True):
+        for i, ((author, room_id, text, client_id), token_id, reply_to) in enumerate(
+                zip(items, tokens, replies, strict=True)):
             if lost and (refused := _revoked(author, token_id, lost)) is not None:
                 results.append(refused)
                 continue
@@ -340,8 +384,9 @@ def _messages_create_each(items: list[tuple[Any, int, str, str | None]], tokens:
                     if not room_user_can_access(user=author, room_id=room_id):
                         results.append(None)
                         continue
+                    extra = {"attachments": files[i]} if files and files[i] else {}
                     results.append(message_create(room_id=room_id, author=author, text=text, client_id=client_id,
-                                                  reply_to=reply_to))
+                                                  reply_to=reply_to, **extra))
             except MessageRefused as refused:
                 results.append(refused)
             except DatabaseError as exc:

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from parley import health, message_views, profile_views, search_views, views
+from parley import health, message_views, profile_views, search_views, upload_views, views
 
 app_name = "parley"
 
@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/rooms/<str:slug>/messages/<str:seq>", message_views.message_detail, name="api-room-message"),
     path("api/rooms/<str:slug>/messages/<str:seq>/reactions/<str:emoji>", message_views.message_reaction,
          name="api-room-message-reaction"),
+    path("api/rooms/<str:slug>/uploads", upload_views.room_uploads, name="api-room-uploads"),
+    path("api/rooms/<str:slug>/uploads/<int:upload_id>", upload_views.room_upload, name="api-room-upload"),
     path("api/rooms/<str:slug>/members", views.room_members, name="api-room-members"),
     path("api/rooms/<str:slug>/members/<str:username>", views.room_member_detail, name="api-room-member"),
     path("api/profile", profile_views.profile, name="api-profile"),

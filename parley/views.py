@@ -124,12 +124,16 @@ def rate_limited(wait_secs: float, message: str) -> JsonResponse:
     return response
 
 
-def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., JsonResponse]]:
+def api(*methods: str, before_body: Callable[..., HttpResponse | None] | None = None,
+        ) -> Callable[[Callable[..., JsonResponse]], Callable[..., JsonResponse]]:
     """JSON API views taking `methods`. Checked in this order, each answered in
     JSON: a signed-in user, by session or bearer token (401 `unauthenticated`); the method (405
     `method_not_allowed`, with Allow); for a session request that writes, Django's CSRF check
     (403 `csrf_failed`). Authentication comes before CSRF so that a client without credentials
-    is told so, rather than handed Django's CSRF page."""
+    is told so, rather than handed Django's CSRF page. `before_body(request, *args, **kwargs)`
+    runs after the method check and before CSRF, the first thing that may read the body (its
+    answer, if any, is the response): the upload view charges its rate and installs its size
+    limit there (parley.upload_views)."""
     # No HEAD: the views tell a read from a write by `method == "GET"`.
     allowed = set(methods)
     allow_header = ", ".join(sorted(allowed))
@@ -149,6 +153,8 @@ def api(*methods: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., 
                                      f"{request.method} is not allowed here; use {allow_header}")
                 response["Allow"] = allow_header
                 return response
+            if before_body is not None and (refusal := before_body(request, *args, **kwargs)) is not None:
+                return refusal
             return checked(request, *args, **kwargs)
 
         # The middleware's CSRF check would run before the view, ahead of the 401 above.
@@ -312,12 +318,13 @@ def room_message_post(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         message, duplicate = services.message_post(room=slug, text=body.get("text"), author=request.user,
                                                    client_id=client_id, reply_to=body.get("reply_to"),
-                                                   source="http")
+                                                   attachments=body.get("attachments"), source="http")
     except services.RoomNotFound:
         return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
     except services.MessageRefused as exc:
         extra = {"field": exc.field} if exc.field else {}
-        status = {"forbidden": 403, protocol.MESSAGE_NOT_FOUND: 404, protocol.MESSAGE_DELETED: 409}.get(exc.code, 400)
+        status = {"forbidden": 403, protocol.MESSAGE_NOT_FOUND: 404, protocol.MESSAGE_DELETED: 409,
+                  protocol.ATTACHMENT_NOT_FOUND: 404}.get(exc.code, 400)
         return api_error(status, exc.code, exc.message, **extra)
     except DatabaseError:
         log.exception("could not store a message in room %s", slug)

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def media(settings: Any, tmp_path: Any) -> Any:
-    settings.MEDIA_ROOT = str(tmp_path / "media")
+    """The default storage (where avatars go) in a folder of this test's own."""
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path / "media")}}}
     return tmp_path / "media"
 
 

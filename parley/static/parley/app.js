@@ -8,6 +8,7 @@ import { MentionAutocomplete, roomPeople } from "./ui/mentions.js";
 import { Profiles, openProfileCard, openProfileDialog } from "./ui/profiles.js";
 import { Shortcuts } from "./ui/shortcuts.js";
 import { Search } from "./ui/search.js";
+import { Uploads } from "./ui/uploads.js";
 
 hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
@@ -96,6 +97,16 @@ function renderMe() {
 meButton.addEventListener("click", () => openProfileDialog(people, me));
 renderMe();
 
+// Files: attach, paste, drop (ui/uploads.js); the next send takes the uploaded ones.
+const uploads = new Uploads({
+  composer: el.composer,
+  input: el.input,
+  dropZone: document.querySelector(".chat"),
+  uploadsUrl: (slug) => `${urls.apiRooms}/${encodeURIComponent(slug)}/uploads`,
+  room: () => current,
+  changed: () => updateComposer(),
+});
+
 // --- rooms ---------------------------------------------------------------------------------
 
 const sidebar = new Sidebar({
@@ -127,6 +138,7 @@ function openRoom(slug, jumpTo = null) {
   el.list.replaceChildren();
   el.list._items = null; // the message elements of the room left (seqs are per room)
   el.input.value = localStorage.getItem(draftKey(slug)) || "";
+  uploads.render(); // this room's uploads (and updateComposer)
   updateComposer();
   if (location.hash !== `#/${slug}` && !jumpTo) history.replaceState(null, "", `#/${slug}`);
   render("open");
@@ -364,7 +376,8 @@ function updateComposer() {
   el.counter.textContent = `${charCount(el.input.value)} / ${max}`;
   el.counter.classList.toggle("counter--over", len > max);
   el.counter.classList.toggle("counter--near", len > max * 0.9 && len <= max);
-  el.send.disabled = len === 0 || len > max;
+  // A message may be files alone; not while one is still uploading (it would be left behind).
+  el.send.disabled = (len === 0 && !uploads.ready()) || len > max || uploads.busy();
   el.input.style.height = "auto";
   el.input.style.height = `${Math.min(el.input.scrollHeight, 200)}px`;
 }
@@ -372,9 +385,10 @@ function updateComposer() {
 function submit() {
   const text = el.input.value;
   const trimmed = text.trim();
-  if (!current || !trimmed || charCount(trimmed) > maxChars()) return;
+  if (!current || (!trimmed && !uploads.ready()) || charCount(trimmed) > maxChars() || uploads.busy()) return;
   const replyTo = actions.replyTo?.seq ?? null;
-  client.send(current, trimmed, { replyTo }).catch(() => {}); // failures show on the pending message
+  const attachments = uploads.take(current);
+  client.send(current, trimmed, { replyTo, attachments }).catch(() => {}); // failures show on the pending message
   if (replyTo !== null) actions.setReply(null);
   el.input.value = "";
   localStorage.removeItem(draftKey(current));

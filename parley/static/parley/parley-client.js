@@ -863,7 +863,7 @@ export class ParleyClient {
    * joined, and re-sent with the same client_id after reconnects until acked. Resolves with the
    * ack; rejects on a permanent error (text_too_long, room_not_found, …).
    */
-  send(slug, text, { replyTo = null } = {}) {
+  send(slug, text, { replyTo = null, attachments = [] } = {}) {
     const room = this.rooms.get(slug);
     if (!room) return Promise.reject(new ParleyError("not_joined", `join ${slug} first`));
     const entry = {
@@ -871,6 +871,7 @@ export class ParleyClient {
       room: slug,
       text,
       replyTo: replyTo ?? null,
+      attachments, // upload objects (docs/protocol.md §14); their ids go in the frame
       status: "pending",
       createdAt: this._now(),
       attempts: 0,
@@ -956,6 +957,7 @@ export class ParleyClient {
     entry.attempts += 1;
     const frame = { type: "send", room: entry.room, text: entry.text, client_id: entry.client_id };
     if (entry.replyTo != null) frame.reply_to = entry.replyTo;
+    if (entry.attachments?.length) frame.attachments = entry.attachments.map((a) => a.id);
     this._call(
       frame,
       (ack) => {
@@ -970,6 +972,7 @@ export class ParleyClient {
         };
         const target = entry.replyTo != null ? room.bySeq.get(entry.replyTo) : null;
         if (target) msg.reply_to = { seq: target.seq, author: target.author, excerpt: excerptOf(target.text), deleted: !!target.deleted };
+        if (entry.attachments?.length) msg.attachments = entry.attachments;
         // Show our own message at its seq right away; the `message` event (same seq) replaces it.
         // A duplicate ack for a message older than what is loaded stays out of the list.
         const first = room.messages[0];
@@ -1035,7 +1038,7 @@ export class ParleyClient {
       epoch: room.epoch,
       pending: this.outbox
         .filter((e) => e.room === slug)
-        .map((e) => ({ client_id: e.client_id, text: e.text, status: e.status, createdAt: e.createdAt, error: e.error, replyTo: e.replyTo })),
+        .map((e) => ({ client_id: e.client_id, text: e.text, status: e.status, createdAt: e.createdAt, error: e.error, replyTo: e.replyTo, attachments: e.attachments })),
       members: [...room.members.values()].sort((a, b) => a.username.localeCompare(b.username)),
       typing: [...room.typing.values()].filter((t) => t.until > now).map((t) => t.user),
     };

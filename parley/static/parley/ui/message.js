@@ -3,6 +3,7 @@
 import { h, icon } from "./dom.js";
 import { QUICK } from "./emoji.js";
 import { mentionsMe, renderMarkdown } from "./markdown.js";
+import { attachmentsEl } from "./uploads.js";
 
 const LONG_PRESS_MS = 450;
 
@@ -29,8 +30,9 @@ export function messageEl(m, ui, on) {
   } else {
     const text = h("div", { class: "msg-text", testid: "message-text" });
     text.append(renderMarkdown(m.text, { mentions: m.mentions, mentionRoom: m.mention_room, me: ui.me.username }));
-    main.append(text);
+    if (m.text) main.append(text);
   }
+  if (!m.deleted && m.attachments?.length) main.append(attachmentsEl(m.attachments));
   if (m.edited_at && !m.deleted) {
     main.append(h("span", { class: "msg-edited", testid: "edited", title: `Edited ${new Date(m.edited_at).toLocaleString()}` }, "(edited)"));
   }
