@@ -63,7 +63,7 @@ def _busy_room(parley: Any, new_page: Any, width: int = 1280) -> tuple[Any, Any,
     mention of her, a reply, reactions (hers and not), an edit, code, a quote, a link, a pending
     delete confirmation, members online, someone typing, an unread badge on another room."""
     ada_name, bob_name = unique("ada"), unique("bob")
-    ada, bob = new_page(width=width), new_page()
+    ada, bob = new_page(), new_page()
     signup(ada, parley.url, ada_name)
     signup(bob, parley.url, bob_name)
     slug, other = unique("a11y").lower(), unique("side").lower()
@@ -87,6 +87,8 @@ def _busy_room(parley: Any, new_page: Any, width: int = 1280) -> tuple[Any, Any,
     open_room(bob, slug)
     bob.get_by_test_id("composer-input").press_sequentially("typing")
     expect(ada.get_by_test_id("typing")).not_to_be_empty()
+    if width != 1280:
+        ada.set_viewport_size({"width": width, "height": 740})
     return ada, bob, slug, ada_name
 
 

@@ -67,7 +67,8 @@ export class Shortcuts {
       }
     });
     // The timeline is re-rendered on every event: keep one tab stop, and the focus, across it.
-    new MutationObserver(() => this.afterRender()).observe(this.list, { childList: true, subtree: true });
+    this.observer = new MutationObserver(() => this.afterRender());
+    this.observer.observe(this.list, { childList: true, subtree: true });
   }
 
   // --- global keys -------------------------------------------------------------------------
@@ -266,15 +267,20 @@ export class Shortcuts {
     const items = this.items();
     const current = items.find((m) => keyOf(m) === this.rovingSeq) || items.at(-1);
     for (const m of items) {
-      const on = m === current;
-      m.tabIndex = on ? 0 : -1;
+      const want = m === current ? 0 : -1;
+      // Every event re-renders the timeline, mostly into the same cached elements: only new
+      // ones and the two whose turn changed are touched.
+      if (m.hasAttribute("tabindex") && m.tabIndex === want) continue;
+      m.tabIndex = want;
       if (!m.hasAttribute("aria-label")) {
         m.setAttribute("role", "article");
         m.setAttribute("aria-label", describe(m));
       }
       for (const c of m.querySelectorAll("button, a[href], textarea")) {
-        if (c.closest(".msg-editor")) continue; // the edit box is focused on purpose
-        c.tabIndex = on ? 0 : -1;
+        // The edit box is focused on purpose; links in the text stay tab stops (they are the
+        // content), and the rendered text keeps exactly the attributes markdown.js gives it.
+        if (c.closest(".msg-editor, .msg-text")) continue;
+        c.tabIndex = want;
       }
     }
   }
