@@ -187,6 +187,21 @@ ROOM_MENTIONS_PER_HOUR = Limit("@room rate", "ROOM_MENTIONS_PER_HOUR", 10, "mess
                                "messages (and edits) with @room by a room owner or admin that mention "
                                "the room, per process; beyond it @room stays plain text")
 
+# --- Attention (docs/protocol.md §11): the room list, read markers, room settings ---
+# Every `read` and `rooms` command, PUT …/read, PATCH …/state and GET /api/rooms/state takes one
+# token: each is a write or a list read with counts, and a client marks a room read as it is
+# looked at (the browser at most once per room and second or so).
+READS_PER_SEC = Limit("read-mark rate", "READS_PER_SEC", 5, "requests/s per user",
+                      "read marks, room-list reads and room-setting changes per user, sockets and "
+                      "HTTP together (in a cluster with REDIS_URL, else in a process)")
+READS_BURST = Limit("read-mark burst", "READS_BURST", 30, "requests",
+                    "read marks and room-list reads a user may make at once before the rate applies")
+MAX_ROOMS_LISTED = Limit("rooms listed", "MAX_ROOMS_LISTED", 500, "rooms",
+                         "rooms in one user's `rooms` snapshot (by slug); the rest are left out")
+UNREAD_COUNT_MAX = Limit("unread count cap", "UNREAD_COUNT_MAX", 1000, "messages",
+                         "unread and mention counts stop at this (a client shows \"1000+\"): "
+                         "counting is a bounded scan per room")
+
 # type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
 # which loads it (config/serve.py imports this module in processes with no settings).
 ALL = [v for v in list(globals().values()) if type(v) is Limit]
@@ -315,6 +330,8 @@ USER_EDIT_BUCKETS = BucketMap(EDITS_PER_SEC, EDITS_BURST, shared="edits")
 # Taken on the database thread (parley.mentions) and in views' threads: a race between two
 # threads for one user can let one extra through, which is all it costs.
 ROOM_MENTION_BUCKETS = BucketMap(ROOM_MENTIONS_PER_HOUR, per=3600)
+# Each user's attention requests (read marks, room lists, room settings): sockets and HTTP.
+USER_READ_BUCKETS = BucketMap(READS_PER_SEC, READS_BURST, shared="reads")
 
 
 class Strikes:
