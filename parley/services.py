@@ -424,12 +424,14 @@ def tokens_touch(*, tokens: list[ApiToken]) -> None:
 
 def room_states_open(*, opened: list[tuple[int, int, int]]) -> None:
     """(user id, room id, the room's last_seq) for public rooms just joined: each user's
-    RoomState for the room, listed and read up to that seq, unless they have one already. One
-    INSERT … ON CONFLICT DO NOTHING for all of them (parley.commands.join sends a batch of joins
+    RoomState for the room, listed and read up to that seq; a user who has one already keeps
+    their marker and settings, and the room is listed again (they left it, and came back). One
+    INSERT … ON CONFLICT DO UPDATE for all of them (parley.commands.join sends a batch of joins
     here off the join's own path)."""
     rows = {(u, r): RoomState(user_id=u, room_id=r, last_read_seq=seq, listed=True) for u, r, seq in opened}
     if rows:
-        RoomState.objects.bulk_create(list(rows.values()), ignore_conflicts=True)
+        RoomState.objects.bulk_create(list(rows.values()), update_conflicts=True, unique_fields=["user", "room"],
+                                      update_fields=["listed"])
 
 
 def room_state_mark_read(*, user: Any, room: Room, seq: int, skip_socket: str | None = None) -> RoomStateRow:

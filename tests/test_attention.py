@@ -225,3 +225,20 @@ async def test_a_dm_defaults_to_all(connect):
     await database_sync_to_async(as_dm)()
     client = await connect(ada, protocol=2)
     assert by_slug(client.rooms)["dm-1"]["notify"] == "all"
+
+
+async def test_joining_a_public_room_again_lists_it_and_keeps_the_marker(connect):
+    ada, bob = await make_user("ada"), await make_user("bob")
+    room = await make_room("lobby")
+    await post("lobby", "one", bob)
+    await database_sync_to_async(RoomState.objects.create)(user=ada, room=room, last_read_seq=0, listed=False)
+    client = await connect(ada, protocol=2)
+    assert client.rooms["rooms"] == []  # left (unlisted): not in the list
+    await client.join("lobby")
+    for _ in range(100):
+        state = await state_of(ada, "lobby")
+        if state is not None and state.listed:
+            break
+        await asyncio.sleep(0.02)
+    assert state is not None and state.listed and state.last_read_seq == 0  # listed again, marker kept
+    assert by_slug(await client.request({"type": "rooms"}))["lobby"]["unread"] == 1
