@@ -16,3 +16,9 @@ class ParleyConfig(AppConfig):
         from parley.conf import check_at_startup
 
         check_at_startup()
+        from parley.conf import parley_settings
+
+        if parley_settings.MAIL_NOTIFICATIONS:
+            from parley.contrib import mail_notifications
+
+            mail_notifications.connect()

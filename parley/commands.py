@@ -19,10 +19,11 @@ from parley import fanout, limits, metrics, protocol
 from parley.conf import parley_settings
 from parley.conversation import Change
 from parley.ingest import get_writer
-from parley.payloads import entry_frame, message_payload, room_payload, timestamp
+from parley.payloads import entry_frame, message_payload, read_frame, room_payload, timestamp
 from parley.protocol import ProtocolError
 from parley.realtime.dbthread import database_thread
 from parley.realtime.ordering import Subscription
+from parley.realtime.tasks import spawn
 from parley.services import MessageRefused
 from parley.session import Session, room_not_found
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # send); the history budget is per process (parley/limits.py).
 _user_message_buckets = limits.USER_MESSAGE_BUCKETS
 _user_edit_buckets = limits.USER_EDIT_BUCKETS
+_user_read_buckets = limits.USER_READ_BUCKETS
 _history_budget = limits.ByteBudget(limits.HISTORY_BYTES_PER_SEC, limits.HISTORY_BURST_BYTES,
                                     limits.HISTORY_PROCESS_BYTES_PER_SEC, limits.HISTORY_PROCESS_BURST_BYTES)
 
@@ -95,6 +97,8 @@ async def join(session: Session, cmd: protocol.Join, ref: str | None) -> None:
     _history_budget.charge_after(user.pk, size)
     session.send_message(text, size)
     session.delivery.start(sub, high)
+    if first_join and not room.is_private:
+        _open_state(user.pk, room.pk, last_seq)
     metrics.JOINS.inc()
     if recovered is not None:
         (_RESUMED if recovered else _NOT_RESUMED).inc()
@@ -251,6 +255,68 @@ async def typing(session: Session, cmd: protocol.Typing, ref: str | None) -> Non
 async def ping(session: Session, cmd: protocol.Ping, ref: str | None) -> None:
     # Presence was kept alive by the consumer's receive(), as for every frame.
     session.send_frame(with_ref({"type": "pong"}, ref))
+
+
+# --- Attention (docs/protocol.md §11) ---------------------------------------------------------
+
+# (user id, room id) pairs whose public-room RoomState this process has made sure of: a join
+# adds nothing to the database after the first (bounded; forgetting costs one INSERT that
+# changes nothing).
+_states_opened: set[tuple[int, int]] = set()
+STATES_OPENED_MAX = 100_000
+
+
+def _open_state(user_id: int, room_id: int, last_seq: int) -> None:
+    """The user opened a public room: their RoomState (listed, read up to the room's last_seq
+    now) unless they have one, written after the join's reply, batched with other joins'."""
+    key = (user_id, room_id)
+    if key in _states_opened:
+        return
+    if len(_states_opened) >= STATES_OPENED_MAX:
+        _states_opened.clear()
+    _states_opened.add(key)
+
+    async def write() -> None:
+        try:
+            await db.open_states((user_id, room_id, last_seq))
+        except Exception:
+            _states_opened.discard(key)  # the next join tries again
+            raise
+
+    spawn(write())
+
+
+async def _take_read_token(session: Session, room: str | None = None) -> None:
+    wait = await _user_read_buckets.shared_take(session.user.pk)
+    if wait:
+        metrics.refused("reads")
+        raise ProtocolError(protocol.RATE_LIMITED, "too many read marks and room lists; retry later",
+                            room=room, retry_after_ms=ms(wait))
+
+
+async def rooms(session: Session, cmd: protocol.Rooms, ref: str | None) -> None:
+    await _take_read_token(session)
+    await send_rooms(session, ref)
+
+
+async def send_rooms(session: Session, ref: str | None) -> None:
+    """The `rooms` frame: the user's room list (after `hello` on a version 2 socket, and the
+    reply to `rooms`)."""
+    states = await db.room_list(session.user, session.token_id)
+    session.send_frame(with_ref({"type": "rooms", "rooms": states}, ref))
+
+
+async def read(session: Session, cmd: protocol.Read, ref: str | None) -> None:
+    await _take_read_token(session, cmd.room)
+    try:
+        row = await database_thread.submit(db.mark_read, session.user, cmd.room, cmd.seq, session.token_id,
+                                           session.socket_id)
+    except DatabaseError:
+        log.exception("could not store a read marker in room %s", cmd.room)
+        raise ProtocolError(protocol.COMMIT_FAILED, "the read marker was not stored; retry", room=cmd.room) from None
+    if row is None:
+        raise room_not_found(cmd.room)
+    session.send_frame(with_ref(read_frame(*row), ref))
 
 
 def ms(seconds: float) -> int:

@@ -110,6 +110,9 @@ OPTIONS = [
     Option("METRICS_TOKEN", "", STRING,
            "a secret that /metrics requires as `Authorization: Bearer <token>`, from any address; "
            "empty: no token, and only loopback and METRICS_ALLOWED_IPS may read /metrics"),
+    Option("MAIL_NOTIFICATIONS", False, BOOL,
+           "e-mail a mention or direct message to a user who is not online "
+           "(parley.contrib.mail_notifications; Django's EMAIL_* settings)"),
     Option("METRICS_ALLOWED_IPS", (), STRINGS,
            "addresses or networks (`10.0.0.0/8`) besides loopback that may read /metrics when "
            "METRICS_TOKEN is empty", check=_networks_problem),

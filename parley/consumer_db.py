@@ -12,10 +12,16 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from parley import conversation, protocol, selectors
+from parley import conversation, protocol, selectors, services
 from parley.conf import parley_settings
 from parley.models import Message, Room
-from parley.payloads import ReaderReactions, entries_bytes, fit_page, messages_bytes
+from parley.payloads import (
+    ReaderReactions,
+    entries_bytes,
+    fit_page,
+    messages_bytes,
+    room_state_payload,
+)
 from parley.realtime.dbthread import Batched, read_thread
 from parley.revocation import CredentialsRevoked
 from parley.selectors import Credential
@@ -220,3 +226,38 @@ def change_entry(what: str, user: Any, room_id: int, room_slug: str, seq: int, t
     if what == "delete":
         return conversation.message_delete(room=room, actor=user, seq=seq, token_id=token_id, source="socket")
     return conversation.reaction_set(room=room, actor=user, seq=seq, token_id=token_id, source="socket", **fields)
+
+
+# --- Attention (docs/protocol.md §11) ---------------------------------------------------------
+
+
+@db_call
+def room_list(user: Any, token_id: int | None = None) -> list[dict[str, Any]]:
+    """The user's room list as room-state objects (the `rooms` frame); CredentialsRevoked if the
+    user or the socket's API token no longer holds."""
+    lost = selectors.credentials_lost(credentials=[("user", user.pk)] + ([("token", token_id)] if token_id else []))
+    if lost:
+        raise CredentialsRevoked(lost)
+    return [room_state_payload(*row) for row in selectors.room_state_list(user=user)]
+
+
+def mark_read(user: Any, slug: str, seq: int, token_id: int | None, socket_id: str) -> selectors.RoomStateRow | None:
+    """A socket's `read`, on the database thread's write lane: the room if the user may see it
+    (no join needed), its marker moved (services.room_state_mark_read); None: no such room."""
+    credentials: list[Credential] = [("user", user.pk)] + ([("token", token_id)] if token_id else [])
+    rooms, lost = selectors.rooms_get_visible_checked(wanted=[(user, slug)], credentials=credentials)
+    if lost:
+        raise CredentialsRevoked(lost)
+    if rooms[0] is None:
+        return None
+    return services.room_state_mark_read(user=user, room=rooms[0], seq=seq, skip_socket=socket_id)
+
+
+def _open_states(opened: list[tuple[int, int, int]]) -> list[None]:
+    services.room_states_open(opened=opened)
+    return [None] * len(opened)
+
+
+# Public rooms joined: their RoomStates, made in batches off the join's path (parley.commands),
+# in the read lane: nothing waits for them, so they must not go ahead of a send's commit.
+open_states: Batched[tuple[int, int, int], None] = Batched(_open_states, thread=read_thread)

@@ -104,6 +104,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         protocol.Edit: commands.edit,
         protocol.Delete: commands.delete,
         protocol.React: commands.react,
+        protocol.Read: commands.read,
+        protocol.Rooms: commands.rooms,
     }
 
     @classmethod
@@ -203,9 +205,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "max_rooms": parley_settings.MAX_ROOMS_PER_SOCKET,
                 **({"edits_per_sec": parley_settings.EDITS_PER_SEC, "edits_burst": parley_settings.EDITS_BURST,
                     "max_reactions_per_message": parley_settings.MAX_REACTIONS_PER_MESSAGE,
-                    "max_reactions_per_user": parley_settings.MAX_REACTIONS_PER_USER} if version >= 2 else {}),
+                    "max_reactions_per_user": parley_settings.MAX_REACTIONS_PER_USER,
+                    "reads_per_sec": parley_settings.READS_PER_SEC, "reads_burst": parley_settings.READS_BURST,
+                    "unread_count_max": parley_settings.UNREAD_COUNT_MAX} if version >= 2 else {}),
             },
         })
+        if version >= 2:
+            await self._send_room_list(session)
+
+    async def _send_room_list(self, session: Session) -> None:
+        """Version 2: the user's room list right after `hello` (docs/protocol.md §11). Not
+        charged to the read budget. A failed read leaves the socket open without it: the
+        client asks again with `rooms`."""
+        try:
+            await commands.send_rooms(session, None)
+        except CredentialsRevoked as lost:
+            self._close_revoked(lost.credentials)
+        except Exception:
+            log.exception("could not read the room list of user %s", session.user.pk)
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, for any reason: leaves every room, updating presence."""

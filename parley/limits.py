@@ -227,6 +227,20 @@ UPLOAD_MAX_IMAGE_PIXELS = Limit("image size", "UPLOAD_MAX_IMAGE_PIXELS", 25_000_
 UPLOAD_UNATTACHED_TTL_SECS = Limit("unattached upload lifetime", "UPLOAD_UNATTACHED_TTL_SECS", 24 * 3600, "s",
                                    "an upload no message took is deleted after this (manage.py "
                                    "parley_expire_uploads, and lazily on each upload)")
+# --- Attention (docs/protocol.md §11): the room list, read markers, room settings ---
+# Every `read` and `rooms` command, PUT …/read, PATCH …/state and GET /api/rooms/state takes one
+# token: each is a write or a list read with counts, and a client marks a room read as it is
+# looked at (the browser at most once per room and second or so).
+READS_PER_SEC = Limit("read-mark rate", "READS_PER_SEC", 5, "requests/s per user",
+                      "read marks, room-list reads and room-setting changes per user, sockets and "
+                      "HTTP together (in a cluster with REDIS_URL, else in a process)")
+READS_BURST = Limit("read-mark burst", "READS_BURST", 30, "requests",
+                    "read marks and room-list reads a user may make at once before the rate applies")
+MAX_ROOMS_LISTED = Limit("rooms listed", "MAX_ROOMS_LISTED", 500, "rooms",
+                         "rooms in one user's `rooms` snapshot (by slug); the rest are left out")
+UNREAD_COUNT_MAX = Limit("unread count cap", "UNREAD_COUNT_MAX", 1000, "messages",
+                         "unread and mention counts stop at this (a client shows \"1000+\"): "
+                         "counting is a bounded scan per room")
 
 # type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
 # which loads it (config/serve.py imports this module in processes with no settings).
@@ -362,6 +376,8 @@ ROOM_MENTION_BUCKETS = BucketMap(ROOM_MENTIONS_PER_HOUR, per=3600)
 PROFILE_UPDATE_BUCKETS = BucketMap(PROFILE_UPDATES_PER_HOUR, per=3600)
 # Uploads: UPLOADS_PER_USER_PER_HOUR at once, then one back every 3600/N seconds.
 USER_UPLOAD_BUCKETS = BucketMap(UPLOADS_PER_USER_PER_HOUR, per=3600)
+# Each user's attention requests (read marks, room lists, room settings): sockets and HTTP.
+USER_READ_BUCKETS = BucketMap(READS_PER_SEC, READS_BURST, shared="reads")
 
 
 class Strikes:

@@ -4,7 +4,7 @@
 Parsed on the server, when a message is stored or edited, so every client highlights the same
 people and the "attention" features can notify them. A name is a mention only if it is an active
 user who is in the room: a member of it (its owner included), or, in a public room, someone who
-has posted in it; and who may see it (a private room's members only, not admins by privilege).
+has posted in it or has it in their room list; and who may see it (a private room's members only, not admins by privilege).
 Mentioning anyone else stores nothing and tells the author nothing (the text stays text): a
 mention reveals only people the author can see in the room anyway, never whether an account
 exists, which accounts are staff, or who is in a private room.
@@ -20,7 +20,7 @@ from django.contrib.auth import get_user_model
 
 from parley import limits
 from parley.conf import parley_settings
-from parley.models import Membership, Message, Room
+from parley.models import Membership, Message, Room, RoomState
 from parley.selectors import sees_all
 
 # Django's default username characters (letters, digits, @ . + - _): `@ada` and, for a host that
@@ -48,14 +48,19 @@ def candidates(text: str) -> list[str]:
 
 
 def _in_the_room(pairs: set[tuple[int, int]], is_private: dict[int, bool]) -> set[tuple[int, int]]:
-    """The (user id, room id) pairs whose user is in the room: a member, or (public rooms) an
-    author of one of its messages. Two queries at most, on the (room, user) and (room, author,
-    client_id) indexes."""
+    """The (user id, room id) pairs whose user is in the room: a member, or (public rooms) one
+    who has it in their room list (a listed RoomState: they opened it, docs/protocol.md §11) or
+    an author of one of its messages. Three queries at most, on the (room, user) and (room,
+    author, client_id) indexes."""
     users = {u for u, _ in pairs}
     rooms = {r for _, r in pairs}
     found = set(Membership.objects.filter(room_id__in=rooms, user_id__in=users).values_list("user_id", "room_id"))
     public = {r for r in rooms if not is_private.get(r, True)}
     rest = {(u, r) for u, r in pairs if r in public and (u, r) not in found}
+    if rest:
+        found |= set(RoomState.objects.filter(room_id__in={r for _, r in rest}, user_id__in={u for u, _ in rest},
+                                              listed=True).values_list("user_id", "room_id"))
+        rest -= found
     if rest:
         found |= set(Message.objects.filter(room_id__in={r for _, r in rest}, author_id__in={u for u, _ in rest},
                                             kind=Message.Kind.MESSAGE).order_by().values_list("author_id", "room_id").distinct())

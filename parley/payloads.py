@@ -5,7 +5,7 @@ from typing import Any
 import orjson
 from django.urls import NoReverseMatch, reverse
 
-from parley.models import Message, Room
+from parley.models import Message, Room, RoomState
 
 
 def user_payload(user: Any) -> dict[str, Any]:
@@ -20,6 +20,34 @@ def room_payload(room: Room, *, last_seq: int | None = None) -> dict[str, Any]:
         "epoch": room.epoch,
         "last_seq": room.last_seq if last_seq is None else last_seq,
     }
+
+
+def room_notify(room: Room, state: RoomState | None) -> str:
+    """The room's effective notify setting for the user: theirs, or the default ("all" for a DM,
+    "mentions" for a room)."""
+    if state is not None and state.notify:
+        return state.notify
+    return RoomState.Notify.ALL if room.kind == Room.Kind.DM else RoomState.Notify.MENTIONS
+
+
+def room_state_payload(room: Room, state: RoomState | None, counts: tuple[int, int]) -> dict[str, Any]:
+    """One user's view of one room (docs/protocol.md §11): the room object, their read marker,
+    the (capped) unread and mention counts `counts`, and their notify/muted settings. No state
+    row yet reads as nothing read, the default notify, not muted."""
+    return {
+        "room": room_payload(room),
+        "last_read_seq": state.last_read_seq if state is not None else 0,
+        "unread": counts[0],
+        "mentions": counts[1],
+        "notify": room_notify(room, state),
+        "muted": state.muted if state is not None else False,
+    }
+
+
+def read_frame(room: Room, state: RoomState | None, counts: tuple[int, int]) -> dict[str, Any]:
+    """The `read` frame (docs/protocol.md §11): where the user's read marker in the room is."""
+    return {"type": "read", "room": room.slug, "seq": state.last_read_seq if state is not None else 0,
+            "unread": counts[0], "mentions": counts[1]}
 
 
 def timestamp(value: Any) -> str:

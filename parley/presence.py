@@ -355,3 +355,27 @@ def get_presence() -> PresenceStore:
     if parley_settings.REDIS_URL:
         return RedisPresence(parley_settings.REDIS_URL, parley_settings.REDIS_PREFIX)
     return MemoryPresence()
+
+
+def user_online_blocking(*, user_id: int, room_id: int) -> bool:
+    """From synchronous code in any thread (a signal receiver): whether the user has a socket in
+    this process, or — with REDIS_URL — a live presence entry in the room on any process.
+    Without Redis, another process's sockets are unknown here (answered: not online)."""
+    from parley.realtime.hub import local_user_hubs
+
+    if any(("user", user_id) in hub.credentials for hub in local_user_hubs()):
+        return True
+    if not parley_settings.REDIS_URL:
+        return False
+    import redis
+
+    client = redis.Redis.from_url(parley_settings.REDIS_URL, socket_timeout=PRESENCE_REDIS_TIMEOUT_SECS,
+                                  socket_connect_timeout=PRESENCE_REDIS_TIMEOUT_SECS)
+    try:
+        values = client.hvals(f"{parley_settings.REDIS_PREFIX}:presence:{room_id}")
+    except (RedisError, OSError):
+        return False
+    finally:
+        client.close()
+    now = time.time()
+    return any(uid == user_id and expires > now for uid, _name, expires, *_ in map(orjson.loads, values))

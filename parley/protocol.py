@@ -180,7 +180,20 @@ class Ping:
     pass
 
 
-Command = Join | Leave | Send | History | Typing | Ping | Edit | Delete | React
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Version 2 (docs/protocol.md §11): move the user's read marker in a room forward."""
+
+    room: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    """Version 2 (docs/protocol.md §11): the user's room list again."""
+
+
+Command = Join | Leave | Send | History | Typing | Ping | Edit | Delete | React | Read | Rooms
 
 
 def decode_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
@@ -415,4 +428,14 @@ _PARSERS_V2: dict[str, Callable[[dict[str, Any]], Command]] = {
     "delete": lambda f: Delete(room=_room(f), seq=_seq(f)),
     "react": lambda f: _parse_react(f, True),
     "unreact": lambda f: _parse_react(f, False),
+    "read": lambda f: _parse_read(f),
+    "rooms": lambda f: Rooms(),
 }
+
+
+def _parse_read(frame: dict[str, Any]) -> Read:
+    room = _room(frame)
+    seq = _integer(frame, "seq", 0, MAX_SEQ)
+    if seq is None:
+        raise ProtocolError(MISSING_FIELD, "'seq' is required", field="seq")
+    return Read(room=room, seq=seq)

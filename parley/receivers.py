@@ -11,7 +11,8 @@ servers (a shell beside the embedded default) is caught by parley.revocation's p
 within PARLEY_REVOCATION_CHECK_SECS, and by the next command of each socket.
 
 `message_posted` and `message_changed` (parley.signals): sent from parley.events' MessagePosted
-and EntryAdded.
+and EntryAdded. `notification`: from MessagePosted too, on the signal thread, once per user to
+notify (parley.selectors.notification_recipients says who and why).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from parley import events
-from parley.models import Attachment, Message
-from parley.signals import message_changed, message_posted
+from parley.models import Attachment, Message, Room
+from parley.selectors import notification_recipients
+from parley.signals import message_changed, message_posted, notification
 
 log = logging.getLogger("parley.signals")
 User = get_user_model()
@@ -84,17 +86,21 @@ def _on_signal_thread(signal: Any, name: str, kwargs: dict[str, Any]) -> None:
         close_old_connections()
 
 
+def _signal_executor() -> ThreadPoolExecutor:
+    global _signal_thread
+    if _signal_thread is None:
+        _signal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-signals")
+    return _signal_thread
+
+
 def _dispatch(signal: Any, name: str, *, here: bool, **kwargs: Any) -> None:
     """Send `signal` in this thread (`here`: a synchronous caller's, which committed), or on the
     signal thread: a commit made for an event loop or on the database thread must not wait for
     receivers, which are synchronous and may query the database."""
-    global _signal_thread
     if here:
         _send(signal, name, **kwargs)
         return
-    if _signal_thread is None:
-        _signal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-signals")
-    _signal_thread.submit(_on_signal_thread, signal, name, kwargs)
+    _signal_executor().submit(_on_signal_thread, signal, name, kwargs)
 
 
 def _on_message_posted(event: events.MessagePosted) -> None:
@@ -116,5 +122,43 @@ def _on_entry_added(event: events.EntryAdded) -> None:
               message=event.message, source=event.source)
 
 
+def _notify(event: events.MessagePosted) -> None:
+    """On the signal thread: who the message notifies, then the signal for each of them."""
+    close_old_connections()
+    try:
+        room = Room.objects.get(pk=event.room_id)
+        if room.kind != Room.Kind.DM and len(_not_dm) < 100_000:
+            _not_dm.add(room.pk)  # a room's kind never changes
+        for user, reason in notification_recipients(message=event.message, room=room):
+            _send(notification, "notification", user=user, room=room, message=event.message, reason=reason)
+    except Room.DoesNotExist:
+        pass  # deleted since: nobody to tell
+    except Exception:
+        log.exception("could not work out who message %s#%s notifies", event.room_id, event.message.seq)
+    finally:
+        close_old_connections()
+
+
+def _on_message_posted_notify(event: events.MessagePosted) -> None:
+    # Only a message that can notify anyone costs the signal thread its queries: a mention,
+    # @room, or a private room (a DM's members; the kind is read there).
+    if not notification.has_listeners(Message):
+        return
+    message = event.message
+    if not (message.mentions or message.mention_room or _maybe_dm(event.room_id)):
+        return
+    _signal_executor().submit(_notify, event)
+
+
+# Rooms this process knows are no DM (public rooms, private rooms of kind "room"): a plain
+# message in them is skipped without a query. Filled on the signal thread.
+_not_dm: set[int] = set()
+
+
+def _maybe_dm(room_id: int) -> bool:
+    return room_id not in _not_dm
+
+
 events.subscribe(events.MessagePosted, _on_message_posted)
+events.subscribe(events.MessagePosted, _on_message_posted_notify)
 events.subscribe(events.EntryAdded, _on_entry_added)

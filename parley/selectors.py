@@ -9,9 +9,10 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from parley.models import SLUG_RE, ApiToken, Membership, Message, Reaction, Room
-from parley.payloads import ReaderReactions, quote_missing, reply_quote
-from parley.storage import db
+from parley.conf import parley_settings
+from parley.models import SLUG_RE, ApiToken, Membership, Message, Reaction, Room, RoomState
+from parley.payloads import ReaderReactions, quote_missing, reply_quote, room_notify
+from parley.storage import db, unread
 
 # ("user", id) or ("token", ApiToken id): what a socket's right to stay open rests on (parley.realtime.hub).
 Credential = tuple[str, int]
@@ -315,3 +316,68 @@ def tokens_get_active(*, raws: list[str]) -> list[ApiToken | None]:
     hashes = [token_hash(raw) for raw in raws]
     found = db().tokens_by_hash(list(dict.fromkeys(hashes)))
     return [found.get(h) for h in hashes]
+
+
+# --- Attention (docs/protocol.md §11) ---------------------------------------------------------
+
+# (room, the user's RoomState or None, (unread, mentions) capped at PARLEY_UNREAD_COUNT_MAX)
+RoomStateRow = tuple[Room, RoomState | None, tuple[int, int]]
+
+
+def room_state_list(*, user: Any) -> list[RoomStateRow]:
+    """The user's room list: every private room and DM they are a member of, and every public
+    room whose RoomState they have with `listed`; by slug, at most PARLEY_MAX_ROOMS_LISTED. One
+    statement for the whole list, counts included (parley.storage.unread)."""
+    rooms = unread.room_states(user_id=user.pk, cap=int(parley_settings.UNREAD_COUNT_MAX),
+                               limit=int(parley_settings.MAX_ROOMS_LISTED))
+    return [_state_row(user, room) for room in rooms]
+
+
+def room_state_get(*, user: Any, room: Room) -> RoomStateRow:
+    """The user's state of one room and its counts (one statement); the caller checked access."""
+    found = unread.room_states(user_id=user.pk, cap=int(parley_settings.UNREAD_COUNT_MAX), room_id=room.pk)
+    return _state_row(user, found[0] if found else room)
+
+
+def _state_row(user: Any, room: Room) -> RoomStateRow:
+    state = None
+    if getattr(room, "state_id", None) is not None:
+        state = RoomState(pk=room.state_id, user_id=user.pk, room_id=room.pk, last_read_seq=room.state_last_read_seq,
+                          notify=room.state_notify, muted=bool(room.state_muted), listed=bool(room.state_listed))
+    return room, state, (int(getattr(room, "unread_count", 0) or 0), int(getattr(room, "mention_count", 0) or 0))
+
+
+def notification_recipients(*, message: Message, room: Room) -> list[tuple[Any, str]]:
+    """Who is told of a new message through parley.signals.notification, and why: (user,
+    reason) for each active user other than its author who is in the room and whose setting
+    allows it, not muted. Reasons, strongest first: "mention" (named in it), "room_mention"
+    (@room, to the room's members, or a public room's listed users) and "dm" (every other member
+    of a DM). "nothing" allows none, "mentions" the first two, "all" every one."""
+    reasons: dict[int, str] = {}
+    members: set[int] | None = None
+    if room.is_private or room.kind == Room.Kind.DM:
+        members = set(Membership.objects.filter(room_id=room.pk).values_list("user_id", flat=True))
+    if room.kind == Room.Kind.DM and members is not None:
+        reasons.update(dict.fromkeys(members, "dm"))
+    if message.mention_room:
+        everyone = members if members is not None else set(
+            RoomState.objects.filter(room_id=room.pk, listed=True).values_list("user_id", flat=True))
+        reasons.update(dict.fromkeys(everyone, "room_mention"))
+    for mentioned in message.mentions or ():
+        reasons[mentioned["id"]] = "mention"
+    reasons.pop(message.author_id, None)
+    if members is not None:  # a private room's mentions name members; one removed since is out
+        reasons = {u: r for u, r in reasons.items() if u in members}
+    if not reasons:
+        return []
+    states = {s.user_id: s for s in RoomState.objects.filter(room_id=room.pk, user_id__in=reasons)}
+    users = get_user_model()._default_manager.filter(pk__in=reasons, is_active=True).order_by("pk")
+    found = []
+    for u in users:
+        state, reason = states.get(u.pk), reasons[u.pk]
+        if state is not None and state.muted:
+            continue
+        notify = room_notify(room, state)
+        if notify == RoomState.Notify.ALL or (notify == RoomState.Notify.MENTIONS and reason != "dm"):
+            found.append((u, reason))
+    return found

@@ -14,13 +14,15 @@ from django.utils import timezone
 
 from parley import events, mentions, protocol, uploads
 from parley.conf import parley_settings
-from parley.models import ApiToken, Membership, Message, Room
-from parley.payloads import reply_quote
+from parley.models import ApiToken, Membership, Message, Room, RoomState
+from parley.payloads import read_frame, reply_quote, room_state_payload
 from parley.revocation import CredentialsRevoked
 from parley.selectors import (
+    RoomStateRow,
     credentials_lost,
     message_get_by_client_id,
     message_send_checks,
+    room_state_get,
     room_user_can_access,
     token_hash,
 )
@@ -460,3 +462,58 @@ def tokens_touch(*, tokens: list[ApiToken]) -> None:
     pks = {t.pk for t in tokens if t.last_used_at is None or t.last_used_at < stale}
     if pks:
         ApiToken.objects.filter(pk__in=pks).update(last_used_at=now)
+
+
+# --- Attention (docs/protocol.md §11) ---------------------------------------------------------
+
+
+def room_states_open(*, opened: list[tuple[int, int, int]]) -> None:
+    """(user id, room id, the room's last_seq) for public rooms just joined: each user's
+    RoomState for the room, listed and read up to that seq; a user who has one already keeps
+    their marker and settings, and the room is listed again (they left it, and came back). One
+    INSERT … ON CONFLICT DO UPDATE for all of them (parley.commands.join sends a batch of joins
+    here off the join's own path)."""
+    rows = {(u, r): RoomState(user_id=u, room_id=r, last_read_seq=seq, listed=True) for u, r, seq in opened}
+    if rows:
+        RoomState.objects.bulk_create(list(rows.values()), update_conflicts=True, unique_fields=["user", "room"],
+                                      update_fields=["listed"])
+
+
+def room_state_mark_read(*, user: Any, room: Room, seq: int, skip_socket: str | None = None) -> RoomStateRow:
+    """Move the user's read marker in the room forward to `seq` (never back; a seq above the
+    room's last_seq is clamped to it). The caller checked access. The user's other sockets get a
+    `read` frame when it moved (but `skip_socket`, whose command this answers)."""
+    seq = min(seq, room.last_seq)
+    with transaction.atomic():
+        state, created = RoomState.objects.get_or_create(user_id=user.pk, room_id=room.pk,
+                                                         defaults={"last_read_seq": seq})
+        moved = created and seq > 0
+        if not created and state.last_read_seq < seq:
+            # Conditional: of two marks racing, the higher wins, whatever their order.
+            moved = RoomState.objects.filter(pk=state.pk, last_read_seq__lt=seq).update(last_read_seq=seq) > 0
+        row = room_state_get(user=user, room=room)
+        if moved:
+            events.send_event_on_commit(events.UserNotified(user_ids=(user.pk,), frame=read_frame(*row),
+                                                            skip_socket=skip_socket))
+    return row
+
+
+def room_state_update(*, user: Any, room: Room, notify: str | None = None, muted: bool | None = None,
+                      skip_socket: str | None = None) -> RoomStateRow:
+    """Change the user's notify ("" = the default, "all", "mentions", "nothing") and/or muted
+    settings of the room; the user's sockets get a `room_state` frame. The caller checked access."""
+    changes: dict[str, Any] = {}
+    if notify is not None:
+        changes["notify"] = notify
+    if muted is not None:
+        changes["muted"] = muted
+    with transaction.atomic():
+        state, created = RoomState.objects.get_or_create(user_id=user.pk, room_id=room.pk,
+                                                         defaults={"last_read_seq": 0, **changes})
+        if not created and changes:
+            RoomState.objects.filter(pk=state.pk).update(**changes, updated_at=timezone.now())
+        row = room_state_get(user=user, room=room)
+        events.send_event_on_commit(events.UserNotified(
+            user_ids=(user.pk,), frame={"type": "room_state", "state": room_state_payload(*row)},
+            skip_socket=skip_socket))
+    return row

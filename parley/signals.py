@@ -34,3 +34,14 @@ message_posted = Signal()
 # `message` (the message changed, as it is after the change) and `source` ("socket", "http",
 # "python" or "admin"). Where it runs, and send_robust: as message_posted.
 message_changed = Signal()
+
+# Sent once for each user a new message should notify (docs/protocol.md §11; README
+# "Notifications"), after its transaction committed, always on Parley's signal thread (never
+# on the event loop or in the request that posted it: receivers may send mail). Keyword
+# arguments: `sender` (Message), `user` (who to notify: an active user in the room, never the
+# author), `room` (the Room), `message` (as message_posted's) and `reason`: "mention" (the
+# message names them), "room_mention" (@room by the owner or an admin) or "dm" (a message in a
+# direct conversation of theirs). Sent only when the user's notify setting for the room allows
+# the reason ("nothing": none; "mentions", a room's default: mention and room_mention; "all", a
+# DM's default: every reason) and they have not muted the room. send_robust, as message_posted.
+notification = Signal()

@@ -31,7 +31,14 @@ from django.views.decorators.http import require_http_methods
 from parley import limits, metrics, protocol, selectors, services, throttles
 from parley.conf import parley_settings
 from parley.http_auth import api_error, bearer_authenticate
-from parley.payloads import fit_page, message_payload, room_payload, timestamp, user_payload
+from parley.payloads import (
+    fit_page,
+    message_payload,
+    room_payload,
+    room_state_payload,
+    timestamp,
+    user_payload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -424,3 +431,66 @@ def room_member_detail(request: HttpRequest, slug: str, username: str) -> JsonRe
     if user is None or not services.membership_remove(room=room, user=user):
         return api_error(404, "member_not_found", "no such member (the owner cannot be removed)")
     return JsonResponse({"removed": user_payload(user)})
+
+
+# --- Attention (docs/protocol.md §11) ---------------------------------------------------------
+
+_NOTIFY_VALUES = ("", "all", "mentions", "nothing")
+
+
+def _read_budget(request: HttpRequest) -> JsonResponse | None:
+    """One token of the user's read-mark budget (the sockets' `read` and `rooms` share it)."""
+    wait = limits.USER_READ_BUCKETS.shared_take_blocking(request.user.pk)
+    if wait:
+        metrics.refused("reads")
+        return rate_limited(wait, "too many read marks and room lists; retry later")
+    return None
+
+
+@api("GET")
+def room_states(request: HttpRequest) -> JsonResponse:
+    """GET /api/rooms/state: the user's room list, as the socket's `rooms` frame has it."""
+    if (refusal := _read_budget(request)) is not None:
+        return refusal
+    return JsonResponse({"rooms": [room_state_payload(*row) for row in selectors.room_state_list(user=request.user)]})
+
+
+@api("PUT")
+def room_read(request: HttpRequest, slug: str) -> JsonResponse:
+    """PUT /api/rooms/<slug>/read {"seq"}: the socket's `read` over HTTP."""
+    if (refusal := _read_budget(request)) is not None:
+        return refusal
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
+    seq = body.get("seq")
+    if seq is None:
+        return api_error(400, "missing_field", "'seq' is required", field="seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= protocol.MAX_SEQ:
+        return api_error(400, "bad_field", f"'seq' must be an integer from 0 to {protocol.MAX_SEQ}", field="seq")
+    room = selectors.room_get_visible(user=request.user, slug=slug)
+    if room is None:
+        return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    row = services.room_state_mark_read(user=request.user, room=room, seq=seq)
+    return JsonResponse({"state": room_state_payload(*row)})
+
+
+@api("PATCH")
+def room_state(request: HttpRequest, slug: str) -> JsonResponse:
+    """PATCH /api/rooms/<slug>/state {"notify"?, "muted"?}: the user's settings of the room."""
+    if (refusal := _read_budget(request)) is not None:
+        return refusal
+    body = _json_body(request)
+    if body is None:
+        return api_error(400, "bad_json", "the body must be a JSON object, without U+0000 in its strings")
+    notify, muted = body.get("notify"), body.get("muted")
+    if notify is not None and notify not in _NOTIFY_VALUES:
+        return api_error(400, "bad_field", "'notify' must be \"all\", \"mentions\", \"nothing\" or \"\" "
+                                           "(the default)", field="notify")
+    if muted is not None and not isinstance(muted, bool):
+        return api_error(400, "bad_field", "'muted' must be true or false", field="muted")
+    room = selectors.room_get_visible(user=request.user, slug=slug)
+    if room is None:
+        return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    row = services.room_state_update(user=request.user, room=room, notify=notify, muted=muted)
+    return JsonResponse({"state": room_state_payload(*row)})

@@ -132,10 +132,12 @@ def make_room(slug: str, *, owner: Any = None, private: bool = False) -> Any:
 class Client:
     """A connected test client: a WebsocketCommunicator that speaks JSON frames."""
 
-    def __init__(self, communicator: WebsocketCommunicator, user: Any, hello: dict[str, Any]) -> None:
+    def __init__(self, communicator: WebsocketCommunicator, user: Any, hello: dict[str, Any],
+                 rooms: dict[str, Any] | None = None) -> None:
         self.ws = communicator
         self.user = user
         self.hello = hello
+        self.rooms = rooms  # a version 2 socket's `rooms` frame, which follows hello (protocol.md §11)
         self._ref = 0
         self.inbox: list[dict[str, Any]] = []  # frames read while waiting for something else
 
@@ -211,7 +213,8 @@ async def open_socket(*, headers: list[tuple[bytes, bytes]],
 @pytest.fixture
 async def connect() -> AsyncIterator[Callable[..., Any]]:
     """`await connect(user)` → a Client authenticated by a fresh bearer token, hello consumed;
-    `connect(user, protocol=2)` asks for that protocol version (docs/protocol.md §10)."""
+    `connect(user, protocol=2)` asks for that protocol version (docs/protocol.md §10), and its
+    `rooms` frame after hello is consumed too (Client.rooms, §11)."""
     opened: list[Client] = []
 
     async def _connect(user: Any, *, origin: bytes | None = ORIGIN, protocol: int | None = None) -> Client:
@@ -224,7 +227,11 @@ async def connect() -> AsyncIterator[Callable[..., Any]]:
         assert connected, "handshake refused"
         hello = await communicator.receive_json_from(timeout=3)
         assert hello["type"] == "hello"
-        client = Client(communicator, user, hello)
+        rooms = None
+        if hello["protocol"] >= 2:
+            rooms = await communicator.receive_json_from(timeout=3)
+            assert rooms["type"] == "rooms", rooms
+        client = Client(communicator, user, hello, rooms)
         opened.append(client)
         return client
 

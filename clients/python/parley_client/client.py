@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from parley_client.attention import ATTENTION_TYPES, Attention
 from parley_client.backoff import Backoff
 from parley_client.errors import ClientClosed, ParleyError
 from parley_client.requests import Requests
@@ -95,6 +96,7 @@ class ParleyClient:
             check_alive=self._transport.check_alive, gap_fill_delay=gap_fill_delay,
             catchup_max=catchup_max, emit_backlog=emit_backlog,
         )
+        self._attention = Attention(requests=self._requests, ready=self._transport.ready, emit=self._emit)
         self._transport.source = self._sender
 
     def _may_send(self, conn: Connection, room: str) -> bool:
@@ -151,6 +153,30 @@ class ParleyClient:
 
     def room(self, slug: str) -> RoomState | None:
         return self._sync.rooms.get(slug)
+
+    @property
+    def room_states(self) -> dict[str, dict[str, Any]]:
+        """The user's room list by slug (protocol §11): each room's room-state object
+        (`last_read_seq`, `unread`, `mentions`, `notify`, `muted`), as the server sent it after
+        the latest `hello` and as `read`/`room_state` frames changed it since. Empty until the
+        first list arrives (`await client.wait_room_states()`)."""
+        return self._attention.states
+
+    async def wait_room_states(self) -> dict[str, dict[str, Any]]:
+        await self._attention.listed.wait()
+        return self._attention.states
+
+    async def read(self, room: str, seq: int, *, timeout: float | None = None) -> dict[str, Any]:
+        """Mark `room` read up to `seq` (no join needed); returns the `read` reply (`seq` is
+        where the marker is: it never moves back). Retried across reconnects until answered."""
+        self._transport.check_alive()
+        return await asyncio.wait_for(self._attention.request({"type": "read", "room": room, "seq": seq}), timeout)
+
+    async def rooms(self, *, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+        """Ask for the room list again; returns room_states."""
+        self._transport.check_alive()
+        await asyncio.wait_for(self._attention.request({"type": "rooms"}), timeout)
+        return self._attention.states
 
     # --- the application's calls ------------------------------------------------------------
 
@@ -214,7 +240,8 @@ class ParleyClient:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Server events in arrival order: the log's entries `message`, `edit`, `delete` and
         `reaction` (each once, in seq order per room; fold them with parley_client.apply),
-        `presence`, `typing`, `error` (unsolicited), plus the client's own `connected`,
+        `presence`, `typing`, `error` (unsolicited), the room list's `rooms`, `read` and
+        `room_state` (protocol §11; folded into room_states already), plus the client's own `connected`,
         `disconnected`, `reset`, `stale` and, last, `closed`. Meant for one consumer."""
         while True:
             event = await self._events.get()
@@ -266,6 +293,8 @@ class _Router:
         elif kind == "joined":
             c._sync.on_joined(conn, frame)
             c._requests.resolve(conn, frame)
+        elif kind in ATTENTION_TYPES and "ref" not in frame:
+            c._attention.on_frame(frame)
         elif c._requests.resolve(conn, frame):
             pass
         elif kind == "left":

@@ -9,6 +9,7 @@ import { Profiles, openProfileCard, openProfileDialog } from "./ui/profiles.js";
 import { Shortcuts } from "./ui/shortcuts.js";
 import { Search } from "./ui/search.js";
 import { Uploads } from "./ui/uploads.js";
+import { Attention } from "./ui/attention.js";
 
 hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
@@ -119,6 +120,16 @@ const sidebar = new Sidebar({
     closePanels();
     if (slug !== current) openRoom(slug);
   },
+  decorate: (link, room) => attention.decorate(link, room),
+});
+
+const attention = new Attention({
+  client, me, roomsUrl: urls.apiRooms, current: () => current, timeline: el.timeline, list: el.list,
+  head: document.querySelector(".chat-head"), sidebar: el.sidebar, flash: (text) => flash(text),
+  changed: () => {
+    sidebar.render();
+    renderTitle();
+  },
 });
 
 // #/room, or #/room/seq: a link to one message (the "copy link" action).
@@ -141,10 +152,12 @@ function openRoom(slug, jumpTo = null) {
   uploads.render(); // this room's uploads (and updateComposer)
   updateComposer();
   if (location.hash !== `#/${slug}` && !jumpTo) history.replaceState(null, "", `#/${slug}`);
+  attention.opened(slug);
   render("open");
   if (!sidebar.find(slug)) sidebar.load().then(() => render("rooms")).catch(() => {});
   loadOwner(slug);
   client.join(slug).then(() => {
+    if (slug === current) attention.joined(slug);
     if (pendingJump && pendingJump.slug === current) {
       const { seq } = pendingJump;
       pendingJump = null;
@@ -197,7 +210,7 @@ function render(reason) {
   const info = sidebar.find(current) || snap?.info;
   el.title.replaceChildren(icon(info?.private ? "lock" : "hash", "icon title-icon"), info ? info.title || info.slug : current || "");
   el.sub.textContent = info && info.title && info.title !== info.slug ? info.slug : "";
-  document.title = info ? `${info.title || info.slug} · Parley` : "Parley";
+  renderTitle(info);
   if (!snap) return;
   if (!QUIET_REASONS.has(reason)) {
     if (selectingInTimeline()) timelineDirty = true; // don't pull the text out from under a selection
@@ -219,6 +232,7 @@ function render(reason) {
           el.input.focus();
         },
       }, { ...actions.ui(snap), people });
+      attention.afterRender();
       if (editing && actions.editInput.isConnected) {
         actions.editInput.focus({ preventScroll: true });
         actions.editInput.setSelectionRange(...caret);
@@ -234,6 +248,10 @@ function render(reason) {
   el.start.hidden = !snap.joined || snap.hasMore || !snap.messages.length;
   renderMembers(snap.members);
   el.typing.textContent = typingText(snap.typing);
+}
+
+function renderTitle(info = sidebar.find(current) || (current && client.room(current)?.info)) {
+  document.title = attention.title(info ? `${info.title || info.slug} · Parley` : "Parley");
 }
 
 // Events that change neither messages nor pending sends leave the timeline's DOM alone.
@@ -263,15 +281,7 @@ client.on("room", ({ slug, reason }) => {
   if (slug === current) render(reason);
 });
 
-// Unread counts for rooms joined earlier but not on screen.
-const seenSeq = new Map();
-client.on("room", ({ slug, reason }) => {
-  const snap = client.room(slug);
-  if (!snap) return;
-  const prev = seenSeq.get(slug) ?? snap.highSeq;
-  if (reason === "message" && slug !== current && snap.highSeq > prev) sidebar.bumpUnread(slug);
-  seenSeq.set(slug, snap.highSeq);
-});
+// Unread counts: ui/attention.js, from the room list (docs/protocol.md §11).
 
 function loadOlder() {
   const snap = current && client.room(current);

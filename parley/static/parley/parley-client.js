@@ -285,6 +285,7 @@ export class ParleyClient {
     this.limits = { max_text_chars: 4000, history_page_max: 100 };
     this.heartbeatSecs = this.opts.heartbeatSecs;
     this.rooms = new Map();
+    this.roomStates = new Map(); // slug -> room-state (protocol §11): the user's room list
     this.outbox = []; // unacked sends, in the order the user made them
 
     this._listeners = new Map();
@@ -310,7 +311,8 @@ export class ParleyClient {
 
   // --- events -------------------------------------------------------------------------------
 
-  /** Subscribe; returns an unsubscribe function. Events: state, hello, room, error, revoked. */
+  /** Subscribe; returns an unsubscribe function. Events: state, hello, room, error, revoked,
+   * attention ({kind: "rooms"|"read"|"room_state"|"count", slug?}: roomStates changed). */
   on(type, fn) {
     if (!this._listeners.has(type)) this._listeners.set(type, new Set());
     this._listeners.get(type).add(fn);
@@ -532,6 +534,12 @@ export class ParleyClient {
         return this._onPresence(frame);
       case "typing":
         return this._onTyping(frame);
+      case "rooms":
+        return this._onRooms(frame);
+      case "read":
+        return this._onRead(frame);
+      case "room_state":
+        return this._onRoomState(frame);
       case "error":
         return this._emit("error", new ParleyError(frame.code, frame.message, frame));
       default:
@@ -572,8 +580,9 @@ export class ParleyClient {
     this._afterEntries(room, [frame]);
   }
 
-  /** After entries were applied: typing, the outbox and one `room` event. */
+  /** After entries were applied: typing, the outbox, unread counts and one `room` event. */
   _afterEntries(room, frames, reason = null) {
+    this._countUnread(room.slug, frames);
     for (const f of frames) {
       if (f.type !== "message") continue;
       // Whoever just sent a message has stopped typing it.
@@ -593,6 +602,76 @@ export class ParleyClient {
     if (room.resyncing || !room.live) return;
     room.resyncing = true;
     this._sendJoin(room);
+  }
+
+  // --- attention (protocol §11): the room list, read markers ---------------------------------
+
+  _onRooms(frame) {
+    // Each room's counts are the server's up to its last_seq; messages after it are counted here.
+    this.roomStates = new Map((frame.rooms || []).map((s) => [s.room.slug, { ...s, countedSeq: s.room.last_seq }]));
+    this._emit("attention", { kind: "rooms" });
+  }
+
+  _onRead(frame) {
+    const state = this.roomStates.get(frame.room);
+    if (!state) return;
+    Object.assign(state, { last_read_seq: frame.seq, unread: frame.unread, mentions: frame.mentions });
+    state.countedSeq = Math.max(state.countedSeq ?? 0, frame.seq, this.rooms.get(frame.room)?.highSeq ?? 0);
+    this._emit("attention", { kind: "read", slug: frame.room });
+  }
+
+  _onRoomState(frame) {
+    const next = frame.state;
+    if (!next?.room) return;
+    const old = this.roomStates.get(next.room.slug);
+    this.roomStates.set(next.room.slug, { ...next, countedSeq: Math.max(old?.countedSeq ?? 0, next.room.last_seq) });
+    this._emit("attention", { kind: "room_state", slug: next.room.slug });
+  }
+
+  /** Live and resumed messages of a listed room that are someone else's raise its counts. */
+  _countUnread(slug, frames) {
+    const state = this.roomStates.get(slug);
+    const meId = this.user?.id;
+    if (!state) return;
+    const cap = this.limits.unread_count_max || 1000;
+    let changed = false;
+    for (const f of frames) {
+      if (f.type !== "message" || !f.message) continue;
+      const m = f.message;
+      if (m.seq <= Math.max(state.countedSeq ?? 0, state.last_read_seq)) continue;
+      state.countedSeq = m.seq;
+      if (m.deleted || m.author?.id === meId) continue;
+      state.unread = Math.min(cap, state.unread + 1);
+      if (m.mention_room || (m.mentions || []).some((u) => u.id === meId)) state.mentions = Math.min(cap, state.mentions + 1);
+      changed = true;
+    }
+    if (changed) this._emit("attention", { kind: "count", slug });
+  }
+
+  /** The user's state of a room (protocol §11), or null if it is not in their list. */
+  roomState(slug) {
+    return this.roomStates.get(slug) || null;
+  }
+
+  /** Move the room's read marker to `seq` (it never moves back); resolves with the `read` reply. */
+  markRead(slug, seq) {
+    return this._request({ type: "read", room: slug, seq }).then((reply) => {
+      if (!this.roomStates.has(slug)) {
+        // A room read for the first time (e.g. just opened): it is in the list from now on.
+        const info = this.rooms.get(slug)?.info;
+        if (info) this.roomStates.set(slug, { room: info, last_read_seq: 0, unread: 0, mentions: 0, notify: "mentions", muted: false, countedSeq: 0 });
+      }
+      this._onRead(reply);
+      return reply;
+    });
+  }
+
+  /** Ask for the room list again; resolves with roomStates. */
+  refreshRooms() {
+    return this._request({ type: "rooms" }).then((reply) => {
+      this._onRooms(reply);
+      return this.roomStates;
+    });
   }
 
   _onMessageV1(room, msg) {
@@ -679,12 +758,21 @@ export class ParleyClient {
   /**
    * Join a room now and after every reconnect. Resolves with the room snapshot on the first
    * `joined` (waiting for a connection if needed); rejects on an `error` (e.g. room_not_found).
+   * `resume: {seq, epoch}` (a room not joined yet): start from that seq, as a reconnect would.
    */
-  join(slug) {
+  join(slug, { resume = null } = {}) {
     let room = this.rooms.get(slug);
     if (!room) {
       room = new RoomState(slug);
       this.rooms.set(slug, room);
+      if (resume && resume.epoch) {
+        // Joined from the room list (protocol §11): resume at its last_seq, so that nothing
+        // before it is sent; older messages are paged with history() when the room is opened.
+        room.epoch = resume.epoch;
+        room.highSeq = resume.seq;
+        room.everJoined = true;
+        room.hasMore = resume.seq > 0;
+      }
     }
     room.wanted = true;
     const promise = new Promise((resolve, reject) => room.joinWaiters.push({ resolve, reject }));

@@ -27,7 +27,8 @@ export async function api(path, { method = "GET", body, raw } = {}) {
 }
 
 export class Sidebar {
-  constructor({ roomsUrl, listEl, formEl, errorEl, detailsEl, onSelect }) {
+  constructor({ roomsUrl, listEl, formEl, errorEl, detailsEl, onSelect, decorate = null }) {
+    this.decorate = decorate; // (link, room) => void: adds what the room list knows of the room
     this.roomsUrl = roomsUrl; // GET/POST rooms, under the prefix the host mounted Parley at
     this.listEl = listEl;
     this.formEl = formEl;
@@ -80,8 +81,7 @@ export class Sidebar {
     const items = this.rooms.map((room) => {
       const unread = this.unread.get(room.slug) || 0;
       const active = room.slug === this.current;
-      return h("li", {},
-        h("a", {
+      const link = h("a", {
           href: `#/${encodeURIComponent(room.slug)}`,
           class: `room-link${active ? " room-link--active" : ""}${unread ? " room-link--unread" : ""}`,
           testid: "room-link",
@@ -91,7 +91,9 @@ export class Sidebar {
         },
         h("span", { class: "room-hash", title: room.private ? "Private" : null }, icon(room.private ? "lock" : "hash")),
         h("span", { class: "room-name" }, room.title || room.slug),
-        unread ? h("span", { class: "badge", testid: "unread", "aria-label": `${unread} unread` }, unread > 99 ? "99+" : String(unread)) : null));
+        unread ? h("span", { class: "badge", testid: "unread", "aria-label": `${unread} unread` }, unread > 99 ? "99+" : String(unread)) : null);
+      if (this.decorate) this.decorate(link, room); // badges from the room list (ui/attention.js)
+      return h("li", {}, link);
     });
     this.listEl.replaceChildren(...items);
   }

@@ -1,0 +1,1 @@
+"""Optional pieces a project turns on itself (README "Notifications")."""
