@@ -187,6 +187,17 @@ ROOM_MENTIONS_PER_HOUR = Limit("@room rate", "ROOM_MENTIONS_PER_HOUR", 10, "mess
                                "messages (and edits) with @room by a room owner or admin that mention "
                                "the room, per process; beyond it @room stays plain text")
 
+# --- Rooms, members and direct conversations (docs/protocol.md §12) ---
+DMS_CREATED_PER_USER_PER_HOUR = Limit("DM creation rate", "DMS_CREATED_PER_USER_PER_HOUR", 30,
+                                      "requests/hour per user",
+                                      "POST /api/dms requests per user (token bucket, per process), "
+                                      "refused ones and reopened DMs included")
+MAX_DM_MEMBERS = Limit("DM size", "MAX_DM_MEMBERS", 8, "users",
+                       "people in one direct conversation, its creator included")
+USER_SEARCHES_PER_MIN = Limit("user search rate", "USER_SEARCHES_PER_MIN", 60,
+                              "requests/min per user",
+                              "GET /api/users?q= requests per user (token bucket, per process)")
+
 # type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
 # which loads it (config/serve.py imports this module in processes with no settings).
 ALL = [v for v in list(globals().values()) if type(v) is Limit]

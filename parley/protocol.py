@@ -56,6 +56,7 @@ MESSAGE_NOT_FOUND = "message_not_found"
 MESSAGE_DELETED = "message_deleted"
 FORBIDDEN = "forbidden"
 TOO_MANY_REACTIONS = "too_many_reactions"
+ROOM_ARCHIVED = "room_archived"  # send/edit/react in an archived (read-only) room (§12)
 UNSUPPORTED_PROTOCOL = "unsupported_protocol"  # the handshake's ?protocol= (an HTTP 400)
 MAX_EMOJI_CHARS = 32
 
