@@ -223,3 +223,33 @@ async def test_version_1_joined_room_object_is_unchanged_version_2_has_kind_and_
     assert (room["kind"], room["archived"]) == ("room", False) and "members" not in room
     status, body = await http(ada, "GET", "/api/rooms")
     assert status == 200 and body["rooms"][0]["kind"] == "room" and body["rooms"][0]["archived"] is False
+
+
+async def test_the_django_admin_adding_a_member_or_renaming_tells_them_live(connect):
+    ada, bob = await make_user("ada"), await make_user("bob")
+    team = await make_room("team", owner=ada, private=True)
+
+    @database_sync_to_async
+    def admin_save(title: str, members: list[Any]) -> int:
+        boss = services.user_create(username=f"boss{len(members)}", password="correct-horse-battery")
+        boss.is_staff = boss.is_superuser = True
+        boss.save()
+        client = HttpClient()
+        client.force_login(boss)
+        current = list(Membership.objects.filter(room=team).order_by("pk"))
+        data = {"slug": "team", "title": title, "kind": "room", "is_private": "on", "owner": str(ada.pk),
+                "memberships-TOTAL_FORMS": str(len(current) + len(members)),
+                "memberships-INITIAL_FORMS": str(len(current)), "memberships-MIN_NUM_FORMS": "0",
+                "memberships-MAX_NUM_FORMS": "1000"}
+        rows = [(m.pk, m.user_id, m.role) for m in current] + [("", u.pk, "member") for u in members]
+        for i, (pk, user_id, role) in enumerate(rows):
+            data.update({f"memberships-{i}-id": str(pk), f"memberships-{i}-room": str(team.pk),
+                         f"memberships-{i}-user": str(user_id), f"memberships-{i}-role": role})
+        return client.post(f"/admin/parley/room/{team.pk}/change/", data).status_code
+
+    bob_v2 = await connect(bob, protocol=2)
+    assert await admin_save("Team", [bob]) == 302
+    assert (await bob_v2.recv_type("room_added"))["state"]["room"]["slug"] == "team"
+    assert (await state_of(bob, team)).listed
+    assert await admin_save("Renamed", []) == 302
+    assert (await bob_v2.recv_type("room_updated"))["room"]["title"] == "Renamed"
