@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 
-from parley import conversation
+from parley import conversation, rooms
 from parley.models import ApiToken, Membership, Message, Room
 from parley.services import MessageRefused, membership_remove, token_revoke
 from parley.throttles import AdminLoginForm
@@ -20,14 +20,20 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ["slug", "title", "is_private", "owner", "last_seq", "created_at"]
-    list_filter = ["is_private"]
+    list_display = ["slug", "title", "kind", "is_private", "archived_at", "owner", "last_seq", "created_at"]
+    list_filter = ["kind", "is_private"]
     search_fields = ["slug", "title"]
     readonly_fields = ["last_seq", "epoch", "created_at"]
     inlines = [MembershipInline]
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and {"title", "archived_at", "is_private"} & set(form.changed_data):
+            rooms.notify_updated(room=obj)  # room_updated, as PATCH /api/rooms/<slug> sends it
+
     def save_formset(self, request, form, formset, change):
-        # Removing a member through the service makes their open sockets leave the room now.
+        # Removing a member through the service makes their open sockets leave the room now;
+        # a member added here gets their RoomState and `room_added`, as through the API.
         instances = formset.save(commit=False)
         for obj in formset.deleted_objects:
             if isinstance(obj, Membership):
@@ -35,7 +41,10 @@ class RoomAdmin(admin.ModelAdmin):
             else:
                 obj.delete()
         for obj in instances:
+            added = isinstance(obj, Membership) and obj.pk is None
             obj.save()
+            if added and obj.room.is_private:
+                rooms.member_added(room=obj.room, user=obj.user)  # their RoomState and room_added
         formset.save_m2m()
 
 

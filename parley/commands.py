@@ -78,7 +78,7 @@ async def join(session: Session, cmd: protocol.Join, ref: str | None) -> None:
     replay = recovered and session.v2  # a version 2 resume lists the log's entries (protocol.md §10)
     reply = with_ref({
         "type": "joined",
-        "room": room_payload(room, last_seq=last_seq),
+        "room": room_payload(room, last_seq=last_seq, v2=session.v2),
         "messages": [] if replay else [message_payload(m, room_slug=room.slug, reader_reactions=mine,
                                                        attachments=session.v2) for m in messages],
         "has_more": has_more,

@@ -92,6 +92,10 @@ def join_snapshots(items: list[tuple[Any, protocol.Join]], tokens: list[int | No
                                                       credentials=credentials)
     refused = [_refused(user, token_id, lost) for (user, _), token_id in zip(items, tokens, strict=True)]
     rooms = [None if no else room for room, no in zip(rooms, refused, strict=True)]
+    # A version 2 `joined` lists a DM's members in its room object (docs/protocol.md §12): one
+    # query, only when a DM is joined.
+    selectors.rooms_with_dm_members(rooms=[r for r, v2 in zip(rooms, v2s, strict=True)
+                                           if v2 and r is not None and r.kind == Room.Kind.DM])
     resumes: dict[int, tuple[int, int, int]] = {i: (room.pk, cmd.after_seq or 0, room.last_seq) for i, (room, (_, cmd)) in enumerate(zip(rooms, items, strict=True))
                if room is not None and _resumable(room, cmd)}
     ranges = dict(zip(resumes, selectors.messages_in_ranges(ranges=list(resumes.values())), strict=True))

@@ -24,8 +24,8 @@ from parley import events, mentions, protocol, uploads
 from parley.conf import parley_settings
 from parley.models import Message, Reaction, Room
 from parley.revocation import CredentialsRevoked
-from parley.selectors import room_user_can_manage, room_user_can_use, sees_all, with_quote
-from parley.services import MessageRefused, room_reserve_seqs
+from parley.selectors import room_user_can_moderate, room_user_can_use, sees_all, with_quote
+from parley.services import MessageRefused, RoomArchived, room_reserve_seqs
 from parley.storage import db
 
 
@@ -77,8 +77,9 @@ def message_delete(*, room: Room, actor: Any, seq: int, token_id: int | None = N
     every edit of it are erased from the database (not hidden), its reactions and files removed; the
     message stays as a tombstone, so the log keeps its seq."""
     def change(target: Message, entry: Message) -> None:
-        if target.author_id != actor.pk and not room_user_can_manage(room=room, user=actor):
-            raise MessageRefused(protocol.FORBIDDEN, "only its author, the room's owner or an admin may delete a message")
+        if target.author_id != actor.pk and not room_user_can_moderate(room=room, user=actor):
+            raise MessageRefused(protocol.FORBIDDEN,
+                                 "only its author, the room's owner or moderators, or an admin may delete a message")
         if target.deleted_at is not None:
             raise _Unchanged(target)
         target.text, target.mentions, target.mention_room, target.reactions = "", None, False, None
@@ -157,6 +158,10 @@ def _change(room: Room, actor: Any, seq: int, kind: str, change: Any, *, token_i
         raise CredentialsRevoked(lost)
     if not allowed:
         raise MessageRefused(protocol.ROOM_NOT_FOUND, f"no room {room.slug!r} that you may see")
+    # Archived: read-only, but a delete still erases a text (its author's or a moderator's
+    # right to take something down outlives the room's use).
+    if room.archived_at is not None and kind != Message.Kind.DELETE:
+        raise RoomArchived()
     try:
         with transaction.atomic():
             # The room's lock first (the seq), then the message: changes to one room queue here,

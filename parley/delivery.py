@@ -94,6 +94,9 @@ class Delivery:
         """Called by parley.realtime.hub for an event addressed to this socket's user
         (parley.fanout.user_event): version 2 sockets get its frame, unless they caused it."""
         if self.v2 and event.get("skip") != self.session.socket_id:
+            leave = event.get("leave_room")
+            if leave is not None:
+                self.leave_now(leave)  # (room_removed: out of the room before the frame says so)
             self.send_message(event["frame"], None)
 
     # --- room events ------------------------------------------------------------------------
@@ -117,10 +120,19 @@ class Delivery:
     async def room_revoked(self, event: dict[str, Any]) -> None:
         """A user lost access to the room (removed from a private room): if it is this socket's
         user, leave it now."""
-        sub = self.subs.get(event["room_id"])
-        if sub is not None and event["user_id"] == self.session.user.pk:
-            await self.session.unsubscribe(sub)
-            self.session.send_frame({"type": "left", "room": sub.slug, "reason": "removed"})
+        if event["user_id"] == self.session.user.pk:
+            self.leave_now(event["room_id"])
+
+    def leave_now(self, room_id: int) -> None:
+        """Leave the room on this socket at once, telling the client (`left`, reason "removed");
+        the hub and presence catch up in a task. Nothing if the socket is not in it (a removal
+        reaches it both as a room event and, version 2, with its user event: one `left`)."""
+        sub = self.subs.get(room_id)
+        if sub is None:
+            return
+        self.session.forget_room(sub)
+        self.session.send_frame({"type": "left", "room": sub.slug, "reason": "removed"})
+        spawn(self.session.unsubscribe(sub))
 
     # --- going live and filling gaps --------------------------------------------------------
 

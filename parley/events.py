@@ -82,11 +82,13 @@ class CredentialRevoked:
 class UserNotified:
     """A frame for every socket of these users, not of a room (a room added to or removed from
     their list, a read marker moved): parley.fanout.user_event. `skip_socket` is the socket id
-    whose own command caused it (its reply says so already)."""
+    whose own command caused it (its reply says so already). `leave_room_id`: the room the
+    users' version 2 sockets leave before they get the frame (room_removed, parley.rooms)."""
 
     user_ids: tuple[int, ...]
     frame: dict[str, Any]
     skip_socket: str | None = None
+    leave_room_id: int | None = None
 
 
 _subscribers: dict[type, list[Callable[[Any], None]]] = {}

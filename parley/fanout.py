@@ -101,11 +101,15 @@ async def broadcast_removed(*, room_id: int, user_id: int) -> None:
     await broadcast(room_id, {"type": "chat.revoke", "room_id": room_id, "user_id": user_id})
 
 
-def user_event(*, user_id: int, frame: dict[str, Any], skip_socket: str | None = None) -> dict[str, Any]:
+def user_event(*, user_id: int, frame: dict[str, Any], skip_socket: str | None = None,
+               leave_room_id: int | None = None) -> dict[str, Any]:
     """An event for every socket of one user (version 2 sockets: parley.delivery), the frame
     encoded once; `skip_socket` (a socket id) does not get it — the socket whose own command
-    caused it, which has its reply."""
-    return {"type": "user.frame", "user_id": user_id, "frame": protocol.encode(frame), "skip": skip_socket}
+    caused it, which has its reply. `leave_room_id`: sockets in that room leave it first."""
+    event = {"type": "user.frame", "user_id": user_id, "frame": protocol.encode(frame), "skip": skip_socket}
+    if leave_room_id is not None:
+        event["leave_room"] = leave_room_id
+    return event
 
 
 async def broadcast_user(*, user_id: int, frame: dict[str, Any], skip_socket: str | None = None) -> None:
@@ -242,7 +246,8 @@ def _on_user_notified(event: events.UserNotified) -> None:
     for user_id in event.user_ids:
         try:
             deliver_user_from_sync(user_id, user_event(user_id=user_id, frame=event.frame,
-                                                       skip_socket=event.skip_socket))
+                                                       skip_socket=event.skip_socket,
+                                                       leave_room_id=event.leave_room_id))
         except Exception:
             log.exception("live delivery of a %s event to user %s failed", event.frame.get("type"), user_id)
 

@@ -241,6 +241,16 @@ MAX_ROOMS_LISTED = Limit("rooms listed", "MAX_ROOMS_LISTED", 500, "rooms",
 UNREAD_COUNT_MAX = Limit("unread count cap", "UNREAD_COUNT_MAX", 1000, "messages",
                          "unread and mention counts stop at this (a client shows \"1000+\"): "
                          "counting is a bounded scan per room")
+# --- Rooms, members and direct conversations (docs/protocol.md §12) ---
+DMS_CREATED_PER_USER_PER_HOUR = Limit("DM creation rate", "DMS_CREATED_PER_USER_PER_HOUR", 30,
+                                      "requests/hour per user",
+                                      "POST /api/dms requests per user (token bucket, per process), "
+                                      "refused ones and reopened DMs included")
+MAX_DM_MEMBERS = Limit("DM size", "MAX_DM_MEMBERS", 8, "users",
+                       "people in one direct conversation, its creator included")
+USER_SEARCHES_PER_MIN = Limit("user search rate", "USER_SEARCHES_PER_MIN", 60,
+                              "requests/min per user",
+                              "GET /api/users?q= requests per user (token bucket, per process)")
 
 # type(), not isinstance(): isinstance() asks a lazy object (as Django's settings) for its class,
 # which loads it (config/serve.py imports this module in processes with no settings).

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # The status of each refusal (the body's `code` is the protocol's).
 STATUS = {protocol.ROOM_NOT_FOUND: 404, protocol.MESSAGE_NOT_FOUND: 404, protocol.MESSAGE_DELETED: 409,
-          protocol.FORBIDDEN: 403, protocol.TOO_MANY_REACTIONS: 409}
+          protocol.FORBIDDEN: 403, protocol.TOO_MANY_REACTIONS: 409, protocol.ROOM_ARCHIVED: 409}
 
 
 def refusal(exc: MessageRefused) -> HttpResponse:

@@ -12,14 +12,23 @@ def user_payload(user: Any) -> dict[str, Any]:
     return {"id": user.pk, "username": user.get_username()}
 
 
-def room_payload(room: Room, *, last_seq: int | None = None) -> dict[str, Any]:
-    return {
+def room_payload(room: Room, *, last_seq: int | None = None, v2: bool = False) -> dict[str, Any]:
+    """The room object (docs/protocol.md §2); `v2` (version 2 sockets and HTTP, §12) adds `kind`,
+    `archived` and, for a DM, `members` (loaded beforehand as `dm_members`:
+    parley.selectors.rooms_with_dm_members)."""
+    payload = {
         "slug": room.slug,
         "title": room.title,
         "private": room.is_private,
         "epoch": room.epoch,
         "last_seq": room.last_seq if last_seq is None else last_seq,
     }
+    if v2:
+        payload["kind"] = room.kind
+        payload["archived"] = room.archived_at is not None
+        if room.kind == Room.Kind.DM:
+            payload["members"] = [user_payload(u) for u in getattr(room, "dm_members", ())]
+    return payload
 
 
 def room_notify(room: Room, state: RoomState | None) -> str:
@@ -35,7 +44,7 @@ def room_state_payload(room: Room, state: RoomState | None, counts: tuple[int, i
     the (capped) unread and mention counts `counts`, and their notify/muted settings. No state
     row yet reads as nothing read, the default notify, not muted."""
     return {
-        "room": room_payload(room),
+        "room": room_payload(room, v2=True),  # room-state objects exist for version 2 only
         "last_read_seq": state.last_read_seq if state is not None else 0,
         "unread": counts[0],
         "mentions": counts[1],

@@ -58,6 +58,7 @@ FORBIDDEN = "forbidden"
 TOO_MANY_REACTIONS = "too_many_reactions"
 ATTACHMENT_NOT_FOUND = "attachment_not_found"  # version 2's send (docs/protocol.md §14)
 TOO_MANY_ATTACHMENTS = "too_many_attachments"
+ROOM_ARCHIVED = "room_archived"  # send/edit/react in an archived (read-only) room (§12)
 UNSUPPORTED_PROTOCOL = "unsupported_protocol"  # the handshake's ?protocol= (an HTTP 400)
 MAX_EMOJI_CHARS = 32
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import close_old_connections
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
-from parley import events
+from parley import events, rooms
 from parley.models import Attachment, Message, Room
 from parley.selectors import notification_recipients
 from parley.signals import message_changed, message_posted, notification
@@ -67,6 +67,13 @@ def user_deactivated(sender: Any, instance: Any, update_fields: Any = None, **kw
 def user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     """Called after a user is deleted; closes their sockets."""
     events.send_event_on_commit(events.CredentialRevoked(credential=("user", instance.pk)))
+
+
+@receiver(pre_delete, sender=Room, dispatch_uid="parley-room-deleted")
+def room_deleted(sender: Any, instance: Room, **kwargs: Any) -> None:
+    """Before a room is deleted (the admin, a shell, code), while its memberships still exist:
+    its members and listers hear `room_removed` reason "deleted" once the delete commits."""
+    rooms.room_deleted(room=instance, user_ids=rooms.room_deleted_audience(room=instance))
 
 
 _signal_thread: ThreadPoolExecutor | None = None

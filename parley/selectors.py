@@ -13,6 +13,7 @@ from parley.conf import parley_settings
 from parley.models import SLUG_RE, ApiToken, Membership, Message, Reaction, Room, RoomState
 from parley.payloads import ReaderReactions, quote_missing, reply_quote, room_notify
 from parley.storage import db, unread
+from parley.storage.reads import ARCHIVED_FLAG, DM_FLAG, PRIVATE_FLAG
 
 # ("user", id) or ("token", ApiToken id): what a socket's right to stay open rests on (parley.realtime.hub).
 Credential = tuple[str, int]
@@ -21,12 +22,13 @@ Credential = tuple[str, int]
 def room_visible_q(*, user: Any) -> Q:
     """Rooms a user may see: every public room, and private rooms they are a member of.
 
-    Staff see every room: they can read all of it in the Django admin anyway, and they manage
-    the members of private rooms.
+    Staff see every room but direct conversations (DMs) they are not in: they manage the members
+    of private rooms; a DM is its members' only (docs/protocol.md §12).
     """
-    if _sees_all(user):
-        return Q()
     member_rooms = Membership.objects.filter(user_id=user.pk).values("room_id")
+    if _sees_all(user):
+        # Except direct conversations: private by construction, to their members only.
+        return ~Q(kind=Room.Kind.DM) | Q(pk__in=member_rooms)
     return Q(is_private=False) | Q(pk__in=member_rooms)
 
 
@@ -62,7 +64,7 @@ def _rooms_visible(wanted: list[tuple[Any, str]],
     lost = credentials_lost(credentials=(c for c in credentials if c[1] is not None))
     found = [(user, by_slug.get(slug)) for user, slug in wanted]
     allowed = _accessible(pairs=[(user, r.pk) for user, r in found if r is not None],
-                          is_private={r.pk: r.is_private for r in by_slug.values()})
+                          flags={r.pk: _flags(r) for r in by_slug.values()})
     return [r if r is not None and (user.pk, r.pk) in allowed else None for user, r in found], lost
 
 
@@ -104,6 +106,7 @@ def _credential_ids(credentials: Iterable[Credential]) -> tuple[list[int], list[
 
 def message_send_checks(
     *, pairs: list[tuple[Any, int]], keys: list[tuple[int, int, str]], tokens: Iterable[int | None] = (),
+    archived: set[int] | None = None,
 ) -> tuple[set[tuple[int, int]], dict[tuple[int, int, str], Message], set[Credential]]:
     """What an ingest batch checks before it writes (parley.services), whatever the batch's size:
 
@@ -120,33 +123,48 @@ def message_send_checks(
     idempotency lookup is a second, only when some sends have a client_id; a third runs only
     for private rooms of users who do not see all (their memberships), a fourth only when some
     keys are retries (their full rows).
+
+    `archived`, if given, receives the ids of the pairs' rooms that are archived (read-only:
+    their sends are refused with room_archived), from the same statement.
     """
     room_ids = list({room_id for _, room_id in pairs})
     users = sorted({user.pk for user, _ in pairs if user.pk is not None})
     token_ids = sorted({t for t in tokens if t is not None})
-    is_private: dict[int, bool] = {}
+    flags: dict[int, int] = {}
     lost: set[Credential] = set()
     if room_ids or users or token_ids:
-        is_private, lost = db().access_facts(room_ids, users, token_ids)
-    allowed = _accessible(pairs=pairs, is_private=is_private) if room_ids else set()
+        flags, lost = db().access_facts(room_ids, users, token_ids)
+    if archived is not None:
+        archived.update(room_id for room_id, f in flags.items() if f & ARCHIVED_FLAG)
+    allowed = _accessible(pairs=pairs, flags=flags) if room_ids else set()
     wanted = list(set(keys))
     existing = _client_id_hits(db().client_id_hits(wanted)) if wanted else {}
     return allowed, existing, lost
 
 
-def _accessible(*, pairs: list[tuple[Any, int]], is_private: dict[int, bool]) -> set[tuple[int, int]]:
-    """room_visible_q's rule in Python, for rooms whose privacy is known: public rooms to all,
-    private ones to staff and members (one query for the memberships, if any is needed)."""
-    private = {room_id for room_id, p in is_private.items() if p}
-    plain_users = {user.pk for user, room_id in pairs if room_id in private and not _sees_all(user)}
+def _flags(room: Room) -> int:
+    """A loaded room's flags, as the access-facts statement computes them (parley.storage.reads)."""
+    return ((PRIVATE_FLAG if room.is_private else 0) | (ARCHIVED_FLAG if room.archived_at is not None else 0)
+            | (DM_FLAG if room.kind == Room.Kind.DM else 0))
+
+
+def _accessible(*, pairs: list[tuple[Any, int]], flags: dict[int, int]) -> set[tuple[int, int]]:
+    """room_visible_q's rule in Python, for rooms whose flags are known: public rooms to all,
+    private ones to staff and members, DMs to members only (one query for the memberships, if
+    any is needed)."""
+    private = {room_id for room_id, f in flags.items() if f & PRIVATE_FLAG}
+    dms = {room_id for room_id, f in flags.items() if f & DM_FLAG}
+    plain_users = {user.pk for user, room_id in pairs
+                   if room_id in private and (not _sees_all(user) or room_id in dms)}
     members = set(
         Membership.objects.filter(room_id__in=private, user_id__in=plain_users).values_list("user_id", "room_id")
     ) if plain_users else set()
     allowed = set()
     for user, room_id in pairs:
-        if room_id not in is_private:
+        if room_id not in flags:
             continue
-        if not is_private[room_id] or _sees_all(user) or (user.pk, room_id) in members:
+        if (room_id not in private or (_sees_all(user) and room_id not in dms)
+                or (user.pk, room_id) in members):
             allowed.add((user.pk, room_id))
     return allowed
 
@@ -330,13 +348,16 @@ def room_state_list(*, user: Any) -> list[RoomStateRow]:
     statement for the whole list, counts included (parley.storage.unread)."""
     rooms = unread.room_states(user_id=user.pk, cap=int(parley_settings.UNREAD_COUNT_MAX),
                                limit=int(parley_settings.MAX_ROOMS_LISTED))
+    rooms_with_dm_members(rooms=rooms)  # a DM's room object lists its members (one query)
     return [_state_row(user, room) for room in rooms]
 
 
 def room_state_get(*, user: Any, room: Room) -> RoomStateRow:
     """The user's state of one room and its counts (one statement); the caller checked access."""
     found = unread.room_states(user_id=user.pk, cap=int(parley_settings.UNREAD_COUNT_MAX), room_id=room.pk)
-    return _state_row(user, found[0] if found else room)
+    row = found[0] if found else room
+    rooms_with_dm_members(rooms=[row])
+    return _state_row(user, row)
 
 
 def _state_row(user: Any, room: Room) -> RoomStateRow:
@@ -381,3 +402,59 @@ def notification_recipients(*, message: Message, room: Room) -> list[tuple[Any, 
         if notify == RoomState.Notify.ALL or (notify == RoomState.Notify.MENTIONS and reason != "dm"):
             found.append((u, reason))
     return found
+
+
+# --- rooms, members and direct conversations (docs/protocol.md §12) --------------------------
+
+def room_user_can_moderate(*, room: Room, user: Any) -> bool:
+    """Owners, moderators and staff may delete anyone's message in a room (docs/protocol.md §12).
+    A DM has no moderator: staff are not in it unless they are a member, and a member may
+    delete only their own messages there."""
+    if _sees_all(user) and room.kind != Room.Kind.DM:
+        return True
+    return Membership.objects.filter(room=room, user_id=user.pk,
+                                     role__in=[Membership.Role.OWNER, Membership.Role.MODERATOR]).exists()
+
+
+def membership_get(*, room: Room, user: Any) -> Membership | None:
+    return Membership.objects.filter(room=room, user_id=user.pk).first()
+
+
+def room_audience_ids(*, room: Room) -> list[int]:
+    """Who hears of a change to the room object (room_updated): a private room's or DM's
+    members; a public room's users who have it in their list (a RoomState row, listed)."""
+    if room.is_private:
+        return list(Membership.objects.filter(room=room).values_list("user_id", flat=True))
+    return list(RoomState.objects.filter(room=room, listed=True).values_list("user_id", flat=True))
+
+
+def rooms_with_dm_members(*, rooms: list[Room]) -> list[Room]:
+    """Attach to each DM among `rooms` its members (`dm_members`, users ordered by username), which
+    its room object lists: one query for all of them, none without a DM."""
+    dms = {r.pk: r for r in rooms if r.kind == Room.Kind.DM}
+    if dms:
+        by_name = f"user__{get_user_model().USERNAME_FIELD}"
+        for r in dms.values():
+            r.dm_members = []
+        for m in Membership.objects.filter(room_id__in=dms).select_related("user").order_by(by_name):
+            dms[m.room_id].dm_members.append(m.user)
+    return rooms
+
+
+def dm_find(*, slug: str) -> Room | None:
+    return Room.objects.filter(slug=slug, kind=Room.Kind.DM).first()
+
+
+def users_search(*, prefix: str, limit: int) -> list[Any]:
+    """Active users whose username (USERNAME_FIELD), first or last name starts with `prefix`
+    (case-insensitive), by username, at most `limit`: what a people picker offers
+    (docs/protocol.md §12 says what it reveals)."""
+    User = get_user_model()
+    field = User.USERNAME_FIELD
+    names = {f.name for f in User._meta.get_fields()}
+    where = Q(**{f"{field}__istartswith": prefix})
+    for extra in ("first_name", "last_name"):
+        if extra in names:
+            where |= Q(**{f"{extra}__istartswith": prefix})
+    active = {"is_active": True} if "is_active" in names else {}
+    return list(User._default_manager.filter(where, **active).order_by(field)[:limit])

@@ -12,7 +12,7 @@ from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from parley import events, mentions, protocol, uploads
+from parley import events, mentions, protocol, rooms, uploads
 from parley.conf import parley_settings
 from parley.models import ApiToken, Membership, Message, Room, RoomState
 from parley.payloads import read_frame, reply_quote, room_state_payload
@@ -29,6 +29,7 @@ from parley.selectors import (
 from parley.storage import db
 
 TOKEN_LAST_USED_RESOLUTION_SECS = 60  # don't write last_used_at on every request
+DM_SLUG_PREFIX = rooms.DM_SLUG_PREFIX
 
 
 class RoomSlugTaken(ValidationError):
@@ -50,7 +51,8 @@ def room_create(*, slug: str, title: str, owner: Any = None, is_private: bool = 
     so concurrent requests cannot both take the last place."""
     room = Room(slug=slug, title=title, owner=owner, is_private=is_private)
     room.full_clean(validate_unique=False)
-    if slug in parley_settings.RESERVED_SLUGS:
+    # dm-…: the direct conversations' namespace (parley.rooms.dm_open); nobody names one.
+    if slug in parley_settings.RESERVED_SLUGS or slug.startswith(DM_SLUG_PREFIX):
         raise RoomSlugTaken(slug)
     try:
         with transaction.atomic():
@@ -75,7 +77,12 @@ def room_ensure(*, slug: str, title: str) -> Room:
 
 
 def membership_add(*, room: Room, user: Any) -> Membership:
-    membership, _ = Membership.objects.get_or_create(room=room, user=user)
+    """Make the user a member (idempotent). A new member of a private room gets their RoomState
+    (listed, nothing read) and `room_added` on their sockets (parley.rooms)."""
+    with transaction.atomic():
+        membership, created = Membership.objects.get_or_create(room=room, user=user)
+        if created and room.is_private:
+            rooms.member_added(room=room, user=user)
     return membership
 
 
@@ -85,9 +92,11 @@ def membership_remove(*, room: Room, user: Any) -> bool:
     Every command also re-checks access, so this is belt and braces: without the broadcast, a
     removed member would keep *receiving* the room's messages until their next command.
     """
-    deleted, _ = Membership.objects.filter(room=room, user=user).exclude(role=Membership.Role.OWNER).delete()
-    if deleted and room.is_private:
-        events.send_event_on_commit(events.MemberRemoved(room_id=room.pk, user_id=user.pk))
+    with transaction.atomic():
+        deleted, _ = Membership.objects.filter(room=room, user=user).exclude(role=Membership.Role.OWNER).delete()
+        if deleted and room.is_private:
+            events.send_event_on_commit(events.MemberRemoved(room_id=room.pk, user_id=user.pk))
+            rooms.member_removed(room=room, user=user)  # room_removed, after the `left` above
     return bool(deleted)
 
 
@@ -195,6 +204,13 @@ class RoomNotFound(MessageRefused):
         super().__init__(protocol.ROOM_NOT_FOUND, f"no room {slug!r} that the author may see")
 
 
+class RoomArchived(MessageRefused):
+    """The room is archived: read-only (docs/protocol.md §12)."""
+
+    def __init__(self) -> None:
+        super().__init__(protocol.ROOM_ARCHIVED, "the room is archived: it is read-only")
+
+
 class PostForbidden(MessageRefused):
     def __init__(self, message: str) -> None:
         super().__init__("forbidden", message)
@@ -227,6 +243,9 @@ def message_post(*, room: Room | str, text: Any, author: Any, client_id: Any = N
         raise RoomNotFound(slug)
     if not room_user_can_access(user=author, room_id=target.pk):
         raise RoomNotFound(slug)
+    if target.archived_at is not None and not (command.client_id and message_get_by_client_id(
+            room_id=target.pk, author_id=author.pk, client_id=command.client_id)):
+        raise RoomArchived()
     try:
         message, duplicate = message_create(room_id=target.pk, author=author, text=command.text,
                                             client_id=command.client_id, reply_to=command.reply_to,
@@ -301,10 +320,11 @@ def _revoked(author: Any, token_id: int | None, lost: set[tuple[str, int]]) -> C
 
 def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tokens: list[int | None],
                               replies: list[int | None], files: list[tuple[int, ...]] | None = None) -> list[Any]:
+    archived: set[int] = set()
     allowed, existing, lost = message_send_checks(
         pairs=[(author, room_id) for author, room_id, _, _ in items],
         keys=[(room_id, author.pk, client_id) for author, room_id, _, client_id in items if client_id],
-        tokens=tokens,
+        tokens=tokens, archived=archived,
     )
     results: list[Any] = [None] * len(items)
     new: list[tuple[int, Message]] = []  # (index in items, unsaved message)
@@ -318,6 +338,9 @@ def _messages_create_together(items: list[tuple[Any, int, str, str | None]], tok
         if (author.pk, room_id) not in allowed:
             continue
         key = (room_id, author.pk, client_id) if client_id else None
+        if room_id in archived and not (key is not None and key in existing):
+            results[i] = RoomArchived()  # a retry of a send stored before the archive still gets its ack
+            continue
         if key is not None and key in existing:
             results[i] = (existing[key], True)
         elif key is not None and key in first_in_batch:
@@ -385,6 +408,11 @@ def _messages_create_each(items: list[tuple[Any, int, str, str | None]], tokens:
                 with transaction.atomic():
                     if not room_user_can_access(user=author, room_id=room_id):
                         results.append(None)
+                        continue
+                    if Room.objects.filter(pk=room_id, archived_at__isnull=False).exists() and not (
+                            client_id and message_get_by_client_id(room_id=room_id, author_id=author.pk,
+                                                                   client_id=client_id)):
+                        results.append(RoomArchived())
                         continue
                     extra = {"attachments": files[i]} if files and files[i] else {}
                     results.append(message_create(room_id=room_id, author=author, text=text, client_id=client_id,

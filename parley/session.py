@@ -103,10 +103,16 @@ class Session:
         """The slug names another room now (deleted and re-created): remember the new one."""
         _room_ids[slug] = room_id
 
+    def forget_room(self, sub: Subscription) -> None:
+        """Stop delivering the room's events to this socket now (unsubscribe does the rest)."""
+        if self.subs_by_id.get(sub.room_id) is sub:
+            self.subs_by_id.pop(sub.room_id, None)
+        if self.subs_by_slug.get(sub.slug) is sub:
+            self.subs_by_slug.pop(sub.slug, None)
+
     async def unsubscribe(self, sub: Subscription) -> None:
         """Leave the room on this socket: no more events, and out of its presence."""
-        self.subs_by_id.pop(sub.room_id, None)
-        self.subs_by_slug.pop(sub.slug, None)
+        self.forget_room(sub)
         try:
             await get_hub().unsubscribe(sub.room_id, self.delivery)
             presence = get_presence()

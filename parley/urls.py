@@ -1,6 +1,14 @@
 from django.urls import path, re_path
 
-from parley import health, message_views, profile_views, search_views, upload_views, views
+from parley import (
+    health,
+    message_views,
+    profile_views,
+    room_views,
+    search_views,
+    upload_views,
+    views,
+)
 
 app_name = "parley"
 
@@ -18,10 +26,14 @@ urlpatterns = [
     path("api/rooms/<str:slug>/messages/<str:seq>", message_views.message_detail, name="api-room-message"),
     path("api/rooms/<str:slug>/messages/<str:seq>/reactions/<str:emoji>", message_views.message_reaction,
          name="api-room-message-reaction"),
+    path("api/rooms/<str:slug>", room_views.room_detail, name="api-room"),
+    path("api/rooms/<str:slug>/leave", room_views.room_leave, name="api-room-leave"),
     path("api/rooms/<str:slug>/uploads", upload_views.room_uploads, name="api-room-uploads"),
     path("api/rooms/<str:slug>/uploads/<int:upload_id>", upload_views.room_upload, name="api-room-upload"),
     path("api/rooms/<str:slug>/members", views.room_members, name="api-room-members"),
-    path("api/rooms/<str:slug>/members/<str:username>", views.room_member_detail, name="api-room-member"),
+    path("api/rooms/<str:slug>/members/<str:username>", room_views.room_member_detail, name="api-room-member"),
+    path("api/dms", room_views.dms, name="api-dms"),
+    path("api/users", room_views.users, name="api-users"),
     path("api/profile", profile_views.profile, name="api-profile"),
     path("api/profile/avatar", profile_views.profile_avatar, name="api-profile-avatar-mine"),
     path("api/profiles", profile_views.profile_list, name="api-profiles"),

@@ -244,7 +244,8 @@ def me(request: HttpRequest) -> JsonResponse:
 @api("GET", "POST")
 def rooms(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
-        return JsonResponse({"rooms": [room_payload(r) for r in selectors.room_list_visible(user=request.user)]})
+        visible = selectors.rooms_with_dm_members(rooms=selectors.room_list_visible(user=request.user))
+        return JsonResponse({"rooms": [room_payload(r, v2=True) for r in visible]})
     # Charged first, refused requests too: that also bounds how fast one account can probe
     # which slugs are taken (private rooms' among them).
     wait = _room_creations.take(request.user.pk)
@@ -272,7 +273,7 @@ def rooms(request: HttpRequest) -> JsonResponse:
                          f"you own {parley_settings.MAX_ROOMS_OWNED_PER_USER:.0f} rooms, the most allowed")
     except ValidationError as exc:
         return api_error(400, "bad_field", "invalid room", fields=exc.message_dict)
-    return JsonResponse({"room": room_payload(room)}, status=201)
+    return JsonResponse({"room": room_payload(room, v2=True)}, status=201)
 
 
 @api("GET", "POST")
@@ -331,7 +332,7 @@ def room_message_post(request: HttpRequest, slug: str) -> HttpResponse:
     except services.MessageRefused as exc:
         extra = {"field": exc.field} if exc.field else {}
         status = {"forbidden": 403, protocol.MESSAGE_NOT_FOUND: 404, protocol.MESSAGE_DELETED: 409,
-                  protocol.ATTACHMENT_NOT_FOUND: 404}.get(exc.code, 400)
+                  protocol.ATTACHMENT_NOT_FOUND: 404, protocol.ROOM_ARCHIVED: 409}.get(exc.code, 400)
         return api_error(status, exc.code, exc.message, **extra)
     except DatabaseError:
         log.exception("could not store a message in room %s", slug)
@@ -391,6 +392,8 @@ def _managed_room(request: HttpRequest, slug: str) -> Any:
     room = selectors.room_get_visible(user=request.user, slug=slug)
     if room is None:
         return api_error(404, "room_not_found", f"no room {slug!r} that you may see")
+    if room.kind == room.Kind.DM:
+        return api_error(409, "dm_fixed", "a direct conversation's members are fixed")
     if not room.is_private:
         return api_error(400, "room_public", "public rooms are open to every signed-in user")
     if not selectors.room_user_can_manage(room=room, user=request.user):
@@ -419,18 +422,6 @@ def room_members(request: HttpRequest, slug: str) -> JsonResponse:
         return api_error(404, "user_not_found", "no such user")
     membership = services.membership_add(room=room, user=user)
     return JsonResponse({"member": {**user_payload(user), "role": membership.role}}, status=201)
-
-
-@api("DELETE")
-def room_member_detail(request: HttpRequest, slug: str, username: str) -> JsonResponse:
-    """Remove a member (owner/admin); their open sockets leave the room at once."""
-    room = _managed_room(request, slug)
-    if isinstance(room, JsonResponse):
-        return room
-    user = selectors.user_get_by_username(username=username)
-    if user is None or not services.membership_remove(room=room, user=user):
-        return api_error(404, "member_not_found", "no such member (the owner cannot be removed)")
-    return JsonResponse({"removed": user_payload(user)})
 
 
 # --- Attention (docs/protocol.md §11) ---------------------------------------------------------

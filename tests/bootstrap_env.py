@@ -20,6 +20,7 @@ for _name in ("PARLEY_FRAMES_PER_SEC", "PARLEY_FRAMES_BURST", "PARLEY_MESSAGES_P
               "PARLEY_ROOMS_CREATED_PER_USER_PER_HOUR", "PARLEY_MAX_ROOMS_OWNED_PER_USER",
               "PARLEY_EDITS_PER_SEC", "PARLEY_EDITS_BURST", "PARLEY_ROOM_MENTIONS_PER_HOUR",
               "PARLEY_SEARCHES_PER_MIN", "PARLEY_SEARCH_BURST",
+              "PARLEY_DMS_CREATED_PER_USER_PER_HOUR", "PARLEY_USER_SEARCHES_PER_MIN",
               "AXES_FAILURE_LIMIT"):  # the standalone server's sign-in lockout (config/settings.py)
     os.environ.setdefault(_name, "100000")
 os.environ.setdefault("PARLEY_MAX_SOCKETS_PER_USER", "10000")

@@ -295,8 +295,8 @@ def test_batch_skips_a_room_deleted_since_the_access_check(monkeypatch):
     kept, gone = services.room_create(slug="kept", title="K"), services.room_create(slug="gone", title="G")
     checks = services.message_send_checks
 
-    def checked_then_deleted(*, pairs, keys, tokens=()):
-        answer = checks(pairs=pairs, keys=keys, tokens=tokens)
+    def checked_then_deleted(*, pairs, keys, tokens=(), archived=None):
+        answer = checks(pairs=pairs, keys=keys, tokens=tokens, archived=archived)
         Room.objects.filter(pk=gone.pk).delete()
         return answer
 
@@ -350,7 +350,7 @@ def test_batch_that_races_a_committed_retry_falls_back_and_reports_the_duplicate
     checks = services.message_send_checks
     # the idempotency lookup ran too early: it saw no stored send
     monkeypatch.setattr(services, "message_send_checks",
-                        lambda *, pairs, keys, tokens=(): (checks(pairs=pairs, keys=[])[0], {}, set()))
+                        lambda *, pairs, keys, tokens=(), archived=None: (checks(pairs=pairs, keys=[])[0], {}, set()))
     results = services.message_create_batch(items=[(ada, room.pk, "mine", "c1"), (ada, room.pk, "raced", "dup")])
     monkeypatch.setattr(services, "message_send_checks", checks)
     (mine, mine_dup), (raced, raced_dup) = results

@@ -121,7 +121,11 @@ def test_session_writes_without_the_csrf_token_are_403_json(method, path):
     ("put", "/api/tokens", "GET, POST"),
     ("get", "/api/tokens/1", "DELETE"),
     ("put", "/api/rooms/lobby/members", "GET, POST"),
-    ("get", "/api/rooms/lobby/members/ada", "DELETE"),
+    ("get", "/api/rooms/lobby/members/ada", "DELETE, PATCH"),
+    ("get", "/api/rooms/lobby", "PATCH"),  # (docs/protocol.md §12)
+    ("get", "/api/rooms/lobby/leave", "POST"),
+    ("get", "/api/dms", "POST"),
+    ("post", "/api/users", "GET"),
 ])
 def test_other_methods_are_405_json(method, path, allow):
     ada = user("ada")
@@ -143,8 +147,8 @@ def test_head_is_not_taken_for_a_write():
     assert not Room.objects.exists() and not ApiToken.objects.exists()
 
 
-@pytest.mark.parametrize("path", ["/api/", "/api/nope", "/api/rooms/", "/api/rooms/lobby",
-                                  "/api/rooms/lobby/messages/", "/api/tokens/x", "/api/me/"])
+@pytest.mark.parametrize("path", ["/api/", "/api/nope", "/api/rooms/", "/api/rooms/lobby/nope",
+                                  "/api/rooms/lobby/messages/", "/api/tokens/x", "/api/me/", "/api/dms/x"])
 def test_unknown_api_paths_are_404_json(path):
     ada = user("ada")
     for client, kwargs in ((Client(), {}), (Client(), {"headers": auth(token(ada))}),

@@ -4,7 +4,7 @@ post where, idempotency, numbering); `db()` is the module that says *how* on the
 connection. Both modules have the same functions:
 
     write_transaction()                      the transaction around an ingest batch's write
-    access_facts(room_ids, users, tokens)    (privacy by room id, lost credentials)
+    access_facts(room_ids, users, tokens)    (flags by room id: private, archived, DM; lost credentials)
     credentials_lost(users, tokens)          the lost ("user", id) / ("token", id)
     client_id_hits(keys)                     ids of stored messages by (room, author, client_id)
     seqs_reserve(counts)                     {room id: new last_seq}, missing rooms absent

@@ -15,7 +15,7 @@ import orjson
 from django.db import connection, transaction
 
 from parley.models import Message, Room
-from parley.storage.reads import ROOM_ROW, access_facts_from, credentials_lost_sql
+from parley.storage.reads import ROOM_ROW, access_facts_from, credentials_lost_sql, room_flags_sql
 
 # The connect path's reads: the same SQL on every database (parley.storage.reads).
 from parley.storage.reads import messages as messages
@@ -32,8 +32,9 @@ def write_transaction() -> Any:
     return transaction.atomic() if connection.in_atomic_block else nullcontext()
 
 
-def access_facts(room_ids: list[int], users: list[int], tokens: list[int]) -> tuple[dict[int, bool], set[tuple[str, int]]]:
-    """The rooms' privacy by id and the lost credentials, in one statement: what every ingest
+def access_facts(room_ids: list[int], users: list[int], tokens: list[int]) -> tuple[dict[int, int], set[tuple[str, int]]]:
+    """The rooms' flags by id (private, archived, DM: parley.storage.reads) and the lost
+    credentials, in one statement: what every ingest
     batch checks before it writes."""
     return access_facts_from(fetch(_access_facts_sql(), [room_ids, users, tokens]))
 
@@ -54,9 +55,9 @@ def _credentials_lost_sql() -> Select:
 
 @functools.cache
 def _access_facts_sql() -> Select:
-    return select_exprs([str(ROOM_ROW), qn("id"), qn("is_private")],
+    return select_exprs([str(ROOM_ROW), qn("id"), room_flags_sql()],
                         f"FROM {qn(Room._meta.db_table)} WHERE {qn('id')} = ANY(%s::bigint[]) "
-                        f"UNION ALL {credentials_lost_sql(*_ids(), 'false')}")
+                        f"UNION ALL {credentials_lost_sql(*_ids(), '0')}")
 
 
 def client_id_hits(keys: list[tuple[int, int, str]]) -> list[int]:

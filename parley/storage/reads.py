@@ -127,9 +127,18 @@ def _messages_select(where: str) -> Select:
     )
 
 
-# The rows of the access-facts query (each vendor's access_facts): 0 a room's privacy, 1 a lost
-# user, 2 a lost token.
+# The rows of the access-facts query (each vendor's access_facts): 0 a room's flags (below), 1 a
+# lost user, 2 a lost token.
 ROOM_ROW, USER_ROW, TOKEN_ROW = 0, 1, 2
+# A room row's flags, one integer: private, archived (read-only), a direct conversation.
+PRIVATE_FLAG, ARCHIVED_FLAG, DM_FLAG = 1, 2, 4
+
+
+def room_flags_sql() -> str:
+    """The SQL expression of a room row's flags (the same on both databases)."""
+    return (f"(CASE WHEN {qn('is_private')} THEN {PRIVATE_FLAG} ELSE 0 END"
+            f" + CASE WHEN {qn('archived_at')} IS NULL THEN 0 ELSE {ARCHIVED_FLAG} END"
+            f" + CASE WHEN {qn('kind')} = 'dm' THEN {DM_FLAG} ELSE 0 END)")
 _CREDENTIAL_KINDS = {USER_ROW: "user", TOKEN_ROW: "token"}
 
 
@@ -150,8 +159,9 @@ def credentials_lost_sql(ids: str, value: str, false: str) -> str:
     return f"{users} UNION ALL {tokens}"
 
 
-def access_facts_from(rows: list[Any]) -> tuple[dict[int, bool], set[tuple[str, int]]]:
-    """(each room's privacy by id, the lost credentials) from the access-facts rows."""
-    is_private = {int(ident): bool(flag) for kind, ident, flag in rows if kind == ROOM_ROW}
+def access_facts_from(rows: list[Any]) -> tuple[dict[int, int], set[tuple[str, int]]]:
+    """(each room's flags by id: PRIVATE_FLAG, ARCHIVED_FLAG, DM_FLAG; the lost credentials)
+    from the access-facts rows."""
+    flags = {int(ident): int(flag) for kind, ident, flag in rows if kind == ROOM_ROW}
     lost = {(_CREDENTIAL_KINDS[kind], int(ident)) for kind, ident, _ in rows if kind in _CREDENTIAL_KINDS}
-    return is_private, lost
+    return flags, lost

@@ -17,7 +17,7 @@ import orjson
 from django.db import connection, transaction
 
 from parley.models import Message, Room
-from parley.storage.reads import ROOM_ROW, access_facts_from, credentials_lost_sql
+from parley.storage.reads import ROOM_ROW, access_facts_from, credentials_lost_sql, room_flags_sql
 
 # The connect path's reads: the same SQL on every database (parley.storage.reads).
 from parley.storage.reads import messages as messages
@@ -33,8 +33,9 @@ def write_transaction() -> Any:
     return transaction.atomic()
 
 
-def access_facts(room_ids: list[int], users: list[int], tokens: list[int]) -> tuple[dict[int, bool], set[tuple[str, int]]]:
-    """The rooms' privacy by id and the lost credentials, in one statement whose rows come back
+def access_facts(room_ids: list[int], users: list[int], tokens: list[int]) -> tuple[dict[int, int], set[tuple[str, int]]]:
+    """The rooms' flags by id (private, archived, DM: parley.storage.reads) and the lost
+    credentials, in one statement whose rows come back
     as one JSON row (parley.storage.rows): what every ingest batch checks before it writes."""
     return access_facts_from(fetch(_access_facts_sql(len(room_ids)), [*room_ids, _ids_param(users), _ids_param(tokens)]))
 
@@ -59,7 +60,7 @@ def _credentials_lost_sql() -> Select:
 
 @functools.lru_cache(maxsize=512)
 def _access_facts_sql(rooms: int) -> Select:
-    return select_exprs([str(ROOM_ROW), qn("id"), qn("is_private")],
+    return select_exprs([str(ROOM_ROW), qn("id"), room_flags_sql()],
                         f"FROM {qn(Room._meta.db_table)} WHERE {qn('id')} IN ({', '.join(['%s'] * rooms)}) "
                         f"UNION ALL {credentials_lost_sql(*_ids(), '0')}")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from parley_client.attention import ATTENTION_TYPES, Attention
 from parley_client.backoff import Backoff
-from parley_client.errors import ClientClosed, ParleyError
+from parley_client.errors import ClientClosed, ParleyError, SendFailed
 from parley_client.requests import Requests
 from parley_client.rooms import RoomState
 from parley_client.sending import Sender
@@ -89,7 +89,8 @@ class ParleyClient:
         )
         self._requests = Requests(timeout=request_timeout)
         self._sender = Sender(stats=self.stats, pace=pace_sends, new_ref=self._requests.new_ref,
-                              may_send=self._may_send, current=self._transport.current)
+                              may_send=self._may_send, current=self._transport.current,
+                              on_failed=lambda failure: self._emit(failure.event()))
         self._sync = RoomSync(
             requests=self._requests, sender=self._sender, stats=self.stats, emit=self._emit,
             ready=self._transport.ready, current=self._transport.current,
@@ -150,6 +151,28 @@ class ParleyClient:
     @property
     def pending_sends(self) -> int:
         return len(self._sender.outbox)
+
+    @property
+    def failed_sends(self) -> list[SendFailed]:
+        """Sends that failed for good (oldest first), each with its text, until retry_failed()
+        or discard_failed(): the client never drops a message without saying so."""
+        return list(self._sender.outbox.failed.values())
+
+    async def retry_failed(self, client_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Send a failed message again, with its client_id (stored once, whatever happened
+        before); returns its ack, or raises SendFailed again."""
+        failure = self._sender.outbox.failed.get(client_id)
+        if failure is None:
+            raise KeyError(client_id)
+        self._transport.check_alive()
+        if self._sync.rooms.get(failure.room) is None:
+            raise ParleyError("not_joined", f"join {failure.room!r} first")
+        self._sender.outbox.discard_failed(client_id)
+        return await self._sender.send(failure.room, failure.text, client_id, timeout, failure.reply_to)
+
+    def discard_failed(self, client_id: str) -> SendFailed | None:
+        """Forget a failed send (the application has shown or saved its text)."""
+        return self._sender.outbox.discard_failed(client_id)
 
     def room(self, slug: str) -> RoomState | None:
         return self._sync.rooms.get(slug)
@@ -299,5 +322,9 @@ class _Router:
             pass
         elif kind == "left":
             c._sync.on_left(frame)
+        elif kind == "room_removed":  # version 2 (protocol §12): the room left the user's list
+            c._sync.on_room_removed(frame)
+        elif kind in ("room_added", "room_updated"):
+            c._emit(frame)
         elif kind in ("presence", "typing", "error"):
             c._emit(frame)

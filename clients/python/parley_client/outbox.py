@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from parley_client.errors import ParleyError, SendFailed
 
 
 def new_client_id() -> str:
@@ -39,8 +42,12 @@ class OutboxEntry:
 
 
 class Outbox:
-    def __init__(self) -> None:
+    def __init__(self, on_failed: Callable[[SendFailed], None] | None = None) -> None:
         self._entries: OrderedDict[str, OutboxEntry] = OrderedDict()
+        # Sends that failed for good, by client_id, until retried or discarded: never dropped
+        # without the application hearing of it (on_failed: the client's send_failed event).
+        self.failed: OrderedDict[str, SendFailed] = OrderedDict()
+        self._on_failed = on_failed
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -84,10 +91,25 @@ class Outbox:
         return entry
 
     def fail(self, client_id: str, exc: BaseException) -> OutboxEntry | None:
+        """The entry failed: its caller gets `exc` — as a SendFailed carrying the text when it is
+        a refusal (ParleyError) — and the failure is kept in `failed` and reported."""
         entry = self._entries.pop(client_id, None)
-        if entry is not None and not entry.future.done():
+        if entry is None:
+            return None
+        if isinstance(exc, ParleyError) and not isinstance(exc, SendFailed):
+            exc = SendFailed(exc.code, exc.message, exc.frame, room=entry.room, text=entry.text,
+                             client_id=entry.client_id, reply_to=entry.reply_to)
+        if isinstance(exc, SendFailed):
+            self.failed[client_id] = exc
+            if self._on_failed is not None:
+                self._on_failed(exc)
+        if not entry.future.done():
             entry.future.set_exception(exc)
+            entry.future.exception()  # retrieved: a caller that did not await it is told by the event
         return entry
+
+    def discard_failed(self, client_id: str) -> SendFailed | None:
+        return self.failed.pop(client_id, None)
 
     def forget(self, client_id: str) -> None:
         self._entries.pop(client_id, None)

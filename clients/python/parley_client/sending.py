@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from parley_client.backoff import retry_delay
-from parley_client.errors import ParleyError
+from parley_client.errors import ParleyError, SendFailed
 from parley_client.outbox import Outbox, OutboxEntry
 from parley_client.pacing import TokenBucket, bucket_from_limits
 from parley_client.stats import ClientStats
@@ -33,14 +33,16 @@ PERMANENT_SEND_ERRORS = frozenset({
     "text_empty", "text_too_long", "bad_field", "missing_field", "room_not_found",
     "frame_too_large", "bad_frame", "bad_json", "unknown_type", "forbidden",
     "message_not_found", "message_deleted",  # reply_to names no message, or a tombstone
+    "room_archived",  # read-only until an owner unarchives it (docs/protocol.md §12)
 })
 
 
 class Sender:
     def __init__(self, *, stats: ClientStats, pace: bool, new_ref: Callable[[], str],
                  may_send: Callable[[Connection, str], bool],
-                 current: Callable[[], Connection | None]) -> None:
-        self.outbox = Outbox()
+                 current: Callable[[], Connection | None],
+                 on_failed: Callable[[SendFailed], None] | None = None) -> None:
+        self.outbox = Outbox(on_failed)
         self.stats = stats
         self.pace = pace
         self._new_ref = new_ref

@@ -267,6 +267,16 @@ class RoomSync:
             self._sender.fail_room(st.slug, ParleyError("room_not_found", f"removed from {st.slug!r}", frame))
         self._emit(frame)
 
+    def on_room_removed(self, frame: dict[str, Any]) -> None:
+        # Removed, left from another client, or deleted: no rejoin; what was pending for it fails
+        # with its text (SendFailed, `send_failed`), never dropped.
+        slug = frame.get("room", "")
+        st = self.rooms.pop(slug, None) if isinstance(slug, str) else None
+        if st is not None:
+            reason = frame.get("reason", "removed")
+            self._sender.fail_room(st.slug, ParleyError("room_removed", f"{st.slug!r}: {reason}", frame))
+        self._emit(frame)
+
     def on_joined(self, conn: Connection, frame: dict[str, Any]) -> None:
         info = frame["room"]
         st = self.rooms.get(info["slug"])

@@ -10,6 +10,8 @@ import { Shortcuts } from "./ui/shortcuts.js";
 import { Search } from "./ui/search.js";
 import { Uploads } from "./ui/uploads.js";
 import { Attention } from "./ui/attention.js";
+import { DirectMessages, dmName, roomNotice } from "./ui/rooms.js";
+import { MembersPanel } from "./ui/members.js";
 
 hydrateIcons();
 const me = JSON.parse(document.getElementById("parley-me").textContent);
@@ -51,7 +53,8 @@ const urls = el.shell.dataset;
 const socketUrl = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${urls.socketPath}`;
 const loginUrl = (next) => `${urls.loginUrl}?next=${encodeURIComponent(next)}`;
 
-const client = new ParleyClient({ url: socketUrl });
+// The outbox is kept in localStorage: a send never vanishes with a reload (docs/protocol.md §12).
+const client = new ParleyClient({ url: socketUrl, storage: window.localStorage, storageKey: `parley:outbox:${me.id}` });
 // Display names and pictures, by user id (docs/protocol.md §15): a render asks, an answer re-renders.
 const people = new Profiles({
   url: urls.apiProfiles, profileUrl: urls.apiProfile, avatarUrl: urls.apiProfileAvatar,
@@ -132,6 +135,34 @@ const attention = new Attention({
   },
 });
 
+// --- direct messages and members (§12) -------------------------------------------------------
+
+const dms = new DirectMessages({
+  me, dmsUrl: urls.apiDms, usersUrl: urls.apiUsers, listEl: byTestId("dm-list"), formEl: byTestId("new-dm-form"),
+  flash: (text) => flash(text),
+  onOpen: (slug) => {
+    closePanels();
+    if (slug !== current) openRoom(slug);
+  },
+});
+const membersPanel = new MembersPanel({
+  me, admin: urls.moderator === "1", roomsUrl: urls.apiRooms, usersUrl: urls.apiUsers, el: byTestId("members-panel"),
+  flash: (text) => flash(text), onChanged: () => reloadRooms(),
+});
+function reloadRooms() {
+  return sidebar.load().then((rooms) => {
+    dms.setRooms(rooms);
+    if (current) membersPanel.show(current, client.room(current)?.removed ? null : sidebar.find(current));
+    render("rooms");
+  }).catch(() => {});
+}
+// Rooms added, removed or changed for this user, live (version 2 frames).
+client.on("rooms", (frame) => {
+  reloadRooms();
+  if (frame.type === "room_removed" && frame.room === current) membersPanel.show(current, null);
+  if (frame.type === "room_added" && frame.state?.room?.slug === current) client.join(current).catch(() => {});
+});
+
 // #/room, or #/room/seq: a link to one message (the "copy link" action).
 function routeFromHash() {
   const m = /^#\/([a-z0-9_-]{1,50})(?:\/(\d{1,16}))?$/.exec(location.hash);
@@ -146,6 +177,7 @@ function openRoom(slug, jumpTo = null) {
   if (current !== slug) actions.reset();
   current = slug;
   sidebar.setCurrent(slug);
+  dms.setCurrent(slug);
   el.list.replaceChildren();
   el.list._items = null; // the message elements of the room left (seqs are per room)
   el.input.value = localStorage.getItem(draftKey(slug)) || "";
@@ -154,8 +186,9 @@ function openRoom(slug, jumpTo = null) {
   if (location.hash !== `#/${slug}` && !jumpTo) history.replaceState(null, "", `#/${slug}`);
   attention.opened(slug);
   render("open");
-  if (!sidebar.find(slug)) sidebar.load().then(() => render("rooms")).catch(() => {});
+  if (!sidebar.find(slug)) reloadRooms();
   loadOwner(slug);
+  membersPanel.show(slug, sidebar.find(slug));
   client.join(slug).then(() => {
     if (slug === current) attention.joined(slug);
     if (pendingJump && pendingJump.slug === current) {
@@ -165,6 +198,8 @@ function openRoom(slug, jumpTo = null) {
     }
   }).catch((err) => {
     if (err.code === "room_not_found" && slug === current) {
+      // A room that held our unsent messages stays on screen: they are failed, to copy or discard.
+      if (client.room(slug)?.pending.length) return render("removed");
       flash(`No room “${slug}” that you may see.`);
       if (slug !== "lobby") openRoom("lobby");
     }
@@ -176,7 +211,9 @@ function openRoom(slug, jumpTo = null) {
 function loadOwner(slug, retries = 2) {
   if (actions.owners.has(slug)) return;
   api(`${urls.apiRooms}/${encodeURIComponent(slug)}/members`).then(({ members }) => {
-    actions.owners.set(slug, members.find((m) => m.role === "owner")?.id ?? null);
+    // Owners and moderators may delete anyone's message (§12): the button is shown to them.
+    const mine = members.find((m) => m.id === me.id && (m.role === "owner" || m.role === "moderator"));
+    actions.owners.set(slug, mine ? me.id : members.find((m) => m.role === "owner")?.id ?? null);
     if (slug === current) render("actions");
   }).catch(() => {
     if (retries > 0) setTimeout(() => loadOwner(slug, retries - 1), 1500);
@@ -208,7 +245,9 @@ window.addEventListener("hashchange", () => {
 function render(reason) {
   const snap = current ? client.room(current) : null;
   const info = sidebar.find(current) || snap?.info;
-  el.title.replaceChildren(icon(info?.private ? "lock" : "hash", "icon title-icon"), info ? info.title || info.slug : current || "");
+  const name = info?.kind === "dm" ? dmName(info, me) : info ? info.title || info.slug : current || "";
+  el.title.replaceChildren(icon(info?.kind === "dm" ? "people" : info?.private ? "lock" : "hash", "icon title-icon"), name);
+  renderNotice(snap, info);
   el.sub.textContent = info && info.title && info.title !== info.slug ? info.slug : "";
   renderTitle(info);
   if (!snap) return;
@@ -224,6 +263,7 @@ function render(reason) {
         profile: (user, anchor) => openProfileCard(people, user, anchor),
         lastReason: reason,
         retry: (id) => client.retry(id),
+        canRetry: (id) => client.canRetry(id),
         discard: (id) => client.discard(id),
         edit: (id, text) => {
           client.discard(id);
@@ -252,6 +292,19 @@ function render(reason) {
 
 function renderTitle(info = sidebar.find(current) || (current && client.room(current)?.info)) {
   document.title = attention.title(info ? `${info.title || info.slug} · Parley` : "Parley");
+}
+
+// A lost room ("You were removed from #team") or an archived one: said, and the composer is off.
+function renderNotice(snap, info) {
+  const notice = roomNotice(snap, current, info);
+  const box = byTestId("room-notice");
+  box.textContent = notice ? notice.text : "";
+  box.hidden = !notice;
+  box.dataset.kind = notice?.kind || "";
+  el.input.disabled = !!notice;
+  el.input.placeholder = notice ? notice.text : "Message";
+  if (notice) el.send.disabled = true;
+  else if (el.send.disabled && el.input.value.trim()) updateComposer();
 }
 
 // Events that change neither messages nor pending sends leave the timeline's DOM alone.
@@ -337,7 +390,7 @@ let connects = 0;
 client.on("state", (s) => {
   renderConn(s);
   if (s.state === STATES.CONNECTED) {
-    sidebar.load().then(() => render("rooms")).catch(() => {});
+    reloadRooms();
     connects += 1;
     if (connects > 1) people.refresh(); // names and pictures may have changed while away
     if (current) loadOwner(current);
@@ -355,7 +408,7 @@ document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") client.reconnectNow();
 });
 // Rooms made by others appear when the tab regains focus (the protocol has no room events).
-window.addEventListener("focus", () => sidebar.load().then(() => render("rooms")).catch(() => {}));
+window.addEventListener("focus", () => reloadRooms());
 
 async function checkSession() {
   try {
@@ -498,7 +551,7 @@ client.on("error", (err) => {
 
 // --- start ---------------------------------------------------------------------------------
 
-sidebar.load().catch((err) => flash(`Could not load rooms: ${err.message}`));
+sidebar.load().then((rooms) => dms.setRooms(rooms)).catch((err) => flash(`Could not load rooms: ${err.message}`));
 client.connect();
 openRoom(slugFromHash() || "lobby", routeFromHash()?.seq ?? null);
 updateComposer();

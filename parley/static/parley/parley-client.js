@@ -250,6 +250,9 @@ class RoomState {
 }
 
 const entrySeq = (frame) => (frame.type === "message" ? frame.message?.seq : frame.seq);
+// `room` events after which the outbox changed (and is saved to options.storage).
+const OUTBOX_REASONS = new Set(["pending", "failed", "ack", "joined", "reset", "removed"]);
+
 
 export class ParleyClient {
   /**
@@ -263,6 +266,10 @@ export class ParleyClient {
    * @param {Function} [options.random] () => [0, 1)
    * @param {object} [options.network] {isOnline(): bool, addEventListener(type, fn)}; defaults to window/navigator
    * @param {Function} [options.clientId] () => string
+   * @param {object} [options.storage] {getItem, setItem, removeItem} (e.g. localStorage): the
+   *   outbox — pending and failed sends — is kept there under options.storageKey and restored
+   *   by the next client (a page reload): a send is never dropped without the user seeing it
+   * @param {string} [options.storageKey] defaults to "parley:outbox"
    */
   constructor(options = {}) {
     this.opts = { ...DEFAULTS, ...options };
@@ -286,7 +293,9 @@ export class ParleyClient {
     this.heartbeatSecs = this.opts.heartbeatSecs;
     this.rooms = new Map();
     this.roomStates = new Map(); // slug -> room-state (protocol §11): the user's room list
-    this.outbox = []; // unacked sends, in the order the user made them
+    this.outbox = []; // unacked sends, in the order the user made them (failed ones included)
+    this._storage = options.storage || null;
+    this._storageKey = options.storageKey || "parley:outbox";
 
     this._listeners = new Map();
     this._ws = null;
@@ -307,6 +316,7 @@ export class ParleyClient {
       this.network.addEventListener("online", () => this._onOnline());
       this.network.addEventListener("offline", () => this._onOffline());
     }
+    this._restoreOutbox();
   }
 
   // --- events -------------------------------------------------------------------------------
@@ -338,6 +348,7 @@ export class ParleyClient {
 
   /** `room` event: {slug, reason, seq?}; seq is the message a live entry touched. */
   _roomChanged(slug, reason, seq = undefined) {
+    if (OUTBOX_REASONS.has(reason)) this._saveOutbox();
     this._emit("room", seq === undefined ? { slug, reason } : { slug, reason, seq });
   }
 
@@ -542,6 +553,24 @@ export class ParleyClient {
         return this._onRoomState(frame);
       case "error":
         return this._emit("error", new ParleyError(frame.code, frame.message, frame));
+      case "left": // unasked: removed from the room (§3)
+        return this._onRoomLost(frame.room, "removed");
+      case "room_removed": // version 2 (§12): removed, left elsewhere, or deleted
+        this._onRoomLost(frame.room, frame.reason || "removed");
+        return this._emit("rooms", frame);
+      case "room_added":
+      case "room_updated":
+        if (frame.type === "room_updated" && frame.room && this.rooms.get(frame.room.slug)) {
+          const known = this.rooms.get(frame.room.slug);
+          known.info = { ...(known.info || {}), ...frame.room };
+          known.archived = !!frame.room.archived;
+          this._roomChanged(frame.room.slug, "updated");
+        }
+        if (frame.type === "room_added" && frame.state?.room) {
+          const back = this.rooms.get(frame.state.room.slug);
+          if (back && back.removed) back.removed = null; // added again
+        }
+        return this._emit("rooms", frame);
       default:
         return undefined; // pong without a known ref, or a future frame type
     }
@@ -791,7 +820,8 @@ export class ParleyClient {
     if (!room) return;
     room.wanted = false;
     this.rooms.delete(slug);
-    this.outbox = this.outbox.filter((e) => e.room !== slug);
+    // What was still unsent for the room is failed, not dropped: the user decides.
+    this._failRoom(slug, new ParleyError("left", `you left ${slug}`));
     if (room.live) {
       try {
         await this._request({ type: "leave", room: slug });
@@ -830,7 +860,10 @@ export class ParleyClient {
         }
         if (err.code === "room_not_found") {
           room.wanted = false;
-          this.rooms.delete(room.slug);
+          // Kept while it holds sends, so they show as failed (with their text) where they were.
+          if (this.outbox.some((e) => e.room === room.slug)) room.removed = { reason: "not_found" };
+          else this.rooms.delete(room.slug);
+          this._failRoom(room.slug, err);
         }
         const waiters = room.joinWaiters.splice(0);
         for (const w of waiters) w.reject(err);
@@ -841,6 +874,7 @@ export class ParleyClient {
   }
 
   _onJoined(room, reply) {
+    room.removed = null; // (joined again: added back)
     room.info = reply.room;
     room.epoch = reply.room.epoch;
     room.live = true;
@@ -954,6 +988,7 @@ export class ParleyClient {
   send(slug, text, { replyTo = null, attachments = [] } = {}) {
     const room = this.rooms.get(slug);
     if (!room) return Promise.reject(new ParleyError("not_joined", `join ${slug} first`));
+    if (room.removed) return Promise.reject(new ParleyError("room_removed", `${slug} is no longer yours to write in`));
     const entry = {
       client_id: this._clientId(),
       room: slug,
@@ -989,10 +1024,22 @@ export class ParleyClient {
     this._roomChanged(entry.room, "pending");
   }
 
+  /** Whether retrying this failed message can succeed (its room is still there for us). */
+  canRetry(clientId) {
+    const entry = this.outbox.find((e) => e.client_id === clientId);
+    const room = entry && this.rooms.get(entry.room);
+    return !!(entry && entry.status === "failed" && room && !room.removed);
+  }
+
+  /** Every failed send, all rooms (for a UI that shows the ones of rooms it no longer has). */
+  failedSends() {
+    return this.outbox.filter((e) => e.status === "failed").map((e) => this._pendingView(e));
+  }
+
   /** Try a failed message again (same client_id). */
   retry(clientId) {
     const entry = this.outbox.find((e) => e.client_id === clientId);
-    if (!entry || entry.status !== "failed") return;
+    if (!entry || entry.status !== "failed" || !this.canRetry(clientId)) return;
     entry.status = "pending";
     entry.error = null;
     entry.attempts = 0;
@@ -1087,7 +1134,7 @@ export class ParleyClient {
           return;
         }
         entry.status = "failed";
-        entry.error = err;
+        entry.error = { code: err.code, message: err.message };
         entry.reject(err);
         this._roomChanged(entry.room, "failed");
         this._flushOutbox(entry.room); // the next message does not wait for a failed one
@@ -1107,6 +1154,77 @@ export class ParleyClient {
     return true;
   }
 
+  /** The room was lost (removed, left elsewhere, deleted): no rejoin, and its unsent messages fail. */
+  _onRoomLost(slug, reason) {
+    const room = this.rooms.get(slug);
+    if (room) {
+      room.wanted = false;
+      room.live = false;
+      room.removed = { reason };
+    }
+    this._failRoom(slug, new ParleyError(reason === "deleted" ? "room_not_found" : "room_removed",
+      reason === "left" ? `you left ${slug}` : reason === "deleted" ? `${slug} was deleted` : `you were removed from ${slug}`));
+    if (room) this._roomChanged(slug, "removed");
+  }
+
+  /** Every unsent message of the room becomes failed, its text kept (never dropped). */
+  _failRoom(slug, err) {
+    let changed = false;
+    for (const entry of this.outbox) {
+      if (entry.room !== slug || entry.status === "failed") continue;
+      entry.status = "failed";
+      entry.error = { code: err.code, message: err.message };
+      entry.reject(err);
+      changed = true;
+    }
+    if (changed) this._roomChanged(slug, "failed");
+    this._saveOutbox();
+  }
+
+  _pendingView(e) {
+    return { client_id: e.client_id, room: e.room, text: e.text, status: e.status, createdAt: e.createdAt, error: e.error, replyTo: e.replyTo, attachments: e.attachments };
+  }
+
+  /** Keep the outbox in options.storage (pending and failed sends, with their texts). */
+  _saveOutbox() {
+    if (!this._storage) return;
+    try {
+      const kept = this.outbox.map((e) => ({ client_id: e.client_id, room: e.room, text: e.text, replyTo: e.replyTo,
+        status: e.status === "failed" ? "failed" : "pending", createdAt: e.createdAt,
+        error: e.error ? { code: e.error.code, message: e.error.message } : null }));
+      if (kept.length) this._storage.setItem(this._storageKey, JSON.stringify(kept));
+      else this._storage.removeItem(this._storageKey);
+    } catch {
+      // Storage full or refused (private mode): the outbox still lives in memory.
+    }
+  }
+
+  /** The outbox a previous client (page) saved: pending sends go out again with their client_id
+   * once their room is joined (it is joined on connect); failed ones wait for the user. */
+  _restoreOutbox() {
+    if (!this._storage) return;
+    let saved = [];
+    try {
+      saved = JSON.parse(this._storage.getItem(this._storageKey) || "[]");
+    } catch {
+      saved = [];
+    }
+    if (!Array.isArray(saved)) return;
+    for (const s of saved) {
+      if (!s || typeof s.client_id !== "string" || typeof s.room !== "string" || typeof s.text !== "string") continue;
+      const entry = { client_id: s.client_id, room: s.room, text: s.text, replyTo: s.replyTo ?? null,
+        status: s.status === "failed" ? "failed" : "pending", createdAt: s.createdAt ?? this._now(), attempts: 0,
+        notBefore: -Infinity, error: s.error || null };
+      entry.promise = new Promise((resolve, reject) => {
+        entry.resolve = resolve;
+        entry.reject = reject;
+      });
+      entry.promise.catch(() => {});
+      this.outbox.push(entry);
+      if (!this.rooms.has(s.room)) this.rooms.set(s.room, new RoomState(s.room));
+    }
+  }
+
   // --- snapshots for the UI -------------------------------------------------------------------
 
   /** A read-only view of one room: messages, pending sends, members, typists. */
@@ -1124,9 +1242,9 @@ export class ParleyClient {
       loadingOlder: room.loadingOlder,
       highSeq: room.highSeq,
       epoch: room.epoch,
-      pending: this.outbox
-        .filter((e) => e.room === slug)
-        .map((e) => ({ client_id: e.client_id, text: e.text, status: e.status, createdAt: e.createdAt, error: e.error, replyTo: e.replyTo, attachments: e.attachments })),
+      pending: this.outbox.filter((e) => e.room === slug).map((e) => this._pendingView(e)),
+      removed: room.removed || null, // {reason}: the room was lost ("removed", "left", "deleted", "not_found")
+      archived: !!(room.archived || room.info?.archived),
       members: [...room.members.values()].sort((a, b) => a.username.localeCompare(b.username)),
       typing: [...room.typing.values()].filter((t) => t.until > now).map((t) => t.user),
     };

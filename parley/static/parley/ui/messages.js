@@ -96,10 +96,14 @@ export function renderTimeline(listEl, scroller, snap, me, handlers, ui = { me }
       failed
         ? h("div", { class: "msg-actions", testid: "message-failed" },
           h("span", { class: "msg-fail" }, p.error?.message || "Not sent"),
-          EDIT_NOT_RETRY.has(p.error?.code)
-            ? h("button", { type: "button", class: "link-btn", onclick: () => handlers.edit(p.client_id, p.text) }, "Edit")
-            : h("button", { type: "button", class: "link-btn", onclick: () => handlers.retry(p.client_id) }, "Retry"),
-          h("button", { type: "button", class: "link-btn", onclick: () => handlers.discard(p.client_id) }, "Discard"))
+          // Copy keeps the text whatever happens; Retry only where it can work (not in a lost room).
+          h("button", { type: "button", class: "link-btn", testid: "failed-copy", onclick: () => copyText(p.text) }, "Copy"),
+          handlers.canRetry && !handlers.canRetry(p.client_id)
+            ? null
+            : EDIT_NOT_RETRY.has(p.error?.code)
+              ? h("button", { type: "button", class: "link-btn", onclick: () => handlers.edit(p.client_id, p.text) }, "Edit")
+              : h("button", { type: "button", class: "link-btn", testid: "failed-retry", onclick: () => handlers.retry(p.client_id) }, "Retry"),
+          h("button", { type: "button", class: "link-btn", testid: "failed-discard", onclick: () => handlers.discard(p.client_id) }, "Discard"))
         : h("span", { class: "msg-status", title: "Sending…" }, icon("clock"), h("span", { class: "sr-only" }, "sending"))));
     }
   }
@@ -142,4 +146,11 @@ export function typingText(users) {
   if (names.length === 1) return `${names[0]} is typing…`;
   if (names.length === 2) return `${names[0]} and ${names[1]} are typing…`;
   return "Several people are typing…";
+}
+
+/** Put a failed message's text on the clipboard (or select it, where the clipboard is refused). */
+function copyText(text) {
+  const done = navigator.clipboard?.writeText(text);
+  if (done) done.catch(() => window.prompt("Copy the message:", text));
+  else window.prompt("Copy the message:", text);
 }

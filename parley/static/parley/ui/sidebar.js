@@ -78,7 +78,8 @@ export class Sidebar {
   }
 
   render() {
-    const items = this.rooms.map((room) => {
+    // Direct messages have their own list (ui/rooms.js).
+    const items = this.rooms.filter((room) => room.kind !== "dm").map((room) => {
       const unread = this.unread.get(room.slug) || 0;
       const active = room.slug === this.current;
       const link = h("a", {
