@@ -15,7 +15,14 @@ import orjson
 from django.db import connection, transaction
 
 from parley.models import Message, Room
-from parley.storage.reads import ROOM_ROW, access_facts_from, credentials_lost_sql, room_flags_sql
+from parley.storage.reads import (
+    ROOM_ROW,
+    access_facts_from,
+    credentials_lost_sql,
+    room_flags_sql,
+    search_filters,
+    search_filters_only,
+)
 
 # The connect path's reads: the same SQL on every database (parley.storage.reads).
 from parley.storage.reads import messages as messages
@@ -182,17 +189,10 @@ def search_matches(*, query: Any, rooms: Any, authors: Any, limit: int,
     `rooms` (by `authors`, a queryset of user pks, if given), best first: ts_rank over the
     stored tsvector (normalised by length, 1), ties newest first; after the cursor `before`.
     Without words, every message of the filters, newest first (score 0)."""
-    where, params = _search_filters(query, rooms, authors)
-    m = qn("m")
+    where, params = search_filters(query, rooms, authors)
     if not query.terms:
-        sql = (f"SELECT {m}.id, 0.0 FROM {qn(Message._meta.db_table)} {m} WHERE {m}.kind = 'message' "
-               f"AND {m}.deleted_at IS NULL AND {where}")
-        if before is not None:
-            sql += f" AND {m}.id < %s"
-            params.append(before[1])
-        with connection.cursor() as cursor:
-            cursor.execute(sql + f" ORDER BY {m}.id DESC LIMIT %s", [*params, limit])
-            return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+        return search_filters_only(where=where, params=params, limit=limit, before=before)
+    m = qn("m")
     inner = (f"SELECT {m}.id, ts_rank({m}.search_vector, {qn('q')}.query, 1) AS score "
              f"FROM {qn(Message._meta.db_table)} {m}, websearch_to_tsquery('{SEARCH_CONFIG}', %s) AS {qn('q')} (query) "
              f"WHERE {m}.search_vector @@ {qn('q')}.query AND {where}")
@@ -204,26 +204,6 @@ def search_matches(*, query: Any, rooms: Any, authors: Any, limit: int,
     with connection.cursor() as cursor:
         cursor.execute(sql + " ORDER BY s.score DESC, s.id DESC LIMIT %s", [*params, limit])
         return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
-
-
-def _search_filters(query: Any, rooms: Any, authors: Any) -> tuple[str, list[Any]]:
-    """The WHERE of a search, on `m`: the rooms (a subquery: room_visible_q's rule stays the
-    ORM's), the authors, the dates. Shared by both databases (parley.storage.sqlite)."""
-    m = qn("m")
-    room_sql, room_params = rooms.query.sql_with_params()
-    clauses, params = [f"{m}.room_id IN ({room_sql})"], list(room_params)
-    if authors is not None:
-        author_sql, author_params = authors.query.sql_with_params()
-        clauses.append(f"{m}.author_id IN ({author_sql})")
-        params += author_params
-    created = Message._meta.get_field("created_at")
-    if query.after is not None:
-        clauses.append(f"{m}.created_at >= %s")
-        params.append(created.get_db_prep_value(query.after, connection))
-    if query.before is not None:
-        clauses.append(f"{m}.created_at < %s")
-        params.append(created.get_db_prep_value(query.before, connection))
-    return " AND ".join(clauses), params
 
 
 def search_snippets(*, query: Any, ids: list[int], markers: Any, words: int, whole_chars: int) -> dict[int, str]:

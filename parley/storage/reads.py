@@ -165,3 +165,40 @@ def access_facts_from(rows: list[Any]) -> tuple[dict[int, int], set[tuple[str, i
     flags = {int(ident): int(flag) for kind, ident, flag in rows if kind == ROOM_ROW}
     lost = {(_CREDENTIAL_KINDS[kind], int(ident)) for kind, ident, _ in rows if kind in _CREDENTIAL_KINDS}
     return flags, lost
+
+
+# --- search (parley.search): what both databases' search_matches share -----------------------
+
+def search_filters(query: Any, rooms: Any, authors: Any) -> tuple[str, list[Any]]:
+    """The WHERE of a search, on `m`: the rooms (a subquery: room_visible_q's rule stays the
+    ORM's), the authors, the dates: the same on both databases."""
+    m = qn("m")
+    room_sql, room_params = rooms.query.sql_with_params()
+    clauses, params = [f"{m}.room_id IN ({room_sql})"], list(room_params)
+    if authors is not None:
+        author_sql, author_params = authors.query.sql_with_params()
+        clauses.append(f"{m}.author_id IN ({author_sql})")
+        params += author_params
+    created = Message._meta.get_field("created_at")
+    if query.after is not None:
+        clauses.append(f"{m}.created_at >= %s")
+        params.append(created.get_db_prep_value(query.after, connection))
+    if query.before is not None:
+        clauses.append(f"{m}.created_at < %s")
+        params.append(created.get_db_prep_value(query.before, connection))
+    return " AND ".join(clauses), params
+
+
+def search_filters_only(*, where: str, params: list[Any], limit: int,
+                        before: tuple[float, int] | None) -> list[tuple[int, float]]:
+    """A search without words: every live message of the filters `where`, newest first (score
+    0), after the cursor `before`. Needs no index, so it is one statement on both databases."""
+    m = qn("m")
+    sql = (f"SELECT {m}.id, 0.0 FROM {qn(Message._meta.db_table)} {m} WHERE {m}.kind = 'message' "
+           f"AND {m}.deleted_at IS NULL AND {where}")
+    if before is not None:
+        sql += f" AND {m}.id < %s"
+        params = [*params, before[1]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + f" ORDER BY {m}.id DESC LIMIT %s", [*params, limit])
+        return [(int(pk), float(score)) for pk, score in cursor.fetchall()]

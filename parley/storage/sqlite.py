@@ -17,7 +17,14 @@ import orjson
 from django.db import connection, transaction
 
 from parley.models import Message, Room
-from parley.storage.reads import ROOM_ROW, access_facts_from, credentials_lost_sql, room_flags_sql
+from parley.storage.reads import (
+    ROOM_ROW,
+    access_facts_from,
+    credentials_lost_sql,
+    room_flags_sql,
+    search_filters,
+    search_filters_only,
+)
 
 # The connect path's reads: the same SQL on every database (parley.storage.reads).
 from parley.storage.reads import messages as messages
@@ -173,19 +180,10 @@ def search_matches(*, query: Any, rooms: Any, authors: Any, limit: int,
                    before: tuple[float, int] | None) -> list[tuple[int, float]]:
     """As parley.storage.postgres.search_matches, with FTS5: the score is -bm25 (higher is
     better), ties newest first."""
-    from parley.storage.postgres import _search_filters  # the same WHERE on both databases
-
-    where, params = _search_filters(query, rooms, authors)
-    m, fts = qn("m"), qn(FTS_TABLE)
+    where, params = search_filters(query, rooms, authors)
     if not query.terms:
-        sql = (f"SELECT {m}.id, 0.0 FROM {qn(Message._meta.db_table)} {m} WHERE {m}.kind = 'message' "
-               f"AND {m}.deleted_at IS NULL AND {where}")
-        if before is not None:
-            sql += f" AND {m}.id < %s"
-            params.append(before[1])
-        with connection.cursor() as cursor:
-            cursor.execute(sql + f" ORDER BY {m}.id DESC LIMIT %s", [*params, limit])
-            return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+        return search_filters_only(where=where, params=params, limit=limit, before=before)
+    m, fts = qn("m"), qn(FTS_TABLE)
     inner = (f"SELECT {m}.id AS id, -bm25({fts}) AS score FROM {fts} "
              f"INNER JOIN {qn(Message._meta.db_table)} {m} ON {m}.id = {fts}.rowid "
              f"WHERE {fts} MATCH %s AND {where}")

@@ -1,21 +1,11 @@
 // Message search (docs/protocol.md §13): a box in the header, a panel of results, each a button
 // that opens its room at the message. Results are built with DOM calls only: a snippet's
 // segments become text nodes and <mark> elements through textContent, never markup.
-import { h } from "./dom.js";
+import { h, icon } from "./dom.js";
 import { api } from "./sidebar.js";
 
-const SEARCH_ICON = "M15.5 14h-.8l-.3-.3A6.5 6.5 0 1 0 14 15.5l.3.3v.8l5 5 1.5-1.5-5-5zm-6 0a4.5 4.5 0 1 1 0-9 4.5 4.5 0 0 1 0 9z";
-
 export function searchIcon() {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("class", "icon");
-  svg.setAttribute("aria-hidden", "true");
-  const path = document.createElementNS(ns, "path");
-  path.setAttribute("d", SEARCH_ICON);
-  svg.append(path);
-  return svg;
+  return icon("search");
 }
 
 /** The snippet's segments as nodes: hits in <mark>, the rest as text. */

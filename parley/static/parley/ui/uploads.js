@@ -3,9 +3,8 @@
 // composer's chips show them until the next send takes their ids. In the timeline an image
 // the server verified shows inline with its width and height set before it loads (nothing
 // below it jumps); every other file is a chip with its name and size that downloads it.
-import { h, readCookie } from "./dom.js";
+import { h, icon, readCookie } from "./dom.js";
 
-const CLIP = "M16.5 6v11.5a4 4 0 0 1-8 0V5a2.5 2.5 0 0 1 5 0v10.5a1 1 0 0 1-2 0V6H10v9.5a2.5 2.5 0 0 0 5 0V5a4 4 0 0 0-8 0v12.5a5.5 5.5 0 0 0 11 0V6h-1.5z";
 // Shown inline at most this wide (CSS px; narrower on a phone: max-width 100%).
 const IMAGE_MAX_WIDTH = 360;
 const IMAGE_MAX_HEIGHT = 320;
@@ -14,18 +13,6 @@ export function formatSize(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(bytes < 10 * 1024 ? 1 : 0)} KB`;
   return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
-}
-
-function clipIcon() {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("class", "icon");
-  svg.setAttribute("aria-hidden", "true");
-  const path = document.createElementNS(ns, "path");
-  path.setAttribute("d", CLIP);
-  svg.append(path);
-  return svg;
 }
 
 /** The box an image takes in the timeline: its own size, scaled down to fit, ratio kept. */
@@ -43,7 +30,7 @@ export function attachmentsEl(files) {
         h("img", { src: f.url, width: w, height: hgt, alt: f.name, loading: "lazy", decoding: "async" }));
     }
     return h("a", { class: "file-chip", href: f.url, download: f.name, testid: "attachment-file", title: `Download ${f.name}` },
-      clipIcon(), h("span", { class: "file-chip-name" }, f.name), h("span", { class: "file-chip-size" }, formatSize(f.size)));
+      icon("clip"), h("span", { class: "file-chip-name" }, f.name), h("span", { class: "file-chip-size" }, formatSize(f.size)));
   }));
 }
 
@@ -57,7 +44,7 @@ export class Uploads {
     this.byRoom = new Map(); // slug → [{key, file, name, size, progress, upload, error, xhr}]
     this.nextKey = 1;
     this.picker = h("input", { type: "file", multiple: true, hidden: true, testid: "attach-input" });
-    this.button = h("button", { type: "button", class: "icon-btn attach", testid: "attach", "aria-label": "Attach files", title: "Attach files" }, clipIcon());
+    this.button = h("button", { type: "button", class: "icon-btn attach", testid: "attach", "aria-label": "Attach files", title: "Attach files" }, icon("clip"));
     this.chips = h("ul", { class: "upload-chips", testid: "upload-chips", "aria-live": "polite", hidden: true });
     this.button.addEventListener("click", () => this.picker.click());
     this.picker.addEventListener("change", () => {
