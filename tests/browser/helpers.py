@@ -46,6 +46,26 @@ def open_room(page: Any, slug: str) -> None:
     wait_joined(page, slug)
 
 
+def create_room(page: Any, slug: str, title: str | None = None, private: bool = False) -> None:
+    """Create a room from the sidebar's "New room" form and wait until the page has joined it."""
+    page.get_by_test_id("new-room-toggle").click()
+    page.get_by_test_id("new-room-title").fill(title or f"Room {slug}")
+    page.get_by_test_id("new-room-slug").fill(slug)
+    if private:
+        page.get_by_test_id("new-room-private").check()
+    page.get_by_test_id("new-room-submit").click()
+    wait_joined(page, slug)
+
+
+def seq_of(page: Any, slug: str, text: str) -> int:
+    """The seq of the delivered message with this text, once the page has it."""
+    page.wait_for_function(
+        "([slug, text]) => window.parley.room(slug).messages.some((m) => m.text === text && !m._fromAck)",
+        arg=[slug, text])
+    return int(page.evaluate(
+        "([slug, text]) => window.parley.room(slug).messages.find((m) => m.text === text).seq", [slug, text]))
+
+
 def say(page: Any, text: str) -> None:
     box = page.get_by_test_id("composer-input")
     box.fill(text)

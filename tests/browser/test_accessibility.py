@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.helpers import open_room, say, signup, unique, wait_joined
+from tests.browser.helpers import create_room, open_room, say, seq_of, signup, unique, wait_joined
 
 pytestmark = [pytest.mark.browser]
 
@@ -42,22 +42,6 @@ def set_theme(page: Any, theme: str) -> None:
     page.reload()
 
 
-def _create_room(page: Any, slug: str) -> None:
-    page.get_by_test_id("new-room-toggle").click()
-    page.get_by_test_id("new-room-title").fill(f"Room {slug}")
-    page.get_by_test_id("new-room-slug").fill(slug)
-    page.get_by_test_id("new-room-submit").click()
-    wait_joined(page, slug)
-
-
-def _seq_of(page: Any, slug: str, text: str) -> int:
-    page.wait_for_function(
-        "([slug, text]) => window.parley.room(slug).messages.some((m) => m.text === text && !m._fromAck)",
-        arg=[slug, text])
-    return int(page.evaluate(
-        "([slug, text]) => window.parley.room(slug).messages.find((m) => m.text === text).seq", [slug, text]))
-
-
 def _busy_room(parley: Any, new_page: Any, width: int = 1280) -> tuple[Any, Any, str, str]:
     """ada's page on a room where most of the app's surfaces show: messages grouped by author, a
     mention of her, a reply, reactions (hers and not), an edit, code, a quote, a link, a pending
@@ -67,20 +51,20 @@ def _busy_room(parley: Any, new_page: Any, width: int = 1280) -> tuple[Any, Any,
     signup(ada, parley.url, ada_name)
     signup(bob, parley.url, bob_name)
     slug, other = unique("a11y").lower(), unique("side").lower()
-    _create_room(ada, other)
-    _create_room(ada, slug)
+    create_room(ada, other)
+    create_room(ada, slug)
     open_room(bob, slug)
     say(bob, "hi there")
-    hi = _seq_of(ada, slug, "hi there")
+    hi = seq_of(ada, slug, "hi there")
     say(bob, f"@{ada_name} have a look at `code`, https://example.com and\n> a quote")
-    _seq_of(ada, slug, "hi there")
+    seq_of(ada, slug, "hi there")
     say(ada, "an answer that I will edit")
-    mine = _seq_of(ada, slug, "an answer that I will edit")
+    mine = seq_of(ada, slug, "an answer that I will edit")
     ada.evaluate("([slug, seq]) => window.parley.edit(slug, seq, 'an edited answer')", [slug, mine])
     ada.evaluate("([slug, seq]) => window.parley.react(slug, seq, '👍')", [slug, hi])
     bob.evaluate("([slug, seq]) => window.parley.react(slug, seq, '🎉')", [slug, hi])
     ada.evaluate("([slug, seq]) => window.parley.send(slug, 'a reply', {replyTo: seq})", [slug, hi])
-    _seq_of(ada, slug, "a reply")
+    seq_of(ada, slug, "a reply")
     open_room(bob, other)
     say(bob, "over here")
     expect(ada.get_by_test_id("unread")).to_have_count(1)
@@ -98,7 +82,7 @@ def test_app_page_contrast(parley: Any, new_page: Any, theme: str) -> None:
     ada.emulate_media(color_scheme=theme)
     assert_contrast(ada, f"app, {theme}", min_checked=40)
     # The action bar of a message (shown on hover/focus) and a pending delete confirmation.
-    seq = _seq_of(ada, slug, "an edited answer")
+    seq = seq_of(ada, slug, "an edited answer")
     msg = ada.locator(f'[data-testid="message"][data-seq="{seq}"]')
     msg.hover()
     msg.get_by_test_id("action-delete").click()
@@ -235,7 +219,7 @@ def test_keyboard_tour(parley: Any, new_page: Any, theme: str) -> None:
     assert ada.locator('[data-testid="message"][tabindex="0"]').evaluate_all("els => els.map((e) => e.dataset.seq)") == [first_seq]
 
     # My edited message: Enter, then along the toolbar to Delete; the confirm keeps the focus.
-    mine = _seq_of(ada, slug, "an edited answer")
+    mine = seq_of(ada, slug, "an edited answer")
     ada.locator(f'[data-testid="message"][data-seq="{mine}"]').focus()
     ada.keyboard.press("Enter")
     assert _focused(ada)["testid"] == "quick-react"

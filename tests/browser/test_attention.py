@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.helpers import delivered, open_room, say, signup, unique, wait_joined
+from tests.browser.helpers import (
+    create_room,
+    delivered,
+    open_room,
+    say,
+    signup,
+    unique,
+    wait_joined,
+)
 
 pytestmark = [pytest.mark.browser]
 
@@ -29,14 +37,6 @@ class FakeNotification {
 FakeNotification.permission = "default";
 window.Notification = FakeNotification;
 """
-
-
-def _create_room(page: Any, slug: str) -> None:
-    page.get_by_test_id("new-room-toggle").click()
-    page.get_by_test_id("new-room-title").fill(f"Room {slug}")
-    page.get_by_test_id("new-room-slug").fill(slug)
-    page.get_by_test_id("new-room-submit").click()
-    wait_joined(page, slug)
 
 
 def _link(page: Any, slug: str) -> Any:
@@ -59,7 +59,7 @@ def _two_users(parley: Any, new_page: Any, width: int) -> tuple[Any, Any, str, s
     slug = unique("att").lower()
     if width < 600:
         bob.get_by_test_id("sidebar-toggle").click()
-    _create_room(bob, slug)
+    create_room(bob, slug)
     open_room(ada, slug)
     ada.goto(f"{parley.url}/#/lobby")  # a fresh page: the room is in ada's list now
     ada.reload()

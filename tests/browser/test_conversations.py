@@ -15,27 +15,18 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.helpers import open_room, signup, unique, wait_connected, wait_joined
+from tests.browser.helpers import (
+    create_room,
+    open_room,
+    seq_of,
+    signup,
+    unique,
+    wait_connected,
+    wait_joined,
+)
 from tests.browser.server import PYTHON, REPO
 
 pytestmark = [pytest.mark.browser]
-
-
-def _create_room(page: Any, slug: str) -> None:
-    page.get_by_test_id("new-room-toggle").click()
-    page.get_by_test_id("new-room-title").fill(f"Room {slug}")
-    page.get_by_test_id("new-room-slug").fill(slug)
-    page.get_by_test_id("new-room-submit").click()
-    wait_joined(page, slug)
-
-
-def _seq_of(page: Any, slug: str, text: str) -> int:
-    """The seq of the delivered message with this text, once the page has it."""
-    page.wait_for_function(
-        "([slug, text]) => window.parley.room(slug).messages.some((m) => m.text === text && !m._fromAck)",
-        arg=[slug, text])
-    return page.evaluate(
-        "([slug, text]) => window.parley.room(slug).messages.find((m) => m.text === text).seq", [slug, text])
 
 
 def _msg(page: Any, seq: int) -> Any:
@@ -70,13 +61,13 @@ def test_two_users_edit_delete_react_reply_and_mention(parley: Any, new_page: An
     signup(ada, parley.url, ada_name)
     signup(bob, parley.url, bob_name)
     slug = unique("conv").lower()
-    _create_room(ada, slug)
+    create_room(ada, slug)
     open_room(bob, slug)
     expect(ada.locator(f'[data-testid="member"][data-username="{bob_name}"]')).to_have_count(1)
     # In a public room a mention names its owner or someone who has posted there: bob says hi.
     bob.get_by_test_id("composer-input").fill("hi")
     bob.get_by_test_id("composer-input").press("Enter")
-    _seq_of(ada, slug, "hi")
+    seq_of(ada, slug, "hi")
 
     # ada mentions bob through the @ autocomplete (bob is online in the room).
     _type(ada, "hello @" + bob_name[:4])
@@ -87,8 +78,8 @@ def test_two_users_edit_delete_react_reply_and_mention(parley: Any, new_page: An
     _type(ada, "look at **this**")
     ada.get_by_test_id("composer-input").press("Enter")
     m1_text = f"hello @{bob_name} look at **this**"
-    m1 = _seq_of(bob, slug, m1_text)
-    assert _seq_of(ada, slug, m1_text) == m1
+    m1 = seq_of(bob, slug, m1_text)
+    assert seq_of(ada, slug, m1_text) == m1
     # Rendered: bold, and the mention — strongly on bob's page, plainly on ada's.
     expect(_msg(bob, m1).locator("strong")).to_have_text("this")
     expect(_msg(bob, m1).locator('[data-testid="mention"]')).to_have_class("mention mention--me")
@@ -131,7 +122,7 @@ def test_two_users_edit_delete_react_reply_and_mention(parley: Any, new_page: An
     expect(bob.get_by_test_id("composer-input")).to_have_value(f"on it @{ada_name} ")
     bob.get_by_test_id("composer-input").press("Enter")
     expect(bob.get_by_test_id("reply-bar")).to_be_hidden()
-    m2 = _seq_of(ada, slug, f"on it @{ada_name}")
+    m2 = seq_of(ada, slug, f"on it @{ada_name}")
     for p in (ada, bob):
         quote = _msg(p, m2).get_by_test_id("reply-quote")
         expect(quote).to_have_attribute("data-target", str(m1))
@@ -179,7 +170,7 @@ def test_two_users_edit_delete_react_reply_and_mention(parley: Any, new_page: An
     # bob deletes a message of his: a second click confirms; both pages show a tombstone.
     bob.get_by_test_id("composer-input").fill("oops, wrong room")
     bob.get_by_test_id("composer-input").press("Enter")
-    m3 = _seq_of(ada, slug, "oops, wrong room")
+    m3 = seq_of(ada, slug, "oops, wrong room")
     _action(bob, m3, "action-delete").click()
     expect(_msg(bob, m3).get_by_test_id("action-delete")).to_have_text("Delete?")
     _msg(bob, m3).get_by_test_id("action-delete").click()
@@ -261,12 +252,12 @@ def test_phone_width_long_press_actions(parley: Any, phone_page: Any) -> None:
     signup(bob, parley.url, bob_name)
     slug = unique("phone").lower()
     ada.get_by_test_id("sidebar-toggle").tap()
-    _create_room(ada, slug)
+    create_room(ada, slug)
     open_room(bob, slug)
 
     ada.get_by_test_id("composer-input").fill("a long message from the phone " + "word " * 30)
     ada.get_by_test_id("composer-input").press("Enter")
-    m1 = _seq_of(bob, slug, ("a long message from the phone " + "word " * 30).strip())
+    m1 = seq_of(bob, slug, ("a long message from the phone " + "word " * 30).strip())
 
     # No hover on a phone: a long-press opens the actions, sized for a finger, inside the screen.
     tools = _msg(bob, m1).get_by_test_id("message-actions")
@@ -293,7 +284,7 @@ def test_phone_width_long_press_actions(parley: Any, phone_page: Any) -> None:
     bob.get_by_test_id("composer-input").press_sequentially("thanks @" + ada_name[:3])
     bob.locator(f'[data-testid="mention-option"][data-username="{ada_name}"]').tap()
     bob.get_by_test_id("send").tap()
-    m2 = _seq_of(ada, slug, f"thanks @{ada_name}")
+    m2 = seq_of(ada, slug, f"thanks @{ada_name}")
     expect(_msg(ada, m2).get_by_test_id("reply-quote")).to_have_attribute("data-target", str(m1))
     expect(_msg(ada, m2).locator('[data-testid="mention"]')).to_have_class("mention mention--me")
 
@@ -329,7 +320,7 @@ def test_changes_made_while_offline_arrive_on_resume(parley: Any, new_page: Any)
     signup(ada, parley.url, ada_name)
     signup(bob, parley.url, bob_name)
     slug = unique("resume").lower()
-    _create_room(ada, slug)
+    create_room(ada, slug)
     open_room(bob, slug)
     call = "([slug, op, args]) => window.parley[op](slug, ...args)"
     seqs = [ada.evaluate(call, [slug, "send", [f"m{i}"]])["seq"] for i in range(4)]
@@ -373,7 +364,7 @@ def test_copy_link_opens_the_message(parley: Any, new_page: Any) -> None:
     ada = new_page()
     signup(ada, parley.url, unique("ada"))
     slug = unique("link").lower()
-    _create_room(ada, slug)
+    create_room(ada, slug)
     call = "([slug, text]) => window.parley.send(slug, text)"
     first = ada.evaluate(call, [slug, "the one to link to"])["seq"]
     for i in range(40):  # enough below it that it is scrolled out of view
@@ -409,11 +400,11 @@ def test_the_rooms_owner_and_an_admin_delete_anyones_message(parley: Any, new_pa
     signup(admin, parley.url, admin_name)
     signup(bob, parley.url, bob_name)
     slug = unique("mod").lower()
-    _create_room(bob, slug)
+    create_room(bob, slug)
     open_room(admin, slug)
     bob.get_by_test_id("composer-input").fill("spam spam spam")
     bob.get_by_test_id("composer-input").press("Enter")
-    seq = _seq_of(admin, slug, "spam spam spam")
+    seq = seq_of(admin, slug, "spam spam spam")
     _msg(admin, seq).hover()
     expect(_msg(admin, seq).get_by_test_id("action-delete")).to_have_count(0)  # not an admin yet
 
@@ -428,7 +419,7 @@ def test_the_rooms_owner_and_an_admin_delete_anyones_message(parley: Any, new_pa
     # bob owns the room: he deletes the admin's message too.
     admin.get_by_test_id("composer-input").fill("an admin's note")
     admin.get_by_test_id("composer-input").press("Enter")
-    note = _seq_of(bob, slug, "an admin's note")
+    note = seq_of(bob, slug, "an admin's note")
     _action(bob, note, "action-delete").click()
     _msg(bob, note).get_by_test_id("action-delete").click()
     for p in (admin, bob):
