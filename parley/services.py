@@ -45,6 +45,11 @@ class RoomsOwnedLimit(Exception):
     """The owner already owns PARLEY_MAX_ROOMS_OWNED_PER_USER rooms."""
 
 
+# Slugs the HTTP API's own paths use where a room's slug would be (GET /api/rooms/state, ahead of
+# /api/rooms/<slug>): a room with one could not be reached there.
+ROUTE_SLUGS = frozenset({"state"})
+
+
 def room_create(*, slug: str, title: str, owner: Any = None, is_private: bool = False) -> Room:
     """A new room, and its owner's membership. With an owner, at most MAX_ROOMS_OWNED_PER_USER
     rooms each (RoomsOwnedLimit): the count and the insert run under a lock on the owner's row,
@@ -52,7 +57,7 @@ def room_create(*, slug: str, title: str, owner: Any = None, is_private: bool = 
     room = Room(slug=slug, title=title, owner=owner, is_private=is_private)
     room.full_clean(validate_unique=False)
     # dm-…: the direct conversations' namespace (parley.rooms.dm_open); nobody names one.
-    if slug in parley_settings.RESERVED_SLUGS or slug.startswith(DM_SLUG_PREFIX):
+    if slug in parley_settings.RESERVED_SLUGS or slug in ROUTE_SLUGS or slug.startswith(DM_SLUG_PREFIX):
         raise RoomSlugTaken(slug)
     try:
         with transaction.atomic():

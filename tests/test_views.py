@@ -260,6 +260,15 @@ def test_a_taken_slug_says_room_exists_only_for_a_room_the_caller_can_see(parley
                  409, "slug_unavailable")
 
 
+def test_a_slug_the_api_uses_for_its_own_paths_is_unavailable():
+    """GET /api/rooms/state comes before /api/rooms/<slug>: a room "state" could not be reached."""
+    h = auth(token(user("ada")))
+    assert_error(post_json(Client(), "/api/rooms", {"slug": "state", "title": "State"}, headers=h),
+                 409, "slug_unavailable")
+    assert not Room.objects.filter(slug="state").exists()
+    assert Client().get("/api/rooms/state", headers=h).status_code == 200  # the list, not a room
+
+
 @pytest.fixture
 def room_buckets() -> Any:
     """Forgets the room-creation buckets a test drained: user ids come round again."""
