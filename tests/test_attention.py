@@ -214,17 +214,13 @@ async def test_http_state_read_and_settings(connect):
 
 
 async def test_a_dm_defaults_to_all(connect):
+    from parley import rooms
+
     ada, bob = await make_user("ada"), await make_user("bob")
-    room = await make_room("dm-1", owner=bob, private=True)
-
-    def as_dm() -> None:
-        room.kind = "dm"
-        room.save(update_fields=["kind"])
-        services.membership_add(room=room, user=ada)
-
-    await database_sync_to_async(as_dm)()
+    room, created = await database_sync_to_async(rooms.dm_open)(creator=bob, usernames=["ada"])
+    assert created and room.kind == "dm"
     client = await connect(ada, protocol=2)
-    assert by_slug(client.rooms)["dm-1"]["notify"] == "all"
+    assert by_slug(client.rooms)[room.slug]["notify"] == "all"
 
 
 async def test_joining_a_public_room_again_lists_it_and_keeps_the_marker(connect):
