@@ -178,7 +178,10 @@ def test_seq_is_an_integer_from_1_to_2_53(kind, seq):
 VISIBLE_ROOMS = ["lobby", "other"]
 ROOM_CHOICES = ["lobby", "lobby", "other", "secret", "nope", "", 5, None]
 REPLY_TYPES = {"joined", "left", "ack", "history", "pong", "error", "edited", "deleted", "reacted"}
-EVENT_TYPES = {"message", "edit", "delete", "reaction", "presence", "typing"}
+EVENT_TYPES = {"message", "edit", "delete", "reaction", "presence", "typing",
+               # addressed to the user (protocol §11, §12): the room list after hello, and what
+               # a join of a public room for the first time announces to the user's sockets
+               "rooms", "read", "room_state", "room_added", "room_removed", "room_updated"}
 # What a well-formed conversation frame for a joined room may be answered with: it depends on
 # the log (which seq is a message, whose, deleted, how many reactions), which the fuzz makes.
 OUTCOMES = {
