@@ -68,6 +68,9 @@ def room_create(*, slug: str, title: str, owner: Any = None, is_private: bool = 
             room.save()
             if owner is not None:
                 Membership.objects.create(room=room, user=owner, role=Membership.Role.OWNER)
+                # In its creator's room list at once, on every socket of theirs (§11, §12).
+                rooms.room_state_listed(room=room, user=owner)
+                rooms.notify_added(room=room, users=[owner])
     except IntegrityError as exc:
         if Room.objects.filter(slug=slug).exists():
             raise RoomSlugTaken(slug) from exc
@@ -507,9 +510,24 @@ def room_states_open(*, opened: list[tuple[int, int, int]]) -> None:
     INSERT … ON CONFLICT DO UPDATE for all of them (parley.commands.join sends a batch of joins
     here off the join's own path)."""
     rows = {(u, r): RoomState(user_id=u, room_id=r, last_read_seq=seq, listed=True) for u, r, seq in opened}
-    if rows:
+    if not rows:
+        return
+    user_ids, room_ids = {u for u, _ in rows}, {r for _, r in rows}
+    listed = set(RoomState.objects.filter(user_id__in=user_ids, room_id__in=room_ids, listed=True)
+                 .values_list("user_id", "room_id"))
+    with transaction.atomic():
         RoomState.objects.bulk_create(list(rows.values()), update_conflicts=True, unique_fields=["user", "room"],
                                       update_fields=["listed"])
+        # The room entered the user's list (a first visit, or back after leaving it): every one
+        # of their sockets hears room_added, as for a room they were added to (§11, §12), so
+        # their counts follow it from now on.
+        new = [key for key in rows if key not in listed]
+        if new:
+            users = get_user_model()._default_manager.in_bulk({u for u, _ in new})
+            room_objs = Room.objects.in_bulk({r for _, r in new})
+            for u, r in new:
+                if u in users and r in room_objs:
+                    rooms.notify_added(room=room_objs[r], users=[users[u]])
 
 
 def room_state_mark_read(*, user: Any, room: Room, seq: int, skip_socket: str | None = None) -> RoomStateRow:

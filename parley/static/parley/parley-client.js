@@ -557,6 +557,7 @@ export class ParleyClient {
         return this._onRoomLost(frame.room, "removed");
       case "room_removed": // version 2 (§12): removed, left elsewhere, or deleted
         this._onRoomLost(frame.room, frame.reason || "removed");
+        if (this.roomStates.delete(frame.room)) this._emit("attention", { kind: "room_state", slug: frame.room });
         return this._emit("rooms", frame);
       case "room_added":
       case "room_updated":
@@ -569,6 +570,12 @@ export class ParleyClient {
         if (frame.type === "room_added" && frame.state?.room) {
           const back = this.rooms.get(frame.state.room.slug);
           if (back && back.removed) back.removed = null; // added again
+          this._onRoomState(frame); // in the room list from now on, with its counts (§11)
+        }
+        if (frame.type === "room_updated" && frame.room && this.roomStates.has(frame.room.slug)) {
+          const state = this.roomStates.get(frame.room.slug);
+          state.room = { ...state.room, ...frame.room };
+          this._emit("attention", { kind: "room_state", slug: frame.room.slug });
         }
         return this._emit("rooms", frame);
       default:

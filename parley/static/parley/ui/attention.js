@@ -40,7 +40,8 @@ export class Attention {
     this._buildDesktopControl();
     const { client } = this;
     client.on("attention", (e) => {
-      if (e.kind === "rooms") this._joinListed();
+      // A new list, or a room added to it (room_added, §12): join what is not joined yet.
+      if (e.kind === "rooms" || e.kind === "room_state") this._joinListed();
       this.changed();
       this.maybeMarkRead();
     });
