@@ -22,6 +22,7 @@ from parley.storage.reads import (
     room_flags_sql,
     search_filters,
     search_filters_only,
+    search_ranked_page,
 )
 
 # The connect path's reads: the same SQL on every database (parley.storage.reads).
@@ -196,14 +197,8 @@ def search_matches(*, query: Any, rooms: Any, authors: Any, limit: int,
     inner = (f"SELECT {m}.id, ts_rank({m}.search_vector, {qn('q')}.query, 1) AS score "
              f"FROM {qn(Message._meta.db_table)} {m}, websearch_to_tsquery('{SEARCH_CONFIG}', %s) AS {qn('q')} (query) "
              f"WHERE {m}.search_vector @@ {qn('q')}.query AND {where}")
-    sql = f"SELECT id, score FROM ({inner}) AS s"
-    params = [query.websearch(), *params]
-    if before is not None:
-        sql += " WHERE s.score < %s::real OR (s.score = %s::real AND s.id < %s)"
-        params += [before[0], before[0], before[1]]
-    with connection.cursor() as cursor:
-        cursor.execute(sql + " ORDER BY s.score DESC, s.id DESC LIMIT %s", [*params, limit])
-        return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+    return search_ranked_page(inner=inner, params=[query.websearch(), *params], limit=limit, before=before,
+                              score_type="real")
 
 
 def search_snippets(*, query: Any, ids: list[int], markers: Any, words: int, whole_chars: int) -> dict[int, str]:

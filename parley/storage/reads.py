@@ -202,3 +202,18 @@ def search_filters_only(*, where: str, params: list[Any], limit: int,
     with connection.cursor() as cursor:
         cursor.execute(sql + f" ORDER BY {m}.id DESC LIMIT %s", [*params, limit])
         return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+
+
+def search_ranked_page(*, inner: str, params: list[Any], limit: int, before: tuple[float, int] | None,
+                       score_type: str = "") -> list[tuple[int, float]]:
+    """A page of a ranked search: `inner` selects (id, score) of the matches; best first, ties
+    newest first, after the cursor `before` (score, id). `score_type` casts the cursor's score
+    to the score's own type (PostgreSQL's ts_rank is a real: a float8 never equals it)."""
+    cast = f"::{score_type}" if score_type else ""
+    sql = f"SELECT id, score FROM ({inner}) AS s"
+    if before is not None:
+        sql += f" WHERE s.score < %s{cast} OR (s.score = %s{cast} AND s.id < %s)"
+        params = [*params, before[0], before[0], before[1]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " ORDER BY s.score DESC, s.id DESC LIMIT %s", [*params, limit])
+        return [(int(pk), float(score)) for pk, score in cursor.fetchall()]

@@ -24,6 +24,7 @@ from parley.storage.reads import (
     room_flags_sql,
     search_filters,
     search_filters_only,
+    search_ranked_page,
 )
 
 # The connect path's reads: the same SQL on every database (parley.storage.reads).
@@ -187,14 +188,7 @@ def search_matches(*, query: Any, rooms: Any, authors: Any, limit: int,
     inner = (f"SELECT {m}.id AS id, -bm25({fts}) AS score FROM {fts} "
              f"INNER JOIN {qn(Message._meta.db_table)} {m} ON {m}.id = {fts}.rowid "
              f"WHERE {fts} MATCH %s AND {where}")
-    sql = f"SELECT id, score FROM ({inner}) AS s"
-    params = [query.fts5(), *params]
-    if before is not None:
-        sql += " WHERE s.score < %s OR (s.score = %s AND s.id < %s)"
-        params += [before[0], before[0], before[1]]
-    with connection.cursor() as cursor:
-        cursor.execute(sql + " ORDER BY s.score DESC, s.id DESC LIMIT %s", [*params, limit])
-        return [(int(pk), float(score)) for pk, score in cursor.fetchall()]
+    return search_ranked_page(inner=inner, params=[query.fts5(), *params], limit=limit, before=before)
 
 
 def search_snippets(*, query: Any, ids: list[int], markers: Any, words: int, whole_chars: int) -> dict[int, str]:
