@@ -47,7 +47,7 @@ class RoomRefused(Exception):
 
 # --- the room-state object and the frames ------------------------------------------------------
 
-def room_state_object(*, room: Room, user: Any, state: RoomState | None = None) -> dict[str, Any]:
+def room_state_object(*, room: Room, user: Any) -> dict[str, Any]:
     """One user's view of one room (docs/protocol.md §11's room-state object), as the `rooms`
     list has it: read from the database after the change (one statement, counts included)."""
     return room_state_payload(*room_state_get(user=user, room=room))
@@ -62,11 +62,8 @@ def _send(user_ids: list[int] | tuple[int, ...], frame: dict[str, Any], *, skip_
 
 def notify_added(*, room: Room, users: list[Any]) -> None:
     """`room_added` to each of these users (each gets their own room-state object)."""
-    rooms_with_dm_members(rooms=[room])
-    states = {s.user_id: s for s in RoomState.objects.filter(room=room, user_id__in=[u.pk for u in users])}
     for user in users:
-        _send([user.pk], {"type": "room_added",
-                          "state": room_state_object(room=room, user=user, state=states.get(user.pk))})
+        _send([user.pk], {"type": "room_added", "state": room_state_object(room=room, user=user)})
 
 
 def notify_removed(*, room: Room, user_ids: list[int], reason: str) -> None:
