@@ -101,6 +101,34 @@ def _flush_redis() -> Iterator[None]:
             client.close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_state() -> None:
+    """Each test starts with none of this process's caches and budgets keyed by database ids.
+
+    On SQLite a test's rows are rolled back, and with them the id sequences: the next test's
+    first user and room get the same ids again. A slug → id hint, a "this RoomState exists"
+    mark, a "not a DM" mark or a user's spent history budget left by one test would otherwise
+    apply to another test's different rows (a join refused as rate_limited, a room's read
+    state never written), depending on which tests ran before it.
+    """
+    import parley.commands
+    import parley.receivers
+    import parley.session
+    import parley.throttles
+    from parley import limits
+
+    parley.session._room_ids.clear()
+    parley.commands._states_opened.clear()
+    parley.receivers._not_dm.clear()
+    for module in (limits, parley.throttles):
+        for value in vars(module).values():
+            if isinstance(value, limits.BucketMap):
+                value._buckets.clear()
+    budget = parley.commands._history_budget
+    budget._buckets.clear()
+    budget._total = None
+
+
 PASSWORD = "correct-horse-battery"  # every test user's, unless a test says otherwise
 
 
