@@ -28,8 +28,15 @@ export class MentionAutocomplete {
     this.matches = [];
     this.active = 0;
     this.start = -1; // index of the "@" being completed
+    // Closed a moment after the textarea loses focus (a click elsewhere), unless it has it
+    // again by then: a list opened after a quick return must not be closed by the old blur.
+    this.blurTimer = null;
     input.addEventListener("input", () => this.update());
-    input.addEventListener("blur", () => setTimeout(() => this.close(), 150));
+    input.addEventListener("focus", () => clearTimeout(this.blurTimer));
+    input.addEventListener("blur", () => {
+      clearTimeout(this.blurTimer);
+      this.blurTimer = setTimeout(() => this.close(), 150);
+    });
   }
 
   get isOpen() {
