@@ -476,6 +476,83 @@ async def test_three_members_see_every_entry_once_across_drops_and_a_sigkill(ser
         await collector.stop()
 
 
+async def _resume_cut_three_times(server: Any, *, like_the_servers: bool) -> tuple[Any, Any, dict[str, Any]]:
+    """Ada drops her socket; while she is away bob posts a message, edits and reacts (seqs 2-4);
+    her next three resumes are cut off right after their join frame is written, before
+    `joined` can arrive. `like_the_servers`: each cut looks to her client like the server's (a
+    drop without a close frame it did not make), not like her own abort."""
+    (ada, a_events, a_token), (bob, b_events, b_token) = await _pair(server)
+    first = await bob.send(ROOM, "before the drop")
+    await wait_for(lambda: a_events.entry_seqs(ROOM) == [first["seq"]], 10, "ada to see the first message")
+    requests = ada._sync._requests
+    original = requests.request
+    cut: list[int] = []
+    away_done = asyncio.Event()
+
+    async def cutting(conn: Any, frame: dict[str, Any], on_written: Any = None) -> dict[str, Any]:
+        if frame.get("type") == "join" and "after_seq" in frame and len(cut) < 3:
+            if not cut:
+                await bob.send(ROOM, "while ada is away")
+                await bob.edit(ROOM, first["seq"], "before the drop, edited")
+                await bob.react(ROOM, first["seq"], "👍")
+                away_done.set()
+            cut.append(conn.id)
+
+            def written() -> None:
+                if on_written is not None:
+                    on_written()
+                conn.abort()  # the resume is out; its `joined` will never arrive on this socket
+                conn.aborted_here = not like_the_servers
+
+            return await original(conn, frame, written)
+        return await original(conn, frame, on_written)
+
+    requests.request = cutting  # type: ignore[method-assign]
+    ada.abort_connection()
+    await asyncio.wait_for(away_done.wait(), 30)
+    return (ada, a_events, a_token), (bob, b_events, b_token), {"cut": cut, "first": first}
+
+
+@pytestmark_db
+async def test_resumes_cut_off_by_the_client_itself_stay_resumes(servers: Any) -> None:
+    """A resume whose connection this client drops before `joined` arrives (its own abort, a
+    dead heartbeat) is sent again as a resume however often that happens: only the server's
+    cut-offs (4413, a drop without a close frame) turn it into a fresh join paged from history,
+    which passes over the gap's edits and reactions."""
+    server = servers(extra_env=RELAXED_EDITS)
+    a, b, seen = await _resume_cut_three_times(server, like_the_servers=False)
+    await _settled(server, [a, b])
+    ada = a[0]
+    assert len(seen["cut"]) == 3
+    assert ada.room(ROOM).stats.skipped == 0 and ada.stats.catchups == 0 and ada.stats.resumes_recovered >= 1
+    for client, collector, _ in (a, b):
+        await client.close()
+        await collector.stop()
+
+
+@pytestmark_db
+async def test_two_resumes_cut_off_by_the_server_become_a_catch_up_through_last_seq(servers: Any) -> None:
+    """After two resumes the server cut off, the client joins fresh and catches up from history:
+    the page's messages are delivered, the edit and reaction folded into them are passed over
+    up to the room's last_seq as the join read it (none of them comes live), the application
+    is told older messages may be stale, and the next live entry follows with no gap to fill."""
+    server = servers(extra_env=RELAXED_EDITS)
+    (ada, a_events, _), (bob, b_events, _), seen = await _resume_cut_three_times(server, like_the_servers=True)
+    await wait_for(lambda: ada.room(ROOM).high_seq == 4, 15, "ada's catch-up to reach seq 4")
+    assert len(seen["cut"]) == 2  # the third join was a fresh one
+    st = ada.room(ROOM)
+    assert a_events.entry_seqs(ROOM) == [1, 2] and st.stats.skipped == 2 and ada.stats.catchups == 1
+    await wait_for(lambda: any(e["type"] == "stale" for e in a_events.events), 5, "a stale event")
+    assert [e for e in a_events.events if e["type"] == "stale"] == [{"type": "stale", "room": ROOM, "through_seq": 1}]
+    fills = st.stats.gap_fills
+    later = await bob.send(ROOM, "after the catch-up")
+    await wait_for(lambda: a_events.entry_seqs(ROOM)[-1:] == [later["seq"]], 10, "ada to see the next message live")
+    assert later["seq"] == 5 and st.stats.gap_fills == fills
+    for client, collector in ((ada, a_events), (bob, b_events)):
+        await client.close()
+        await collector.stop()
+
+
 @pytestmark_db
 async def test_a_fresh_join_and_the_backlog_of_a_log_with_edits_and_reactions(servers: Any) -> None:
     """A page folds the entries in: a fresh join's view is its page, and live delivery goes on

@@ -298,7 +298,7 @@ class _Router:
         c = self.client
         c._requests.connection_lost(conn)
         c._sender.connection_lost(conn)
-        c._sync.connection_lost(conn)
+        c._sync.connection_lost(conn, code)
         c._emit({"type": "disconnected", "connection": conn.id, "code": code})
 
     def stopped(self, exc: BaseException) -> None:

@@ -14,8 +14,9 @@ and the highest entry seq delivered. On every new connection each room is rejoin
   application gets a `stale` event;
 - a *different* epoch (the room was deleted and created again), or more than `catchup_max`
   behind: the log starts over, and the application gets a `reset` event;
-- a resume cut off twice before its `joined` arrived (4413: the server could not send the whole
-  gap) becomes a fresh join whose gap is paged from `history` the same way.
+- a resume cut off twice before its `joined` arrived by the server (4413, or a drop without a
+  close frame that this client did not make: the server could not send the whole gap) becomes
+  a fresh join whose gap is paged from `history` the same way.
 
 Every entry passes `RoomState.offer`: a seq already delivered is dropped, one ahead of a gap is
 held back, and a gap still open after `gap_fill_delay` is filled by a resume `join` on the same
@@ -209,14 +210,21 @@ class RoomSync:
         for st in list(self.rooms.values()):  # rejoin (resume) everything; sends follow each join
             self._joiner(conn, st)
 
-    def connection_lost(self, conn: Connection) -> None:
+    def connection_lost(self, conn: Connection, code: int | None = None) -> None:
+        # A resume cut off before its `joined` arrived counts against resuming only when the
+        # resume may be why: the server's 4413 (its reply and what followed overflowed the
+        # socket's queue), or a drop without a close frame that this client did not make (a
+        # reader cut off that way may get no close frame, protocol §7). Not a drop made here
+        # (abort_connection(), a dead heartbeat, a late reply) nor another close code: paging
+        # a fresh join instead would pass over the gap's edits, deletes and reactions.
+        resume_cut = code == 4413 or (code in (None, 1006) and not conn.aborted_here)
         for st in self.rooms.values():
             if st.join_sent_on == conn.id:
                 st.join_sent_on = None
             if st.joined_on == conn.id:
                 st.joined_on = None
-            elif st.known and st.join_task_conn == conn.id:
-                st.resume_failures += 1  # cut off before the resume's `joined` arrived
+            elif st.known and st.join_task_conn == conn.id and resume_cut:
+                st.resume_failures += 1
 
     def _joiner(self, conn: Connection, st: RoomState) -> asyncio.Task[dict[str, Any] | None]:
         """The task that joins this room on this connection (one per room and connection)."""
@@ -300,7 +308,9 @@ class RoomSync:
             if self.emit_backlog:
                 # The whole log from its start: the page, and history below it.
                 entries = [message_event(m) for m in messages]
-                st.history_until = max(st.history_until, page_high)
+                # Up to the room's last_seq as the join read it: the seqs after the page's
+                # newest message are entries folded into it, and none comes live.
+                st.history_until = max(st.history_until, live_high)
             else:
                 st.high_seq = live_high
         elif recovered is True:
@@ -318,10 +328,12 @@ class RoomSync:
                 # buffer and the messages below it are read from history, so none is lost.
                 self.stats.catchups += 1
                 entries = [message_event(m) for m in messages if m["seq"] > st.high_seq]
-                if page_high > st.high_seq:
+                if live_high > st.high_seq:
                     if st.catchup_from is None:
                         st.catchup_from, st.catchup_skipped = st.high_seq, st.stats.skipped
-                    st.history_until = max(st.history_until, page_high)
+                    # Through last_seq, not the page's newest message: the entries after it are
+                    # folded into the page and never come live, so they are passed over too.
+                    st.history_until = max(st.history_until, live_high)
             else:
                 st.pending.clear()
                 st.reset(epoch, live_high)

@@ -96,6 +96,7 @@ class Connection:
     ping_queued: bool = False
     ping_sent_at: float | None = None
     closed: bool = False
+    aborted_here: bool = False  # this client dropped it (abort(): a dead heartbeat, a late reply, the app)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -124,6 +125,7 @@ class Connection:
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake."""
         if not self.closed:
+            self.aborted_here = True
             self.ws.transport.abort()
 
 
