@@ -207,7 +207,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "max_reactions_per_message": parley_settings.MAX_REACTIONS_PER_MESSAGE,
                     "max_reactions_per_user": parley_settings.MAX_REACTIONS_PER_USER,
                     "reads_per_sec": parley_settings.READS_PER_SEC, "reads_burst": parley_settings.READS_BURST,
-                    "unread_count_max": parley_settings.UNREAD_COUNT_MAX} if version >= 2 else {}),
+                    "unread_count_max": parley_settings.UNREAD_COUNT_MAX,
+                    "upload_max_bytes": parley_settings.UPLOAD_MAX_BYTES,
+                    "max_attachments_per_message": parley_settings.MAX_ATTACHMENTS_PER_MESSAGE}
+                   if version >= 2 else {}),
             },
         })
         if version >= 2:

@@ -11,6 +11,8 @@ Text of any kind (HTML, SVG) is sniffed as, and served as, text/plain.
 
 from __future__ import annotations
 
+import logging
+
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.utils.http import content_disposition_header
@@ -20,6 +22,8 @@ from parley.conf import parley_settings
 from parley.http_auth import api_error
 from parley.uploads import INLINE_IMAGE_FORMATS, UploadRefused
 from parley.views import api, rate_limited
+
+log = logging.getLogger(__name__)
 
 # What a multipart body adds around its one file (boundaries, part headers, a CSRF field):
 # a request announcing more than UPLOAD_MAX_BYTES plus this cannot hold an acceptable file.
@@ -103,7 +107,14 @@ def room_upload(request: HttpRequest, slug: str, upload_id: int) -> HttpResponse
     else:
         inline = upload.content_type in _INLINE_TYPES and upload.width is not None
         content_type = "text/plain; charset=utf-8" if upload.content_type == "text/plain" else upload.content_type
-        response = FileResponse(uploads.storage().open(upload.file, "rb"), content_type=content_type)
+        try:
+            handle = uploads.storage().open(upload.file, "rb")
+        except FileNotFoundError:
+            # Its row is here but its bytes are not (removed from the storage by hand, or a
+            # restore without the media): the same answer as a deleted message's file.
+            log.warning("upload %s: %r is missing from the storage", upload.pk, upload.file)
+            return api_error(404, "upload_not_found", "this file is no longer stored")
+        response = FileResponse(handle, content_type=content_type)
         response["Content-Length"] = str(upload.size)
         response["Content-Disposition"] = content_disposition_header(not inline, upload.name)
     _download_headers(response, etag)

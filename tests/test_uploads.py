@@ -285,6 +285,15 @@ def uploaded(u: Any, slug: str, content: bytes, name: str = "f.txt") -> dict[str
     return r.json()["upload"]
 
 
+async def test_hello_tells_a_v2_client_the_upload_limits(connect, parley_settings):
+    parley_settings(UPLOAD_MAX_BYTES=12345, MAX_ATTACHMENTS_PER_MESSAGE=3)
+    ada = await make_user("ada")
+    v2, v1 = await connect(ada, protocol=2), await connect(ada)
+    limits = v2.hello["limits"]
+    assert (limits["upload_max_bytes"], limits["max_attachments_per_message"]) == (12345, 3)
+    assert "upload_max_bytes" not in v1.hello["limits"]  # version 1 has no files
+
+
 async def test_a_v2_send_carries_files_and_v1_sockets_see_the_text_only(connect):
     ada, bob = await make_user("ada"), await make_user("bob")
     await make_room("lobby")
@@ -461,6 +470,16 @@ def test_deleting_a_message_deletes_its_files(_storage):
     assert not Attachment.objects.exists() and not storages["default"].exists(name)
     error(api(raw, "get", up["url"]), 404, "upload_not_found")
     assert "attachments" not in api(raw, "get", f"/api/rooms/lobby/messages/{message.seq}").json()["message"]
+
+
+def test_a_file_missing_from_the_storage_is_upload_not_found(_storage, caplog):
+    ada = user("ada")
+    services.room_create(slug="lobby", title="Lobby")
+    raw = token(ada)
+    up = upload(raw, "lobby", b"soon gone").json()["upload"]
+    storages["default"].delete(Attachment.objects.get(pk=up["id"]).file)
+    error(api(raw, "get", up["url"]), 404, "upload_not_found")
+    assert "missing from the storage" in caplog.text
 
 
 def test_deleting_a_room_deletes_its_files():

@@ -187,3 +187,27 @@ def test_uploaded_html_and_svg_never_run(parley, new_page, name, content, mime):
     assert download.value.suggested_filename == name
     time.sleep(1.0)
     assert page.evaluate("() => [window.pwned, localStorage.getItem('pwned')]") == [None, None]
+
+
+def test_a_file_over_the_servers_limits_is_refused_before_it_is_sent(parley, new_page):
+    """hello.limits (protocol §1): a file larger than upload_max_bytes, or one more than
+    max_attachments_per_message, is shown refused at once and never goes up."""
+    page = new_page()
+    signup(page, parley.url, unique("ada"))
+    slug = unique("limits").replace("_", "-")
+    _room(page, slug)
+    limits = page.evaluate("() => window.parley.limits")
+    assert limits["upload_max_bytes"] == 10 * 1024 * 1024 and limits["max_attachments_per_message"] == 10
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "/uploads" in r.url else None)
+    page.evaluate("() => { window.parley.limits.upload_max_bytes = 1000; window.parley.limits.max_attachments_per_message = 2; }")
+    _attach(page, {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": b"x" * 1001})
+    chip = page.get_by_test_id("upload-chip").filter(has_text="big.bin")
+    expect(chip).to_have_attribute("data-state", "failed")
+    expect(chip).to_contain_text("larger than")
+    _attach(page, *({"name": f"f{i}.txt", "mimeType": "text/plain", "buffer": b"hello"} for i in range(3)))
+    chips = page.get_by_test_id("upload-chip")
+    expect(chips.filter(has_text="f2.txt")).to_contain_text("at most 2 files per message")
+    expect(chips.filter(has_text="f0.txt")).to_have_attribute("data-state", "done")
+    expect(chips.filter(has_text="f1.txt")).to_have_attribute("data-state", "done")
+    assert len(posts) == 2 and page.errors == []

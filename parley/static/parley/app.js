@@ -109,6 +109,7 @@ const uploads = new Uploads({
   uploadsUrl: (slug) => `${urls.apiRooms}/${encodeURIComponent(slug)}/uploads`,
   room: () => current,
   changed: () => updateComposer(),
+  limits: () => client.limits,
 });
 
 // --- rooms ---------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ export function attachmentsEl(files) {
 }
 
 /**
- * The composer's uploads. opts: {composer (form), input (textarea), dropZone, uploadsUrl(slug),
+ * The composer's uploads. opts: {composer (form), input (textarea), dropZone, uploadsUrl(slug), limits() → hello.limits,
  * room() → the slug on screen, changed() → re-check the send button, flash(text)}.
  */
 export class Uploads {
@@ -105,10 +105,19 @@ export class Uploads {
   add(files) {
     const slug = this.opts.room();
     if (!slug) return;
+    // The server's limits (hello.limits, protocol §1 and §14): a file it would refuse is shown
+    // refused at once, not after its bytes went up.
+    const limits = this.opts.limits?.() || {};
     for (const file of files) {
       const item = { key: this.nextKey++, file, name: file.name || "pasted", size: file.size, progress: 0, upload: null, error: null, xhr: null };
+      const kept = this.list(slug).filter((u) => !u.error).length;
+      if (limits.upload_max_bytes && file.size > limits.upload_max_bytes) {
+        item.error = `larger than ${formatSize(limits.upload_max_bytes)}, the largest file allowed`;
+      } else if (limits.max_attachments_per_message && kept >= limits.max_attachments_per_message) {
+        item.error = `at most ${limits.max_attachments_per_message} files per message`;
+      }
       this.list(slug).push(item);
-      this.start(slug, item);
+      if (!item.error) this.start(slug, item);
     }
     this.render();
   }
