@@ -69,7 +69,14 @@ def _busy_room(parley: Any, new_page: Any, width: int = 1280) -> tuple[Any, Any,
     say(bob, "over here")
     expect(ada.get_by_test_id("unread")).to_have_count(1)
     open_room(bob, slug)
-    bob.get_by_test_id("composer-input").press_sequentially("typing")
+    # The server relays one `typing` per socket and room a second (protocol §3): one that lands
+    # just inside it (bob's last keystrokes in this room, delayed) is dropped, and his client
+    # then waits 2 s before announcing again. Keep typing, as a person would.
+    for _ in range(4):
+        bob.get_by_test_id("composer-input").press_sequentially("typing")
+        if ada.get_by_test_id("typing").evaluate("el => el.textContent !== ''"):
+            break
+        ada.wait_for_timeout(1000)
     expect(ada.get_by_test_id("typing")).not_to_be_empty()
     if width != 1280:
         ada.set_viewport_size({"width": width, "height": 740})
