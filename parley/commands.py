@@ -15,7 +15,7 @@ from typing import Any
 from django.db import DatabaseError
 
 from parley import consumer_db as db
-from parley import fanout, limits, metrics, protocol
+from parley import fanout, limits, metrics, opened_rooms, protocol
 from parley.conf import parley_settings
 from parley.conversation import Change
 from parley.ingest import get_writer
@@ -259,28 +259,19 @@ async def ping(session: Session, cmd: protocol.Ping, ref: str | None) -> None:
 
 # --- Attention (docs/protocol.md §11) ---------------------------------------------------------
 
-# (user id, room id) pairs whose public-room RoomState this process has made sure of: a join
-# adds nothing to the database after the first (bounded; forgetting costs one INSERT that
-# changes nothing).
-_states_opened: set[tuple[int, int]] = set()
-STATES_OPENED_MAX = 100_000
-
-
 def _open_state(user_id: int, room_id: int, last_seq: int) -> None:
     """The user opened a public room: their RoomState (listed, read up to the room's last_seq
-    now) unless they have one, written after the join's reply, batched with other joins'."""
-    key = (user_id, room_id)
-    if key in _states_opened:
+    now) unless this process knows they have it listed (parley.opened_rooms), written after
+    the join's reply, batched with other joins'."""
+    if opened_rooms.is_opened(user_id, room_id):
         return
-    if len(_states_opened) >= STATES_OPENED_MAX:
-        _states_opened.clear()
-    _states_opened.add(key)
+    opened_rooms.remember(user_id, room_id)
 
     async def write() -> None:
         try:
             await db.open_states((user_id, room_id, last_seq))
         except Exception:
-            _states_opened.discard(key)  # the next join tries again
+            opened_rooms.forget(user_id, room_id)  # the next join tries again
             raise
 
     spawn(write())

@@ -24,7 +24,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from redis.exceptions import RedisError
 
-from parley import commands, limits, logs, metrics, protocol, shared_limits
+from parley import commands, limits, logs, metrics, opened_rooms, protocol, shared_limits
 from parley.conf import parley_settings
 from parley.payloads import user_payload
 from parley.protocol import ProtocolError
@@ -64,6 +64,7 @@ def _give_slot(user_id: int, socket_id: str) -> None:
         _sockets_per_user[user_id] = left
     else:
         _sockets_per_user.pop(user_id, None)
+        opened_rooms.forget_user(user_id)  # a leave elsewhere from now on would reach no socket here
     if shared_limits.enabled():
         shared_limits.release_socket(user_id, socket_id)
 

@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from parley import consumer_db as db
-from parley import metrics, protocol
+from parley import metrics, opened_rooms, protocol
 from parley.conf import parley_settings
 from parley.models import Message
 from parley.payloads import entry_frame
@@ -93,8 +93,10 @@ class Delivery:
     def hub_user_event(self, event: dict[str, Any]) -> None:
         """Called by parley.realtime.hub for an event addressed to this socket's user
         (parley.fanout.user_event): version 2 sockets get its frame, unless they caused it."""
+        leave = event.get("leave_room")
+        if leave is not None:  # the room left the user's list, wherever that happened
+            opened_rooms.forget(self.session.user.pk, leave)
         if self.v2 and event.get("skip") != self.session.socket_id:
-            leave = event.get("leave_room")
             if leave is not None:
                 self.leave_now(leave)  # (room_removed: out of the room before the frame says so)
             self.send_message(event["frame"], None)

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from parley import events
+from parley import events, opened_rooms
 from parley.conf import parley_settings
 from parley.models import Membership, Room, RoomState
 from parley.payloads import room_payload, room_state_payload
@@ -95,11 +95,9 @@ def room_state_listed(*, room: Room, user: Any) -> bool:
 
 def room_state_unlisted(*, room: Room, user: Any) -> bool:
     """Take the room out of the user's list, keeping the read marker. True if it was listed."""
-    from parley import commands  # the socket layer's cache of rooms opened (a join relists)
-
-    # This process's joins put the room back in the list again; another process's cache may
-    # still hold the pair until it is cleared (a rejoin there relists it on its next restart).
-    commands._states_opened.discard((user.pk, room.pk))
+    # This process's next join of it puts it back in the list (the other processes forget the
+    # pair when the `room_removed` that follows reaches the user's sockets there).
+    opened_rooms.forget(user.pk, room.pk)
     return bool(RoomState.objects.filter(user=user, room=room, listed=True).update(listed=False, updated_at=timezone.now()))
 
 

@@ -112,13 +112,14 @@ def _fresh_process_state() -> None:
     state never written), depending on which tests ran before it.
     """
     import parley.commands
+    import parley.opened_rooms
     import parley.receivers
     import parley.session
     import parley.throttles
     from parley import limits
 
     parley.session._room_ids.clear()
-    parley.commands._states_opened.clear()
+    parley.opened_rooms.clear()
     parley.receivers._not_dm.clear()
     for module in (limits, parley.throttles):
         for value in vars(module).values():

@@ -213,6 +213,62 @@ async def test_http_state_read_and_settings(connect):
     assert anonymous.status_code == 401
 
 
+async def _listed_again(u: Any, slug: str) -> bool:
+    for _ in range(100):
+        state = await state_of(u, slug)
+        if state is not None and state.listed:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+@database_sync_to_async
+def _left_on_another_process(u: Any, room: Room, *, tell_sockets: bool) -> None:
+    """What another server process's room_leave does: the room leaves the user's list there
+    (this process's memory of the pair untouched), and `room_removed` reaches the user's
+    sockets through their event channel if `tell_sockets`."""
+    RoomState.objects.filter(user=u, room=room).update(listed=False)
+    if tell_sockets:
+        from parley import fanout
+
+        frame = {"type": "room_removed", "room": room.slug, "reason": "left"}
+        fanout.deliver_user_from_sync(u.pk, fanout.user_event(user_id=u.pk, frame=frame, leave_room_id=room.pk))
+
+
+async def test_a_leave_on_another_process_is_undone_by_a_join_here(connect):
+    """This process remembers which public rooms a user has listed, so a join writes nothing
+    after the first; a leave on another process must not leave that memory standing: the
+    `room_removed` reaching the user's socket here forgets it, and the next join lists the
+    room again."""
+    ada = await make_user("ada")
+    await make_room("lobby")
+    room = await database_sync_to_async(Room.objects.get)(slug="lobby")
+    client = await connect(ada, protocol=2)
+    await client.join("lobby")
+    assert await _listed_again(ada, "lobby")
+    await _left_on_another_process(ada, room, tell_sockets=True)
+    assert (await client.recv_type("room_removed"))["reason"] == "left"
+    await client.join("lobby")
+    assert await _listed_again(ada, "lobby")
+
+
+async def test_a_leave_on_another_process_while_no_socket_was_here_is_undone_too(connect):
+    """With no socket of the user here, another process's leave reaches nothing here: the
+    memory went with the user's last socket, and a later join lists the room again."""
+    ada = await make_user("ada")
+    await make_room("lobby")
+    room = await database_sync_to_async(Room.objects.get)(slug="lobby")
+    first = await connect(ada, protocol=2)
+    await first.join("lobby")
+    assert await _listed_again(ada, "lobby")
+    await first.close()
+    await _left_on_another_process(ada, room, tell_sockets=False)
+    again = await connect(ada, protocol=2)
+    assert again.rooms["rooms"] == []
+    await again.join("lobby")
+    assert await _listed_again(ada, "lobby")
+
+
 async def test_a_dm_defaults_to_all(connect):
     from parley import rooms
 
