@@ -1,6 +1,6 @@
 import test from "node:test";
 import assert from "node:assert/strict";
-import { makeClient, msgEvent, room } from "../support/fakes.mjs";
+import { del, edit, makeClient, msgEvent, room, tick } from "../support/fakes.mjs";
 
 const state = (slug, extra = {}) => ({ room: room(slug, { last_seq: 5 }), last_read_seq: 3, unread: 2, mentions: 0,
   notify: "mentions", muted: false, ...extra });
@@ -53,4 +53,27 @@ test("markRead sends read and takes the reply's counts", async () => {
   const reply = await p;
   assert.equal(reply.seq, 5);
   assert.equal(env.client.roomState("lobby").unread, 0);
+});
+
+test("an unread message edited to mention me, or deleted, has the counts asked for again; a burst is one request", async () => {
+  const { env, ws } = connected();
+  env.client.join("lobby", { resume: { seq: 5, epoch: "E1" } });
+  const join = ws.lastOfType("join");
+  ws.receive({ type: "joined", ref: join.ref, room: room("lobby", { last_seq: 6 }), messages: [], has_more: true,
+    members: [], recovered: true, events: [msgEvent(6)] });
+  const before = ws.sent.filter((f) => f.type === "rooms").length;
+  ws.receive(edit(7, 4, "now @ada", { mentions: [{ id: 1, username: "ada" }] })); // 4 > last_read_seq 3: unread
+  ws.receive(del(8, 6));
+  ws.receive(edit(9, 2, "read long ago")); // at or below the marker: counts unchanged
+  assert.equal(ws.sent.filter((f) => f.type === "rooms").length, before); // not at once
+  env.clock.advance(1000);
+  const asked = ws.sent.filter((f) => f.type === "rooms");
+  assert.equal(asked.length, before + 1);
+  ws.receive({ type: "rooms", ref: asked.at(-1).ref, rooms: [state("lobby", { room: room("lobby", { last_seq: 9 }), unread: 2, mentions: 1 })] });
+  await tick();
+  const s = env.client.roomState("lobby");
+  assert.deepEqual([s.unread, s.mentions], [2, 1]);
+  ws.receive(edit(10, 2, "again, read"));
+  env.clock.advance(1000);
+  assert.equal(ws.sent.filter((f) => f.type === "rooms").length, before + 1); // only unread targets ask
 });

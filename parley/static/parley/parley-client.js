@@ -46,6 +46,7 @@ const DEFAULTS = {
   typingIntervalMs: 2000, // send `typing` at most this often per room
   typingShowMs: 5000, // show a peer as typing this long
   typingRelayMs: 1000, // the server relays one typing per socket and room this often (protocol §3)
+  recountDelayMs: 1000, // after an edit or delete of an unread message: ask for the counts this much later
   maxSendAttempts: 8, // per message, for retriable errors (reconnects do not count)
   joinLimit: 50,
 };
@@ -305,6 +306,7 @@ export class ParleyClient {
     this._requests = new Map(); // ref -> {resolve, reject, type}
     this._reconnectTimer = null;
     this._connectTimer = null;
+    this._recountTimer = null;
     this._pingTimer = null;
     this._deadTimer = null;
     this._lastReceivedAt = 0;
@@ -672,6 +674,13 @@ export class ParleyClient {
     const cap = this.limits.unread_count_max || 1000;
     let changed = false;
     for (const f of frames) {
+      if ((f.type === "edit" || f.type === "delete") && f.target > state.last_read_seq && f.by?.id !== meId) {
+        // Counts are of the room's current state (protocol §11): an unread message edited to
+        // mention the user, or deleted, changes them, and only the server knows what it said
+        // before. One `rooms` request for a burst of them.
+        this._recountSoon();
+        continue;
+      }
       if (f.type !== "message" || !f.message) continue;
       const m = f.message;
       if (m.seq <= Math.max(state.countedSeq ?? 0, state.last_read_seq)) continue;
@@ -700,6 +709,14 @@ export class ParleyClient {
       this._onRead(reply);
       return reply;
     });
+  }
+
+  _recountSoon() {
+    if (this._recountTimer) return;
+    this._recountTimer = this._setTimeout(() => {
+      this._recountTimer = null;
+      if (this.protocol >= 2) this.refreshRooms().catch(() => {}); // the next hello's list has them anyway
+    }, this.opts.recountDelayMs);
   }
 
   /** Ask for the room list again; resolves with roomStates. */
