@@ -212,6 +212,10 @@ SEARCH_QUERY_MAX_CHARS = Limit("search length", "SEARCH_QUERY_MAX_CHARS", 256, "
                                "the q of one search, filters included")
 SEARCH_PAGE_MAX = Limit("search page", "SEARCH_PAGE_MAX", 50, "results",
                         "results in one search page; a larger limit is clamped to it")
+# A word in most messages makes the database score every one of them (docs/benchmarks.md: a
+# word in 1% of a million messages is ~0.3 s): the time a search may hold the database is capped.
+SEARCH_TIMEOUT_MS = Limit("search time", "SEARCH_TIMEOUT_MS", 3000, "ms",
+                          "how long one search's statements may run before the database stops them")
 # --- Uploads (docs/protocol.md §14; parley/uploads.py) ---
 UPLOAD_MAX_BYTES = Limit("upload size", "UPLOAD_MAX_BYTES", 10 * 1024 * 1024, "bytes",
                          "one uploaded file; a request announcing more is refused before its body "

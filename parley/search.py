@@ -27,6 +27,7 @@ from parley.conf import parley_settings
 from parley.models import SLUG_RE, Message, Room
 from parley.selectors import reactions_mine, room_visible_q, with_quotes
 from parley.storage import db
+from parley.storage.errors import StatementTimedOut
 
 # Error codes of GET /api/search (docs/protocol.md §13), all HTTP 400.
 QUERY_TOO_LONG = "query_too_long"
@@ -47,9 +48,9 @@ ELLIPSIS = "…"
 class SearchRefused(Exception):
     """A query that cannot be run: `code` is the API's error code, `extra` the body's other fields."""
 
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, code: str, message: str, status: int = 400, **extra: Any) -> None:
         super().__init__(message)
-        self.code, self.message, self.extra = code, message, extra
+        self.code, self.message, self.status, self.extra = code, message, status, extra
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,19 @@ def cursor_decode(raw: str | None) -> tuple[float, int] | None:
 
 def message_search(*, user: Any, query: SearchQuery, limit: int, before: tuple[float, int] | None) -> SearchPage:
     """The page of `query`'s results the user may see: ranked best first (filters alone:
-    newest first), each with its room's slug, the message as pages show it and its snippet."""
+    newest first), each with its room's slug, the message as pages show it and its snippet.
+    Its statements run for at most SEARCH_TIMEOUT_MS (else SearchRefused search_timeout, 503)."""
+    timeout_ms = int(parley_settings.SEARCH_TIMEOUT_MS)
+    try:
+        with db().time_limit(timeout_ms):
+            return _message_search(user=user, query=query, limit=limit, before=before)
+    except StatementTimedOut:
+        raise SearchRefused("search_timeout", f"the search took longer than {timeout_ms} ms: narrow it "
+                            "(more words, in:#room, from:@user, a date) or try again later",
+                            status=503, timeout_ms=timeout_ms) from None
+
+
+def _message_search(*, user: Any, query: SearchQuery, limit: int, before: tuple[float, int] | None) -> SearchPage:
     rooms = Room.objects.filter(room_visible_q(user=user)).order_by()  # a subquery: no ORDER BY
     if query.rooms:
         rooms = rooms.filter(slug__in=query.rooms)

@@ -27,5 +27,5 @@ def search_messages(request: HttpRequest) -> HttpResponse:
         page = search.message_search(user=request.user, query=query, limit=search.search_page_limit(limit),
                                      before=search.cursor_decode(request.GET.get("before")))
     except search.SearchRefused as exc:
-        return api_error(400, exc.code, exc.message, **exc.extra)
+        return api_error(exc.status, exc.code, exc.message, **exc.extra)
     return HttpResponse(orjson.dumps({"results": page.results, "next": page.next}), content_type="application/json")

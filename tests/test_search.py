@@ -289,3 +289,44 @@ def test_the_index_holds_exactly_the_live_messages():
         rows = cursor.fetchall()
     assert [pk for pk, _ in rows] == [m.pk]
     assert "chang" in rows[0][1]
+
+
+@pytest.mark.django_db
+def test_a_search_that_runs_too_long_is_stopped_and_the_next_one_runs():
+    """SEARCH_TIMEOUT_MS: a word in every one of 20,000 messages makes the database score all
+    of them; with 1 ms allowed it is stopped (PostgreSQL cancels the statement, SQLite
+    interrupts it), the answer says so, and the same connection serves the next search."""
+    from django.utils import timezone
+
+    ada = user("ada")
+    room = services.room_create(slug="lobby", title="Lobby")
+    now = timezone.now()
+    Message.objects.bulk_create(
+        [Message(room=room, seq=i, author=ada, text=f"everywhere word{i % 97} and more words {i}", created_at=now)
+         for i in range(1, 20_001)], batch_size=2000)
+    raw = token(ada)
+    with override_parley(SEARCH_TIMEOUT_MS=1, SEARCHES_PER_MIN=1000, SEARCH_BURST=1000):
+        body = refused(search(raw, "everywhere"), "search_timeout", 503)
+        assert body["timeout_ms"] == 1 and "narrow it" in body["message"]
+    with override_parley(SEARCHES_PER_MIN=1000, SEARCH_BURST=1000):
+        assert len(hits(raw, "everywhere")) == 20
+        assert hits(raw, "word5 and") != []
+
+
+@pytest.mark.django_db
+def test_the_time_limit_ends_with_its_block():
+    """Inside a host's ATOMIC_REQUESTS transaction too: what runs after the search has no limit."""
+    from django.db import transaction
+
+    from parley.storage import db
+
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) "
+            "SELECT count(*) FROM n")
+    with transaction.atomic(), connection.cursor() as cursor:
+        with db().time_limit(1):
+            pass
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT current_setting('statement_timeout')")
+            assert cursor.fetchone()[0] == "0"
+        cursor.execute(slow)
+        assert cursor.fetchone()[0] == 300000

@@ -11,6 +11,8 @@ connection. Both modules have the same functions:
     messages_store(messages)                 number and INSERT an ingest batch's messages
     tokens_by_hash, rooms_by_slug, messages, messages_in_ranges   the connect path's reads
                                              (parley.storage.reads: the same SQL on both)
+    search_matches, search_snippets          the search's statements (parley.search)
+    time_limit(ms)                           statements inside run at most ms, else StatementTimedOut
 
 Hand-written SQL is kept where docs/benchmarks.md measured a gain, and only there: the connect
 path's reads (a reconnect storm of 5,000 clients, 37.7 s → 19.5 s), SQLite reads returning one

@@ -8,13 +8,15 @@ autocommit. Lists of ids go as one array parameter each.
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import orjson
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 
 from parley.models import Message, Room
+from parley.storage.errors import StatementTimedOut
 from parley.storage.reads import (
     ROOM_ROW,
     access_facts_from,
@@ -177,6 +179,30 @@ def _insert_numbered_sql() -> str:
             f"FROM unnest({arrays}) AS {v} ({', '.join(qn(c) for c in columns)}) "
             f"INNER JOIN {seqs} ON {seqs}.{qn('id')} = {v}.{qn('room_id')} "
             f"RETURNING {qn(Message._meta.pk.column)}, {qn('room_id')}, {qn('seq')}")
+
+
+@contextmanager
+def time_limit(ms: int) -> Iterator[None]:
+    """Every statement inside runs for at most `ms` milliseconds: PostgreSQL cancels one that
+    takes longer (statement_timeout, for this transaction only), and StatementTimedOut is
+    raised. The block is one transaction (a savepoint inside a host's ATOMIC_REQUESTS one: the
+    setting is put back after it, so the rest of the request runs without the limit)."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('statement_timeout'), set_config('statement_timeout', %s, true)",
+                           [str(max(1, int(ms)))])
+            previous = cursor.fetchone()[0]
+        try:
+            yield
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) == QUERY_CANCELED:
+                raise StatementTimedOut(f"a statement ran past {ms} ms") from exc
+            raise
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+
+
+QUERY_CANCELED = "57014"  # SQLSTATE of a statement statement_timeout cancelled
 
 
 # --- search (parley.search; migration 0005_search: the search_vector column and its GIN index) ---

@@ -11,12 +11,16 @@ parameter each (json_each): one statement text whatever the number of ids.
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 
 from parley.models import Message, Room
+from parley.storage.errors import StatementTimedOut
 from parley.storage.reads import (
     ROOM_ROW,
     access_facts_from,
@@ -171,6 +175,32 @@ def _messages_insert(messages: list[Message]) -> None:
         m.pk = ids[(m.room_id, m.seq)]
         m._state.adding = False
         m._state.db = connection.alias
+
+
+@contextmanager
+def time_limit(ms: int) -> Iterator[None]:
+    """Every statement inside runs for at most `ms` milliseconds from the block's start: SQLite
+    interrupts one still running then (a progress handler, checked every PROGRESS_STEPS virtual
+    machine instructions), and StatementTimedOut is raised."""
+    connection.ensure_connection()
+    raw = connection.connection
+    deadline = time.monotonic() + max(1, int(ms)) / 1000
+
+    def past_deadline() -> int:
+        return 1 if time.monotonic() > deadline else 0
+
+    raw.set_progress_handler(past_deadline, PROGRESS_STEPS)
+    try:
+        yield
+    except OperationalError as exc:
+        if "interrupted" in str(exc):
+            raise StatementTimedOut(f"a statement ran past {ms} ms") from exc
+        raise
+    finally:
+        raw.set_progress_handler(None, 0)
+
+
+PROGRESS_STEPS = 10_000  # about 0.1-1 ms of SQLite's work between two looks at the clock
 
 
 # --- search (parley.search; migration 0005_search: the FTS5 table parley_message_fts) ---
