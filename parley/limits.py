@@ -240,6 +240,8 @@ READS_PER_SEC = Limit("read-mark rate", "READS_PER_SEC", 5, "requests/s per user
                       "HTTP together (in a cluster with REDIS_URL, else in a process)")
 READS_BURST = Limit("read-mark burst", "READS_BURST", 30, "requests",
                     "read marks and room-list reads a user may make at once before the rate applies")
+ROOMS_PAGE_MAX = Limit("rooms page", "ROOMS_PAGE_MAX", 500, "rooms",
+                       "rooms in one GET /api/rooms page (by slug; `next` gives the following page)")
 MAX_ROOMS_LISTED = Limit("rooms listed", "MAX_ROOMS_LISTED", 500, "rooms",
                          "rooms in one user's `rooms` snapshot (by slug); the rest are left out")
 UNREAD_COUNT_MAX = Limit("unread count cap", "UNREAD_COUNT_MAX", 1000, "messages",

@@ -68,8 +68,12 @@ def _rooms_visible(wanted: list[tuple[Any, str]],
     return [r if r is not None and (user.pk, r.pk) in allowed else None for user, r in found], lost
 
 
-def room_list_visible(*, user: Any) -> list[Room]:
-    return list(Room.objects.filter(room_visible_q(user=user)).order_by("slug"))
+def room_list_visible(*, user: Any, after: str | None = None, limit: int | None = None) -> list[Room]:
+    """The rooms the user may see by slug: those after the slug `after`, at most `limit`."""
+    rooms = Room.objects.filter(room_visible_q(user=user)).order_by("slug")
+    if after is not None:
+        rooms = rooms.filter(slug__gt=after)
+    return list(rooms if limit is None else rooms[:limit])
 
 
 def room_user_can_access(*, user: Any, room_id: int) -> bool:

@@ -31,6 +31,7 @@ from django.views.decorators.http import require_http_methods
 from parley import limits, metrics, protocol, selectors, services, throttles
 from parley.conf import parley_settings
 from parley.http_auth import api_error, bearer_authenticate
+from parley.models import SLUG_RE
 from parley.payloads import (
     fit_page,
     message_payload,
@@ -236,6 +237,24 @@ def _json_body(request: HttpRequest) -> dict[str, Any] | None:
     return body
 
 
+def _rooms_page(request: HttpRequest) -> JsonResponse:
+    """GET /api/rooms: a page of the rooms the user may see, by slug; `?after=<slug>` (a
+    page's `next`) and `?limit=` (clamped to ROOMS_PAGE_MAX)."""
+    page_max = int(parley_settings.ROOMS_PAGE_MAX)
+    limit = _query_int(request, "limit", 1)
+    if limit is False:
+        return api_error(400, "bad_field", "limit must be an integer from 1 to 2^53", field="limit")
+    after = request.GET.get("after") or None
+    if after is not None and not SLUG_RE.match(after):
+        return api_error(400, "bad_field", "after must be a room slug (a page's next)", field="after")
+    size = min(limit or page_max, page_max)
+    found = selectors.room_list_visible(user=request.user, after=after, limit=size + 1)
+    visible = selectors.rooms_with_dm_members(rooms=found[:size])
+    more = len(found) > size
+    return JsonResponse({"rooms": [room_payload(r, v2=True) for r in visible],
+                         "next": visible[-1].slug if more and visible else None})
+
+
 @api("GET")
 def me(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"user": user_payload(request.user)})
@@ -244,8 +263,7 @@ def me(request: HttpRequest) -> JsonResponse:
 @api("GET", "POST")
 def rooms(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
-        visible = selectors.rooms_with_dm_members(rooms=selectors.room_list_visible(user=request.user))
-        return JsonResponse({"rooms": [room_payload(r, v2=True) for r in visible]})
+        return _rooms_page(request)
     # Charged first, refused requests too: that also bounds how fast one account can probe
     # which slugs are taken (private rooms' among them).
     wait = _room_creations.take(request.user.pk)

@@ -205,6 +205,31 @@ def test_rooms_list_shows_public_and_own_private_rooms():
     assert bob_rooms == ["hidden", "lobby", "secret"]
 
 
+def test_rooms_list_pages_by_slug(parley_settings):
+    """ROOMS_PAGE_MAX: however many public rooms there are, one answer holds at most a page;
+    `next` leads through the rest, each room once, private rooms still only their members'."""
+    ada, bob = user("ada"), user("bob")
+    for i in range(7):
+        services.room_create(slug=f"r{i}", title=f"R{i}")
+    services.room_create(slug="r3x", title="Bob's", owner=bob, is_private=True)
+    parley_settings.ROOMS_PAGE_MAX = 3
+    raw, seen, after = token(ada), [], None
+    while True:
+        body = Client().get("/api/rooms", {"after": after} if after else {}, headers=auth(raw)).json()
+        assert len(body["rooms"]) <= 3
+        seen += [r["slug"] for r in body["rooms"]]
+        if body["next"] is None:
+            break
+        after = body["next"]
+    assert seen == [f"r{i}" for i in range(7)]
+    small = Client().get("/api/rooms", {"limit": "2", "after": "r4"}, headers=auth(raw)).json()
+    assert [r["slug"] for r in small["rooms"]] == ["r5", "r6"] and small["next"] is None
+    clamped = Client().get("/api/rooms", {"limit": "100"}, headers=auth(raw)).json()
+    assert len(clamped["rooms"]) == 3 and clamped["next"] == "r2"
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"after": "Not A Slug"}):
+        assert_error(Client().get("/api/rooms", bad, headers=auth(raw)), 400, "bad_field")
+
+
 def test_create_room_with_token():
     ada = user("ada")
     response = post_json(Client(), "/api/rooms", {"slug": "Dev-Talk_1", "title": "  Dev talk "}, headers=auth(token(ada)))

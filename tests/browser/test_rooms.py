@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.helpers import (
+    create_room,
     open_room,
     pending,
     say,
@@ -166,3 +167,29 @@ def test_a_dm_from_the_people_picker_is_in_both_direct_message_lists(parley: Any
     wait_joined(bob_page, slug)
     expect(bob_page.get_by_test_id("message-text").filter(has_text="psst")).to_be_visible()
     assert not ada_page.errors and not bob_page.errors
+
+
+def test_the_room_list_pages_with_more_rooms(chromium_path: str, new_page: Any) -> None:
+    """GET /api/rooms answers a page at a time (PARLEY_ROOMS_PAGE_MAX, 2 here): the sidebar
+    shows the first page and a "More rooms…" button that brings the next."""
+    from tests.browser.server import Server
+
+    srv = Server(extra_env={"PARLEY_ROOMS_PAGE_MAX": "2"})
+    srv.start()
+    try:
+        page = new_page()
+        signup(page, srv.url, unique("ada"))
+        slugs = [unique("page").replace("_", "-") for _ in range(3)]
+        for slug in slugs:
+            create_room(page, slug)
+        page.reload()
+        links = page.get_by_test_id("room-link")
+        expect(links).to_have_count(2)
+        more = page.get_by_test_id("rooms-more")
+        more.click()
+        expect(links).to_have_count(4)  # lobby and the three, by slug
+        expect(more).to_have_count(0)
+        assert sorted(links.evaluate_all("els => els.map((e) => e.dataset.slug)")) == sorted(["lobby", *slugs])
+        assert page.errors == []
+    finally:
+        srv.close()

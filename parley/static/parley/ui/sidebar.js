@@ -36,6 +36,7 @@ export class Sidebar {
     this.detailsEl = detailsEl;
     this.onSelect = onSelect;
     this.rooms = [];
+    this.next = null; // GET /api/rooms' next page (after this slug), if any
     this.unread = new Map();
     this.current = null;
     formEl.addEventListener("submit", (ev) => {
@@ -54,11 +55,23 @@ export class Sidebar {
     });
   }
 
+  /** The first page of the rooms the user may see (GET /api/rooms: 500 by slug, then `next`). */
   async load() {
     const data = await api(this.roomsUrl);
     this.rooms = data.rooms;
+    this.next = data.next || null;
     this.render();
     return this.rooms;
+  }
+
+  /** The following page, after "More rooms". */
+  async loadMore() {
+    if (!this.next) return;
+    const data = await api(`${this.roomsUrl}?after=${encodeURIComponent(this.next)}`);
+    const known = new Set(this.rooms.map((r) => r.slug));
+    this.rooms = this.rooms.concat(data.rooms.filter((r) => !known.has(r.slug)));
+    this.next = data.next || null;
+    this.render();
   }
 
   find(slug) {
@@ -96,6 +109,10 @@ export class Sidebar {
       if (this.decorate) this.decorate(link, room); // badges from the room list (ui/attention.js)
       return h("li", {}, link);
     });
+    if (this.next) {
+      items.push(h("li", {}, h("button", { type: "button", class: "btn btn--small rooms-more", testid: "rooms-more",
+        onclick: () => this.loadMore().catch(() => {}) }, "More rooms…")));
+    }
     this.listEl.replaceChildren(...items);
   }
 
