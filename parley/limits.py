@@ -69,8 +69,13 @@ HEARTBEAT_INTERVAL_SECS = Limit("heartbeat interval", "HEARTBEAT_INTERVAL_SECS",
                                 "client ping period; silent for 2x + 5 s closes with 4408")
 HISTORY_PAGE_MAX = Limit("history page", "HISTORY_PAGE_MAX", 100, "messages",
                          "largest join/history page")
-RESUME_MAX_GAP = Limit("resume window", "RESUME_MAX_GAP", 1000, "messages",
-                       "largest gap a join replays; beyond it recovered=false")
+RESUME_MAX_GAP = Limit("resume window", "RESUME_MAX_GAP", 1000, "log entries",
+                       "largest gap a join replays, counted in log entries (messages, edits, deletes, "
+                       "reactions); beyond it recovered=false")
+# Read by the engine (parley.realtime.hub) through parley.conf, as every limit can be.
+REDIS_OUTBOX_MAX_EVENTS = Limit("Redis publish queue", "REDIS_OUTBOX_MAX_EVENTS", 10_000, "events",
+                                "room events one process holds for Redis while it does not answer; past "
+                                "it the oldest are dropped (the other processes read them from the database)")
 # A reply must fit one frame a client accepts: this plus protocol.REPLY_ENVELOPE_MAX_BYTES
 # (256 KiB) is 1 MiB, websockets' default max_size. 768 KiB holds a full resume window of
 # ordinary messages (1,000 of 400 characters encode to about 0.6 MB).

@@ -211,6 +211,21 @@ async def test_with_redis_down_local_receivers_still_get_events_and_publish_does
     assert stats.dropped_publishes == dropped_before + 2  # what /metrics reports (parley.metrics)
 
 
+async def test_the_publish_queue_for_redis_is_bounded_by_its_setting(parley_settings):
+    """PARLEY_REDIS_OUTBOX_MAX_EVENTS: while Redis does not answer a process holds at most that
+    many events for the others, dropping the oldest (its own sockets had every one)."""
+    with socket.socket() as s:  # a port nothing listens on: Redis "down" from the start
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    parley_settings.REDIS_OUTBOX_MAX_EVENTS = 3
+    hub, here = RedisHub(f"redis://127.0.0.1:{port}/0", "t"), Recorder()
+    await hub.subscribe(7, here)
+    for seq in range(1, 6):  # none of these awaits yields: the drainer has not run yet
+        await hub.publish(7, {"type": "chat.message", "seq": seq})
+    assert [e["seq"] for e in here.events] == [1, 2, 3, 4, 5]
+    assert hub.dropped_publishes == 2 and len(hub._outbox) == 3
+
+
 async def test_credentials_revoked_in_one_process_close_their_sockets_in_another(private_redis):
     url, _, _ = private_redis
     await ping(url)

@@ -11,7 +11,7 @@ PUBLISHes it once on a Redis channel per room, marked with the hub's origin id s
 subscription skips the copy. Each process holds one subscription per room that has local
 sockets: Redis sends one copy per process, not per socket. Redis is an accelerator, not the
 way home: while it is down a process's own sockets still get their events in real time, and
-the publishes wait in a bounded queue (`OUTBOX_MAX_EVENTS`) or are dropped. Redis pub/sub is
+the publishes wait in a bounded queue (`PARLEY_REDIS_OUTBOX_MAX_EVENTS`) or are dropped. Redis pub/sub is
 at-most-once anyway, so after the subscription connection drops and comes back, every local
 socket reads what it missed from the database (`resync`).
 
@@ -46,11 +46,10 @@ from parley.realtime.tasks import spawn
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_BACKOFF_CAP_SECS = 5.0
-# Publishes waiting for Redis, per hub. Its own sockets have had every event already; what the
-# queue holds is only the other processes' copies, which they also read from the database
-# once their subscription is back. Past the bound the oldest are dropped, so an outage
-# cannot grow the process's memory without end.
-OUTBOX_MAX_EVENTS = 10_000
+# Publishes waiting for Redis, per hub: at most PARLEY_REDIS_OUTBOX_MAX_EVENTS (10,000). Its own
+# sockets have had every event already; what the queue holds is only the other processes'
+# copies, which they also read from the database once their subscription is back. Past the
+# bound the oldest are dropped, so an outage cannot grow the process's memory without end.
 # Published in one pipeline round trip when several are queued (a busy process, many rooms).
 OUTBOX_BATCH_EVENTS = 256
 # At most one "publish failed" warning per this many seconds: an outage fails every batch.
@@ -334,11 +333,12 @@ class RedisHub(LocalHub):
         self._enqueue(self._channel(room_id), marked((self.origin,), event))
 
     def _enqueue(self, channel: str, data: bytes) -> None:
-        if len(self._outbox) >= OUTBOX_MAX_EVENTS:
+        limit = max(1, int(parley_settings.REDIS_OUTBOX_MAX_EVENTS))
+        while len(self._outbox) >= limit:
             self._outbox.popleft()
             self.dropped_publishes += 1
             stats.dropped_publishes += 1
-            self._warn("Redis publish queue full (%d events): dropping the oldest", OUTBOX_MAX_EVENTS)
+            self._warn("Redis publish queue full (%d events): dropping the oldest", limit)
         self._outbox.append((channel, data))
         if self._drainer is None or self._drainer.done():
             self._drainer = spawn(self._drain())
