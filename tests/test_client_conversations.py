@@ -600,3 +600,39 @@ async def test_a_fresh_join_and_the_backlog_of_a_log_with_edits_and_reactions(se
         assert room.stats.skipped == 5 and room.stats.gap_fills >= 3  # pages of 3
         assert not [e for e in events.events if e["type"] in ("stale", "reset")]
         await events.stop()
+
+
+def test_the_api_url_is_under_the_sockets_prefix() -> None:
+    from parley_client.uploads import api_base
+
+    assert api_base("ws://127.0.0.1:8000/ws/chat/") == "http://127.0.0.1:8000/api/"
+    assert api_base("wss://chat.example.com/parley/ws/chat/?protocol=2") == "https://chat.example.com/parley/api/"
+    with pytest.raises(ValueError, match="api_url"):
+        api_base("wss://chat.example.com/socket")
+
+
+@pytestmark_db
+async def test_a_file_uploaded_by_the_client_goes_with_its_message(servers: Any) -> None:
+    """upload() puts a file in the room over HTTP with the client's token; send(attachments=)
+    carries it; the other member gets the message with it, and the file's URL serves its bytes.
+    A refused file is a ParleyError with the server's code."""
+    import urllib.request
+
+    server = servers(extra_env={"PARLEY_UPLOAD_MAX_BYTES": "1000"})
+    (ada, a_events, a_token), (bob, b_events, _) = await _pair(server)
+    up = await ada.upload(ROOM, b"hello, file", "notes.txt")
+    assert (up["name"], up["size"]) == ("notes.txt", 11)
+    ack = await ada.send(ROOM, "see the notes", attachments=[up["id"]])
+    await wait_for(lambda: b_events.seqs(ROOM)[-1:] == [ack["seq"]], 10, "bob to get the message")
+    got = b_events.messages[ROOM][-1]
+    assert [a["id"] for a in got["attachments"]] == [up["id"]]
+    request = urllib.request.Request(server.http_url + got["attachments"][0]["url"],
+                                     headers={"Authorization": f"Bearer {a_token}"})
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read())
+    assert body == b"hello, file"
+    with pytest.raises(ParleyError) as refused:
+        await ada.upload(ROOM, b"x" * 1001, "big.bin")
+    assert refused.value.code == "file_too_large" and refused.value.frame["status"] == 413
+    for client, collector in ((ada, a_events), (bob, b_events)):
+        await client.close()
+        await collector.stop()

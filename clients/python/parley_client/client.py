@@ -75,12 +75,16 @@ class ParleyClient:
         catchup_max: int = 5000,
         emit_backlog: bool = False,
         pace_sends: bool = True,
+        api_url: str | None = None,
     ) -> None:
         headers = dict(headers or {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if origin:
             headers["Origin"] = origin
+        # The HTTP API (uploads), under the socket's prefix unless given: .../ws/chat/ → .../api/.
+        self.api_url = api_url
+        self._http_headers = {k: v for k, v in headers.items() if k in ("Authorization", "Origin")}
         self.stats = ClientStats()
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._transport = Transport(
@@ -168,7 +172,8 @@ class ParleyClient:
         if self._sync.rooms.get(failure.room) is None:
             raise ParleyError("not_joined", f"join {failure.room!r} first")
         self._sender.outbox.discard_failed(client_id)
-        return await self._sender.send(failure.room, failure.text, client_id, timeout, failure.reply_to)
+        return await self._sender.send(failure.room, failure.text, client_id, timeout, failure.reply_to,
+                                       failure.attachments)
 
     def discard_failed(self, client_id: str) -> SendFailed | None:
         """Forget a failed send (the application has shown or saved its text)."""
@@ -214,10 +219,21 @@ class ParleyClient:
     async def leave(self, room: str) -> None:
         await self._sync.leave(room)
 
+    async def upload(self, room: str, content: bytes, name: str, *, content_type: str | None = None,
+                     timeout: float = 60.0) -> dict[str, Any]:
+        """Upload a file for a message in `room` (protocol §14, over HTTP with the token); returns
+        the upload object, whose `id` goes in send(..., attachments=[id]). ParleyError with the
+        server's code if refused (file_too_large, unsupported_file_type, rate_limited, …)."""
+        from parley_client.uploads import api_base, upload
+
+        return await upload(api_url=self.api_url or api_base(self.url), headers=self._http_headers, room=room,
+                            content=content, name=name, content_type=content_type, timeout=timeout)
+
     async def send(self, room: str, text: str, *, client_id: str | None = None,
-                   reply_to: int | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """Send a message (a reply to the message with seq `reply_to`, if given); returns its
-        `ack` once it is stored.
+                   reply_to: int | None = None, attachments: list[int] | None = None,
+                   timeout: float | None = None) -> dict[str, Any]:
+        """Send a message (a reply to the message with seq `reply_to`, if given; carrying the
+        uploads `attachments` names by id, each from upload()); returns its `ack` once stored.
 
         Retried with the same client_id across reconnects until acked, so the message is stored
         once. On timeout the send is abandoned and TimeoutError raised: the message may or may
@@ -226,7 +242,7 @@ class ParleyClient:
         self._transport.check_alive()
         if self._sync.rooms.get(room) is None:
             raise ParleyError("not_joined", f"join {room!r} first")
-        return await self._sender.send(room, text, client_id, timeout, reply_to)
+        return await self._sender.send(room, text, client_id, timeout, reply_to, tuple(attachments or ()))
 
     # Conversation requests (protocol §10). Each is retried across reconnects until answered:
     # repeating one changes nothing (the server answers "seq": null), so it is never doubled.

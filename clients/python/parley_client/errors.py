@@ -18,21 +18,24 @@ class ParleyError(Exception):
 class SendFailed(ParleyError):
     """A send that cannot succeed as it is (its room was lost, the room is archived, the text is
     refused…). Nothing was stored. It carries the message, never dropped silently: `room`,
-    `text`, `client_id`, `reply_to`; `code` and `message` are the refusal's. The client also
-    emits a `send_failed` event and keeps it in `client.failed_sends` until retried or discarded."""
+    `text`, `client_id`, `reply_to`, `attachments`; `code` and `message` are the refusal's. The
+    client also emits a `send_failed` event and keeps it in `client.failed_sends` until retried
+    or discarded."""
 
     def __init__(self, code: str, message: str = "", frame: dict[str, Any] | None = None, *, room: str,
-                 text: str, client_id: str, reply_to: int | None = None) -> None:
+                 text: str, client_id: str, reply_to: int | None = None, attachments: tuple[int, ...] = ()) -> None:
         super().__init__(code, message, frame)
         self.room = room
         self.text = text
         self.client_id = client_id
         self.reply_to = reply_to
+        self.attachments = attachments
 
     def event(self) -> dict[str, Any]:
         """The `send_failed` event of client.events()."""
         return {"type": "send_failed", "room": self.room, "client_id": self.client_id, "text": self.text,
-                "reply_to": self.reply_to, "code": self.code, "message": self.message}
+                "reply_to": self.reply_to, "attachments": list(self.attachments), "code": self.code,
+                "message": self.message}
 
 
 class ConnectionLost(Exception):

@@ -32,12 +32,15 @@ class OutboxEntry:
     not_before: float = 0.0  # monotonic time before which a retry must not leave (retry_after_ms)
     errors: list[str] = field(default_factory=list)
     reply_to: int | None = None  # the seq of the message this one replies to (protocol §10)
+    attachments: tuple[int, ...] = ()  # upload ids the message carries (protocol §14)
 
     def frame(self, ref: str) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "send", "ref": ref, "room": self.room, "text": self.text,
                                  "client_id": self.client_id}
         if self.reply_to is not None:
             frame["reply_to"] = self.reply_to
+        if self.attachments:
+            frame["attachments"] = list(self.attachments)
         return frame
 
 
@@ -58,7 +61,8 @@ class Outbox:
     def get(self, client_id: str) -> OutboxEntry | None:
         return self._entries.get(client_id)
 
-    def add(self, room: str, text: str, client_id: str | None = None, reply_to: int | None = None) -> OutboxEntry:
+    def add(self, room: str, text: str, client_id: str | None = None, reply_to: int | None = None,
+            attachments: tuple[int, ...] = ()) -> OutboxEntry:
         """A new entry, or the pending one with the same client_id (two callers, one message)."""
         cid = client_id or new_client_id()
         existing = self._entries.get(cid)
@@ -66,7 +70,8 @@ class Outbox:
             if existing.room != room:
                 raise ValueError(f"client_id {cid!r} is already pending for room {existing.room!r}")
             return existing
-        entry = OutboxEntry(room, text, cid, asyncio.get_running_loop().create_future(), reply_to=reply_to)
+        entry = OutboxEntry(room, text, cid, asyncio.get_running_loop().create_future(), reply_to=reply_to,
+                            attachments=attachments)
         self._entries[cid] = entry
         return entry
 
@@ -98,7 +103,7 @@ class Outbox:
             return None
         if isinstance(exc, ParleyError) and not isinstance(exc, SendFailed):
             exc = SendFailed(exc.code, exc.message, exc.frame, room=entry.room, text=entry.text,
-                             client_id=entry.client_id, reply_to=entry.reply_to)
+                             client_id=entry.client_id, reply_to=entry.reply_to, attachments=entry.attachments)
         if isinstance(exc, SendFailed):
             self.failed[client_id] = exc
             if self._on_failed is not None:

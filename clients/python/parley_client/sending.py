@@ -61,8 +61,9 @@ class Sender:
         self._sent.pop(conn.id, None)
 
     async def send(self, room: str, text: str, client_id: str | None,
-                   timeout: float | None, reply_to: int | None = None) -> dict[str, Any]:
-        entry = self.outbox.add(room, text, client_id, reply_to)
+                   timeout: float | None, reply_to: int | None = None,
+                   attachments: tuple[int, ...] = ()) -> dict[str, Any]:
+        entry = self.outbox.add(room, text, client_id, reply_to, attachments)
         conn = self._current()
         if conn is not None:
             conn.wake()
