@@ -235,17 +235,22 @@ def _left_on_another_process(u: Any, room: Room, *, tell_sockets: bool) -> None:
         fanout.deliver_user_from_sync(u.pk, fanout.user_event(user_id=u.pk, frame=frame, leave_room_id=room.pk))
 
 
+async def _in_the_lobby(connect: Any) -> tuple[Any, Room, Any]:
+    """Ada, the public lobby, and her version 2 socket that joined it (so it is in her list)."""
+    ada = await make_user("ada")
+    room = await make_room("lobby")
+    client = await connect(ada, protocol=2)
+    await client.join("lobby")
+    assert await _listed_again(ada, "lobby")
+    return ada, room, client
+
+
 async def test_a_leave_on_another_process_is_undone_by_a_join_here(connect):
     """This process remembers which public rooms a user has listed, so a join writes nothing
     after the first; a leave on another process must not leave that memory standing: the
     `room_removed` reaching the user's socket here forgets it, and the next join lists the
     room again."""
-    ada = await make_user("ada")
-    await make_room("lobby")
-    room = await database_sync_to_async(Room.objects.get)(slug="lobby")
-    client = await connect(ada, protocol=2)
-    await client.join("lobby")
-    assert await _listed_again(ada, "lobby")
+    ada, room, client = await _in_the_lobby(connect)
     await _left_on_another_process(ada, room, tell_sockets=True)
     assert (await client.recv_type("room_removed"))["reason"] == "left"
     await client.join("lobby")
@@ -255,12 +260,7 @@ async def test_a_leave_on_another_process_is_undone_by_a_join_here(connect):
 async def test_a_leave_on_another_process_while_no_socket_was_here_is_undone_too(connect):
     """With no socket of the user here, another process's leave reaches nothing here: the
     memory went with the user's last socket, and a later join lists the room again."""
-    ada = await make_user("ada")
-    await make_room("lobby")
-    room = await database_sync_to_async(Room.objects.get)(slug="lobby")
-    first = await connect(ada, protocol=2)
-    await first.join("lobby")
-    assert await _listed_again(ada, "lobby")
+    ada, room, first = await _in_the_lobby(connect)
     await first.close()
     await _left_on_another_process(ada, room, tell_sockets=False)
     again = await connect(ada, protocol=2)
