@@ -72,7 +72,10 @@ def user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
 @receiver(pre_delete, sender=Room, dispatch_uid="parley-room-deleted")
 def room_deleted(sender: Any, instance: Room, **kwargs: Any) -> None:
     """Before a room is deleted (the admin, a shell, code), while its memberships still exist:
-    its members and listers hear `room_removed` reason "deleted" once the delete commits."""
+    its members and listers hear `room_removed` reason "deleted" once the delete commits.
+    The room's row is locked first (a queryset's delete, which Room.delete does not see): a
+    RoomState written meanwhile waits, instead of failing the delete's last statement."""
+    list(Room.objects.select_for_update().filter(pk=instance.pk).values_list("pk", flat=True))
     rooms.room_deleted(room=instance, user_ids=rooms.room_deleted_audience(room=instance))
 
 

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 import parley
 from parley import conversation, selectors, services
-from parley.models import Membership, Room, RoomState
+from parley.models import Membership, Message, Room, RoomState
 from tests.conftest import make_room, make_user, override_parley, user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -294,3 +294,53 @@ async def test_joining_a_public_room_again_lists_it_and_keeps_the_marker(connect
         await asyncio.sleep(0.02)
     assert state is not None and state.listed and state.last_read_seq == 0  # listed again, marker kept
     assert by_slug(await client.request({"type": "rooms"}))["lobby"]["unread"] == 1
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's writes are serial: no such race")
+def test_a_room_deleted_while_a_room_state_is_being_written_is_deleted():
+    """A join writes the user's RoomState after its reply, off the join's path: the room can be
+    deleted meanwhile. Django's foreign keys are checked at commit on PostgreSQL, so a write
+    that commits after the delete removed the room's RoomStates and before it removed the room
+    failed the delete (CI saw it). The delete locks the room's row first: that write's check
+    waits for the delete, then the write fails, and the delete goes through.
+
+    Played here: the write is held open on another connection; it is let go while the delete
+    removes the room's messages (a post_delete receiver), after its RoomStates were removed."""
+    import threading
+
+    from django.db import IntegrityError, transaction
+    from django.db.models.signals import post_delete
+
+    ada = user("ada")
+    room = services.room_create(slug="doomed", title="Doomed")
+    parley.post_message("doomed", "one", author=ada)
+    written, release, outcome = threading.Event(), threading.Event(), []
+
+    def writer() -> None:
+        try:
+            with transaction.atomic():
+                RoomState.objects.create(user=ada, room=room, listed=True)
+                written.set()
+                release.wait(10)
+            outcome.append("committed")
+        except IntegrityError:
+            outcome.append("refused")
+        finally:
+            connection.close()  # this thread's own connection
+
+    def let_the_write_commit(**kwargs: Any) -> None:
+        if not release.is_set():
+            release.set()
+            thread.join(1)  # with the lock it cannot finish before the delete commits
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert written.wait(10)
+    post_delete.connect(let_the_write_commit, sender=Message, dispatch_uid="test-let-the-write-commit")
+    try:
+        Room.objects.get(pk=room.pk).delete()
+    finally:
+        post_delete.disconnect(dispatch_uid="test-let-the-write-commit", sender=Message)
+    thread.join(10)
+    assert outcome == ["refused"]
+    assert not Room.objects.filter(pk=room.pk).exists() and not RoomState.objects.filter(room_id=room.pk).exists()
