@@ -135,7 +135,9 @@ def kinds() -> set[str]:
 
 @pytest.mark.slow
 async def test_server_sigkill_and_cut_sockets_every_member_folds_to_the_database(servers: Any) -> None:
-    server = servers()
+    # Each member makes ~22 edits and reactions in a few seconds: past the edit bucket's
+    # defaults (burst 20, then 2/s), which tests/test_client_conversations.py tests.
+    server = servers(extra_env={"PARLEY_EDITS_PER_SEC": "100000", "PARLEY_EDITS_BURST": "100000"})
     await make_room(ROOM)
     tokens = [(await make_user_token(name))[1] for name in ("ada", "bob", "cy")]
     members = [Member(server.ws_url, token) for token in tokens]
