@@ -54,6 +54,9 @@ def create_room(page: Any, slug: str, title: str | None = None, private: bool = 
     if private:
         page.get_by_test_id("new-room-private").check()
     page.get_by_test_id("new-room-submit").click()
+    # The create's answer is in (the form is reset and enabled again) once the page shows the
+    # room: its room_added may have joined it in the background before that (ui/attention.js).
+    page.wait_for_function("slug => location.hash === '#/' + slug", arg=slug)
     wait_joined(page, slug)
 
 
