@@ -463,6 +463,14 @@ def ingest(cfg: Config, pool: Pool, t: Target, progress: Progress, label: str) -
     setup_pool(pool, t.kind)
     progress.note(f"{label}: connecting {n} senders")
     connect(pool, wids, [t.spec(i, f"r{i // 10:04d}", "send") for i in range(n)])
+    # Warm-up, about one message per sender, outside the steps: a new user's first join and
+    # first send have one-time costs (the room state a first join of a public room writes after
+    # its reply, protocol §11), and a step is decided by its p99: one stall of ~130 ms failed
+    # PostgreSQL's first step in every run of issue 16's tree, and the ramp never climbed back.
+    progress.note(f"{label}: warm-up")
+    pool.all("measure", on=True, wids=wids)
+    warm = pool.all("send_rate", wids=wids, rate=n / 2.0 / len(wids), duration=2.0, timeout=2.0 * 4 + 30)
+    drain(pool, wids, sum(s["sent"] for s in warm), "acks", cfg.drain_max)
     ramp = Ramp(start=cfg.ingest_start, factor=2.0, max_rate=16000, min_rate=10,
                 bisect_steps=cfg.bisect_steps, max_steps=12)
     steps = []
