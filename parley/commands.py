@@ -263,9 +263,8 @@ def _open_state(user_id: int, room_id: int, last_seq: int) -> None:
     """The user opened a public room: their RoomState (listed, read up to the room's last_seq
     now) unless this process knows they have it listed (parley.opened_rooms), written after
     the join's reply, batched with other joins'."""
-    if opened_rooms.is_opened(user_id, room_id):
+    if not opened_rooms.remember(user_id, room_id):
         return
-    opened_rooms.remember(user_id, room_id)
 
     async def write() -> None:
         try:

@@ -55,8 +55,12 @@ class Room(models.Model):
         after the delete collected the room's rows, which made the delete fail on the foreign
         key. (A queryset's delete locks each room in parley.receivers' pre_delete, later.)"""
         with transaction.atomic(using=using):
-            list(Room.objects.using(using).select_for_update().filter(pk=self.pk).values_list("pk", flat=True))
+            self.lock_row(using)
             return super().delete(using=using, keep_parents=keep_parents)
+
+    def lock_row(self, using: str | None = None) -> None:
+        """SELECT … FOR UPDATE of this room's row, until the transaction ends (inside one)."""
+        list(Room.objects.using(using).select_for_update().filter(pk=self.pk).values_list("pk", flat=True))
 
 
 class Membership(models.Model):

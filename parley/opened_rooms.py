@@ -23,19 +23,17 @@ MAX_PAIRS = 100_000  # cleared when reached: a bound, not a working set (each is
 _count = 0
 
 
-def is_opened(user_id: int, room_id: int) -> bool:
-    rooms = _opened.get(user_id)
-    return rooms is not None and room_id in rooms
-
-
-def remember(user_id: int, room_id: int) -> None:
+def remember(user_id: int, room_id: int) -> bool:
+    """Remember the pair; False if it was remembered already (the join has nothing to write)."""
     global _count
+    rooms = _opened.get(user_id)
+    if rooms is not None and room_id in rooms:
+        return False
     if _count >= MAX_PAIRS:
         clear()
-    rooms = _opened.setdefault(user_id, set())
-    if room_id not in rooms:
-        rooms.add(room_id)
-        _count += 1
+    _opened.setdefault(user_id, set()).add(room_id)
+    _count += 1
+    return True
 
 
 def forget(user_id: int, room_id: int) -> None:

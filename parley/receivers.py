@@ -75,7 +75,7 @@ def room_deleted(sender: Any, instance: Room, **kwargs: Any) -> None:
     its members and listers hear `room_removed` reason "deleted" once the delete commits.
     The room's row is locked first (a queryset's delete, which Room.delete does not see): a
     RoomState written meanwhile waits, instead of failing the delete's last statement."""
-    list(Room.objects.select_for_update().filter(pk=instance.pk).values_list("pk", flat=True))
+    instance.lock_row(kwargs.get("using"))
     rooms.room_deleted(room=instance, user_ids=rooms.room_deleted_audience(room=instance))
 
 

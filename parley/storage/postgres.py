@@ -181,6 +181,9 @@ def _insert_numbered_sql() -> str:
             f"RETURNING {qn(Message._meta.pk.column)}, {qn('room_id')}, {qn('seq')}")
 
 
+QUERY_CANCELED = "57014"  # SQLSTATE of a statement statement_timeout cancelled
+
+
 @contextmanager
 def time_limit(ms: int) -> Iterator[None]:
     """Every statement inside runs for at most `ms` milliseconds: PostgreSQL cancels one that
@@ -200,9 +203,6 @@ def time_limit(ms: int) -> Iterator[None]:
             raise
         with connection.cursor() as cursor:
             cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
-
-
-QUERY_CANCELED = "57014"  # SQLSTATE of a statement statement_timeout cancelled
 
 
 # --- search (parley.search; migration 0005_search: the search_vector column and its GIN index) ---
